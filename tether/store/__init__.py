@@ -1,0 +1,1 @@
+"""The feedback and asset store: tables, engine and sessions, import/export formats."""

@@ -1,0 +1,131 @@
+"""The workspace: a folder with ``tether.toml``, the SQLite database and ``artifacts/``.
+
+Which workspace a command uses, in order: ``TETHER_HOME``; else the nearest folder at or above the current one
+that holds a ``tether.toml``. ``TETHER_DATABASE_URL`` points the store at another database (PostgreSQL for a team)
+while artifacts stay in the workspace folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.errors import TetherError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_NAME = "tether.toml"
+DB_NAME = "tether.db"
+
+DEFAULT_TOML = """\
+# Tether workspace. Every key is optional; these are the defaults.
+
+[database]
+# Leave empty for the SQLite file in this folder, or set TETHER_DATABASE_URL, for example
+#   postgresql+psycopg://user@host:5432/tether
+url = ""
+
+[gates]
+# Promotion to `champion` requires every gate to pass (tether registry promote).
+min_win_rate = 0.55
+max_violation_rate = 0.05
+max_kl = 10.0
+
+[monitor]
+# Alerts raised by `tether monitor report`.
+max_reward_psi = 0.2
+ks_pvalue = 0.01
+max_violation_rate = 0.05
+max_length_growth = 1.5
+"""
+
+
+@dataclass
+class Workspace:
+    """A resolved workspace: its folder and its parsed ``tether.toml``."""
+
+    root: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.artifacts / "snapshots"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.artifacts / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.artifacts / "reports"
+
+    @property
+    def database_url(self) -> str:
+        url = os.environ.get("TETHER_DATABASE_URL") or self.config.get("database", {}).get("url") or ""
+        return url or f"sqlite:///{self.root / DB_NAME}"
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.config.get(name, {}))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TetherError(f"{path} is not valid TOML: {exc}", fix=f"correct the file or remove it and run `tether init {path.parent}`") from None
+
+
+def find_workspace(start: Path | None = None) -> Path | None:
+    """The workspace folder in use, or None when there is none."""
+    env = os.environ.get("TETHER_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    return None
+
+
+def open_workspace(start: Path | None = None) -> Workspace:
+    """The current workspace; a clear error when there is none."""
+    root = find_workspace(start)
+    if root is None:
+        raise TetherError(
+            "no Tether workspace here (no tether.toml in this folder or above, and TETHER_HOME is not set)",
+            fix="run `tether init` to make one here, or set TETHER_HOME=/path/to/workspace",
+        )
+    if not (root / CONFIG_NAME).is_file():
+        raise TetherError(
+            f"TETHER_HOME={root} is not a Tether workspace (no {CONFIG_NAME})",
+            fix=f"run `tether init {root}`",
+        )
+    return Workspace(root=root, config=_read_config(root / CONFIG_NAME))
+
+
+def init_workspace(root: Path) -> Workspace:
+    """Create (or complete) a workspace in ``root`` and bring its database schema up to date."""
+    from tether.store.db import upgrade
+
+    root = root.expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise TetherError(f"{root} exists and is not a folder", fix="choose another path for the workspace")
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = root / CONFIG_NAME
+    if not config_path.exists():
+        config_path.write_text(DEFAULT_TOML, encoding="utf-8")
+    ws = Workspace(root=root, config=_read_config(config_path))
+    for folder in (ws.artifacts, ws.snapshots_dir, ws.models_dir, ws.reports_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    upgrade(ws.database_url)
+    return ws
