@@ -92,9 +92,10 @@ def db_current() -> None:
 
 def _register_groups() -> None:
     """Attach the command groups. Each module imports only typer at import time."""
-    from tether.cli import data
+    from tether.cli import data, demo, eval, monitor, qc, registry, serve, train
 
-    data.register(app)
+    for group in (demo, data, train, eval, qc, serve, registry, monitor):
+        group.register(app)
 
 
 _register_groups()

@@ -1,0 +1,108 @@
+"""Typed configs, one per entry point, every field documented.
+
+Values come, lowest priority first, from the defaults, a YAML ``--config`` file, ``--set key=value`` and the
+command's own flags. A wrong value is refused before any work starts, with the option's name and the fix.
+Each trainer's config subclasses ``TrainConfig`` (the options every ``tether train`` command shares) and is
+defined next to the others here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tether.errors import TetherError
+
+
+class TrainConfig(BaseModel):
+    """The options every ``tether train`` command shares (same names everywhere)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    model: str = Field(description="The base model: a local Hugging Face folder (or a hub id when online).")
+    output_dir: Path = Field(description="Where the trained model, its metadata, metrics and checkpoints go.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step, summed over all processes.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Examples per forward pass on one process; gradient accumulation makes up batch_size."
+    )
+    learning_rate: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of AdamW.")
+    lr_schedule: str = Field("linear", pattern="^(constant|linear|cosine)$", description="constant, linear or cosine decay after warmup.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the steps spent warming the learning rate up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
+    max_length: int = Field(512, ge=8, description="Max tokens of prompt+completion; the prompt's start is cut first.")
+    seed: int = Field(0, description="Random seed for data order, initialization and sampling.")
+    lora_r: int = Field(0, ge=0, description="LoRA rank; 0 trains all weights.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | None = Field(None, description="Module names LoRA wraps; None lets peft choose for the architecture.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% slower.")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (on a GPU that has it).")
+    logging_steps: int = Field(10, ge=1, description="Write metrics every this many optimizer steps.")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every this many steps (resume with resume=true).")
+    resume: bool = Field(False, description="Resume from the last checkpoint in output_dir.")
+    mlflow: bool = Field(True, description="Also log metrics to the workspace's MLflow store when a workspace is found.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
+        return self
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _parse_scalar(text: str) -> Any:
+    """--set values are YAML scalars: 3, 0.1, true, [a, b], or a string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def load_config(cls: type[C], config_file: Path | None = None, sets: list[str] | None = None, **flags: Any) -> C:
+    """Build ``cls`` from defaults < YAML file < --set pairs < flags (None flags are ignored)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise TetherError(f"config file not found: {config_file}", fix="check the --config path")
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise TetherError(f"{config_file} is not valid YAML: {exc}", fix="correct the file") from None
+        if not isinstance(loaded, dict):
+            raise TetherError(f"{config_file} must hold a mapping of field: value", fix="write one `field: value` per line")
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+    for pair in sets or []:
+        if "=" not in pair:
+            raise TetherError(f"--set {pair!r} is not key=value", fix="write --set learning_rate=1e-5")
+        key, raw = pair.split("=", 1)
+        values[key.strip().replace("-", "_")] = _parse_scalar(raw.strip())
+    values.update({k: v for k, v in flags.items() if v is not None})
+    unknown = sorted(set(values) - set(cls.model_fields))
+    if unknown:
+        valid = ", ".join(sorted(cls.model_fields))
+        raise TetherError(f"unknown config field(s): {', '.join(unknown)}", fix=f"valid fields: {valid}")
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "config"
+            name = option_name(where) if where in cls.model_fields else where
+            problems.append(f"{name}: {error['msg']}")
+        raise TetherError("invalid settings: " + "; ".join(problems), fix="correct the value(s) named above") from None
