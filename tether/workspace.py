@@ -129,3 +129,19 @@ def init_workspace(root: Path) -> Workspace:
         folder.mkdir(parents=True, exist_ok=True)
     upgrade(ws.database_url)
     return ws
+
+
+def configure_mlflow(root: Path) -> Any:
+    """Point MLflow at the workspace's store (SQLite ``mlflow.db``, artifacts under ``artifacts/mlruns``).
+
+    Returns the ``mlflow`` module with the experiment "tether" selected. Importing MLflow takes a second or two, so
+    only commands that track or register call this.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{Path(root) / 'mlflow.db'}")
+    if mlflow.get_experiment_by_name("tether") is None:
+        mlflow.create_experiment("tether", artifact_location=(Path(root) / "artifacts" / "mlruns").as_uri())
+    mlflow.set_experiment("tether")
+    return mlflow

@@ -180,6 +180,23 @@ def preference_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def canonical_line(row: dict[str, Any]) -> str:
+    """One row as canonical JSON: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def rows_digest(rows: list[dict[str, Any]]) -> str:
+    """sha256 of the canonical content of ``rows`` (one canonical line per row, joined by newlines)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for index, row in enumerate(rows):
+        if index:
+            digest.update(b"\n")
+        digest.update(canonical_line(row).encode("utf-8"))
+    return digest.hexdigest()
+
+
 def read_snapshot_rows(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]

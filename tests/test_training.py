@@ -1,0 +1,89 @@
+"""Shared training plumbing: batching, truncation, padding, log-probs, configs, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tether.config import TrainConfig, load_config
+from tether.errors import TetherError
+from tether.models import sequence_logps
+from tether.training import (
+    length_bucketed_batches,
+    make_scheduler,
+    pad_left,
+    pad_right,
+    total_optimizer_steps,
+    truncate_keep_end,
+)
+
+
+def test_bucketed_batches_cover_every_index_once_and_are_deterministic():
+    lengths = [7, 1, 9, 3, 3, 12, 5, 2, 8, 4, 6]
+    batches = length_bucketed_batches(lengths, 3, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches == length_bucketed_batches(lengths, 3, seed=1, epoch=0)
+    assert batches != length_bucketed_batches(lengths, 3, seed=1, epoch=1)
+
+
+def test_bucketing_reduces_padding():
+    lengths = [1, 100, 2, 99, 3, 98, 4, 97]
+    batches = length_bucketed_batches(lengths, 2, seed=0, epoch=0)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded == 2 * (2 + 4 + 98 + 100)  # pairs of neighbours in sorted order
+
+
+def test_truncation_keeps_the_completion_and_the_prompt_end():
+    assert truncate_keep_end([1, 2, 3, 4], [8, 9], 4) == [3, 4, 8, 9]
+    assert truncate_keep_end([1, 2], [8, 9], 10) == [1, 2, 8, 9]
+    assert truncate_keep_end([1, 2], [8, 9], 2) == [8, 9]
+    assert truncate_keep_end([1], [7, 8, 9], 2) is None
+
+
+def test_padding_sides():
+    ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_left([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_sequence_logps_counts_only_masked_positions():
+    # Uniform logits over 4 tokens: each counted token adds log(1/4).
+    logits = torch.zeros(2, 4, 4)
+    labels = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])
+    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    assert torch.allclose(sequence_logps(logits, labels, mask), torch.tensor([2, 3]) * math.log(0.25))
+
+
+def test_linear_schedule_with_warmup():
+    cfg = TrainConfig(model="m", output_dir="o", warmup_ratio=0.2, learning_rate=0.5)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, cfg, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[-1] == pytest.approx(1 / 8)
+
+
+def test_total_steps_from_epochs_or_max_steps():
+    cfg = TrainConfig(model="m", output_dir="o", batch_size=4, epochs=2)
+    assert total_optimizer_steps(10, cfg) == 6
+    assert total_optimizer_steps(10, cfg.model_copy(update={"max_steps": 3})) == 3
+
+
+def test_config_layers_and_errors(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("learning_rate: 0.001\nbatch-size: 16\n")
+    cfg = load_config(TrainConfig, yaml_file, ["batch_size=32"], model="m", output_dir=tmp_path, seed=3)
+    assert (cfg.learning_rate, cfg.batch_size, cfg.seed) == (0.001, 32, 3)
+    with pytest.raises(TetherError, match="--learning-rate"):
+        load_config(TrainConfig, None, ["learning_rate=-1"], model="m", output_dir=tmp_path)
+    with pytest.raises(TetherError, match="unknown config field"):
+        load_config(TrainConfig, None, ["learnin_rate=1"], model="m", output_dir=tmp_path)
+    with pytest.raises(TetherError, match="key=value"):
+        load_config(TrainConfig, None, ["oops"], model="m", output_dir=tmp_path)

@@ -1,0 +1,363 @@
+"""Plumbing every trainer shares: seeds, devices, batching, optimizers, metrics, progress, checkpoints, saving.
+
+Nothing here is an algorithm: each ``train_*.py`` keeps its own loop and its math lives in ``losses.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tether import __version__
+from tether.config import TrainConfig
+from tether.errors import TetherError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeds and devices
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg: TrainConfig) -> tuple[Any, int, int]:
+    """The Accelerator, the gradient-accumulation steps and the per-process micro batch.
+
+    ``cfg.batch_size`` is the global batch (all processes); the same number of examples reaches each optimizer
+    step whatever the number of processes, so a run on 2 processes matches a run on 1.
+    """
+    from accelerate import Accelerator
+
+    if cfg.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise TetherError("--bf16: this GPU has no bfloat16 support", fix="drop bf16 (train in fp32)")
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    processes = accelerator.num_processes
+    if cfg.batch_size % processes:
+        raise TetherError(
+            f"--batch-size {cfg.batch_size} is not divisible by the {processes} processes",
+            fix=f"use a multiple of {processes}",
+        )
+    per_process = cfg.batch_size // processes
+    micro = min(cfg.micro_batch_size or per_process, per_process)
+    if per_process % micro:
+        raise TetherError(
+            f"--batch-size {cfg.batch_size} over {processes} process(es) is {per_process} per process, not a multiple of micro_batch_size {micro}",
+            fix="choose batch_size = micro_batch_size x processes x k",
+        )
+    return accelerator, per_process // micro, micro
+
+
+def shard_batch(batch: list[int], accelerator: Any) -> list[int]:
+    """This process's contiguous slice of a global batch of indices."""
+    n, rank = accelerator.num_processes, accelerator.process_index
+    size = math.ceil(len(batch) / n)
+    return batch[rank * size : (rank + 1) * size]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batching and truncation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def length_bucketed_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, *, shuffle: bool = True, chunk_batches: int = 50
+) -> list[list[int]]:
+    """Batches of indices with similar lengths (little padding), in a deterministic order for (seed, epoch).
+
+    The indices are shuffled, cut into chunks of ``chunk_batches`` batches, sorted by length inside each chunk and
+    batched; then the batch order is shuffled. The last batch may be smaller.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    chunk = batch_size * chunk_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids (B, T) and attention_mask (B, T), padded on the right to the longest sequence."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids (B, T) and attention_mask (B, T), padded on the left (for generation)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def truncate_keep_end(prompt_ids: list[int], completion_ids: list[int], max_length: int) -> list[int] | None:
+    """prompt+completion in at most ``max_length`` tokens, cutting the prompt's START; None if the completion alone
+    does not fit (the caller skips and counts it)."""
+    if len(completion_ids) > max_length:
+        return None
+    room = max_length - len(completion_ids)
+    kept_prompt = prompt_ids[len(prompt_ids) - room :] if room < len(prompt_ids) else prompt_ids
+    if room == 0:
+        kept_prompt = []
+    return list(kept_prompt) + list(completion_ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    return max(1, math.ceil(math.ceil(n_examples / cfg.batch_size) * cfg.epochs))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; biases and norm weights get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise TetherError("the model has no trainable parameters", fix="check lora_target_modules or the model")
+    fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused or None)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics and progress
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MetricsLogger:
+    """Metrics as JSON lines in ``output_dir/metrics.jsonl``, and in the workspace's MLflow store when there is one."""
+
+    def __init__(self, output_dir: Path, cfg: TrainConfig, run_name: str, accelerator: Any = None):
+        self.is_main = accelerator is None or accelerator.is_main_process
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+        self._mlflow = None
+        if not self.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and self.path.exists():
+            self.path.unlink()
+        if cfg.mlflow:
+            self._mlflow = _start_mlflow_run(run_name, cfg)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(record)
+        if not self.is_main:
+            return
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._mlflow is not None:
+            try:
+                self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            except Exception as exc:  # tracking must never stop training
+                print(f"warning: MLflow logging failed ({exc}); metrics stay in {self.path}")
+                self._mlflow = None
+
+    def close(self) -> None:
+        if self._mlflow is not None:
+            self._mlflow.end_run()
+            self._mlflow = None
+
+
+def _start_mlflow_run(run_name: str, cfg: TrainConfig) -> Any:
+    """Start a run in the workspace's MLflow store; None when there is no workspace or MLflow fails."""
+    from tether.workspace import find_workspace
+
+    root = find_workspace()
+    if root is None or not (root / "tether.toml").exists():
+        return None
+    try:
+        from tether.workspace import configure_mlflow
+
+        mlflow = configure_mlflow(root)
+        mlflow.start_run(run_name=run_name)
+        mlflow.log_params({k: str(v)[:500] for k, v in cfg.model_dump().items()})
+        return mlflow
+    except Exception as exc:
+        print(f"warning: MLflow unavailable ({exc}); metrics go to metrics.jsonl only")
+        return None
+
+
+class Progress:
+    """A progress bar (rich) on stderr with a few live metrics."""
+
+    def __init__(self, total: int, description: str, enabled: bool = True, completed: int = 0):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[shown]}"),
+            console=Console(stderr=True),
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, completed=completed, shown="")
+
+    def advance(self, n: int = 1, **shown: float) -> None:
+        if self.enabled:
+            text = "  ".join(f"{k}={v:.4g}" for k, v in shown.items())
+            self._bar.update(self._task, advance=n, shown=text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._bar.stop()
+            self.enabled = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and saving
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """Checkpoints in ``output_dir/checkpoints/step-N`` (model, optimizer, scheduler, RNG + trainer state)."""
+
+    keep = 2
+
+    def __init__(self, output_dir: Path, accelerator: Any):
+        self.root = Path(output_dir) / "checkpoints"
+        self.accelerator = accelerator
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        path = self.root / f"step-{step}"
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            (path / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+            for old in self._all()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _all(self) -> list[Path]:
+        if not self.root.exists():
+            return []
+        done = [p for p in self.root.glob("step-*") if (p / "trainer_state.json").exists()]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        found = self._all()
+        if not found:
+            return None
+        return found[-1], json.loads((found[-1] / "trainer_state.json").read_text())
+
+    def load(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+
+
+TETHER_META = "tether.json"
+
+
+def save_model_dir(
+    model: Any,
+    tokenizer: Any,
+    output_dir: Path,
+    *,
+    kind: str,
+    cfg: TrainConfig,
+    data_digest: str,
+    metrics: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    accelerator: Any = None,
+) -> Path:
+    """An ordinary Hugging Face directory plus ``tether.json`` (kind, base model, data digest, config, metrics)."""
+    output_dir = Path(output_dir)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return output_dir
+        model = accelerator.unwrap_model(model)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(output_dir))
+    meta = {
+        "kind": kind,
+        "tether_version": __version__,
+        "base_model": cfg.model,
+        "data_digest": data_digest,
+        "config": json.loads(cfg.model_dump_json()),
+        "metrics": metrics,
+        **(extra or {}),
+    }
+    (output_dir / TETHER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return output_dir
+
+
+def read_tether_meta(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / TETHER_META
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
