@@ -61,3 +61,172 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
 # ---------------------------------------------------------------------------------------------------------------
 # Online RL: PPO, GAE, GRPO / RLOO advantages, KL estimators
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from tokens sampled from the policy (Schulman 2020,
+    "Approximating KL divergence"). With ``log_ratio = logps - ref_logps``: k1 = log_ratio (unbiased, can be
+    negative; Ziegler et al. 2019), k2 = log_ratio**2 / 2, k3 = exp(-log_ratio) - 1 + log_ratio (unbiased, never
+    negative; GRPO, Shao et al. 2024 Eq. 4).
+
+    shape: logps, ref_logps (B, T) -> (B, T).
+    """
+    log_ratio = logps - ref_logps
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; valid: k1, k2, k3")
+
+
+def kl_penalized_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards of RLHF-PPO (Ziegler et al. 2019, Eq. 2; Huang et al. 2024, detail 4):
+    ``r_t = -kl_coef * kl_t`` on every completion token, plus the sequence score on its last token.
+
+    The mask must be right-padded (ones then zeros). shape: scores (B,), kl (B, T), mask (B, T) -> (B, T).
+    """
+    mask = mask.to(kl.dtype)
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # (B,) index of the last real token
+    return rewards.scatter_add(1, last.unsqueeze(1), scores.to(kl.dtype).unsqueeze(1))
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, Eq. 16).
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t``, ``A_t = delta_t + gamma * lam * A_{t+1}``; the value after the last
+    token is 0 and padding contributes nothing. Returns ``(advantages, returns = advantages + values)``, zero on
+    padding. shape: rewards, values, mask (B, T) right-padded -> (B, T), (B, T).
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    next_advantage = torch.zeros_like(values[:, 0])
+    reversed_advantages = []
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        reversed_advantages.append(next_advantage)
+    advantages = torch.stack(reversed_advantages[::-1], dim=1) * mask
+    return advantages, (advantages + values) * mask
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-relative advantage (Shao et al. 2024, Sec. 4.1.2): ``(r_i - mean_g) / (std_g + eps)`` over the
+    ``group_size`` completions of the same prompt (consecutive rows); ``scale_by_std=False`` keeps ``r_i - mean_g``
+    (Dr. GRPO, Liu et al. 2025). std is the unbiased sample std. shape: rewards (B,), B = prompts x group_size -> (B,).
+    """
+    grouped = rewards.view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, Eq. 5; Kool et al. 2019): each completion's baseline is the mean reward of the
+    other ``group_size - 1`` completions of its prompt: ``A_i = r_i - (sum_g - r_i) / (k - 1)``.
+    shape: rewards (B,), consecutive groups -> (B,).
+    """
+    if group_size < 2:
+        raise ValueError("the leave-one-out baseline needs group_size >= 2")
+    grouped = rewards.view(-1, group_size)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).reshape(-1)
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, level: str = "token") -> torch.Tensor:
+    """Reduce a per-token loss to a scalar. "token": the mean over every completion token of the batch (DAPO, Yu et
+    al. 2025: long completions weigh more); "sequence": the mean over sequences of each one's token mean (GRPO,
+    Shao et al. 2024, Eq. 3). shape: per_token, mask (B, T) -> ().
+    """
+    if level == "token":
+        return masked_mean(per_token, mask)
+    if level == "sequence":
+        return masked_mean(per_token, mask, dim=1).mean()
+    raise ValueError(f"unknown loss aggregation {level!r}; valid: token, sequence")
+
+
+def clipped_policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+    aggregation: str = "token",
+    is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7), per token:
+    ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` with ``ratio = exp(logps - old_logps)``.
+
+    ``is_weights`` (optional, (B, T)) multiply each token's loss: the truncated importance weights that correct for
+    a sampler (vLLM) whose log-probs differ from the trainer's. Stats: ``policy/approx_kl`` = mean of
+    ``(log ratio)^2 / 2`` (Huang et al. 2024), ``policy/clipfrac``, ``policy/ratio``.
+    shape: logps, old_logps, mask (B, T); advantages (B, T) or (B, 1) -> loss ().
+    """
+    mask = mask.to(logps.dtype)
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights
+    loss = aggregate_loss(per_token, mask, aggregation)
+    stats = {
+        "policy/approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, mask),
+        "policy/clipfrac": masked_mean((clipped > unclipped).to(mask.dtype).detach(), mask),
+        "policy/ratio": masked_mean(ratio.detach(), mask),
+    }
+    return loss, stats
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+    aggregation: str = "token",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped value loss (Huang et al. 2024, detail 9; OpenAI baselines): the new value may move at most
+    ``clip_range`` from the rollout's value, ``0.5 * max((V - R)^2, (V_clipped - R)^2)``.
+    Stats: ``val/clipfrac``, ``val/vpred``, ``val/error``. shape: values, old_values, returns, mask (B, T) -> ().
+    """
+    mask = mask.to(values.dtype)
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * aggregate_loss(torch.maximum(unclipped_loss, clipped_loss), mask, aggregation)
+    stats = {
+        "val/clipfrac": masked_mean((clipped_loss > unclipped_loss).to(mask.dtype).detach(), mask),
+        "val/vpred": masked_mean(values.detach(), mask),
+        "val/error": masked_mean(unclipped_loss.detach(), mask),
+    }
+    return loss, stats
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position: ``logsumexp(z) - sum softmax(z) * z``.
+    shape: logits (B, T, V) -> (B, T)."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+
+
+def adaptive_kl_coef(kl_coef: float, current_kl: float, target: float, horizon: int, n_steps: int) -> float:
+    """The adaptive KL controller of Ziegler et al. 2019 (Sec. 2.2): ``e = clip(KL / target - 1, -0.2, 0.2)``,
+    ``kl_coef *= 1 + e * n_steps / horizon``, where ``n_steps`` counts the samples since the last update."""
+    error = min(max(current_kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n_steps / horizon)
+
+
+def truncated_is_weights(trainer_logps: torch.Tensor, sampler_logps: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
+    """Truncated importance-sampling weights ``min(exp(trainer - sampler), cap)`` per token, correcting the
+    policy gradient when the sampler (e.g. vLLM) and the trainer compute slightly different probabilities for the
+    same policy (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training").
+    shape: (B, T) -> (B, T), detached."""
+    return torch.exp(trainer_logps.detach() - sampler_logps.detach()).clamp(max=cap)
