@@ -34,7 +34,7 @@ demo: install
 # The full suite, slow tests included (what CI runs). PostgreSQL tests run when TETHER_TEST_POSTGRES_URL
 # is set or a server answers on 127.0.0.1:5432.
 test: install-test browser-deps
-	$(BIN)/ruff check tether tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The quick loop while developing: slow tests left out.
