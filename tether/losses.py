@@ -55,7 +55,103 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
 
 # ---------------------------------------------------------------------------------------------------------------
 # Offline preference optimization: DPO, IPO, cDPO, KTO
+# Inputs are sequence log-probs log pi(y|x) summed over the completion's tokens, shape (B,), for the policy and
+# the frozen reference. The implicit reward is beta * (log pi_theta(y|x) - log pi_ref(y|x)) (DPO, Sec. 5).
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _preference_stats(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The metrics every pairwise offline loss reports (names as TRL's, so dashboards compare)."""
+    return {
+        "rewards/chosen": chosen_rewards.mean().detach(),
+        "rewards/rejected": rejected_rewards.mean().detach(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().detach(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().detach(),
+        "logps/chosen": chosen_logps.mean().detach(),
+        "logps/rejected": rejected_logps.mean().detach(),
+    }
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO (Rafailov et al. 2023, Eq. 7); with ``label_smoothing`` eps > 0 it is conservative DPO (cDPO).
+
+    ``h = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))``;
+    DPO: ``-log sigmoid(beta h)``. cDPO (Mitchell 2023, "A note on DPO with noisy preferences") assumes each label
+    is flipped with probability eps: ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``.
+    The loss is the mean over the pairs. shape: all inputs (B,) -> loss ().
+    """
+    chosen_logratios = chosen_logps - ref_chosen_logps  # (B,)
+    rejected_logratios = rejected_logps - ref_rejected_logps  # (B,)
+    logits = beta * (chosen_logratios - rejected_logratios)  # beta * h, (B,)
+    losses = -(1.0 - label_smoothing) * torch.nn.functional.logsigmoid(logits) - label_smoothing * torch.nn.functional.logsigmoid(-logits)
+    stats = _preference_stats(chosen_logps, rejected_logps, beta * chosen_logratios, beta * rejected_logratios)
+    return losses.mean(), stats
+
+
+def ipo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """IPO (Azar et al. 2023, "A general theoretical paradigm...", Eq. 17): ``(h - 1 / (2 tau)) ** 2``, tau = beta.
+
+    ``h`` as in DPO. IPO regresses the log-ratio gap to a finite target instead of pushing it to infinity, so it
+    does not overfit deterministic preferences. The trainer passes log-probs averaged over the completion's tokens
+    (the form the IPO authors used, as TRL does); this function takes whatever it is given.
+    shape: all inputs (B,) -> loss ().
+    """
+    chosen_logratios = chosen_logps - ref_chosen_logps  # (B,)
+    rejected_logratios = rejected_logps - ref_rejected_logps  # (B,)
+    losses = (chosen_logratios - rejected_logratios - 1.0 / (2.0 * beta)) ** 2
+    stats = _preference_stats(chosen_logps, rejected_logps, beta * chosen_logratios, beta * rejected_logratios)
+    return losses.mean(), stats
+
+
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", Eq. 8).
+
+    ``r = log pi(y|x) - log pi_ref(y|x)``; ``z0`` = ``kl`` is the reference point, the batch estimate
+    ``max(0, mean(log pi(y'|x) - log pi_ref(y'|x)))`` over mismatched pairs (x, y'), taken without gradient.
+    Value: ``lambda_D sigmoid(beta (r - z0))`` for desirable y, ``lambda_U sigmoid(beta (z0 - r))`` for
+    undesirable y; loss = mean of ``lambda_y - v(x, y)`` over the examples.
+    shape: logps, ref_logps, desirable (bool) (B,); kl () -> loss ().
+    """
+    rewards = logps - ref_logps  # r, (B,)
+    z0 = kl.detach().clamp(min=0)
+    desirable = desirable.bool()
+    weights = torch.where(desirable, torch.full_like(rewards, desirable_weight), torch.full_like(rewards, undesirable_weight))
+    values = weights * torch.sigmoid(beta * torch.where(desirable, rewards - z0, z0 - rewards))  # v(x, y), (B,)
+    losses = weights - values
+    chosen, rejected = desirable.float(), (~desirable).float()
+    stats = {
+        "rewards/chosen": masked_mean(beta * rewards, chosen).detach(),
+        "rewards/rejected": masked_mean(beta * rewards, rejected).detach(),
+        "rewards/margins": (masked_mean(beta * rewards, chosen) - masked_mean(beta * rewards, rejected)).detach(),
+        "logps/chosen": masked_mean(logps, chosen).detach(),
+        "logps/rejected": masked_mean(logps, rejected).detach(),
+        "objective/kl": z0,
+    }
+    return losses.mean(), stats
+
 
 
 # ---------------------------------------------------------------------------------------------------------------
