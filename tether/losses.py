@@ -50,7 +50,88 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reward models
+# Rewards carry one column per ensemble member: shape (B, K); K = 1 for a single model.
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def pairwise_reward_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    tie: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bradley-Terry pairwise loss, with optional margins, ties and per-member (bootstrap) weights.
+
+    A preferred pair costs ``-log sigmoid(r_c - r_r - m)`` (Bradley & Terry 1952; Ouyang et al. 2022, Eq. 1); the
+    margin ``m`` asks for a larger gap when annotators were surer (Touvron et al. 2023, Llama 2, Sec. 3.2.2).
+    Ties, our choice: a tie is the Bradley-Terry likelihood with a soft label of 1/2,
+    ``-(log sigmoid(d) + log sigmoid(-d)) / 2`` with ``d = r_c - r_r``; it is minimal at ``d = 0``, so a tie pulls
+    the two rewards together and ignores the margin. Ties do not count in the accuracy.
+    ``weight`` (bootstrap weights, mean 1) scales each member's loss; the loss is ``mean(weight * l)`` so that
+    averaging it over processes gives the loss of the global batch.
+
+    shape: chosen_rewards, rejected_rewards (B, K); margin, tie (B,); weight (B, K) -> loss ().
+    """
+    diff = chosen_rewards - rejected_rewards  # (B, K)
+    target = diff if margin is None else diff - margin.unsqueeze(-1)
+    losses = -torch.nn.functional.logsigmoid(target)
+    is_tie = torch.zeros_like(diff, dtype=torch.bool) if tie is None else tie.bool().unsqueeze(-1).expand_as(diff)
+    tie_losses = -0.5 * (torch.nn.functional.logsigmoid(diff) + torch.nn.functional.logsigmoid(-diff))
+    losses = torch.where(is_tie, tie_losses, losses)
+    loss = (losses if weight is None else losses * weight).mean()
+    preferred = (~is_tie).to(diff.dtype)
+    stats = {
+        "reward/accuracy": masked_mean((diff > 0).to(diff.dtype), preferred).detach(),
+        "reward/margin": masked_mean(diff, preferred).detach(),
+        "reward/chosen": chosen_rewards.mean().detach(),
+        "reward/rejected": rejected_rewards.mean().detach(),
+    }
+    return loss, stats
+
+
+def reward_centering_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Auxiliary loss that keeps rewards centred on zero: ``mean((r_c + r_r) ** 2)``.
+
+    Eisenstein et al. 2023 ("Helping or Herding?", Sec. 3): the Bradley-Terry loss only sees differences, so the
+    reward's offset drifts; this pins it. The caller multiplies it by a small coefficient (e.g. 0.01).
+    shape: chosen_rewards, rejected_rewards (B, K) -> ().
+    """
+    return ((chosen_rewards + rejected_rewards) ** 2).mean()
+
+
+def normalize_ratings(ratings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-aspect z-scores of ratings, over the rated entries only (unrated entries stay 0).
+
+    shape: ratings, mask (N, A) -> (z (N, A), mean (A,), std (A,)); a constant aspect gets std 1.
+    """
+    mask = mask.to(ratings.dtype)
+    count = mask.sum(0).clamp(min=1.0)
+    mean = (ratings * mask).sum(0) / count
+    var = (((ratings - mean) ** 2) * mask).sum(0) / count
+    std = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+    return (ratings - mean) / std * mask, mean, std
+
+
+def rating_regression_loss(
+    predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean squared error of each aspect's head against its normalized rating; unrated aspects are skipped.
+
+    One output per (member, aspect) (multi-aspect regression as in HelpSteer / SteerLM, Wang et al. 2023).
+    The loss is a sum over entries divided by the batch's number of rated entries times K.
+    shape: predictions (B, K, A); targets, mask (B, A); weight (B, K) bootstrap weights -> loss ().
+    """
+    mask = mask.to(predictions.dtype).unsqueeze(1).expand_as(predictions)  # (B, K, A)
+    errors = (predictions - targets.unsqueeze(1)) ** 2
+    if weight is not None:
+        errors = errors * weight.unsqueeze(-1)
+    loss = masked_sum(errors, mask) / mask.sum().clamp(min=1.0)
+    stats = {
+        "reward/mse": masked_mean((predictions - targets.unsqueeze(1)) ** 2, mask).detach(),
+        "reward/mae": masked_mean((predictions - targets.unsqueeze(1)).abs(), mask).detach(),
+    }
+    return loss, stats
 
 
 # ---------------------------------------------------------------------------------------------------------------
