@@ -1,10 +1,188 @@
-"""`tether registry ...`."""
+"""`tether registry ...`: versions, aliases (candidate, champion), approvals, promotion gates and lineage."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from tether.cli.common import JsonFlag, emit_json
+
 registry_app = typer.Typer(help="Model registry: versions, aliases (candidate, champion), approvals, lineage.", no_args_is_help=True)
+
+VersionArg = Annotated[str, typer.Argument(help="NAME/N (support-policy/2), NAME@ALIAS (support-policy@champion) or NAME (latest).")]
+
+
+def _ws():
+    from tether.cli.common import workspace_url
+
+    ws, _ = workspace_url()
+    return ws
+
+
+@registry_app.command("list")
+def list_cmd(as_json: JsonFlag = False) -> None:
+    """List every registered version with its kind, aliases and evaluation figures.
+
+    Example:  tether registry list
+    """
+    from tether.registry import list_versions
+
+    rows = list_versions(_ws())
+    if as_json:
+        emit_json({"versions": rows})
+        return
+    from rich.table import Table
+
+    from tether.cli.common import console
+
+    if not rows:
+        typer.echo("no registered models yet (`tether demo` registers two; or `tether registry register DIR --name N --kind policy`)")
+        return
+    table = Table(show_edge=False)
+    for col in ("version", "kind", "aliases", "approved by", "figures"):
+        table.add_column(col)
+    for r in rows:
+        figures = "  ".join(f"{k}={v:.3g}" for k, v in sorted(r["figures"].items()))
+        table.add_row(r["version"], r["kind"], ", ".join(r["aliases"]), r["approved_by"] or "", figures)
+    console().print(table)
+
+
+@registry_app.command("show")
+def show_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
+    """Show one version: aliases, tags, gates and its model card.
+
+    Example:  tether registry show support-policy@candidate
+    """
+    from tether.registry import show
+
+    info = show(_ws(), version)
+    if as_json:
+        emit_json(info)
+        return
+    typer.echo(info["card"])
+    typer.echo(f"aliases: {', '.join(info['aliases']) or '(none)'}")
+    typer.echo(f"source:  {info['source']}")
+    if info["gates"]:
+        typer.echo("gates for champion:")
+        for g in info["gates"]:
+            value = "missing" if g["value"] is None else f"{g['value']:.4g}"
+            typer.echo(f"  [{'pass' if g['passed'] else 'FAIL'}] {g['figure']} {g['op']} {g['threshold']:g} (is {value})")
+
+
+@registry_app.command("register")
+def register_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="The model folder (output of a `tether train` command).")],
+    name: Annotated[str, typer.Option("--name", help="Registered model name, e.g. support-policy.")],
+    kind: Annotated[str, typer.Option("--kind", help="reward or policy.")],
+    parent: Annotated[str | None, typer.Option("--parent", help="The version it was trained against (a policy's reward model).")] = None,
+    snapshot: Annotated[str | None, typer.Option("--snapshot", help="The snapshot it was trained on (name); its digest is recorded.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a trained model folder as a new version (alias candidate), with lineage tags and a model card.
+
+    Example:  tether registry register runs/rm --name support-reward --kind reward --snapshot prefs-v1
+    """
+    from tether.errors import TetherError
+    from tether.registry import KINDS, register_model
+
+    if kind not in KINDS:
+        raise TetherError(f"--kind {kind!r} is not one of {', '.join(KINDS)}", fix="use --kind reward or --kind policy")
+    ws = _ws()
+    digest = None
+    if snapshot:
+        digest = _snapshot_digest(ws, snapshot)
+    info = register_model(ws, model_dir, name=name, kind=kind, parent=parent, snapshot_name=snapshot, snapshot_digest=digest)
+    if as_json:
+        emit_json(info)
+    else:
+        typer.echo(f"registered {info['version']} ({kind}), alias candidate")
+
+
+def _snapshot_digest(ws, name: str) -> str:
+    from sqlalchemy import select
+
+    from tether.errors import TetherError
+    from tether.store.db import session_scope
+    from tether.store.tables import Snapshot
+
+    with session_scope(ws.database_url) as session:
+        snap = session.scalar(select(Snapshot).where(Snapshot.name == name))
+        if snap is None:
+            raise TetherError(f"no snapshot named {name!r}", fix="see `tether data list`")
+        return snap.digest
+
+
+@registry_app.command("approve")
+def approve_cmd(
+    version: VersionArg,
+    admin: Annotated[str, typer.Option("--admin", help="The approving user; must have role admin in the store.")],
+    password: Annotated[str | None, typer.Option("--password", envvar="TETHER_PASSWORD", help="The admin's password when they have one (or TETHER_PASSWORD).")] = None,
+    note: Annotated[str, typer.Option("--note", help="Why it is approved (kept in the audit log).")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Record an admin's approval of a version (needed, with the gates, for promotion to champion).
+
+    Example:  tether registry approve support-policy/2 --admin alice --note "reviewed the report"
+    """
+    from tether.registry import approve
+
+    info = approve(_ws(), version, admin=admin, password=password, note=note)
+    if as_json:
+        emit_json(info)
+    else:
+        typer.echo(f"{info['version']} approved by {info['approved_by']} at {info['approved_at']}")
+
+
+@registry_app.command("promote")
+def promote_cmd(
+    version: VersionArg,
+    to: Annotated[str, typer.Option("--to", help="The alias to move: champion (gated) or candidate.")] = "champion",
+    as_json: JsonFlag = False,
+) -> None:
+    """Move an alias to a version. champion requires the tether.toml [gates] to pass and an admin's approval.
+
+    Example:  tether registry promote support-policy/2 --to champion
+    """
+    from tether.registry import promote
+
+    info = promote(_ws(), version, alias=to)
+    if as_json:
+        emit_json(info)
+    else:
+        typer.echo(f"{info['version']} is now {to} (aliases: {', '.join(info['aliases'])})")
+
+
+@registry_app.command("lineage")
+def lineage_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
+    """Walk from a version to the judgments behind it: policy -> reward model -> snapshot (digest) -> judgments.
+
+    Example:  tether registry lineage support-policy@champion
+    """
+    from tether.registry import lineage
+
+    info = lineage(_ws(), version)
+    if as_json:
+        emit_json(info)
+        return
+    for depth, step in enumerate(info["chain"]):
+        indent = "  " * depth + ("└─ " if depth else "")
+        if step["type"] == "model_version":
+            extra = f"  base={step['base_model']}" if step.get("base_model") else ""
+            typer.echo(f"{indent}{step['version']}  ({step['kind']}){extra}")
+        elif step["type"] == "missing":
+            typer.echo(f"{indent}{step['version']}  (not in this registry)")
+        elif step["type"] == "snapshot":
+            if step.get("found"):
+                typer.echo(f"{indent}snapshot {step['name']}  sha256 {step['digest']}  {step['rows']} rows, aggregate={step['aggregate']}")
+            else:
+                typer.echo(f"{indent}snapshot sha256 {step['digest']}  (not in this workspace's store)")
+        elif step["type"] == "judgments":
+            who = ", ".join(f"{k} ({v})" for k, v in step["annotators"].items())
+            typer.echo(f"{indent}{step['count']} judgments in project {step['project']} by {len(step['annotators'])} annotators: {who}")
+            if step["flagged"]:
+                typer.echo(f"{indent}  excluded by QC: {', '.join(step['flagged'])}")
 
 
 def register(app: typer.Typer) -> None:
