@@ -2,10 +2,246 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
+from tether.cli.common import JsonFlag
+
 data_app = typer.Typer(help="Feedback sets: import files, freeze snapshots, export, inspect.", no_args_is_help=True)
+
+IMPORT_FORMAT_CHOICES = ("auto", "trl", "hh", "pandalm", "ranking", "ratings", "unpaired", "prompts")
+# Files at least this big get a progress bar (on a terminal).
+PROGRESS_MIN_BYTES = 4_000_000
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
+
+
+@contextlib.contextmanager
+def _progress(path: Path, quiet: bool) -> Iterator[Callable[[float], None] | None]:
+    """A rich progress bar on stderr for big files read on a terminal; yields the callback (or None)."""
+    try:
+        big = path.stat().st_size >= PROGRESS_MIN_BYTES
+    except OSError:
+        big = False
+    if quiet or not big or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tether.cli.common import err_console
+
+    with Progress(TextColumn("importing {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=err_console(), transient=True) as bar:
+        task = bar.add_task(path.name, total=1.0)
+        yield lambda fraction: bar.update(task, completed=fraction)
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+@data_app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="A .jsonl, .json or .parquet file, optionally .gz.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the new feedback set (letters, digits, . _ -).")],
+    fmt: Annotated[str, typer.Option("--format", help="auto (recognised by keys), trl, hh, pandalm, ranking, ratings, unpaired or prompts.")] = "auto",
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip bad records (counted per reason) instead of stopping.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Import a feedback file as a new set: prompts, completions, items, annotators and judgments.
+
+    The whole file imports in one transaction or not at all; a bad record stops it with the file, line and
+    reason (or is skipped and counted with --skip-invalid). Identical chosen/rejected pairs are skipped and
+    counted. See the README's "Data formats" for each format's keys.
+
+    Example:  tether data import ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz --name hh-helpful
+    """
+    from tether.cli.common import emit_json, require_file, workspace_url
+    from tether.errors import TetherError
+    from tether.store.db import session_scope
+    from tether.store.importer import import_file
+
+    if fmt not in IMPORT_FORMAT_CHOICES:
+        raise TetherError(f"unknown format {fmt!r}", fix=f"use one of: {', '.join(IMPORT_FORMAT_CHOICES)}")
+    require_file(path)
+    _, url = workspace_url()
+    with _progress(path, quiet=False) as on_progress:
+        with session_scope(url) as session:
+            result = import_file(path, name, session=session, fmt=fmt, skip_invalid=skip_invalid, on_progress=on_progress)
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    rate = result.judgments / result.seconds if result.seconds else 0.0
+    typer.echo(
+        f"imported {_n(result.imported)} of {_n(result.records)} records from {path.name} into set {name!r} "
+        f"(format {result.format}) in {result.seconds:.2f} s"
+    )
+    typer.echo(
+        f"  prompts {_n(result.prompts)} · completions {_n(result.completions)} · items {_n(result.items)} · "
+        f"judgments {_n(result.judgments)} ({_n(result.comparisons)} comparisons) by {result.annotators} annotator(s)"
+        + (f" · {rate:,.0f} judgments/s" if rate else "")
+    )
+    for label, counts in (("skipped", result.skip_reasons), ("coerced", result.coerced)):
+        if counts:
+            typer.echo(f"  {label} {_n(sum(counts.values()))}:")
+            for reason, count in counts.items():
+                typer.echo(f"    {_n(count):>7}  {reason}")
+    typer.echo(f"next: tether data snapshot {name}")
+
+
+@data_app.command("snapshot")
+def snapshot(
+    name: Annotated[str, typer.Argument(help="The feedback set to freeze.")],
+    aggregate: Annotated[str, typer.Option("--aggregate", help="How several judgments of a pair become one row: majority.")] = "majority",
+    snapshot_name: Annotated[str | None, typer.Option("--snapshot-name", help="Name of the snapshot (default: <set>-v<N>).")] = None,
+    keep_ties: Annotated[bool, typer.Option("--keep-ties", help="Keep pairs judged a tie, as rows with \"tie\": true.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Freeze a set's training rows into a JSONL snapshot with a sha256 digest of its canonical content.
+
+    Preference pairs are aggregated (majority: the outcome with the most votes; split votes and ties are left
+    out and counted); ratings are averaged per aspect; thumbs take the majority label. Trainers read the
+    snapshot as snapshot:NAME.
+
+    Example:  tether data snapshot pandalm --aggregate majority --snapshot-name pandalm-maj
+    """
+    from tether.cli.common import emit_json, workspace_url
+    from tether.store.db import session_scope
+    from tether.store.snapshots import make_snapshot
+
+    ws, url = workspace_url()
+    with session_scope(url) as session:
+        summary = make_snapshot(name, session=session, root=ws.root, aggregate=aggregate, snapshot_name=snapshot_name, keep_ties=keep_ties)
+    if json_out:
+        emit_json(summary)
+        return
+    counts = summary["counts"]
+    typer.echo(f"snapshot {summary['name']!r}: {_n(summary['row_count'])} {summary['row_kind']} rows from set {name!r} ({aggregate})")
+    typer.echo(f"  sha256 {summary['digest']}")
+    typer.echo(f"  file   {ws.root / summary['path']}")
+    detail = {k: v for k, v in counts.items() if k not in ("row_kind", "rows") and v is not None}
+    typer.echo("  " + " · ".join(f"{k} {_n(v) if isinstance(v, int) else v}" for k, v in detail.items()))
+    typer.echo(f"use it: --data snapshot:{summary['name']}   or   tether data export {summary['name']} --format trl -o out.jsonl")
+
+
+@data_app.command("export")
+def export(
+    name: Annotated[str, typer.Argument(help="A snapshot name, or else a set name (its rows aggregated now by majority).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .jsonl or .jsonl.gz file to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="trl (prompt/chosen/rejected), hh (two whole dialogues) or jsonl (canonical rows, ties and subsets kept).")] = "jsonl",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Write a snapshot (or a set) out as TRL, HH-RLHF or canonical JSONL rows.
+
+    NAME is looked up as a snapshot first, then as a set. TRL and HH have no ties: tie rows are left out of
+    them (and counted). Exporting, importing the file again and snapshotting it gives the same digest.
+
+    Example:  tether data export hh-helpful-v1 --format trl -o hh-helpful.trl.jsonl
+    """
+    from tether.cli.common import emit_json, workspace_url
+    from tether.store.db import session_scope
+    from tether.store.snapshots import export as export_rows
+
+    ws, url = workspace_url()
+    with session_scope(url) as session:
+        summary = export_rows(name, fmt, output, session=session, root=ws.root, force=force)
+    if json_out:
+        emit_json(summary)
+        return
+    typer.echo(f"wrote {_n(summary['rows'])} rows of {summary['source']} {name!r} as {fmt} to {output}")
+    if summary["left_out_ties"]:
+        typer.echo(f"  left out {_n(summary['left_out_ties'])} tie rows ({fmt} has no ties; use --format jsonl to keep them)")
+
+
+@data_app.command("list")
+def list_(json_out: JsonFlag = False) -> None:
+    """List the feedback sets and snapshots of the workspace with their counts.
+
+    Example:  tether data list
+    """
+    from tether.cli.common import emit_json, workspace_url
+    from tether.store.db import session_scope
+    from tether.store.snapshots import list_sets, list_snapshots
+
+    _, url = workspace_url()
+    with session_scope(url) as session:
+        sets, snapshots = list_sets(session), list_snapshots(session)
+    if json_out:
+        emit_json({"sets": sets, "snapshots": snapshots})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    if not sets:
+        out.print("no feedback sets yet: tether data import FILE --name NAME")
+        return
+    table = Table(title="feedback sets", title_justify="left")
+    for column in ("name", "source", "prompts", "items", "judgments", "annotators", "created"):
+        table.add_column(column, justify="right" if column in ("prompts", "items", "judgments", "annotators") else "left", no_wrap=True)
+    for s in sets:
+        table.add_row(s["name"], s["source"], _n(s["prompts"]), _n(s["items"]), _n(s["judgments"]), str(s["annotators"]), f"{s['created_at']:%Y-%m-%d %H:%M}")
+    out.print(table)
+    if snapshots:
+        table = Table(title="snapshots", title_justify="left")
+        for column in ("name", "set", "kind", "rows", "aggregate", "sha256", "created"):
+            table.add_column(column, justify="right" if column == "rows" else "left", no_wrap=True)
+        for s in snapshots:
+            table.add_row(s["name"], s["set"] or "-", s["row_kind"], _n(s["row_count"]), s["aggregate"], s["digest"][:16], f"{s['created_at']:%Y-%m-%d %H:%M}")
+        out.print(table)
+
+
+@data_app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="A snapshot name, or else a set name.")],
+    rows: Annotated[int, typer.Option("--rows", help="How many sample rows to print.")] = 3,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show a snapshot or a set: counts, digest and sample rows (long texts shortened).
+
+    For a set, the rows and digest are those a fresh majority snapshot would have.
+
+    Example:  tether data show hh-helpful-v1 --rows 2
+    """
+    from tether.cli.common import emit_json, workspace_url
+    from tether.store.db import session_scope
+    from tether.store.snapshots import dumps_preview, preview, resolve, set_details
+
+    ws, url = workspace_url()
+    with session_scope(url) as session:
+        resolved = resolve(name, session=session, root=ws.root)
+        details: dict[str, Any] = set_details(session, name) if resolved["source"] == "set" else {}
+    sample = resolved.pop("rows")[: max(rows, 0)]
+    if json_out:
+        emit_json({**resolved, **({"set_details": details} if details else {}), "sample_rows": [preview(r) for r in sample]})
+        return
+    if resolved["source"] == "snapshot":
+        typer.echo(f"snapshot {name!r} of set {resolved['set']!r} ({resolved['aggregate']}), made {resolved['created_at']:%Y-%m-%d %H:%M}")
+        typer.echo(f"  file    {ws.root / resolved['path']}")
+    else:
+        typer.echo(f"set {name!r} ({details['source']}), made {details['created_at']:%Y-%m-%d %H:%M}")
+        typer.echo(
+            f"  prompts {_n(details['prompts'])} · completions {_n(details['completions'])} · items {_n(details['items'])} "
+            f"{details['item_kinds']} · judgments {_n(details['judgments'])}"
+        )
+        typer.echo("  annotators " + ", ".join(f"{a} ({_n(c)})" for a, c in details["annotators"].items()))
+        imported = details.get("import") or {}
+        if imported.get("skip_reasons"):
+            typer.echo(f"  skipped at import: {imported['skip_reasons']}")
+        if imported.get("coerced"):
+            typer.echo(f"  coerced at import: {imported['coerced']}")
+        typer.echo(f"  snapshots: {', '.join(details['snapshots']) or 'none yet'}")
+    typer.echo(f"  rows    {_n(resolved['row_count'])} {resolved['row_kind']}")
+    typer.echo(f"  sha256  {resolved['digest']}" + ("  (of a majority snapshot made now)" if resolved["source"] == "set" else ""))
+    counts = {k: v for k, v in resolved["counts"].items() if k not in ("row_kind", "rows") and v is not None}
+    typer.echo("  counts  " + " · ".join(f"{k} {v}" for k, v in counts.items()))
+    for index, row in enumerate(sample, start=1):
+        typer.echo(f"  [{index}] {dumps_preview(row)}")

@@ -1,0 +1,515 @@
+"""Snapshots: a feedback set's training rows, aggregated and frozen as JSONL with a sha256 digest; export.
+
+A snapshot file holds one canonical row per line (see tether.store.formats): ``json.dumps(row, sort_keys=True,
+ensure_ascii=False, separators=(",", ":"))``. Its digest is the sha256 of those lines joined by ``"\\n"`` (the
+file adds one final newline), so the same rows give the same digest wherever they were made.
+
+Which rows a set gives (its row kind follows its items):
+- pairwise and ranking items -> preference rows: every judgment becomes pairs (tether.feedback.to_pairs; a full
+  ranking of k gives k(k-1)/2 pairs) and ``aggregate_pairs`` decides each compared pair of an item;
+- rating items -> rating rows: one per item, each aspect the mean of the annotators' ratings (one rating is
+  copied as is);
+- thumbs items -> unpaired rows: one per item, the majority label (a split vote is dropped and counted);
+- prompt-only sets -> prompt rows.
+Rows come in item order (the import order), and within an item in order of the pair's positions. Superseded
+judgments are left out.
+
+Majority (``--aggregate majority``): for each pair of completions an item's judgments compared, each judgment
+votes for one of three outcomes: the first better, the second better, or a tie. The outcome with strictly the
+most votes wins; when two outcomes share the top count (a 1-1 split, or a-b-tie 1-1-1) the pair has no majority
+and is dropped (counted as ``no_majority``). A winning tie gives a tie row, which is dropped unless ``keep_ties``
+(counted as ``ties_dropped``); kept tie rows carry ``"tie": true``. A row's ``margin`` is the mean of the margins
+of the winning votes when every one of them has a margin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tether.errors import TetherError
+from tether.feedback import to_pairs
+from tether.store.db import audit
+from tether.store.formats import HH_ASSISTANT, canonical_line, read_snapshot_rows
+from tether.store.importer import check_name
+from tether.store.tables import Completion, Item, ItemCompletion, Judgment, Project, Prompt, Snapshot
+
+# The aggregation methods of aggregate_pairs. To add one: add its name here and an elif in aggregate_pairs.
+AGGREGATES = ("majority",)
+EXPORT_FORMATS = ("trl", "hh", "jsonl")
+SNAPSHOT_DIR = Path("artifacts") / "snapshots"
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One judgment as aggregation sees it: who said what about which item (value in item positions)."""
+
+    item_id: int
+    annotator_id: int
+    kind: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AggregatedPair:
+    """The decided preference between two positions of an item. ``tie`` rows have no winner (chosen < rejected)."""
+
+    item_id: int
+    chosen: int
+    rejected: int
+    tie: bool = False
+    votes: int = 1
+    agreement: float = 1.0  # share of the pair's votes that went to the outcome
+    margin: float | None = None
+
+
+def aggregate_pairs(method: str, judgments: Iterable[Vote], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
+    """The training pairs that ``judgments`` support under aggregation ``method``, sorted by (item, positions).
+
+    ``qc``, when given, receives the method's figures as flat ``aggregate/...`` keys; make_snapshot records them
+    on the snapshot.
+    """
+    if method == "majority":
+        return majority_pairs(judgments, qc=qc)
+    raise TetherError(f"unknown aggregation method {method!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
+
+
+def majority_pairs(judgments: Iterable[Vote], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
+    """Plurality of three outcomes per compared pair (first better, second better, tie); see the module doc."""
+    # ALGO LOGIC: tally each unordered pair (lo, hi) of each item; outcome "lo", "hi" or "tie".
+    tallies: dict[tuple[int, int, int], Counter[str]] = defaultdict(Counter)
+    margins: dict[tuple[int, int, int], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
+    for vote in judgments:
+        for pair in to_pairs(vote.kind, vote.value):
+            lo, hi = min(pair.chosen, pair.rejected), max(pair.chosen, pair.rejected)
+            outcome = "tie" if pair.tie else ("lo" if pair.chosen == lo else "hi")
+            key = (vote.item_id, lo, hi)
+            tallies[key][outcome] += 1
+            margins[key][outcome].append(pair.margin)
+    pairs, no_majority, unanimous = [], 0, 0
+    for key in sorted(tallies):
+        ranked = tallies[key].most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            no_majority += 1
+            continue
+        outcome, count = ranked[0]
+        total = sum(tallies[key].values())
+        unanimous += count == total
+        winning_margins = margins[key][outcome]
+        margin = None if any(m is None for m in winning_margins) else sum(winning_margins) / len(winning_margins)
+        item_id, lo, hi = key
+        chosen, rejected = (hi, lo) if outcome == "hi" else (lo, hi)
+        pairs.append(AggregatedPair(item_id, chosen, rejected, outcome == "tie", total, count / total, margin))
+    if qc is not None:
+        qc.update({
+            "aggregate/method": "majority",
+            "aggregate/compared_pairs": len(tallies),
+            "aggregate/no_majority": no_majority,
+            "aggregate/unanimous": unanimous,
+            "aggregate/mean_agreement": round(sum(p.agreement for p in pairs) / len(pairs), 6) if pairs else None,
+        })
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rows of a set
+
+
+def row_kind_of(session: Session, project_id: int) -> str:
+    kinds = set(session.scalars(select(Item.kind).where(Item.project_id == project_id).distinct()))
+    if kinds & {"pairwise", "ranking"}:
+        return "preference"
+    if "rating" in kinds:
+        return "rating"
+    if "thumbs" in kinds:
+        return "unpaired"
+    return "prompt"
+
+
+def set_rows(
+    session: Session, project_id: int, *, aggregate: str = "majority", keep_ties: bool = False, qc: dict[str, Any] | None = None
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """``(row_kind, rows, counts)``: the canonical training rows of a set, as the module doc describes."""
+    if aggregate not in AGGREGATES:
+        raise TetherError(f"unknown aggregation method {aggregate!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
+    kind = row_kind_of(session, project_id)
+    prompts = {
+        pid: (messages if messages is not None else text)
+        for pid, text, messages in session.execute(
+            select(Prompt.id, Prompt.text, Prompt.messages).where(Prompt.project_id == project_id)
+        )
+    }
+    if kind == "prompt":
+        rows = [{"prompt": prompts[pid]} for pid in sorted(prompts)]
+        return kind, rows, {"row_kind": kind, "rows": len(rows), "prompts": len(prompts)}
+    item_kinds = {"preference": ("pairwise", "ranking"), "rating": ("rating",), "unpaired": ("thumbs",)}[kind]
+    items = {
+        item_id: (prompt_id, meta or {})
+        for item_id, prompt_id, meta in session.execute(
+            select(Item.id, Item.prompt_id, Item.meta).where(Item.project_id == project_id, Item.kind.in_(item_kinds))
+        )
+    }
+    positions: dict[tuple[int, int], int] = {}
+    completion_ids = set()
+    for item_id, position, completion_id in session.execute(
+        select(ItemCompletion.item_id, ItemCompletion.position, ItemCompletion.completion_id)
+        .join(Item, Item.id == ItemCompletion.item_id)
+        .where(Item.project_id == project_id, Item.kind.in_(item_kinds))
+    ):
+        positions[item_id, position] = completion_id
+        completion_ids.add(completion_id)
+    completions = {
+        cid: (messages if messages is not None else text)
+        for cid, text, messages in session.execute(
+            select(Completion.id, Completion.text, Completion.messages)
+            .join(Prompt, Prompt.id == Completion.prompt_id)
+            .where(Prompt.project_id == project_id)
+        )
+        if cid in completion_ids
+    }
+    judged = session.execute(
+        select(Judgment.id, Judgment.item_id, Judgment.user_id, Judgment.kind, Judgment.value, Judgment.supersedes_id)
+        .join(Item, Item.id == Judgment.item_id)
+        .where(Item.project_id == project_id, Item.kind.in_(item_kinds))
+        .order_by(Judgment.id)
+    ).all()
+    superseded = {j.supersedes_id for j in judged if j.supersedes_id is not None}
+    votes = [Vote(j.item_id, j.user_id, j.kind, j.value) for j in judged if j.id not in superseded]
+    counts: dict[str, Any] = {"row_kind": kind, "items": len(items), "judgments": len(votes), "superseded": len(superseded)}
+
+    def text_of(item_id: int, position: int) -> Any:
+        return completions[positions[item_id, position]]
+
+    rows: list[dict[str, Any]] = []
+    if kind == "preference":
+        ties_dropped = 0
+        figures = qc if qc is not None else {}
+        pairs = aggregate_pairs(aggregate, votes, qc=figures)
+        for pair in pairs:
+            if pair.tie and not keep_ties:
+                ties_dropped += 1
+                continue
+            prompt_id, meta = items[pair.item_id]
+            row = {"prompt": prompts[prompt_id], "chosen": text_of(pair.item_id, pair.chosen), "rejected": text_of(pair.item_id, pair.rejected)}
+            if pair.margin is not None:
+                row["margin"] = float(pair.margin)
+            if pair.tie:
+                row["tie"] = True
+            if isinstance(meta.get("subset"), str):
+                row["subset"] = meta["subset"]
+            rows.append(row)
+        counts.update({"pairs": len(pairs), "ties_dropped": ties_dropped, "no_majority": figures.get("aggregate/no_majority")})
+    else:
+        by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for vote in votes:
+            by_item[vote.item_id].append(vote.value)
+        split = 0
+        for item_id in sorted(by_item):
+            prompt_id, _ = items[item_id]
+            values = by_item[item_id]
+            if kind == "rating":
+                rows.append({"prompt": prompts[prompt_id], "completion": text_of(item_id, 0), "ratings": _mean_ratings(values)})
+            else:
+                labels = Counter(v["label"] for v in values)
+                if labels[True] == labels[False]:
+                    split += 1
+                    continue
+                label = labels[True] > labels[False]
+                rows.append({"prompt": prompts[prompt_id], "completion": text_of(item_id, 0), "label": label})
+        if kind == "unpaired":
+            counts["no_majority"] = split
+    counts["rows"] = len(rows)
+    return kind, rows, counts
+
+
+def _mean_ratings(values: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(values) == 1:
+        return dict(values[0]["ratings"])
+    scores: dict[str, list[float]] = defaultdict(list)
+    for value in values:
+        for aspect, score in value["ratings"].items():
+            scores[aspect].append(score)
+    return {aspect: sum(s) / len(s) for aspect, s in scores.items()}
+
+
+def encode_rows(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """``(content, digest)``: the canonical lines joined by newlines, and their sha256."""
+    content = "\n".join(canonical_line(row) for row in rows)
+    return content, hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Snapshots
+
+
+def find_set(session: Session, name: str) -> Project | None:
+    return session.scalar(select(Project).where(Project.name == name))
+
+
+def require_set(session: Session, name: str) -> Project:
+    project = find_set(session, name)
+    if project is None:
+        raise TetherError(f"no feedback set named {name!r}", fix="see `tether data list`, or import one with `tether data import`")
+    return project
+
+
+def make_snapshot(
+    set_name: str,
+    *,
+    session: Session,
+    root: Path,
+    aggregate: str = "majority",
+    snapshot_name: str | None = None,
+    keep_ties: bool = False,
+    qc: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Freeze the training rows of set ``set_name`` into ``root``/artifacts/snapshots/<name>.jsonl and record it.
+
+    ``qc``: figures to record on the snapshot (from tether.qc, say); the aggregation adds its own to a copy.
+    Returns the snapshot's summary (name, path, digest, row_count, counts, qc).
+    """
+    project = require_set(session, set_name)
+    if snapshot_name is None:
+        taken = set(session.scalars(select(Snapshot.name).where(Snapshot.name.like(f"{set_name}-v%"))))
+        number = 1
+        while f"{set_name}-v{number}" in taken:
+            number += 1
+        snapshot_name = f"{set_name}-v{number}"
+    check_name(snapshot_name, "snapshot")
+    if session.scalar(select(Snapshot.id).where(Snapshot.name == snapshot_name)) is not None:
+        raise TetherError(f"a snapshot named {snapshot_name!r} already exists", fix="pass another --snapshot-name (snapshots are frozen)")
+    figures = dict(qc or {})
+    kind, rows, counts = set_rows(session, project.id, aggregate=aggregate, keep_ties=keep_ties, qc=figures)
+    if not rows:
+        raise TetherError(
+            f"set {set_name!r} gives no training rows ({counts})",
+            fix="check its judgments with `tether data show`; ties are left out unless --keep-ties",
+        )
+    content, digest = encode_rows(rows)
+    relative = SNAPSHOT_DIR / f"{snapshot_name}.jsonl"
+    path = Path(root) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text(content + "\n", encoding="utf-8")
+    snapshot = Snapshot(
+        name=snapshot_name,
+        project_id=project.id,
+        aggregate=aggregate,
+        filters={"row_kind": kind, "keep_ties": keep_ties, "set": set_name},
+        qc=figures,
+        counts=counts,
+        path=relative.as_posix(),
+        digest=digest,
+        row_count=len(rows),
+    )
+    session.add(snapshot)
+    session.flush()
+    os.replace(tmp, path)
+    audit(session, "data.snapshot", "snapshot", snapshot.id, name=snapshot_name, set=set_name, digest=digest, rows=len(rows))
+    return snapshot_summary(snapshot, set_name)
+
+
+def snapshot_summary(snapshot: Snapshot, set_name: str | None) -> dict[str, Any]:
+    return {
+        "name": snapshot.name,
+        "set": set_name,
+        "row_kind": snapshot.filters.get("row_kind") or snapshot.counts.get("row_kind"),
+        "aggregate": snapshot.aggregate,
+        "path": snapshot.path,
+        "digest": snapshot.digest,
+        "row_count": snapshot.row_count,
+        "counts": snapshot.counts,
+        "qc": snapshot.qc,
+        "created_at": snapshot.created_at,
+        "purged_at": snapshot.purged_at,
+    }
+
+
+def snapshot_file_rows(snapshot: Snapshot, root: Path) -> list[dict[str, Any]]:
+    """The rows of a snapshot's file, checked against its recorded digest."""
+    path = Path(snapshot.path)
+    if not path.is_absolute():
+        path = Path(root) / path
+    if not path.exists():
+        raise TetherError(f"the file of snapshot {snapshot.name!r} is missing: {path}", fix="make the snapshot again")
+    rows = read_snapshot_rows(path)
+    if encode_rows(rows)[1] != snapshot.digest:
+        raise TetherError(
+            f"the file of snapshot {snapshot.name!r} changed since it was made (digest mismatch): {path}",
+            fix="restore the file or make a new snapshot",
+        )
+    return rows
+
+
+def resolve(name: str, *, session: Session, root: Path) -> dict[str, Any]:
+    """A snapshot named ``name`` (looked up first) or else a set: ``{"source", "name", "row_kind", "rows", ...}``.
+
+    For a set the rows are aggregated now by majority, the way a fresh snapshot would be (nothing is recorded).
+    """
+    snapshot = session.scalar(select(Snapshot).where(Snapshot.name == name))
+    if snapshot is not None:
+        set_name = session.scalar(select(Project.name).where(Project.id == snapshot.project_id)) if snapshot.project_id else None
+        info = snapshot_summary(snapshot, set_name)
+        if snapshot.purged_at is not None:
+            raise TetherError(f"snapshot {name!r} was built from purged data ({snapshot.purge_note})", fix="make a new snapshot from the current data")
+        return {"source": "snapshot", **info, "rows": snapshot_file_rows(snapshot, root)}
+    project = find_set(session, name)
+    if project is None:
+        raise TetherError(f"no snapshot or feedback set named {name!r}", fix="see `tether data list`")
+    kind, rows, counts = set_rows(session, project.id)
+    return {"source": "set", "name": name, "set": name, "row_kind": kind, "aggregate": "majority", "counts": counts,
+            "digest": encode_rows(rows)[1], "row_count": len(rows), "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+
+
+def _hh_turns(messages: list[dict[str, Any]]) -> str:
+    speaker = {"user": "Human", "assistant": "Assistant", "system": "Human"}
+    return "".join(f"\n\n{speaker.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
+
+
+def _hh_row(row: dict[str, Any]) -> dict[str, str]:
+    """A preference row as two whole HH dialogues. HH-shaped prompts round-trip exactly; others are wrapped."""
+    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    if isinstance(prompt, list):
+        prompt = _hh_turns(prompt) + HH_ASSISTANT
+        chosen, rejected = (_hh_turns(c)[len("\n\nAssistant:"):] if isinstance(c, list) else c for c in (chosen, rejected))
+    elif not prompt.endswith(HH_ASSISTANT):
+        prompt = f"\n\nHuman: {prompt}{HH_ASSISTANT}"
+        chosen, rejected = (" " + c if c and not c.startswith(" ") else c for c in (chosen, rejected))
+    return {"chosen": prompt + chosen, "rejected": prompt + rejected}
+
+
+def export_rows(rows: list[dict[str, Any]], row_kind: str, fmt: str) -> tuple[list[dict[str, Any]], int]:
+    """``(rows in the export format, rows left out)``. TRL and HH have no tie: tie rows are left out of them."""
+    if fmt not in EXPORT_FORMATS:
+        raise TetherError(f"unknown export format {fmt!r}", fix=f"use one of: {', '.join(EXPORT_FORMATS)}")
+    if fmt == "jsonl":
+        return rows, 0
+    if row_kind == "preference":
+        kept = [row for row in rows if not row.get("tie")]
+        if fmt == "trl":
+            out = [{k: row[k] for k in ("prompt", "chosen", "rejected", "margin") if k in row} for row in kept]
+        else:
+            out = [_hh_row(row) for row in kept]
+        return out, len(rows) - len(kept)
+    if fmt == "trl" and row_kind in ("unpaired", "prompt"):  # TRL's unpaired-preference and prompt-only formats
+        return rows, 0
+    raise TetherError(
+        f"{row_kind} rows have no {fmt} format",
+        fix="use --format jsonl" + (" (TRL has no ratings format)" if row_kind == "rating" else ""),
+    )
+
+
+def write_jsonl(rows: list[dict[str, Any]], out: Path) -> None:
+    """One JSON object per line (canonical form), gzipped when ``out`` ends in .gz; written atomically."""
+    import gzip
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    data = "".join(canonical_line(row) + "\n" for row in rows).encode("utf-8")
+    if out.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+
+
+def export(name: str, fmt: str, out: Path, *, session: Session, root: Path, force: bool = False) -> dict[str, Any]:
+    """Write snapshot (or set) ``name`` to ``out`` as ``fmt``; returns a summary."""
+    out = Path(out)
+    if not (out.name.endswith(".jsonl") or out.name.endswith(".jsonl.gz")):
+        raise TetherError(f"export writes JSON lines: {out.name!r} should end in .jsonl or .jsonl.gz", fix="rename the output file")
+    if out.exists() and not force:
+        raise TetherError(f"{out} exists", fix="pass --force to overwrite it, or choose another -o")
+    resolved = resolve(name, session=session, root=root)
+    rows, left_out = export_rows(resolved["rows"], resolved["row_kind"], fmt)
+    write_jsonl(rows, out)
+    audit(session, "data.export", resolved["source"], name, format=fmt, path=str(out), rows=len(rows))
+    return {"name": name, "source": resolved["source"], "format": fmt, "path": str(out), "rows": len(rows),
+            "left_out_ties": left_out, "digest": resolved["digest"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Listing
+
+
+def list_sets(session: Session) -> list[dict[str, Any]]:
+    """Every feedback set with its counts, oldest first."""
+    def grouped(statement: Any) -> dict[int, int]:
+        return dict(session.execute(statement).all())
+
+    items = grouped(select(Item.project_id, func.count()).group_by(Item.project_id))
+    prompts = grouped(select(Prompt.project_id, func.count()).group_by(Prompt.project_id))
+    judgments = grouped(select(Item.project_id, func.count(Judgment.id)).join(Judgment, Judgment.item_id == Item.id).group_by(Item.project_id))
+    annotators = grouped(
+        select(Item.project_id, func.count(func.distinct(Judgment.user_id))).join(Judgment, Judgment.item_id == Item.id).group_by(Item.project_id)
+    )
+    return [
+        {"name": p.name, "source": p.source, "prompts": prompts.get(p.id, 0), "items": items.get(p.id, 0),
+         "judgments": judgments.get(p.id, 0), "annotators": annotators.get(p.id, 0), "created_at": p.created_at}
+        for p in session.scalars(select(Project).order_by(Project.id))
+    ]
+
+
+def list_snapshots(session: Session) -> list[dict[str, Any]]:
+    names = dict(session.execute(select(Project.id, Project.name)).all())
+    return [snapshot_summary(s, names.get(s.project_id)) for s in session.scalars(select(Snapshot).order_by(Snapshot.id))]
+
+
+def set_details(session: Session, name: str) -> dict[str, Any]:
+    """A set's counts by table and item kind, its annotators, its import summary and its snapshots."""
+    project = require_set(session, name)
+    item_kinds = dict(session.execute(select(Item.kind, func.count()).where(Item.project_id == project.id).group_by(Item.kind)).all())
+    annotators = dict(
+        session.execute(
+            select(Judgment.user_id, func.count()).join(Item, Item.id == Judgment.item_id).where(Item.project_id == project.id).group_by(Judgment.user_id)
+        ).all()
+    )
+    from tether.store.tables import User
+
+    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(list(annotators) or [-1]))).all())
+    completions = session.scalar(
+        select(func.count()).select_from(Completion).join(Prompt, Prompt.id == Completion.prompt_id).where(Prompt.project_id == project.id)
+    )
+    prompts = session.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == project.id))
+    snapshots = [s.name for s in session.scalars(select(Snapshot).where(Snapshot.project_id == project.id).order_by(Snapshot.id))]
+    return {
+        "name": project.name,
+        "source": project.source,
+        "created_at": project.created_at,
+        "prompts": prompts,
+        "completions": completions,
+        "items": sum(item_kinds.values()),
+        "item_kinds": item_kinds,
+        "judgments": sum(annotators.values()),
+        "annotators": {names[uid]: n for uid, n in sorted(annotators.items())},
+        "import": (project.meta or {}).get("import"),
+        "snapshots": snapshots,
+    }
+
+
+def preview(value: Any, limit: int = 160) -> Any:
+    """A row shortened for display: long strings cut in the middle."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[: limit // 2] + " … " + value[-limit // 2 :]
+    if isinstance(value, list):
+        return [preview(v, limit) for v in value]
+    if isinstance(value, dict):
+        return {k: preview(v, limit) for k, v in value.items()}
+    return value
+
+
+def dumps_preview(row: dict[str, Any]) -> str:
+    return json.dumps(preview(row), ensure_ascii=False, sort_keys=True)
