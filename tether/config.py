@@ -55,6 +55,68 @@ class TrainConfig(BaseModel):
         return self
 
 
+class SFTConfig(TrainConfig):
+    """``tether train sft``: supervised fine-tuning on prompt/completion or conversational rows."""
+
+    data: str = Field(description="Training rows: a file (.jsonl/.json/.parquet) or snapshot:NAME (prompt/completion or messages).")
+    completion_only_loss: bool = Field(True, description="Loss on the completion (assistant) tokens only; false trains on the prompt too.")
+    packing: bool = Field(
+        False,
+        description="Pack several examples into one row without padding; positions restart and attention is blocked at each example's start, so examples never see each other.",
+    )
+    shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
+    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
+
+
+class DPOConfig(TrainConfig):
+    """``tether train dpo``: DPO, IPO or cDPO on preference pairs, against a frozen reference model."""
+
+    data: str = Field(description="Preference rows: a file (.jsonl/.json/.parquet; TRL or HH-RLHF style) or snapshot:NAME.")
+    loss: str = Field("dpo", pattern="^(dpo|ipo|cdpo)$", description="dpo (Rafailov 2023), ipo (Azar 2023) or cdpo (DPO with label smoothing for noisy labels).")
+    beta: float = Field(0.1, gt=0, description="KL strength: DPO's beta, IPO's tau. Larger keeps the policy nearer the reference.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's assumed probability that a label is flipped (only with loss=cdpo).")
+    reference_model: str | None = Field(None, description="The frozen reference; default: the starting model (with LoRA: the model with its adapter disabled).")
+    precompute_ref: bool = Field(
+        True,
+        description="Compute the reference log-probs once before training, in one pass, cached on disk; false computes them every step (LoRA: adapter disabled; else a second model in memory).",
+    )
+    ref_cache_dir: Path | None = Field(None, description="Where cached reference log-probs go; default: <workspace>/artifacts/cache/ref-logps, else ~/.cache/tether/ref-logps.")
+    ref_batch_size: int | None = Field(None, ge=1, description="Pairs per forward pass when precomputing reference log-probs (default: the micro batch).")
+    shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
+    group_by_length: bool = Field(True, description="Batch pairs of similar length together (less padding).")
+    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
+
+    @model_validator(mode="after")
+    def _check_dpo(self) -> DPOConfig:
+        if self.loss == "cdpo" and self.label_smoothing == 0:
+            raise ValueError("loss=cdpo needs label_smoothing > 0 (e.g. --set label_smoothing=0.1)")
+        if self.loss != "cdpo" and self.label_smoothing > 0:
+            raise ValueError(f"label_smoothing is cDPO's; use --loss cdpo (loss is {self.loss})")
+        return self
+
+
+class KTOConfig(TrainConfig):
+    """``tether train kto``: KTO on unpaired thumbs-up / thumbs-down rows, against a frozen reference model."""
+
+    data: str = Field(description="Unpaired rows {prompt, completion, label: bool}: a file or snapshot:NAME.")
+    beta: float = Field(0.1, gt=0, description="KL strength of the implicit reward (beta in the KTO paper).")
+    desirable_weight: float = Field(1.0, gt=0, description="lambda_D: weight of desirable (thumbs-up) examples.")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="lambda_U: weight of undesirable examples; the paper keeps lambda_D n_D / (lambda_U n_U) in [1, 4/3]."
+    )
+    reference_model: str | None = Field(None, description="The frozen reference; default: the starting model (with LoRA: the model with its adapter disabled).")
+    precompute_ref: bool = Field(
+        True,
+        description="Compute the reference log-probs once before training, in one pass, cached on disk; false computes them every step.",
+    )
+    ref_cache_dir: Path | None = Field(None, description="Where cached reference log-probs go; default: <workspace>/artifacts/cache/ref-logps, else ~/.cache/tether/ref-logps.")
+    ref_batch_size: int | None = Field(None, ge=1, description="Examples per forward pass when precomputing reference log-probs (default: the micro batch).")
+    shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
+    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
+
+
 C = TypeVar("C", bound=BaseModel)
 
 
