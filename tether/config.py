@@ -55,6 +55,37 @@ class TrainConfig(BaseModel):
         return self
 
 
+class RewardConfig(TrainConfig):
+    """``tether train reward``: a reward model on preference pairs (Bradley-Terry) or ratings (regression)."""
+
+    data: str = Field(description="Training rows: a file (.jsonl/.json/.parquet) or snapshot:NAME.")
+    objective: str = Field(
+        "pairwise", pattern="^(pairwise|rating)$",
+        description="pairwise: Bradley-Terry on prompt/chosen/rejected rows; rating: regression on prompt/completion/ratings rows, one head per aspect.",
+    )
+    use_margin: bool = Field(True, description="Use the rows' margin column (Llama 2 margin loss) when present.")
+    ties: str = Field(
+        "soft", pattern="^(soft|skip)$",
+        description="Pairs marked tie: soft = Bradley-Terry with label 1/2 (pulls the two rewards together); skip = drop them.",
+    )
+    center_rewards_coef: float = Field(0.0, ge=0, description="Weight of the reward-centering loss mean((r_c + r_r)^2); 0.01 is typical.")
+    ensemble: int = Field(1, ge=1, le=64, description="Ensemble size K: K heads on one backbone, each trained on its own bootstrap weights.")
+    normalize_data: str | None = Field(
+        None, description="Reference rows for reward normalization (file or snapshot:NAME; chosen or completion column). Default: the training rows' chosen completions."
+    )
+    normalize_max_rows: int | None = Field(None, ge=1, description="Use at most this many reference rows for the normalization (None: all).")
+    eval_data: str | None = Field(None, description="Held-out rows evaluated after training (accuracy, margin, ECE in tether.json).")
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the training rows (fixed by seed) for the final evaluation.")
+    eval_batch_size: int = Field(32, ge=1, description="Sequences per forward pass when scoring (normalization, evaluation).")
+    disable_dropout: bool = Field(True, description="Turn the backbone's dropout off (as TRL does for reward models; makes runs reproducible).")
+
+    @model_validator(mode="after")
+    def _check_reward(self) -> RewardConfig:
+        if self.eval_data is not None and self.eval_fraction > 0:
+            raise ValueError("give eval_data or eval_fraction, not both")
+        return self
+
+
 class SFTConfig(TrainConfig):
     """``tether train sft``: supervised fine-tuning on prompt/completion or conversational rows."""
 

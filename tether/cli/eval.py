@@ -2,10 +2,168 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from tether.cli.common import JsonFlag, console, emit_json
 
 eval_app = typer.Typer(help="Evaluate reward models and policies.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
+    app.command("score")(score_command)
+
+
+@eval_app.command("reward")
+def eval_reward_command(
+    model: Annotated[Path, typer.Option("--model", help="A reward model folder written by `tether train reward`.")],
+    data: Annotated[str, typer.Option("--data", help="Preference rows (prompt/chosen/rejected): a file or snapshot:NAME.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 32,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a reward model on preference pairs: accuracy, mean margin, calibration (ECE), by length and subset.
+
+    Example:  tether eval reward --model rm --data test.jsonl --json
+    """
+    from tether.evaluate import evaluate_reward
+    from tether.store.formats import load_rows
+
+    rows = load_rows(data, "preference")
+    report = evaluate_reward(model, rows, batch_size=batch_size)
+    if as_json:
+        emit_json(report)
+        return
+    out = console()
+    out.print(f"reward model {model} on {data}: {report['n']} pairs ({report['n_ties']} ties left out)")
+    out.print(f"  accuracy     {report['accuracy']:.4f}")
+    out.print(f"  mean margin  {report['mean_margin']:.4f}  (normalized reward units)")
+    out.print(f"  ECE          {report['ece']:.4f}  (sigmoid(r_chosen - r_rejected), 10 bins)")
+    for title, key in (("length (tokens)", "by_length"), ("subset", "by_subset")):
+        if key in report:
+            out.print(f"  by {title}:")
+            for name, cell in report[key].items():
+                out.print(f"    {name:>12}  accuracy {cell['accuracy']:.4f}  n={cell['n']}")
+
+
+def score_command(
+    model: Annotated[Path, typer.Option("--model", help="A reward model folder written by `tether train reward`.")],
+    data: Annotated[Path, typer.Option("--data", help="Rows to score: prompt+completion, messages, or prompt/chosen/rejected (.jsonl/.json/.parquet).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the rows, as JSONL, with the reward added.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 32,
+) -> None:
+    """Score rows with a reward model: adds `reward` (and `reward_std` for ensembles) to each row.
+
+    Preference rows get `reward_chosen` and `reward_rejected`. Rewards are normalized (mean 0, std 1 on the
+    training prompts' chosen completions).
+
+    Example:  tether score --model rm --data completions.jsonl -o scored.jsonl
+    """
+    import json
+
+    from tether.cli.common import require_file
+    from tether.errors import TetherError
+    from tether.reward import RewardModel
+    from tether.store.formats import preference_row, read_records
+
+    require_file(data, "data file")
+    records = [record for _, record in read_records(data)]
+    if not records:
+        raise TetherError(f"{data}: no records", fix="point --data at a file with rows")
+    rm = RewardModel.load(model)
+    jobs: list[tuple[int, str, object, object]] = []  # (row, field, prompt, completion)
+    for number, record in enumerate(records):
+        if "completion" in record and "prompt" in record:
+            jobs.append((number, "reward", record["prompt"], record["completion"]))
+        elif isinstance(record.get("messages"), list) and record["messages"]:
+            jobs.append((number, "reward", record["messages"][:-1], record["messages"][-1:]))
+        elif "chosen" in record and "rejected" in record:
+            try:
+                pair = preference_row(record)
+            except ValueError as exc:
+                raise TetherError(f"{data}: record {number + 1}: {exc}", fix="see `tether data import --help` for the formats") from None
+            jobs.append((number, "reward_chosen", pair["prompt"], pair["chosen"]))
+            jobs.append((number, "reward_rejected", pair["prompt"], pair["rejected"]))
+        else:
+            raise TetherError(
+                f"{data}: record {number + 1} has no prompt+completion, messages, or chosen+rejected",
+                fix="give rows like {\"prompt\": ..., \"completion\": ...}",
+            )
+    mean, spread = rm.score_with_spread([j[2] for j in jobs], [j[3] for j in jobs], batch_size)
+    for (number, field, _, _), value, std in zip(jobs, mean, spread):
+        records[number][field] = float(value)
+        if rm.ensemble > 1:
+            records[number][field.replace("reward", "reward_std", 1)] = float(std)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    typer.echo(f"scored {len(records)} rows -> {output}")
+
+
+@eval_app.command("policy")
+def eval_policy_command(
+    policy: Annotated[Path, typer.Option("--policy", help="The tuned policy folder.")],
+    baseline: Annotated[Path, typer.Option("--baseline", help="The policy to compare with (e.g. the SFT model).")],
+    reward: Annotated[Path, typer.Option("--reward", help="A reward model folder (`tether train reward`): judges the win-rate.")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="Held-out prompts: JSONL/JSON/CSV/parquet rows with a `prompt` field.")],
+    rules: Annotated[Path | None, typer.Option("--rules", help="A rules YAML (tether.rules); pii and forbidden rules count as violations. Default: personal data.")] = None,
+    redteam: Annotated[Path | None, typer.Option("--redteam", help="Red-team prompts: a folder like ../shared/data/redteam (SimpleSafetyTests, AdvBench, XSTest) or a CSV/JSONL.")] = None,
+    template: Annotated[str, typer.Option("--template", help="How red-team prompts are wrapped for the policy, e.g. 'Customer: {prompt}\\nAgent:'.")] = "{prompt}",
+    n_prompts: Annotated[int | None, typer.Option("--n-prompts", min=1, help="Use the first N prompts only.")] = None,
+    n_redteam: Annotated[int, typer.Option("--n-redteam", min=1, help="Prompts drawn from each red-team set.")] = 50,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens sampled per reply.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.01, help="Sampling temperature (KL is measured at it).")] = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
+    training: Annotated[Path | None, typer.Option("--training", help="The policy's metrics.jsonl (or its run folder) for the training curves; default: the policy folder's.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
+    record: Annotated[str | None, typer.Option("--record", help="Attach the figures to a registry version (NAME/N) as eval.* tags, for the promotion gates.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a policy against a baseline: win-rate (reward model, with a 95% CI), KL, length, rule violations,
+    refusals on red-team prompts and over-refusal on XSTest, sample pairs; optionally an HTML report.
+
+    Example:  tether eval policy --policy runs/ppo --baseline runs/sft --reward runs/rm --prompts heldout.jsonl --redteam ../shared/data/redteam --html report.html
+    """
+    from tether.cli.common import require_file
+    from tether.evaluate_policy import evaluate_policy, load_prompts, load_redteam, summary_lines
+
+    require_file(prompts, "prompts file")
+    if rules is not None:
+        require_file(rules, "rules file")
+    prompt_list = load_prompts(prompts, n_prompts)
+    sets = load_redteam(redteam) if redteam is not None else None
+    say = (lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True))
+    result = evaluate_policy(
+        policy, baseline, reward, prompt_list, rules=rules, redteam=sets, template=template, n_redteam=n_redteam,
+        max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed, say=say,
+    )
+    result["policy"], result["baseline"], result["reward"] = str(policy), str(baseline), str(reward)
+    if html_out is not None:
+        from tether.report import policy_report, read_metrics, write
+
+        history = read_metrics(training if training is not None else policy)
+        page = policy_report(result, title="Policy evaluation", subtitle=f"{policy} against {baseline}, judged by {reward}", training=history)
+        result["report"] = str(write(html_out, page))
+    if record:
+        from tether.registry import record_eval
+        from tether.workspace import open_workspace
+
+        figures = {"win_rate": result["win_rate"], "violation_rate": result["violation_rate_policy"], "length": result["length_policy"]}
+        if result.get("kl") is not None:
+            figures["kl"] = result["kl"]
+        for name, cell in (result.get("redteam") or {}).items():
+            figures[f"refusal_rate_{name}"] = cell["refusal_rate_policy"]
+        record_eval(open_workspace(), record, figures)
+        result["recorded_to"] = record
+    if as_json:
+        result.pop("completions", None)
+        emit_json(result)
+        return
+    for line in summary_lines(result):
+        typer.echo(line)
+    if html_out is not None:
+        typer.echo(f"report: {result['report']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -23,6 +24,51 @@ train_app = typer.Typer(help="Train models: sft, reward, dpo, kto, ppo, grpo, rl
 
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
+
+
+@train_app.command("reward")
+def train_reward_command(
+    model: Annotated[str, typer.Option("--model", help="Base model folder: an encoder (BERT-like) or a decoder (Llama, Qwen2, GPT-2).")],
+    data: Annotated[str, typer.Option("--data", help="Preference rows (prompt/chosen/rejected) or ratings: a file or snapshot:NAME.")],
+    output_dir: OutputDir,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (0: full fine-tuning).")] = None,
+    ensemble: Annotated[int | None, typer.Option("--ensemble", help="Train K reward heads (bootstrap ensemble); scoring reports mean and spread.")] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="pairwise (Bradley-Terry on pairs) or rating (regression, one head per aspect).")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="Held-out preference rows evaluated after training.")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations: less memory, slower.")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 mixed precision (GPUs that have it).")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir (see --set save_steps=N).")] = None,
+    config: ConfigFile = None,
+    set_values: SetValues = None,
+) -> None:
+    """Train a reward model on preference pairs (Bradley-Terry) or ratings; saves a Hugging Face folder + tether.json.
+
+    Other fields (margins, ties, centering, normalization reference, ...) go through --config FILE.yaml or --set.
+    Several GPUs: `accelerate launch --multi_gpu --num_processes 8 -m tether train reward ...` (the same global
+    --batch-size); several CPU processes: the same with ACCELERATE_USE_CPU=1 (gloo).
+
+    Example:  tether train reward --model ./minilm --data pairs.jsonl --output-dir rm --epochs 1 --batch-size 16
+    """
+    from tether.config import RewardConfig, load_config
+
+    cfg = load_config(
+        RewardConfig, config, set_values,
+        model=model, data=data, output_dir=output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, ensemble=ensemble,
+        objective=objective, eval_data=eval_data, gradient_checkpointing=gradient_checkpointing, bf16=bf16, resume=resume,
+    )
+    from tether.train_reward import train_reward
+
+    metrics = train_reward(cfg)
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, the main process reports
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("train/loss", "reward/accuracy", "eval/accuracy", "eval/ece")}
+        typer.echo(f"done: {output_dir}  {shown}")
 
 
 # --- sft / dpo / kto (offline policy training) --------------------------------------------------------------
@@ -161,3 +207,150 @@ def train_kto_command(
     from tether.train_kto import train_kto
 
     _done(output_dir, train_kto(cfg), ("train/loss", "rewards/chosen", "rewards/rejected"))
+
+
+# --- ppo / grpo / rloo (online RL) ---------------------------------------------------------------------------
+RewardSpecs = Annotated[
+    list[str],
+    typer.Option("--reward", help="A reward SPEC, repeatable (summed): a reward-model folder, rules:FILE.yaml or py:FILE.py:FUNCTION; weight one with SPEC@W."),
+]
+Prompts = Annotated[str, typer.Option("--prompts", help="Prompt rows {prompt: text or messages}: a file or snapshot:NAME.")]
+GroupSize = Annotated[int | None, typer.Option("--group-size", help="Completions sampled per prompt (--batch-size counts completions).")]
+MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", help="Most tokens generated per completion.")]
+KlCoef = Annotated[float | None, typer.Option("--kl-coef", help="beta, the weight of KL(policy || reference); 0 loads no reference.")]
+
+
+def _online_rl(cls_name: str, algo: str | None, **flags: object) -> None:
+    """Build the config, train, report: shared by ppo, grpo and rloo."""
+    from pathlib import Path
+
+    import tether.config as config_module
+    from tether.cli.common import require_file
+
+    config, set_values = flags.pop("config"), flags.pop("set_values")
+    prompts = str(flags["prompts"])
+    if not prompts.startswith("snapshot:"):
+        require_file(Path(prompts), "prompts file")
+    if algo is not None:
+        flags["algo"] = algo
+    cfg = config_module.load_config(getattr(config_module, cls_name), config, set_values, **flags)
+    if cls_name == "PPOConfig":
+        from tether.train_ppo import train_ppo as trainer
+    else:
+        from tether.train_grpo import train_grpo as trainer
+    output_dir = trainer(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        import json
+
+        lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "completions/mean_length")
+        _done(output_dir, last, keys)
+
+
+@train_app.command("ppo")
+def train_ppo_command(
+    model: PolicyModel,
+    reward: RewardSpecs,
+    prompts: Prompts,
+    output_dir: OutputDir,
+    group_size: GroupSize = None,
+    max_new_tokens: MaxNewTokens = None,
+    kl_coef: KlCoef = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    lora_r: LoraR = None,
+    bf16: Bf16 = None,
+    resume: Resume = None,
+    config: ConfigFile = None,
+    set_values: SetValues = None,
+) -> None:
+    """PPO with a critic: per-token KL-penalized rewards, GAE, clipped policy and value losses (Huang et al. 2024).
+
+    The critic starts from the reward model when it shares the policy's tokenizer, else from the policy. More
+    fields (ppo_epochs, num_minibatches, vf_coef, lam, adaptive_kl, kl_target, missing_eos_penalty, temperature,
+    sampler=vllm, ...) go through --config FILE.yaml or --set. Writes metrics.jsonl, samples.jsonl, checkpoints.
+
+    Example:  tether train ppo --model ./sft --reward ./rm --reward rules:policy.yaml@0.5 --prompts prompts.jsonl --output-dir ppo --batch-size 64 --max-new-tokens 128
+    """
+    _online_rl(
+        "PPOConfig", None, model=model, reward=reward, prompts=prompts, output_dir=output_dir, group_size=group_size,
+        max_new_tokens=max_new_tokens, kl_coef=kl_coef, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, bf16=bf16, resume=resume,
+        config=config, set_values=set_values,
+    )
+
+
+@train_app.command("grpo")
+def train_grpo_command(
+    model: PolicyModel,
+    reward: RewardSpecs,
+    prompts: Prompts,
+    output_dir: OutputDir,
+    group_size: GroupSize = None,
+    max_new_tokens: MaxNewTokens = None,
+    kl_coef: KlCoef = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    lora_r: LoraR = None,
+    bf16: Bf16 = None,
+    resume: Resume = None,
+    config: ConfigFile = None,
+    set_values: SetValues = None,
+) -> None:
+    """GRPO: group-normalized advantages over --group-size samples per prompt, KL to the reference in the loss.
+
+    More fields (scale_rewards=false for Dr. GRPO, aggregation=sequence|token, kl_estimator, ppo_epochs,
+    temperature, sampler=vllm, ...) go through --config FILE.yaml or --set.
+
+    Example:  tether train grpo --model ./sft --reward py:checks.py:passes --prompts snapshot:prompts --output-dir grpo --group-size 8 --batch-size 64
+    """
+    _online_rl(
+        "GRPOConfig", "grpo", model=model, reward=reward, prompts=prompts, output_dir=output_dir, group_size=group_size,
+        max_new_tokens=max_new_tokens, kl_coef=kl_coef, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, bf16=bf16, resume=resume,
+        config=config, set_values=set_values,
+    )
+
+
+@train_app.command("rloo")
+def train_rloo_command(
+    model: PolicyModel,
+    reward: RewardSpecs,
+    prompts: Prompts,
+    output_dir: OutputDir,
+    group_size: GroupSize = None,
+    max_new_tokens: MaxNewTokens = None,
+    kl_coef: KlCoef = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    lora_r: LoraR = None,
+    bf16: Bf16 = None,
+    resume: Resume = None,
+    config: ConfigFile = None,
+    set_values: SetValues = None,
+) -> None:
+    """RLOO: each completion's baseline is the mean reward of its prompt's other samples; KL in the reward.
+
+    The same loop and fields as `tether train grpo` (kl_in_reward, kl_estimator, ... through --config or --set).
+
+    Example:  tether train rloo --model ./sft --reward ./rm --prompts prompts.jsonl --output-dir rloo --group-size 4 --batch-size 32
+    """
+    _online_rl(
+        "GRPOConfig", "rloo", model=model, reward=reward, prompts=prompts, output_dir=output_dir, group_size=group_size,
+        max_new_tokens=max_new_tokens, kl_coef=kl_coef, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, bf16=bf16, resume=resume,
+        config=config, set_values=set_values,
+    )

