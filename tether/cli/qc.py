@@ -2,10 +2,90 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from tether.cli.common import JsonFlag
 
 collect_app = typer.Typer(help="Choose what humans should judge next (active learning).", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
+    app.command("qc")(qc_command)
     app.add_typer(collect_app, name="collect")
+
+
+def qc_command(
+    name: Annotated[str, typer.Argument(help="A feedback set or project name (or a snapshot name: its set is checked).")],
+    json_out: JsonFlag = False,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report (plots embedded) to this file.")] = None,
+    mace: Annotated[bool, typer.Option("--mace", help="Also estimate each annotator's MACE competence.")] = False,
+) -> None:
+    """Annotation quality: agreement per question and per-annotator reliability, bias, speed and flags.
+
+    Per question: Krippendorff's alpha (nominal for choices, ordinal for strengths, rankings and ratings), raw
+    pairwise agreement and how many units had two or more answers. Per annotator: agreement with the
+    leave-one-out consensus, gold accuracy, Dawid-Skene reliability, how often the first-shown answer wins
+    (binomial test), median time, and flags with their reasons.
+
+    Example:  tether qc pandalm --html qc-pandalm.html
+    """
+    from tether.cli.common import emit_json, workspace_url
+    from tether.qc import QCConfig, format_report, project_qc, render_html
+
+    _, url = workspace_url()
+    report = project_qc(url, name, config=QCConfig(mace=mace))
+    if html_out is not None:
+        html_out.parent.mkdir(parents=True, exist_ok=True)
+        html_out.write_text(render_html(report), encoding="utf-8")
+    if json_out:
+        emit_json(report)
+        return
+    typer.echo(f"set {report['project']!r}: " + format_report(report))
+    if html_out is not None:
+        typer.echo(f"report: {html_out}")
+
+
+@collect_app.command("select")
+def select_command(
+    project: Annotated[str, typer.Option("--project", help="The annotation project whose unjudged pairs are candidates.")],
+    strategy: Annotated[str, typer.Option("--strategy", help="uncertainty (predicted preference nearest 0.5), disagreement (ensemble spread) or random.")] = "uncertainty",
+    n: Annotated[int, typer.Option("--n", help="How many pairs to queue.")] = 100,
+    reward_model: Annotated[str | None, typer.Option("--reward-model", help="A reward model folder from `tether train reward` (an ensemble for disagreement).")] = None,
+    max_per_prompt: Annotated[int, typer.Option("--max-per-prompt", help="Diversity guard: at most this many pairs of one prompt (0: no cap).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random strategy.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the picks without queueing them.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Choose which prompt/completion pairs humans judge next and queue them as items of the project.
+
+    Candidates are the pairs of completions of one prompt that are not items yet. The reward model scores both
+    sides; uncertainty picks the pairs whose predicted preference is nearest 0.5, disagreement those where the
+    ensemble's members disagree most; the diversity guard takes at most --max-per-prompt pairs per prompt.
+
+    Example:  tether collect select --project helpfulness --reward-model artifacts/models/rm-1 --strategy uncertainty --n 200
+    """
+    from tether.cli.common import emit_json, workspace_url
+    from tether.errors import TetherError
+    from tether.qc import select_for_labeling
+
+    if reward_model is None and strategy != "random":
+        raise TetherError(f"--strategy {strategy} needs --reward-model DIR", fix="name a folder from `tether train reward`, or use --strategy random")
+    _, url = workspace_url()
+    summary = select_for_labeling(
+        url, project_name=project, reward_model=reward_model or "", strategy=strategy, n=n,
+        max_per_prompt=max_per_prompt or None, seed=seed, dry_run=dry_run,
+    )
+    if json_out:
+        emit_json(summary)
+        return
+    verb = "would queue" if dry_run else "queued"
+    typer.echo(f"{verb} {summary['selected'] if dry_run else summary['queued']} of {summary['candidates']} candidate pairs "
+               f"in project {project!r} by {strategy}")
+    for pick in summary["picks"][:10]:
+        extra = "" if pick["p_pref"] is None else f"  p(a>b)={pick['p_pref']:.3f}  spread={pick['p_spread']:.3f}"
+        typer.echo(f"  prompt {pick['prompt_id']}  completions {pick['completion_ids']}{extra}")
+    if len(summary["picks"]) > 10:
+        typer.echo(f"  ... and {len(summary['picks']) - 10} more")
