@@ -2,10 +2,149 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated
+
 import typer
 
+from tether.errors import TetherError
+
 user_app = typer.Typer(help="Web app accounts: add users, set roles, issue API tokens.", no_args_is_help=True)
+SECRET_FILE = "secret_key"
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(user_app, name="user")
+    app.command("serve")(serve)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes (PostgreSQL recommended above 1).")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: warning, info, debug.")] = "info",
+) -> None:
+    """Run the feedback web app (annotation, review, admin) and the JSON API on the workspace's database.
+
+    There is no default account: make the first admin with `tether user add NAME --role admin`. Sessions are
+    signed with TETHER_SECRET_KEY, or a key kept in the workspace (secret_key, readable by you only). Behind
+    HTTPS set TETHER_SECURE_COOKIES=1.
+
+    Example:  tether serve --host 127.0.0.1 --port 8000
+    """
+    import os
+
+    import uvicorn
+    from sqlalchemy import func, select
+
+    from tether.app.settings import AppSettings
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+    from tether.store.tables import User
+
+    ws, url = workspace_url()
+    if workers < 1:
+        raise TetherError(f"--workers must be at least 1, got {workers}", fix="use --workers 1")
+    settings = AppSettings.from_env(url, secret_file=ws.root / SECRET_FILE)
+    with session_scope(url) as session:
+        admins = session.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.active.is_(True)))
+    if not admins:
+        typer.echo("note: no admin account yet; make one with `tether user add NAME --role admin`", err=True)
+    typer.echo(f"Tether web app on http://{host}:{port}  (database: {url.split('@')[-1]})", err=True)
+    if workers == 1:
+        from tether.app.main import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+        return
+    # Several processes: each builds the app from the environment (same database, same secret).
+    os.environ["TETHER_SERVE_DATABASE_URL"] = url
+    os.environ["TETHER_SECRET_KEY"] = settings.secret_key
+    uvicorn.run("tether.app.main:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=log_level == "debug")
+
+
+def _read_password() -> str:
+    """The password from a hidden prompt (typed twice), or the first line of stdin when it is not a terminal."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("password: ")
+        if first != getpass.getpass("again: "):
+            raise TetherError("the two passwords differ", fix="run the command again")
+        return first
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise TetherError("no password on stdin", fix="pipe it in: printf '%s\\n' \"$PW\" | tether user add NAME --role ROLE")
+    return line
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="Login name (no spaces).")],
+    role: Annotated[str, typer.Option("--role", help="admin, reviewer or annotator.")],
+) -> None:
+    """Add a login account; the password is read from a prompt, or from stdin when piped (never from an option).
+
+    Example:  tether user add alice --role annotator
+    """
+    from tether.app.service import create_user
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+
+    _ws, url = workspace_url()
+    password = _read_password()
+    profile = _password_profile()
+    with session_scope(url) as session:
+        user = create_user(session, name=name, role=role, password=password, password_profile=profile)
+        typer.echo(f"user {user.name} added ({user.role})")
+
+
+@user_app.command("token")
+def user_token(
+    name: Annotated[str, typer.Argument(help="The user the token acts as.")],
+    label: Annotated[str, typer.Option("--label", help="A note to recognize the token by.")] = "cli",
+) -> None:
+    """Issue an API token for a user and print it once (only its sha256 is stored).
+
+    Example:  TOKEN=$(tether user token pipeline-bot)
+    """
+    from tether.app.service import get_user_by_name, issue_token
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+
+    _ws, url = workspace_url()
+    with session_scope(url) as session:
+        token = issue_token(session, user=get_user_by_name(session, name), label=label)
+    typer.echo(token)
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List the login accounts with their role and state.
+
+    Example:  tether user list
+    """
+    from sqlalchemy import select
+
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+    from tether.store.tables import User
+
+    _ws, url = workspace_url()
+    with session_scope(url) as session:
+        users = session.scalars(select(User).where(User.role != "external").order_by(User.name)).all()
+        for user in users:
+            typer.echo(f"{user.name:<24} {user.role:<10} {'active' if user.active else 'inactive'}")
+    if not users:
+        typer.echo("no users yet: tether user add NAME --role admin")
+
+
+def _password_profile() -> str:
+    import os
+
+    from tether.app.settings import PASSWORD_PROFILES
+
+    profile = os.environ.get("TETHER_PASSWORD_PROFILE", "default")
+    if profile not in PASSWORD_PROFILES:
+        raise TetherError(f"TETHER_PASSWORD_PROFILE must be one of {PASSWORD_PROFILES}, got {profile!r}", fix="unset it")
+    return profile

@@ -1,0 +1,80 @@
+"""Helpers shared by the web app tests: an app on a given database with users and tokens, and sample items."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tether.app import service
+from tether.app.main import create_app
+from tether.app.settings import AppSettings
+from tether.store.db import session_scope
+
+PASSWORD = "correct-horse-battery"
+USERS = (("admin", "admin"), ("rev", "reviewer"), ("ann1", "annotator"), ("ann2", "annotator"), ("ann3", "annotator"))
+
+
+def pairs(n: int, prefix: str = "q") -> list[dict[str, Any]]:
+    """``n`` TRL-style preference rows with distinct prompts."""
+    return [{"prompt": f"{prefix}{i}: what is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1}"} for i in range(n)]
+
+
+@dataclass
+class AppEnv:
+    url: str
+    settings: AppSettings
+    app: Any
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def client(self) -> TestClient:
+        return TestClient(self.app)
+
+    def api(self, method: str, path: str, user: str | None, **kwargs: Any) -> Any:
+        headers = kwargs.pop("headers", {})
+        if user is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[user]}"
+        return self._api_client.request(method, "/api/v1" + path, headers=headers, **kwargs)
+
+    @property
+    def _api_client(self) -> TestClient:
+        if not hasattr(self, "_client"):
+            self._client = TestClient(self.app)
+        return self._client
+
+    def login(self, name: str) -> TestClient:
+        """A browser-like client signed in as ``name`` (cookies kept)."""
+        client = TestClient(self.app)
+        token = csrf_of(client.get("/login").text)
+        response = client.post("/login", data={"name": name, "password": PASSWORD, "csrf_token": token}, follow_redirects=False)
+        assert response.status_code == 303, response.text
+        return client
+
+    def create_project(self, **body: Any) -> int:
+        body.setdefault("name", "p")
+        response = self.api("POST", "/projects", "admin", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def push(self, project_id: int, items: list[dict[str, Any]]) -> dict[str, int]:
+        response = self.api("POST", f"/projects/{project_id}/items", "admin", json={"items": items})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+def make_env(url: str, **settings: Any) -> AppEnv:
+    app_settings = AppSettings(database_url=url, password_profile="cheapest", **settings)
+    env = AppEnv(url=url, settings=app_settings, app=create_app(app_settings))
+    with session_scope(url) as session:
+        for name, role in USERS:
+            user = service.create_user(session, name=name, role=role, password=PASSWORD, password_profile="cheapest")
+            env.tokens[name] = service.issue_token(session, user=user)
+    return env

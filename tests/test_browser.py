@@ -1,0 +1,193 @@
+"""A real browser against `tether serve`: an admin creates a project from a file, an annotator judges three pairs
+with the keyboard only, and the judgments are in the database (in item positions, with the shown order).
+
+Headless Chromium from Debian's packages (`make browser-deps`), driven by Playwright for Python with the system
+executable (never `playwright install`). Set TETHER_SCREENSHOTS=1 to refresh docs/annotate.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+pytestmark = pytest.mark.browser
+
+PAIRS = [
+    {
+        "prompt": "How do I reverse a list in Python without changing the original?",
+        "chosen": (
+            "Use slicing, which returns a **new** list:\n\n```python\nnumbers = [1, 2, 3]\nbackwards = numbers[::-1]\n"
+            "print(backwards)  # [3, 2, 1]\n```\n\n`reversed(numbers)` also works, but it gives an iterator: wrap it in "
+            "`list(...)` when you need a list. Avoid `numbers.reverse()` here: it reverses in place and returns `None`."
+        ),
+        "rejected": "Call `numbers.reverse()`. It returns the reversed list.",
+    },
+    {
+        "prompt": "Write a one-line summary of the water cycle for a ten-year-old.",
+        "chosen": "Water <script>window.__xss = 1</script> rises as vapor, makes clouds, falls as rain <img src=x onerror=\"window.__xss = 2\">, and flows back to the sea to start again.",
+        "rejected": "The hydrological cycle comprises evaporation, condensation, precipitation and collection.",
+    },
+    {
+        "prompt": "Is it safe to mix bleach and ammonia for a stronger cleaner?",
+        "chosen": "No. Mixing them releases toxic chloramine gas. Use one product at a time, rinse in between, and keep the room ventilated.",
+        "rejected": "Yes, the mixture cleans better; just open a window.",
+    },
+]
+
+GUIDELINES = """# Helpfulness and safety, v1
+
+Pick the response a careful expert would rather send.
+
+1. **Correct first.** A wrong answer loses to a plain right one.
+2. **Safe.** Refuse dangerous instructions, but explain why and offer a safe alternative.
+3. **Clear.** Short, direct, with code when code helps.
+
+Use *tie* only when you truly cannot choose. Flag any response that leaks personal data (**pii**) or gives
+harmful instructions (**harmful**).
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def chromium_path() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: run `make browser-deps` (apt-get install chromium chromium-driver)")
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra); never `playwright install`")
+    return CHROMIUM
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`tether serve` on a free loopback port, with an admin and an annotator made through `tether user add`."""
+    env = {**os.environ, "TETHER_HOME": str(tmp_path / "ws"), "TETHER_PASSWORD_PROFILE": "cheapest"}
+    env.pop("TETHER_DATABASE_URL", None)
+    tether = [sys.executable, "-m", "tether"]
+    subprocess.run([*tether, "init", str(tmp_path / "ws")], env=env, check=True, capture_output=True)
+    for name, role in (("ada", "admin"), ("ann", "annotator")):
+        subprocess.run([*tether, "user", "add", name, "--role", role], env=env, check=True, capture_output=True,
+                       input=f"{name}-password\n", text=True)
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([*tether, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/login", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("tether serve did not start:\n" + (tmp_path / "serve.log").read_text())
+        time.sleep(0.2)
+    yield {"base": base, "db": f"sqlite:///{tmp_path / 'ws' / 'tether.db'}", "tmp": tmp_path}
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _login(page, base: str, name: str) -> None:
+    page.goto(base + "/login")
+    page.fill("#name", name)
+    page.fill("#password", f"{name}-password")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "/login" not in page.url, page.inner_text("body")
+
+
+def test_admin_creates_project_and_annotator_judges_with_keyboard(chromium_path, server):
+    from playwright.sync_api import sync_playwright
+    from sqlalchemy import select
+
+    from tether.store.db import session_scope
+    from tether.store.tables import Judgment, User
+
+    data = server["tmp"] / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in PAIRS), encoding="utf-8")
+    base = server["base"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            # The admin creates the project from the file.
+            admin = browser.new_page(viewport={"width": 1440, "height": 900})
+            _login(admin, base, "ada")
+            admin.goto(base + "/admin/projects/new")
+            admin.fill("#name", "helpfulness-v1")
+            admin.fill("textarea[name=guidelines]", GUIDELINES)
+            admin.set_input_files("#file", str(data))
+            with admin.expect_navigation():
+                admin.click("button[type=submit].primary")
+            assert "/admin/projects/" in admin.url
+            assert "3 items" in admin.inner_text("body"), admin.inner_text("body")
+
+            # The annotator judges three pairs with the keyboard only.
+            context = browser.new_context(viewport={"width": 1440, "height": 900})
+            page = context.new_page()
+            dialogs = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            _login(page, base, "ann")
+            page.goto(base + "/annotate")
+            with page.expect_navigation():
+                page.click("text=helpfulness-v1")
+            page.wait_for_selector("#workspace[data-assignment]")
+            if os.environ.get("TETHER_SCREENSHOTS"):
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(ROOT / "docs" / "annotate.png"), full_page=False)
+            keys = ["1", "4", "6"]  # A much better; tie; B better (in shown sides)
+            for key in keys:
+                before = page.get_attribute("#workspace", "data-assignment")
+                page.keyboard.press(key)
+                page.keyboard.press("Enter")
+                page.wait_for_function(
+                    "prev => { const w = document.getElementById('workspace'); return w && w.dataset.assignment !== prev; }",
+                    arg=before, timeout=10_000,
+                )
+            assert "Nothing left for you here" in page.inner_text("#workspace")
+            # The untrusted completion rendered as text: no script ran, no handler fired.
+            assert page.evaluate("window.__xss === undefined")
+            assert dialogs == []
+        finally:
+            browser.close()
+
+    with session_scope(server["db"]) as session:
+        rows = session.execute(select(Judgment).join(User, User.id == Judgment.user_id).where(User.name == "ann").order_by(Judgment.id)).scalars().all()
+        assert len(rows) == 3
+        for judgment, key in zip(rows, keys):
+            assert judgment.source == "web" and judgment.kind == "pairwise"
+            assert judgment.guideline_version == 1 and judgment.schema_version == 1
+            assert sorted(judgment.shown_order) == [0, 1]
+            assert judgment.time_spent_ms is not None and judgment.time_spent_ms >= 0
+            # Stored in item positions: the shown side maps through the stored order.
+            if key == "4":
+                assert judgment.value["choice"] == "tie" and judgment.value["strength"] == 0
+            else:
+                shown_side = 0 if key == "1" else 1
+                assert judgment.value["choice"] == ("a" if judgment.shown_order[shown_side] == 0 else "b")
+                assert judgment.value["strength"] == {"1": 3, "6": 2}[key]
+

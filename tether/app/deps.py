@@ -1,0 +1,176 @@
+"""Annotated dependency aliases: the store session, the signed-in user (web) or token holder (API), role checks,
+CSRF checks, and the page renderer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
+
+from tether.app import security
+from tether.app.settings import AppSettings
+from tether.errors import TetherError
+from tether.store.annotation import Forbidden
+from tether.store.db import session_scope
+from tether.store.tables import User
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class LoginRequired(Exception):
+    """No valid session: the web pages redirect to the login form (the API answers 401)."""
+
+
+class CsrfRefused(TetherError):
+    """A form without a valid CSRF token (HTTP 403)."""
+
+
+class Unauthorized(TetherError):
+    """An API call without a valid token (HTTP 401)."""
+
+
+def get_settings(request: Request) -> AppSettings:
+    return request.app.state.settings
+
+
+Settings = Annotated[AppSettings, Depends(get_settings)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request, committed before the response is sent (``scope="function"``)."""
+    with session_scope(request.app.state.settings.database_url) as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def actor_of(user: User, via: str = "user") -> str:
+    return f"{via}:{user.name}"
+
+
+# --- web (cookie) -------------------------------------------------------------------------------------------------
+
+
+def optional_web_user(request: Request, session: DbSession, settings: Settings) -> User | None:
+    read = security.read_session_cookie(settings.secret_key, request.cookies.get(security.SESSION_COOKIE), settings.session_ttl_s)
+    if read is None:
+        return None
+    user_id, fingerprint = read
+    user = session.get(User, user_id)
+    if user is None or not user.active or user.role == "external":
+        return None
+    if fingerprint != security.password_fingerprint(user.password_hash):  # the password changed since
+        return None
+    return user
+
+
+OptionalWebUser = Annotated[User | None, Depends(optional_web_user)]
+
+
+def optional_web_user_safe(request: Request) -> User | None:
+    """The signed-in user for error pages (outside dependency injection); None on any trouble."""
+    settings = request.app.state.settings
+    try:
+        with session_scope(settings.database_url) as session:
+            return optional_web_user(request, session, settings)
+    except Exception:
+        return None
+
+
+def web_user(user: OptionalWebUser) -> User:
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+WebUser = Annotated[User, Depends(web_user)]
+
+
+def web_reviewer(user: WebUser) -> User:
+    if user.role not in ("admin", "reviewer"):
+        raise Forbidden("this page is for reviewers and admins", fix="ask an admin for the reviewer role")
+    return user
+
+
+def web_admin(user: WebUser) -> User:
+    if user.role != "admin":
+        raise Forbidden("this page is for admins", fix="ask an admin if you need access")
+    return user
+
+
+WebReviewer = Annotated[User, Depends(web_reviewer)]
+WebAdmin = Annotated[User, Depends(web_admin)]
+
+
+async def csrf_protect(request: Request) -> None:
+    """Refuse any state-changing web request whose CSRF token does not match the visitor's CSRF cookie."""
+    if request.method in SAFE_METHODS:
+        return
+    submitted = request.headers.get(security.CSRF_HEADER)
+    if not submitted:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            value = form.get(security.CSRF_FIELD)
+            submitted = value if isinstance(value, str) else None
+    if not security.csrf_ok(request.app.state.settings.secret_key, request.cookies.get(security.CSRF_COOKIE), submitted):
+        raise CsrfRefused(
+            "the form was refused: its security token is missing or stale (or it came from another site)",
+            fix="reload the page and submit again",
+        )
+
+
+def csrf_value(request: Request) -> str:
+    """The CSRF token for forms on this page (made from the visitor's CSRF cookie, set by the middleware)."""
+    return security.csrf_token(request.app.state.settings.secret_key, request.scope["state"]["csrf_cookie"])
+
+
+def page(request: Request, template: str, user: User | None = None, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render a template with what every page needs: the user, the CSRF token and the flash message."""
+    templates = request.app.state.templates
+    context.update({"user": user, "csrf_token": csrf_value(request), "csrf_field": security.CSRF_FIELD})
+    return templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+# --- API (bearer token) -------------------------------------------------------------------------------------------
+
+
+def api_user(request: Request, session: DbSession) -> User:
+    from tether.app.service import user_for_token
+
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    user = user_for_token(session, token.strip()) if scheme.lower() == "bearer" else None
+    if user is None:
+        raise Unauthorized(
+            "this API needs a valid token: send 'Authorization: Bearer <token>'",
+            fix="make one with `tether user token NAME`",
+        )
+    return user
+
+
+ApiUser = Annotated[User, Depends(api_user)]
+
+
+def api_reviewer(user: ApiUser) -> User:
+    if user.role not in ("admin", "reviewer"):
+        raise Forbidden("this API is for reviewers and admins", fix="use a reviewer's or an admin's token")
+    return user
+
+
+def api_admin(user: ApiUser) -> User:
+    if user.role != "admin":
+        raise Forbidden("this API is for admins", fix="use an admin's token")
+    return user
+
+
+ApiReviewer = Annotated[User, Depends(api_reviewer)]
+ApiAdmin = Annotated[User, Depends(api_admin)]

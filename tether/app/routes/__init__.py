@@ -1,0 +1,1 @@
+"""One router per resource: auth (login), annotate (annotators), review (reviewers), admin, api (JSON)."""

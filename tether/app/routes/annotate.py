@@ -1,0 +1,198 @@
+"""The annotator's pages: the project list, the task (with the guidelines beside it), submit and skip.
+
+Submitting answers and getting the next item is one request: with HTMX the response is the next task's fragment;
+without JavaScript the browser follows a redirect to the task page. The form speaks in *shown* positions (what the
+annotator saw: left/right, 1..k); the server maps them to item positions with the assignment's stored order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+
+from tether.app.deps import DbSession, Settings, WebUser, actor_of, csrf_protect, is_htmx, page
+from tether.errors import TetherError
+from tether.feedback import STRENGTH_LABELS
+from tether.store import annotation
+from tether.store.tables import Project, User
+
+router = APIRouter(prefix="/annotate", dependencies=[Depends(csrf_protect)])
+
+SKIP_REASONS = (
+    "I cannot judge this (outside my knowledge)",
+    "The text is broken or unreadable",
+    "Content I should not review",
+    "Other",
+)
+
+
+def pairwise_options(strength: bool) -> list[dict[str, Any]]:
+    """The answer buttons of a pair, left to right, with their keys. ``pick`` values speak in shown sides."""
+    if not strength:
+        return [
+            {"pick": "A", "key": "1", "label": "A is better", "side": "a"},
+            {"pick": "T", "key": "2", "label": "Tie", "side": "tie"},
+            {"pick": "B", "key": "3", "label": "B is better", "side": "b"},
+        ]
+    options = [{"pick": f"A{s}", "label": f"A {STRENGTH_LABELS[s]}", "side": "a"} for s in (3, 2, 1)]
+    options.append({"pick": "T", "label": "Tie", "side": "tie"})
+    options += [{"pick": f"B{s}", "label": f"B {STRENGTH_LABELS[s]}", "side": "b"} for s in (1, 2, 3)]
+    for key, option in enumerate(options, start=1):
+        option["key"] = str(key)
+    return options
+
+
+def value_from_form(spec: dict[str, Any], form: Any, shown_order: list[int]) -> dict[str, Any]:
+    """The judgment value, in item positions, from the task form (which speaks in shown positions)."""
+    kind = spec["kind"]
+    value: dict[str, Any] = {}
+    if kind == "pairwise":
+        pick = form.get("pick") or ""
+        valid = {o["pick"] for o in pairwise_options(spec["strength"])}
+        if pick not in valid:
+            raise TetherError("choose which response is better first", fix="press a number key (shown on each button)")
+        if pick == "T":
+            value["choice"] = "tie"
+        else:
+            shown_side = 0 if pick[0] == "A" else 1
+            value["choice"] = "a" if shown_order[shown_side] == 0 else "b"
+            if spec["strength"]:
+                value["strength"] = int(pick[1])
+    elif kind == "ranking":
+        k = len(shown_order)
+        ranks = []
+        for shown in range(k):
+            raw = form.get(f"rank_{shown}") or ""
+            if not raw.isdigit() or not 1 <= int(raw) <= k:
+                raise TetherError(f"rank every response from 1 (best) to {k}", fix="press the response numbers from best to worst")
+            ranks.append(int(raw))
+        if sorted(ranks) != list(range(1, k + 1)):
+            raise TetherError("each rank may be used once", fix="press Backspace to undo and rank again")
+        by_rank = sorted(range(k), key=lambda shown: ranks[shown])
+        value["ranking"] = [shown_order[shown] for shown in by_rank]
+    elif kind == "rating":
+        lo, hi = spec["scale"]
+        ratings = {}
+        for index, aspect in enumerate(spec["aspects"]):
+            raw = form.get(f"rating_{index}") or ""
+            if not raw.isdigit() or not lo <= int(raw) <= hi:
+                raise TetherError(f"rate '{aspect}' from {lo} to {hi}", fix="press a number key for each aspect")
+            ratings[aspect] = int(raw)
+        value["ratings"] = ratings
+        value["scale"] = [lo, hi]
+    flags = [f for f in form.getlist("flag") if isinstance(f, str)]
+    if flags:
+        value["flags"] = flags
+    for field in ("critique", "rewrite"):
+        text = form.get(field)
+        if isinstance(text, str) and text.strip():
+            value[field] = text.strip()
+    return value
+
+
+def _project(session: Any, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None or project.source != "web":
+        raise annotation.Forbidden(f"project {project_id} is not open for annotation", fix="pick a project from your list")
+    return project
+
+
+def task_context(session: Any, project: Project, user: User, assignment: Any) -> dict[str, Any]:
+    """Everything the task template needs (or the "all done" state when ``assignment`` is None)."""
+    progress = annotation.user_progress(session, project=project, user=user)
+    context: dict[str, Any] = {"project": project, "progress": progress, "task": None, "skip_reasons": SKIP_REASONS}
+    guideline = annotation.current_guideline(session, project.id)
+    context["guideline"] = guideline
+    if assignment is None:
+        return context
+    task = annotation.task_view(session, assignment)
+    spec = task["schema"]
+    context["task"] = task
+    context["spec"] = spec
+    if spec["kind"] == "pairwise":
+        context["options"] = pairwise_options(spec["strength"])
+    if spec["kind"] == "rating":
+        lo, hi = spec["scale"]
+        context["scale_points"] = list(range(lo, hi + 1))
+    return context
+
+
+@router.get("")
+def projects(request: Request, session: DbSession, user: WebUser) -> Response:
+    rows = []
+    for project in session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all():
+        rows.append({"project": project, "progress": annotation.user_progress(session, project=project, user=user),
+                     "kind": annotation.project_kind(session, project)})
+    return page(request, "annotate_index.html", user=user, rows=rows)
+
+
+@router.get("/{project_id}")
+def task_page(request: Request, project_id: int, session: DbSession, user: WebUser) -> Response:
+    project = _project(session, project_id)
+    assignment = annotation.next_assignment(session, project=project, user=user)
+    return page(request, "annotate.html", user=user, **task_context(session, project, user, assignment))
+
+
+def _next(request: Request, session: Any, project: Project, user: User) -> Response:
+    """The reply to a submit or a skip: the next task (HTMX fragment) or a redirect to the task page."""
+    if not is_htmx(request):
+        return RedirectResponse(f"/annotate/{project.id}", status_code=303)
+    assignment = annotation.next_assignment(session, project=project, user=user)
+    return page(request, "_task.html", user=user, **task_context(session, project, user, assignment))
+
+
+@router.post("/{project_id}/assignments/{assignment_id}/submit")
+async def submit(request: Request, project_id: int, assignment_id: int, session: DbSession, user: WebUser, settings: Settings) -> Response:
+    form = await request.form()
+    return await _run_sync(_submit_sync, request, form, project_id, assignment_id, session, user, settings)
+
+
+def _submit_sync(request: Request, form: Any, project_id: int, assignment_id: int, session: Any, user: User, settings: Any) -> Response:
+    project = _project(session, project_id)
+    assignment = annotation.own_assignment(session, assignment_id=assignment_id, user=user)
+    spec = annotation.schema_version(session, project.id, _int_or_none(form.get("schema_version"))).spec
+    value = value_from_form(spec, form, list(assignment.shown_order))
+    annotation.submit_judgment(
+        session,
+        assignment_id=assignment.id,
+        user=user,
+        value=value,
+        time_spent_ms=_int_or_none(form.get("time_spent_ms")),
+        guideline_version=_int_or_none(form.get("guideline_version")),
+        schema_version_number=_int_or_none(form.get("schema_version")),
+        source="web",
+        max_answer_chars=settings.max_answer_chars,
+        actor=actor_of(user),
+    )
+    return _next(request, session, project, user)
+
+
+@router.post("/{project_id}/assignments/{assignment_id}/skip")
+async def skip(request: Request, project_id: int, assignment_id: int, session: DbSession, user: WebUser) -> Response:
+    form = await request.form()
+    return await _run_sync(_skip_sync, request, form, project_id, assignment_id, session, user)
+
+
+def _skip_sync(request: Request, form: Any, project_id: int, assignment_id: int, session: Any, user: User) -> Response:
+    project = _project(session, project_id)
+    reason = form.get("reason") or ""
+    if reason == "Other":
+        reason = (form.get("reason_other") or "").strip() or "Other"
+    annotation.skip_assignment(session, assignment_id=assignment_id, user=user, reason=str(reason), actor=actor_of(user))
+    return _next(request, session, project, user)
+
+
+def _int_or_none(raw: Any) -> int | None:
+    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        return int(raw.strip())
+    return None
+
+
+async def _run_sync(fn: Any, *args: Any) -> Any:
+    """Store work in a worker thread (the event loop stays free)."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)

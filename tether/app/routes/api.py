@@ -1,0 +1,206 @@
+"""The JSON API (``/api/v1``) for labeling pipelines and ``tether.client``; bearer tokens, no cookies.
+
+Admins push prompts and completions and pull judgments; reviewers read judgments and mark gold; any account takes
+its next item and answers it. A forbidden call is a 403 before anything is looked up, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import select
+
+from tether.app import service
+from tether.app.deps import ApiAdmin, ApiReviewer, ApiUser, DbSession, Settings, actor_of
+from tether.app.schemas import (
+    CorrectionIn,
+    GoldIn,
+    GuidelinesIn,
+    ItemsAdded,
+    ItemsPush,
+    JudgmentCreated,
+    JudgmentIn,
+    LabelSchemaIn,
+    ProjectCreate,
+    ProjectPatch,
+    ProjectPublic,
+    SkipIn,
+    TaskPublic,
+    UserCreate,
+    UserPublic,
+)
+from tether.store import annotation
+from tether.store.tables import Item, Project, User
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _project_public(session: DbSession, project: Project) -> ProjectPublic:
+    guideline = annotation.current_guideline(session, project.id)
+    try:
+        schema = annotation.current_schema(session, project.id)
+    except Exception:  # an imported feedback set has no schema
+        schema = None
+    return ProjectPublic(
+        id=project.id, name=project.name, description=project.description, kind=schema.spec["kind"] if schema else None,
+        overlap=project.overlap, gold_rate=project.gold_rate, assignment_ttl_s=project.assignment_ttl_s,
+        guideline_version=guideline.version if guideline else None, guidelines=guideline.text if guideline else None,
+        schema_version=schema.version if schema else None, label_schema=schema.spec if schema else None,
+    )
+
+
+def _task_public(session: DbSession, assignment: object | None) -> TaskPublic | None:
+    if assignment is None:
+        return None
+    task = annotation.task_view(session, assignment)
+    task["label_schema"] = task.pop("schema")
+    return TaskPublic(**task)
+
+
+def _web_project(session: DbSession, project_id: int) -> Project:
+    project = annotation.get_project(session, project_id)
+    if project.source != "web":
+        raise annotation.Forbidden(f"project {project_id} is an imported feedback set, not open for annotation", fix="pick a campaign")
+    return project
+
+
+@router.get("/me", response_model=UserPublic)
+def me(user: ApiUser) -> UserPublic:
+    return UserPublic(id=user.id, name=user.name, role=user.role, active=user.active)
+
+
+@router.get("/projects", response_model=list[ProjectPublic])
+def projects(session: DbSession, user: ApiUser) -> list[ProjectPublic]:
+    rows = session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all()
+    return [_project_public(session, p) for p in rows]
+
+
+@router.post("/projects", response_model=ProjectPublic, status_code=201)
+def create_project(body: ProjectCreate, session: DbSession, user: ApiAdmin) -> ProjectPublic:
+    project = annotation.create_project(
+        session, name=body.name, description=body.description, guidelines=body.guidelines, schema=body.label_schema.spec(),
+        overlap=body.overlap, gold_rate=body.gold_rate, assignment_ttl_s=body.assignment_ttl_s, actor=actor_of(user, "api"),
+    )
+    return _project_public(session, project)
+
+
+@router.get("/projects/{project_id}", response_model=ProjectPublic)
+def get_project(project_id: int, session: DbSession, user: ApiUser) -> ProjectPublic:
+    return _project_public(session, _web_project(session, project_id))
+
+
+@router.patch("/projects/{project_id}", response_model=ProjectPublic)
+def patch_project(project_id: int, body: ProjectPatch, session: DbSession, user: ApiAdmin) -> ProjectPublic:
+    project = annotation.get_project(session, project_id)
+    annotation.update_project(session, project=project, overlap=body.overlap, gold_rate=body.gold_rate,
+                              assignment_ttl_s=body.assignment_ttl_s, description=body.description, actor=actor_of(user, "api"))
+    return _project_public(session, project)
+
+
+@router.put("/projects/{project_id}/guidelines")
+def put_guidelines(project_id: int, body: GuidelinesIn, session: DbSession, user: ApiAdmin) -> dict:
+    project = _web_project(session, project_id)
+    return {"version": annotation.add_guideline_version(session, project=project, text=body.text, actor=actor_of(user, "api")).version}
+
+
+@router.put("/projects/{project_id}/schema")
+def put_schema(project_id: int, body: LabelSchemaIn, session: DbSession, user: ApiAdmin) -> dict:
+    project = _web_project(session, project_id)
+    return {"version": annotation.add_schema_version(session, project=project, spec=body.spec(), actor=actor_of(user, "api")).version}
+
+
+@router.post("/projects/{project_id}/items", response_model=ItemsAdded, status_code=201)
+def push_items(project_id: int, body: ItemsPush, session: DbSession, user: ApiAdmin, settings: Settings) -> ItemsAdded:
+    project = _web_project(session, project_id)
+    counts = annotation.add_items(session, project=project, rows=body.items, max_text_chars=settings.max_text_chars,
+                                  max_items=settings.max_items_per_upload, actor=actor_of(user, "api"))
+    return ItemsAdded(**counts)
+
+
+@router.get("/projects/{project_id}/judgments")
+def pull_judgments(
+    project_id: int,
+    session: DbSession,
+    user: ApiReviewer,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    include_text: bool = False,
+) -> dict:
+    annotation.get_project(session, project_id)
+    rows = annotation.list_judgments(session, project_id=project_id, after_id=after_id, limit=limit, include_text=include_text)
+    return {"judgments": rows, "next_after_id": rows[-1]["id"] if rows else after_id}
+
+
+@router.get("/projects/{project_id}/progress")
+def progress(project_id: int, session: DbSession, user: ApiReviewer) -> dict:
+    return annotation.project_progress(session, project=_web_project(session, project_id))
+
+
+@router.post("/projects/{project_id}/next", response_model=TaskPublic, responses={204: {"description": "nothing left for you"}})
+def next_item(project_id: int, session: DbSession, user: ApiUser) -> TaskPublic | Response:
+    project = _web_project(session, project_id)
+    task = _task_public(session, annotation.next_assignment(session, project=project, user=user))
+    return task if task is not None else Response(status_code=204)
+
+
+@router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentCreated, status_code=201)
+def submit(assignment_id: int, body: JudgmentIn, session: DbSession, user: ApiUser, settings: Settings, next: bool = False) -> JudgmentCreated:
+    judgment = annotation.submit_judgment(
+        session, assignment_id=assignment_id, user=user, value=body.value, time_spent_ms=body.time_spent_ms,
+        guideline_version=body.guideline_version, schema_version_number=body.schema_version, source="api",
+        max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"),
+    )
+    upcoming = None
+    if next:  # the next item in the same request
+        project = session.get(Project, session.scalar(select(Item.project_id).where(Item.id == judgment.item_id)))
+        upcoming = _task_public(session, annotation.next_assignment(session, project=project, user=user))
+    return JudgmentCreated(judgment_id=judgment.id, next=upcoming)
+
+
+@router.post("/assignments/{assignment_id}/skip", status_code=204)
+def skip(assignment_id: int, body: SkipIn, session: DbSession, user: ApiUser) -> Response:
+    annotation.skip_assignment(session, assignment_id=assignment_id, user=user, reason=body.reason, actor=actor_of(user, "api"))
+    return Response(status_code=204)
+
+
+@router.post("/judgments/{judgment_id}/correct", response_model=JudgmentCreated, status_code=201)
+def correct(judgment_id: int, body: CorrectionIn, session: DbSession, user: ApiUser, settings: Settings) -> JudgmentCreated:
+    judgment = annotation.correct_judgment(session, judgment_id=judgment_id, user=user, value=body.value,
+                                           max_answer_chars=settings.max_answer_chars, source="api", actor=actor_of(user, "api"))
+    return JudgmentCreated(judgment_id=judgment.id)
+
+
+@router.get("/items/{item_id}/judgments")
+def item_judgments(item_id: int, session: DbSession, user: ApiReviewer) -> dict:
+    detail = annotation.item_detail(session, item_id)
+    return {
+        "item_id": item_id,
+        "is_gold": detail["item"].is_gold,
+        "gold_value": detail["item"].gold_value,
+        "judgments": [
+            {"id": row["judgment"].id, "user": row["user"], "value": row["judgment"].value, "source": row["judgment"].source,
+             "supersedes_id": row["judgment"].supersedes_id, "shown_order": row["judgment"].shown_order}
+            for row in detail["judgments"]
+        ],
+        "skips": detail["skips"],
+    }
+
+
+@router.post("/items/{item_id}/gold")
+def set_gold(item_id: int, body: GoldIn, session: DbSession, user: ApiReviewer, settings: Settings) -> dict:
+    item = annotation.mark_gold(session, item_id=item_id, value=body.value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"))
+    return {"item_id": item.id, "is_gold": item.is_gold, "gold_value": item.gold_value}
+
+
+@router.get("/users", response_model=list[UserPublic])
+def users(session: DbSession, user: ApiAdmin) -> list[UserPublic]:
+    rows = session.scalars(select(User).where(User.role != "external").order_by(User.name)).all()
+    return [UserPublic(id=u.id, name=u.name, role=u.role, active=u.active) for u in rows]
+
+
+@router.post("/users", response_model=UserPublic, status_code=201)
+def create_user(body: UserCreate, session: DbSession, user: ApiAdmin, settings: Settings) -> UserPublic:
+    new = service.create_user(session, name=body.name, role=body.role, password=body.password,
+                              password_profile=settings.password_profile, actor=actor_of(user, "api"))
+    return UserPublic(id=new.id, name=new.name, role=new.role, active=new.active)

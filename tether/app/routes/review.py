@@ -1,0 +1,92 @@
+"""Reviewers (and admins): every judgment of an item, adjudication, gold marking."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+
+from tether.app.deps import DbSession, Settings, WebReviewer, actor_of, csrf_protect, page
+from tether.store import annotation
+from tether.store.tables import Item, Judgment, Project
+
+router = APIRouter(prefix="/review", dependencies=[Depends(csrf_protect)])
+PAGE_SIZE = 50
+
+
+@router.get("")
+def review_index(request: Request, session: DbSession, user: WebReviewer, project_id: int | None = None, disagree: bool = False, offset: int = 0) -> Response:
+    projects = session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all()
+    project = session.get(Project, project_id) if project_id else (projects[0] if projects else None)
+    rows = []
+    if project is not None:
+        # One query for every judgment of the project; a corrected judgment counts by its newest version only.
+        found = session.execute(
+            select(Item, Judgment.id, Judgment.value, Judgment.supersedes_id)
+            .join(Judgment, Judgment.item_id == Item.id)
+            .where(Item.project_id == project.id)
+            .order_by(Item.id.desc(), Judgment.id)
+        ).all()
+        superseded = {old for *_, old in found if old is not None}
+        by_item: dict[int, dict] = {}
+        for item, judgment_id, value, _old in found:
+            row = by_item.setdefault(item.id, {"item": item, "judgments": 0, "answers": set()})
+            row["judgments"] += 1
+            if judgment_id not in superseded:
+                row["answers"].add(_headline(item.kind, value))
+        for row in by_item.values():
+            row["answers"] = sorted(row["answers"])
+            row["disagree"] = len(row["answers"]) > 1
+            if not disagree or row["disagree"]:
+                rows.append(row)
+    total = len(rows)
+    rows = rows[offset : offset + PAGE_SIZE]
+    return page(request, "review_index.html", user=user, projects=projects, project=project, rows=rows, disagree=disagree,
+                offset=offset, total=total, page_size=PAGE_SIZE)
+
+
+def _headline(kind: str, value: dict) -> str:
+    """A short summary of an answer, in item positions (A = position 0)."""
+    if kind == "pairwise":
+        choice = value.get("choice")
+        return "tie" if choice == "tie" else f"{str(choice).upper()} better"
+    if kind == "ranking" and "ranking" in value:
+        return " > ".join(str(p + 1) for p in value["ranking"])
+    if kind == "rating":
+        return ", ".join(f"{a} {s}" for a, s in value.get("ratings", {}).items())
+    return "?"
+
+
+@router.get("/items/{item_id}")
+def item_page(request: Request, item_id: int, session: DbSession, user: WebReviewer) -> Response:
+    detail = annotation.item_detail(session, item_id)
+    schema = annotation.current_schema(session, detail["item"].project_id)
+    project = session.get(Project, detail["item"].project_id)
+    for row in detail["judgments"]:
+        row["headline"] = _headline(detail["item"].kind, row["judgment"].value)
+    return page(request, "review_item.html", user=user, detail=detail, spec=schema.spec, project=project,
+                gold_headline=_headline(detail["item"].kind, detail["item"].gold_value) if detail["item"].gold_value else None)
+
+
+@router.post("/items/{item_id}/gold")
+def gold(item_id: int, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[str, Form()] = "") -> Response:
+    value = None
+    if judgment_id:
+        judgment = session.get(Judgment, int(judgment_id)) if judgment_id.isdigit() else None
+        if judgment is None or judgment.item_id != item_id:
+            raise annotation.NotFound(f"item {item_id} has no judgment {judgment_id}", fix="pick one of the judgments listed")
+        value = judgment.value
+    annotation.mark_gold(session, item_id=item_id, value=value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user))
+    return RedirectResponse(f"/review/items/{item_id}", status_code=303)
+
+
+@router.post("/items/{item_id}/adjudicate")
+def adjudicate(item_id: int, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[int, Form()]) -> Response:
+    judgment = session.get(Judgment, judgment_id)
+    if judgment is None or judgment.item_id != item_id:
+        raise annotation.NotFound(f"item {item_id} has no judgment {judgment_id}", fix="pick one of the judgments listed")
+    annotation.adjudicate(session, item_id=item_id, reviewer=user, value=dict(judgment.value), max_answer_chars=settings.max_answer_chars,
+                          actor=actor_of(user))
+    return RedirectResponse(f"/review/items/{item_id}", status_code=303)

@@ -1,0 +1,941 @@
+"""Feedback campaigns in the store: projects, versioned guidelines and label schemas, items, the assignment
+queue, immutable judgments, progress. The web app, the JSON API and the CLI all write through these functions.
+
+Queue rules (``next_assignment``):
+- an annotator with a pending assignment in the project gets it back (resume), renewed if its time ran out and
+  nobody took its slot;
+- otherwise a new item they have never been given, whose *active* assignments (done, or pending and not expired)
+  number fewer than the project's ``overlap``; items closest to full come first only by id order (oldest first);
+- gold items ignore overlap and are mixed in deterministically: the n-th item an annotator receives is gold when
+  ``gold_seen < floor(n * gold_rate)``;
+- race-free: SQLite runs every transaction under ``BEGIN IMMEDIATE`` (one writer at a time); on PostgreSQL the
+  annotator's row is locked first (two tabs of one person queue), candidate items are taken with
+  ``FOR UPDATE SKIP LOCKED`` and their active count is read again after the lock (a fresh snapshot under READ
+  COMMITTED), so an item never exceeds ``overlap`` and ``unique(item_id, user_id)`` backs "never twice to one".
+
+A judgment's ``value`` is stored in item positions (see tether.feedback); the order the annotator saw is stored
+beside it as ``shown_order`` so that position bias can be measured and removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from tether.errors import TetherError
+from tether.feedback import FLAG_CATEGORIES, validate_value
+from tether.store.db import audit
+from tether.store.tables import (
+    Assignment,
+    Completion,
+    Guideline,
+    Item,
+    ItemCompletion,
+    Judgment,
+    LabelSchema,
+    Project,
+    Prompt,
+    User,
+    utcnow,
+)
+
+SCHEMA_KINDS = ("pairwise", "ranking", "rating")
+DEFAULT_ASPECTS = ("helpfulness", "harmlessness", "honesty", "policy compliance")
+MAX_RANKED = 9  # digit keys 1..9 rank the responses
+MAX_FLAGS = 9  # Shift+1..9 toggle the flags
+MAX_SKIP_REASON_CHARS = 500
+MAX_GUIDELINE_CHARS = 200_000
+_rng = random.Random()
+
+
+class Forbidden(TetherError):
+    """The caller may not do this (HTTP 403). Also used for objects that do not exist, so nothing leaks."""
+
+
+class NotFound(TetherError):
+    """No such object (HTTP 404); only for callers allowed to know what exists."""
+
+
+class Conflict(TetherError):
+    """The request clashes with the current state, e.g. a second submit of one assignment (HTTP 409)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Label schemas
+
+
+def normalize_schema(spec: dict[str, Any]) -> dict[str, Any]:
+    """A complete, checked label schema from a partial one (defaults filled in).
+
+    ``{"kind": "pairwise" | "ranking" | "rating", "strength": bool, "aspects": [str], "scale": [lo, hi],
+    "flags": [category], "critique": bool, "rewrite": bool}``. ``strength`` applies to pairwise (much better /
+    better / slightly better / tie); ``aspects`` and ``scale`` to rating (Likert per aspect).
+    """
+    if not isinstance(spec, dict):
+        raise TetherError("the label schema must be a JSON object", fix='for example {"kind": "pairwise"}')
+    unknown = set(spec) - {"kind", "strength", "aspects", "scale", "flags", "critique", "rewrite"}
+    if unknown:
+        raise TetherError(f"unknown label schema field(s) {sorted(unknown)}", fix="use kind, strength, aspects, scale, flags, critique, rewrite")
+    kind = spec.get("kind", "pairwise")
+    if kind not in SCHEMA_KINDS:
+        raise TetherError(f"label schema kind must be one of {SCHEMA_KINDS}, got {kind!r}", fix="pick pairwise, ranking or rating")
+    out: dict[str, Any] = {"kind": kind}
+    out["strength"] = bool(spec.get("strength", kind == "pairwise")) if kind == "pairwise" else False
+    if kind == "rating":
+        aspects = [str(a).strip() for a in spec.get("aspects", DEFAULT_ASPECTS)]
+        if not aspects or any(not a for a in aspects) or len(set(aspects)) != len(aspects):
+            raise TetherError(f"rating aspects must be distinct non-empty names, got {aspects}", fix="e.g. helpfulness, harmlessness, honesty")
+        scale = spec.get("scale", [1, 5])
+        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in scale)):
+            raise TetherError(f"scale must be two integers [low, high], got {scale!r}", fix="e.g. [1, 5] or [1, 7]")
+        lo, hi = scale
+        if not 0 <= lo < hi <= 9:
+            raise TetherError(f"scale {scale} must lie within 0..9 with low < high (one digit key per point)", fix="e.g. [1, 5] or [1, 7]")
+        out["aspects"], out["scale"] = aspects, [lo, hi]
+    flags = spec.get("flags", list(FLAG_CATEGORIES))
+    if not isinstance(flags, list) or any(not isinstance(f, str) or not f.strip() for f in flags) or len(set(flags)) != len(flags):
+        raise TetherError(f"flags must be a list of distinct category names, got {flags!r}", fix=f"e.g. {list(FLAG_CATEGORIES)}")
+    if len(flags) > MAX_FLAGS:
+        raise TetherError(f"at most {MAX_FLAGS} flag categories (one Shift+digit key each), got {len(flags)}", fix="merge some categories")
+    out["flags"] = [f.strip() for f in flags]
+    out["critique"] = bool(spec.get("critique", True))
+    out["rewrite"] = bool(spec.get("rewrite", False))
+    return out
+
+
+def completions_for(kind: str) -> tuple[int, int]:
+    """How many completions an item of ``kind`` holds: (fewest, most)."""
+    return {"pairwise": (2, 2), "ranking": (2, MAX_RANKED), "rating": (1, 1)}[kind]
+
+
+def check_value(spec: dict[str, Any], value: Any, n_completions: int, max_answer_chars: int) -> dict[str, Any]:
+    """A judgment value checked against the schema (and tether.feedback); returns it normalized."""
+    kind = spec["kind"]
+    validate_value(kind, value, n_completions)
+    allowed = {"pairwise": {"choice", "strength"}, "ranking": {"ranking", "comparisons"}, "rating": {"ratings", "scale"}}[kind]
+    allowed |= {"flags", "critique", "rewrite"}
+    unknown = set(value) - allowed
+    if unknown:
+        raise TetherError(f"unknown answer field(s) {sorted(unknown)} for a {kind} item", fix=f"use {sorted(allowed)}")
+    out = dict(value)
+    if kind == "pairwise":
+        if spec["strength"] and out["choice"] != "tie" and out.get("strength") not in (1, 2, 3):
+            raise TetherError("this project asks how much better: strength 1 (slightly), 2 (better) or 3 (much better)", fix="add strength")
+        if out["choice"] == "tie":
+            out["strength"] = 0 if spec["strength"] else None
+        elif not spec["strength"]:
+            out["strength"] = None
+    elif kind == "rating":
+        ratings = out["ratings"]
+        if set(ratings) != set(spec["aspects"]):
+            raise TetherError(f"rate exactly the aspects {spec['aspects']}, got {sorted(ratings)}", fix="give one number per aspect")
+        lo, hi = spec["scale"]
+        bad = {a: s for a, s in ratings.items() if s != int(s) or not lo <= s <= hi}
+        if bad:
+            raise TetherError(f"ratings must be whole numbers in {lo}..{hi}, got {bad}", fix=f"use {lo}..{hi}")
+        out["ratings"] = {a: int(ratings[a]) for a in spec["aspects"]}
+        out["scale"] = [lo, hi]
+    flags = out.get("flags") or []
+    unknown_flags = [f for f in flags if f not in spec["flags"]]
+    if unknown_flags:
+        raise TetherError(f"unknown flag(s) {unknown_flags}", fix=f"this project's flags are {spec['flags']}")
+    out["flags"] = [f for f in spec["flags"] if f in flags]  # schema order, no repeats
+    for field in ("critique", "rewrite"):
+        text = out.get(field)
+        if text in (None, ""):
+            out.pop(field, None)
+            continue
+        if not spec[field]:
+            raise TetherError(f"this project does not ask for a {field}", fix=f"leave {field} out")
+        if not isinstance(text, str):
+            raise TetherError(f"{field} must be text", fix=f"send {field} as a string")
+        if len(text) > max_answer_chars:
+            raise TetherError(f"the {field} has {len(text):,} characters; the limit is {max_answer_chars:,}", fix=f"shorten the {field}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Projects, guidelines, schemas
+
+
+def _check_project_numbers(overlap: int, gold_rate: float, assignment_ttl_s: int) -> None:
+    if not isinstance(overlap, int) or not 1 <= overlap <= 100:
+        raise TetherError(f"overlap must be a whole number 1..100, got {overlap!r}", fix="how many different annotators judge each item")
+    if not 0.0 <= gold_rate <= 0.5:
+        raise TetherError(f"gold rate must lie in 0..0.5, got {gold_rate}", fix="e.g. 0.05 mixes one gold item in twenty")
+    if not 60 <= assignment_ttl_s <= 7 * 24 * 3600:
+        raise TetherError(f"assignment expiry must be 60 s..7 days, got {assignment_ttl_s} s", fix="e.g. 3600 (an hour)")
+
+
+def _check_guideline(text: str) -> str:
+    if not isinstance(text, str):
+        raise TetherError("guidelines must be markdown text", fix="send the guidelines as a string")
+    if len(text) > MAX_GUIDELINE_CHARS:
+        raise TetherError(f"the guidelines have {len(text):,} characters; the limit is {MAX_GUIDELINE_CHARS:,}", fix="shorten them or link to a longer document")
+    return text
+
+
+def create_project(
+    session: Session,
+    *,
+    name: str,
+    schema: dict[str, Any],
+    guidelines: str = "",
+    description: str = "",
+    overlap: int = 1,
+    gold_rate: float = 0.0,
+    assignment_ttl_s: int = 3600,
+    actor: str | None = None,
+) -> Project:
+    """A new feedback campaign with guideline version 1 and label schema version 1."""
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise TetherError("a project needs a name of 1..200 characters", fix="choose a short name, e.g. helpfulness-v1")
+    _check_project_numbers(overlap, gold_rate, assignment_ttl_s)
+    spec = normalize_schema(schema)
+    _check_guideline(guidelines)
+    if session.scalar(select(Project.id).where(Project.name == name)) is not None:
+        raise Conflict(f"a project named {name!r} exists already", fix="choose another name")
+    project = Project(
+        name=name, description=description or "", source="web", overlap=overlap, gold_rate=float(gold_rate),
+        assignment_ttl_s=assignment_ttl_s, meta={"kind": spec["kind"]},
+    )
+    session.add(project)
+    session.flush()
+    session.add(Guideline(project_id=project.id, version=1, text=guidelines))
+    session.add(LabelSchema(project_id=project.id, version=1, spec=spec))
+    audit(session, "project.create", "project", project.id, actor_name=actor, name=name, overlap=overlap, gold_rate=gold_rate, schema=spec)
+    session.flush()
+    return project
+
+
+def get_project(session: Session, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"no project with id {project_id}", fix="list the projects to find its id")
+    return project
+
+
+def project_kind(session: Session, project: Project) -> str:
+    return current_schema(session, project.id).spec["kind"]
+
+
+def update_project(
+    session: Session, *, project: Project, overlap: int | None = None, gold_rate: float | None = None,
+    assignment_ttl_s: int | None = None, description: str | None = None, actor: str | None = None,
+) -> Project:
+    new = {
+        "overlap": project.overlap if overlap is None else overlap,
+        "gold_rate": project.gold_rate if gold_rate is None else float(gold_rate),
+        "assignment_ttl_s": project.assignment_ttl_s if assignment_ttl_s is None else assignment_ttl_s,
+    }
+    _check_project_numbers(**new)
+    changed = {k: v for k, v in new.items() if getattr(project, k) != v}
+    if description is not None and description != project.description:
+        changed["description"] = description
+    for key, value in changed.items():
+        setattr(project, key, value)
+    if changed:
+        audit(session, "project.update", "project", project.id, actor_name=actor, **changed)
+    return project
+
+
+def current_guideline(session: Session, project_id: int) -> Guideline | None:
+    return session.scalar(select(Guideline).where(Guideline.project_id == project_id).order_by(Guideline.version.desc()).limit(1))
+
+
+def current_schema(session: Session, project_id: int) -> LabelSchema:
+    schema = session.scalar(select(LabelSchema).where(LabelSchema.project_id == project_id).order_by(LabelSchema.version.desc()).limit(1))
+    if schema is None:
+        raise TetherError(f"project {project_id} has no label schema", fix="imported feedback sets cannot be annotated; create a project")
+    return schema
+
+
+def schema_version(session: Session, project_id: int, version: int | None) -> LabelSchema:
+    if version is None:
+        return current_schema(session, project_id)
+    schema = session.scalar(select(LabelSchema).where(LabelSchema.project_id == project_id, LabelSchema.version == version))
+    if schema is None:
+        raise TetherError(f"project {project_id} has no label schema version {version}", fix="leave schema_version out to use the current one")
+    return schema
+
+
+def add_guideline_version(session: Session, *, project: Project, text: str, actor: str | None = None) -> Guideline:
+    """A new version of the guidelines; earlier versions are kept (judgments name the one they were made under)."""
+    _check_guideline(text)
+    latest = current_guideline(session, project.id)
+    if latest is not None and latest.text == text:
+        return latest
+    guideline = Guideline(project_id=project.id, version=(latest.version if latest else 0) + 1, text=text)
+    session.add(guideline)
+    session.flush()
+    audit(session, "guideline.version", "project", project.id, actor_name=actor, version=guideline.version, chars=len(text))
+    return guideline
+
+
+def add_schema_version(session: Session, *, project: Project, spec: dict[str, Any], actor: str | None = None) -> LabelSchema:
+    """A new version of the label schema. The kind (pairwise, ranking, rating) is fixed: the items depend on it."""
+    latest = current_schema(session, project.id)
+    new = normalize_schema(spec)
+    if new["kind"] != latest.spec["kind"]:
+        raise TetherError(
+            f"the schema kind is {latest.spec['kind']}; a new version cannot change it to {new['kind']}",
+            fix="create a new project for another kind of question",
+        )
+    if new == latest.spec:
+        return latest
+    schema = LabelSchema(project_id=project.id, version=latest.version + 1, spec=new)
+    session.add(schema)
+    session.flush()
+    audit(session, "schema.version", "project", project.id, actor_name=actor, version=schema.version, spec=new)
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Items: prompts and completions pushed by an admin or a pipeline
+
+
+def content_hash(content: str | list[Any]) -> str:
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+
+
+def _messages_text(messages: list[dict[str, Any]]) -> str:
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def _content(value: Any, what: str) -> tuple[str, list[Any] | None]:
+    """(text, messages) of a prompt or completion given as a string or a list of chat messages."""
+    if isinstance(value, str):
+        return value, None
+    if _is_messages(value):
+        return _messages_text(value), value
+    raise ValueError(f"{what} must be text or a list of {{role, content}} messages")
+
+
+def item_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One upload record as ``{"prompt", "completions": [{"content", "model", "gen_settings"}], ...}``.
+
+    Accepted shapes: ``{"prompt", "completions": [...]}`` (each a string, messages, or ``{"text" | "messages",
+    "model", "gen_settings"}``); TRL preference rows ``{"prompt", "chosen", "rejected"}`` and HH-RLHF dialogues
+    ``{"chosen", "rejected"}`` (two completions, chosen first); ``{"prompt", "completion"}`` (one completion).
+    Optional: ``external_id``, ``gold`` (a judgment value in item positions), ``meta``.
+    """
+    from tether.store.formats import preference_row
+
+    if not isinstance(record, dict):
+        raise ValueError("expected a JSON object")
+    if "completions" in record:
+        prompt, completions = record.get("prompt"), record["completions"]
+        if not isinstance(completions, list) or not completions:
+            raise ValueError("'completions' must be a non-empty list")
+    elif "chosen" in record and "rejected" in record:
+        row = preference_row(record)
+        prompt, completions = row["prompt"], [row["chosen"], row["rejected"]]
+    elif "completion" in record:
+        prompt, completions = record.get("prompt"), [record["completion"]]
+    else:
+        raise ValueError("expected 'completions', 'chosen' and 'rejected', or 'completion' (with 'prompt')")
+    if prompt is None:
+        raise ValueError("missing 'prompt'")
+    out_completions = []
+    for index, completion in enumerate(completions):
+        model, settings = None, {}
+        if isinstance(completion, dict) and not {"role", "content"} <= completion.keys():
+            model, settings = completion.get("model"), completion.get("gen_settings") or {}
+            completion = completion.get("messages", completion.get("text"))
+        _content(completion, f"completion {index + 1}")
+        out_completions.append({"content": completion, "model": model, "gen_settings": settings})
+    _content(prompt, "prompt")
+    external_id = record.get("external_id", record.get("id"))
+    return {
+        "prompt": prompt,
+        "completions": out_completions,
+        "external_id": None if external_id is None else str(external_id)[:200],
+        "gold": record.get("gold"),
+        "meta": record.get("meta") if isinstance(record.get("meta"), dict) else {},
+    }
+
+
+def add_items(
+    session: Session,
+    *,
+    project: Project,
+    rows: Sequence[dict[str, Any]],
+    where: Sequence[str] | None = None,
+    max_text_chars: int = 200_000,
+    max_items: int = 50_000,
+    actor: str | None = None,
+) -> dict[str, int]:
+    """Make items from rows of prompts and completions (see ``item_row``); all or nothing.
+
+    Prompts and completions are deduplicated by content within the project, and an item with the same prompt
+    and the same completions in the same order as an existing one is counted as a duplicate, not added twice.
+    ``where`` names each row in error messages (e.g. ``file.jsonl:12``). Returns counts.
+    """
+    if len(rows) > max_items:
+        raise TetherError(f"{len(rows):,} items in one upload; the limit is {max_items:,}", fix="split the file into smaller uploads")
+    schema = current_schema(session, project.id).spec
+    kind = schema["kind"]
+    fewest, most = completions_for(kind)
+    labels = list(where) if where is not None else [f"item {i}" for i in range(1, len(rows) + 1)]
+    parsed = []
+    for label, record in zip(labels, rows):
+        try:
+            row = item_row(record)
+        except ValueError as exc:
+            raise TetherError(f"{label}: {exc}", fix="see the upload formats on the project page or in `tether.client` docs") from None
+        n = len(row["completions"])
+        if not fewest <= n <= most:
+            want = str(fewest) if fewest == most else f"{fewest}..{most}"
+            raise TetherError(f"{label}: a {kind} project needs {want} completions per item, this row has {n}", fix="check the file matches the project's kind")
+        for what, content in [("prompt", row["prompt"])] + [(f"completion {i + 1}", c["content"]) for i, c in enumerate(row["completions"])]:
+            size = len(_content(content, what)[0])
+            if size > max_text_chars:
+                raise TetherError(f"{label}: the {what} has {size:,} characters; the limit is {max_text_chars:,}", fix="shorten it or leave that row out")
+        if row["gold"] is not None:
+            try:
+                row["gold"] = check_value(schema, row["gold"], n, max_text_chars)
+            except TetherError as exc:
+                raise TetherError(f"{label}: gold answer: {exc.message}", fix=exc.fix) from None
+        parsed.append(row)
+
+    # ALGO LOGIC: get-or-create prompts and completions by content hash, then items, in three bulk flushes.
+    prompt_ids = dict(session.execute(select(Prompt.content_hash, Prompt.id).where(Prompt.project_id == project.id)).all())
+    new_prompts: dict[str, Prompt] = {}
+    for row in parsed:
+        row["prompt_hash"] = content_hash(row["prompt"])
+        if row["prompt_hash"] not in prompt_ids and row["prompt_hash"] not in new_prompts:
+            text, messages = _content(row["prompt"], "prompt")
+            new_prompts[row["prompt_hash"]] = Prompt(project_id=project.id, text=text, messages=messages, content_hash=row["prompt_hash"])
+    session.add_all(new_prompts.values())
+    session.flush()
+    prompt_ids.update({h: p.id for h, p in new_prompts.items()})
+
+    touched = {prompt_ids[row["prompt_hash"]] for row in parsed}
+    completion_ids = {
+        (pid, h): cid
+        for pid, h, cid in session.execute(
+            select(Completion.prompt_id, Completion.content_hash, Completion.id).where(Completion.prompt_id.in_(touched))
+        ).all()
+    } if touched else {}
+    new_completions: dict[tuple[int, str], Completion] = {}
+    for row in parsed:
+        pid = prompt_ids[row["prompt_hash"]]
+        for comp in row["completions"]:
+            comp["key"] = (pid, content_hash(comp["content"]))
+            if comp["key"] not in completion_ids and comp["key"] not in new_completions:
+                text, messages = _content(comp["content"], "completion")
+                new_completions[comp["key"]] = Completion(
+                    prompt_id=pid, text=text, messages=messages, content_hash=comp["key"][1],
+                    model=comp["model"], gen_settings=comp["gen_settings"],
+                )
+    session.add_all(new_completions.values())
+    session.flush()
+    completion_ids.update({key: c.id for key, c in new_completions.items()})
+
+    existing = {}
+    for item_id, prompt_id, _position, completion_id in session.execute(
+        select(Item.id, Item.prompt_id, ItemCompletion.position, ItemCompletion.completion_id)
+        .join(ItemCompletion, ItemCompletion.item_id == Item.id)
+        .where(Item.project_id == project.id)
+        .order_by(Item.id, ItemCompletion.position)
+    ).all():
+        existing.setdefault(item_id, [prompt_id]).append(completion_id)
+    seen = {tuple(v) for v in existing.values()}
+    added = duplicates = gold = 0
+    new_items = []
+    for row in parsed:
+        pid = prompt_ids[row["prompt_hash"]]
+        cids = [completion_ids[c["key"]] for c in row["completions"]]
+        key = (pid, *cids)
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        item = Item(
+            project_id=project.id, prompt_id=pid, kind=kind, is_gold=row["gold"] is not None, gold_value=row["gold"],
+            external_id=row["external_id"], meta=row["meta"],
+        )
+        item.completions = [ItemCompletion(position=i, completion_id=cid) for i, cid in enumerate(cids)]
+        new_items.append(item)
+        added += 1
+        gold += row["gold"] is not None
+    session.add_all(new_items)
+    session.flush()
+    counts = {"items": added, "duplicates": duplicates, "gold": gold, "prompts": len(new_prompts), "completions": len(new_completions)}
+    audit(session, "items.add", "project", project.id, actor_name=actor, **counts)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The queue
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; the store writes UTC only."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def _active(now: datetime) -> Any:
+    """Assignments that hold a slot of their item: done, or pending and not expired."""
+    return or_(
+        Assignment.state == "done",
+        and_(Assignment.state == "pending", or_(Assignment.expires_at.is_(None), Assignment.expires_at > now)),
+    )
+
+
+def _active_count(session: Session, item_id: int, now: datetime, exclude_id: int | None = None) -> int:
+    query = select(func.count()).select_from(Assignment).where(Assignment.item_id == item_id, _active(now))
+    if exclude_id is not None:
+        query = query.where(Assignment.id != exclude_id)
+    return session.scalar(query) or 0
+
+
+def _expired(assignment: Assignment, now: datetime) -> bool:
+    expires = _aware(assignment.expires_at)
+    return expires is not None and expires <= now
+
+
+def _slot_free(session: Session, project: Project, assignment: Assignment, now: datetime) -> bool:
+    """Whether an expired assignment may still count: its item (locked here) is not full without it."""
+    item = session.scalar(select(Item).where(Item.id == assignment.item_id).with_for_update())
+    return item.is_gold or _active_count(session, item.id, now, exclude_id=assignment.id) < project.overlap
+
+
+def next_assignment(
+    session: Session, *, project: Project, user: User, now: datetime | None = None, rng: random.Random | None = None
+) -> Assignment | None:
+    """The annotator's next assignment in ``project`` (their pending one, or a new one); None when done."""
+    now = now or utcnow()
+    rng = rng or _rng
+    # Two requests of one annotator (two tabs) queue here, so one person never holds two new items at once.
+    session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    in_project = select(Item.id).where(Item.project_id == project.id)
+    pending = session.scalars(
+        select(Assignment)
+        .where(Assignment.user_id == user.id, Assignment.state == "pending", Assignment.item_id.in_(in_project))
+        .order_by(Assignment.id)
+        .with_for_update()
+    ).all()
+    for assignment in pending:
+        if not _expired(assignment, now):
+            return assignment
+        if _slot_free(session, project, assignment, now):
+            assignment.expires_at = now + timedelta(seconds=project.assignment_ttl_s)
+            return assignment
+        assignment.state = "expired"
+
+    seen_total, seen_gold = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((Item.is_gold.is_(True), 1), else_=0)), 0))
+        .select_from(Assignment)
+        .join(Item, Item.id == Assignment.item_id)
+        .where(Assignment.user_id == user.id, Item.project_id == project.id)
+    ).one()
+    want_gold = project.gold_rate > 0 and seen_gold < math.floor((seen_total + 1) * project.gold_rate + 1e-9)
+
+    never_given = ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id)
+    active_count = select(func.count()).select_from(Assignment).where(Assignment.item_id == Item.id, _active(now)).correlate(Item).scalar_subquery()
+    tried: list[int] = []
+    for gold in ([True, False] if want_gold else [False]):
+        for _attempt in range(50):  # bounded: each round either assigns, or rules one item out
+            query = select(Item).where(Item.project_id == project.id, Item.is_gold == gold, never_given)
+            if not gold:
+                query = query.where(active_count < project.overlap)
+            if tried:
+                query = query.where(Item.id.not_in(tried))
+            item = session.scalar(query.order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item))
+            if item is None:
+                break
+            # Read again after the lock: the first read may predate another annotator's commit (PostgreSQL).
+            if not gold and _active_count(session, item.id, now) >= project.overlap:
+                tried.append(item.id)
+                continue
+            n = session.scalar(select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == item.id)) or 1
+            assignment = Assignment(
+                item_id=item.id, user_id=user.id, state="pending", shown_order=rng.sample(range(n), n),
+                created_at=now, expires_at=now + timedelta(seconds=project.assignment_ttl_s),
+            )
+            session.add(assignment)
+            session.flush()
+            return assignment
+    return None
+
+
+def own_assignment(session: Session, *, assignment_id: int, user: User, lock: bool = False) -> Assignment:
+    """The user's assignment; someone else's or a missing one is the same 403 (nothing leaks)."""
+    query = select(Assignment).where(Assignment.id == assignment_id)
+    if lock:
+        query = query.with_for_update()
+    assignment = session.scalar(query)
+    if assignment is None or assignment.user_id != user.id:
+        raise Forbidden(f"assignment {assignment_id} is not yours", fix="ask for your next item")
+    return assignment
+
+
+def task_view(session: Session, assignment: Assignment) -> dict[str, Any]:
+    """What the annotator sees: the prompt and the completions in the shown order, with the versions in force."""
+    item = session.get(Item, assignment.item_id)
+    prompt = session.get(Prompt, item.prompt_id)
+    rows = session.execute(
+        select(ItemCompletion.position, Completion)
+        .join(Completion, Completion.id == ItemCompletion.completion_id)
+        .where(ItemCompletion.item_id == item.id)
+    ).all()
+    by_position = {position: completion for position, completion in rows}
+    order = list(assignment.shown_order) or sorted(by_position)
+    guideline = current_guideline(session, item.project_id)
+    schema = current_schema(session, item.project_id)
+    return {
+        "assignment_id": assignment.id,
+        "item_id": item.id,
+        "project_id": item.project_id,
+        "kind": item.kind,
+        "prompt": {"text": prompt.text, "messages": prompt.messages},
+        "completions": [
+            {"position": pos, "text": by_position[pos].text, "messages": by_position[pos].messages} for pos in order
+        ],
+        "shown_order": order,
+        "expires_at": _aware(assignment.expires_at),
+        "guideline_version": guideline.version if guideline else None,
+        "schema_version": schema.version,
+        "schema": schema.spec,
+    }
+
+
+def submit_judgment(
+    session: Session,
+    *,
+    assignment_id: int,
+    user: User,
+    value: dict[str, Any],
+    time_spent_ms: int | None = None,
+    guideline_version: int | None = None,
+    schema_version_number: int | None = None,
+    source: str = "web",
+    max_answer_chars: int = 20_000,
+    now: datetime | None = None,
+    actor: str | None = None,
+) -> Judgment:
+    """Record the annotator's answer to their assignment: once, validated, immutable, with the versions in force.
+
+    ``time_spent_ms`` (what the page measured) is clamped to the time since the assignment was made.
+    """
+    now = now or utcnow()
+    assignment = own_assignment(session, assignment_id=assignment_id, user=user, lock=True)
+    if assignment.state == "done":
+        raise Conflict(f"assignment {assignment_id} was answered already", fix="a correction goes through the judgment's correct call")
+    if assignment.state != "pending":
+        raise Conflict(f"assignment {assignment_id} is {assignment.state}", fix="ask for your next item")
+    project = session.get(Project, session.scalar(select(Item.project_id).where(Item.id == assignment.item_id)))
+    if _expired(assignment, now) and not _slot_free(session, project, assignment, now):
+        assignment.state = "expired"
+        session.flush()
+        raise Conflict(f"assignment {assignment_id} expired and its item went to someone else", fix="ask for your next item")
+    item = session.get(Item, assignment.item_id)
+    schema = schema_version(session, project.id, schema_version_number)
+    n = len(assignment.shown_order) or 1
+    value = check_value(schema.spec, value, n, max_answer_chars)
+    if guideline_version is None:
+        guideline = current_guideline(session, project.id)
+        guideline_version = guideline.version if guideline else None
+    elif session.scalar(select(Guideline.id).where(Guideline.project_id == project.id, Guideline.version == guideline_version)) is None:
+        raise TetherError(f"project {project.id} has no guideline version {guideline_version}", fix="leave guideline_version out")
+    elapsed_ms = int((now - (_aware(assignment.created_at) or now)).total_seconds() * 1000)
+    if time_spent_ms is None or time_spent_ms < 0:
+        time_spent_ms = elapsed_ms
+    time_spent_ms = max(0, min(int(time_spent_ms), max(elapsed_ms, 0)))
+    judgment = Judgment(
+        item_id=item.id, user_id=user.id, assignment_id=assignment.id, kind=item.kind, value=value,
+        shown_order=list(assignment.shown_order), guideline_version=guideline_version, schema_version=schema.version,
+        time_spent_ms=time_spent_ms, source=source, created_at=now,
+    )
+    session.add(judgment)
+    assignment.state = "done"
+    assignment.completed_at = now
+    session.flush()
+    audit(session, "judgment.create", "judgment", judgment.id, actor_name=actor, item_id=item.id, assignment_id=assignment.id)
+    return judgment
+
+
+def skip_assignment(
+    session: Session, *, assignment_id: int, user: User, reason: str, now: datetime | None = None, actor: str | None = None
+) -> Assignment:
+    """Give an item back with a reason; it goes to someone else, never again to this annotator."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise TetherError("a skip needs a reason", fix="say why, e.g. 'not my expertise'")
+    if len(reason) > MAX_SKIP_REASON_CHARS:
+        raise TetherError(f"the skip reason has {len(reason)} characters; the limit is {MAX_SKIP_REASON_CHARS}", fix="shorten it")
+    assignment = own_assignment(session, assignment_id=assignment_id, user=user, lock=True)
+    if assignment.state != "pending":
+        raise Conflict(f"assignment {assignment_id} is {assignment.state}", fix="ask for your next item")
+    assignment.state = "skipped"
+    assignment.skip_reason = reason
+    assignment.completed_at = now or utcnow()
+    audit(session, "assignment.skip", "assignment", assignment.id, actor_name=actor, item_id=assignment.item_id, reason=reason)
+    return assignment
+
+
+def correct_judgment(
+    session: Session, *, judgment_id: int, user: User, value: dict[str, Any], max_answer_chars: int = 20_000,
+    source: str = "web", now: datetime | None = None, actor: str | None = None,
+) -> Judgment:
+    """A correction: a new judgment that supersedes the user's own earlier one (which stays, unchanged)."""
+    old = session.scalar(select(Judgment).where(Judgment.id == judgment_id).with_for_update())
+    if old is None or old.user_id != user.id:
+        raise Forbidden(f"judgment {judgment_id} is not yours", fix="you can correct only your own judgments")
+    if session.scalar(select(Judgment.id).where(Judgment.supersedes_id == old.id)) is not None:
+        raise Conflict(f"judgment {judgment_id} was corrected already", fix="correct the newest judgment instead")
+    item = session.get(Item, old.item_id)
+    schema = current_schema(session, item.project_id)
+    n = len(old.shown_order or []) or session.scalar(select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == item.id))
+    value = check_value(schema.spec, value, n, max_answer_chars)
+    guideline = current_guideline(session, item.project_id)
+    new = Judgment(
+        item_id=item.id, user_id=user.id, assignment_id=old.assignment_id, kind=old.kind, value=value,
+        shown_order=old.shown_order, guideline_version=guideline.version if guideline else None,
+        schema_version=schema.version, time_spent_ms=None, source=source, supersedes_id=old.id, created_at=now or utcnow(),
+    )
+    session.add(new)
+    session.flush()
+    audit(session, "judgment.correct", "judgment", new.id, actor_name=actor, supersedes=old.id)
+    return new
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Review: all judgments of an item, adjudication, gold
+
+
+def item_detail(session: Session, item_id: int) -> dict[str, Any]:
+    """An item with its completions in item order and every judgment of it (for reviewers and admins)."""
+    item = session.get(Item, item_id)
+    if item is None:
+        raise NotFound(f"no item with id {item_id}", fix="check the id")
+    prompt = session.get(Prompt, item.prompt_id)
+    completions = session.execute(
+        select(ItemCompletion.position, Completion)
+        .join(Completion, Completion.id == ItemCompletion.completion_id)
+        .where(ItemCompletion.item_id == item.id)
+        .order_by(ItemCompletion.position)
+    ).all()
+    judgments = session.execute(
+        select(Judgment, User.name).join(User, User.id == Judgment.user_id).where(Judgment.item_id == item.id).order_by(Judgment.id)
+    ).all()
+    skips = session.execute(
+        select(Assignment, User.name).join(User, User.id == Assignment.user_id).where(Assignment.item_id == item.id, Assignment.state == "skipped")
+    ).all()
+    return {
+        "item": item,
+        "prompt": prompt,
+        "completions": [{"position": pos, "completion": comp} for pos, comp in completions],
+        "judgments": [{"judgment": j, "user": name} for j, name in judgments],
+        "skips": [{"user": name, "reason": a.skip_reason} for a, name in skips],
+    }
+
+
+def adjudicate(
+    session: Session, *, item_id: int, reviewer: User, value: dict[str, Any], max_answer_chars: int = 20_000, actor: str | None = None
+) -> Judgment:
+    """A reviewer's deciding answer for an item, stored as a judgment with source "review"."""
+    item = session.get(Item, item_id)
+    if item is None:
+        raise NotFound(f"no item with id {item_id}", fix="check the id")
+    schema = current_schema(session, item.project_id)
+    n = session.scalar(select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == item.id))
+    value = check_value(schema.spec, value, n, max_answer_chars)
+    guideline = current_guideline(session, item.project_id)
+    judgment = Judgment(
+        item_id=item.id, user_id=reviewer.id, kind=item.kind, value=value, shown_order=list(range(n)),
+        guideline_version=guideline.version if guideline else None, schema_version=schema.version, source="review",
+    )
+    session.add(judgment)
+    session.flush()
+    audit(session, "judgment.adjudicate", "item", item.id, actor_name=actor, judgment_id=judgment.id)
+    return judgment
+
+
+def mark_gold(
+    session: Session, *, item_id: int, value: dict[str, Any] | None, max_answer_chars: int = 20_000, actor: str | None = None
+) -> Item:
+    """Make an item gold with its correct answer (item positions), or ordinary again with ``value=None``."""
+    item = session.get(Item, item_id)
+    if item is None:
+        raise NotFound(f"no item with id {item_id}", fix="check the id")
+    if value is not None:
+        schema = current_schema(session, item.project_id)
+        n = session.scalar(select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == item.id))
+        value = check_value(schema.spec, value, n, max_answer_chars)
+    item.is_gold = value is not None
+    item.gold_value = value
+    audit(session, "item.gold" if value is not None else "item.ungold", "item", item.id, actor_name=actor, value=value)
+    return item
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading out: judgments for pipelines, progress
+
+
+def list_judgments(
+    session: Session, *, project_id: int, after_id: int = 0, limit: int = 1000, include_text: bool = False
+) -> list[dict[str, Any]]:
+    """Judgments of a project in id order (page with ``after_id``), values in item positions."""
+    rows = session.execute(
+        select(Judgment, User.name, Item.external_id, Item.is_gold)
+        .join(Item, Item.id == Judgment.item_id)
+        .join(User, User.id == Judgment.user_id)
+        .where(Item.project_id == project_id, Judgment.id > after_id)
+        .order_by(Judgment.id)
+        .limit(max(1, min(limit, 5000)))
+    ).all()
+    item_ids = sorted({j.item_id for j, *_ in rows})
+    completions: dict[int, list[Any]] = {}
+    if item_ids:
+        query = select(ItemCompletion.item_id, ItemCompletion.position, Completion.id, Completion.text, Completion.model).join(
+            Completion, Completion.id == ItemCompletion.completion_id
+        ).where(ItemCompletion.item_id.in_(item_ids)).order_by(ItemCompletion.item_id, ItemCompletion.position)
+        for item_id, _pos, cid, text, model in session.execute(query).all():
+            completions.setdefault(item_id, []).append({"id": cid, "text": text, "model": model})
+    prompts: dict[int, str] = {}
+    if include_text and item_ids:
+        prompts = dict(session.execute(select(Item.id, Prompt.text).join(Prompt, Prompt.id == Item.prompt_id).where(Item.id.in_(item_ids))).all())
+    out = []
+    for judgment, user_name, external_id, is_gold in rows:
+        row = {
+            "id": judgment.id,
+            "item_id": judgment.item_id,
+            "item_external_id": external_id,
+            "item_is_gold": is_gold,
+            "user": user_name,
+            "kind": judgment.kind,
+            "value": judgment.value,
+            "shown_order": judgment.shown_order,
+            "guideline_version": judgment.guideline_version,
+            "schema_version": judgment.schema_version,
+            "time_spent_ms": judgment.time_spent_ms,
+            "source": judgment.source,
+            "supersedes_id": judgment.supersedes_id,
+            "created_at": _aware(judgment.created_at).isoformat(),
+            "completion_ids": [c["id"] for c in completions.get(judgment.item_id, [])],
+        }
+        if include_text:
+            row["prompt"] = prompts.get(judgment.item_id)
+            row["completions"] = [{"text": c["text"], "model": c["model"]} for c in completions.get(judgment.item_id, [])]
+        out.append(row)
+    return out
+
+
+def _gold_agrees(kind: str, gold: dict[str, Any], value: dict[str, Any]) -> bool | None:
+    if kind == "pairwise":
+        return gold.get("choice") == value.get("choice")
+    if kind == "ranking" and "ranking" in gold and "ranking" in value:
+        return gold["ranking"][0] == value["ranking"][0]
+    if kind == "rating":
+        common = set(gold.get("ratings", {})) & set(value.get("ratings", {}))
+        return all(abs(gold["ratings"][a] - value["ratings"][a]) <= 1 for a in common) if common else None
+    return None
+
+
+def project_progress(session: Session, *, project: Project, now: datetime | None = None) -> dict[str, Any]:
+    """How far a campaign is: items, filled slots, judgments, skips, and per-annotator counts and gold agreement."""
+    now = now or utcnow()
+    n_items, n_gold = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((Item.is_gold.is_(True), 1), else_=0)), 0)).where(Item.project_id == project.id)
+    ).one()
+    in_project = select(Item.id).where(Item.project_id == project.id)
+    done_per_item = session.execute(
+        select(Assignment.item_id, func.count())
+        .where(Assignment.state == "done", Assignment.item_id.in_(in_project.where(Item.is_gold.is_(False))))
+        .group_by(Assignment.item_id)
+    ).all()
+    filled = sum(min(n, project.overlap) for _, n in done_per_item)
+    complete = sum(1 for _, n in done_per_item if n >= project.overlap)
+    slots = (n_items - n_gold) * project.overlap
+    states = dict(
+        session.execute(
+            select(Assignment.state, func.count()).where(Assignment.item_id.in_(in_project)).group_by(Assignment.state)
+        ).all()
+    )
+    in_flight = session.scalar(
+        select(func.count()).select_from(Assignment).where(
+            Assignment.item_id.in_(in_project), Assignment.state == "pending", or_(Assignment.expires_at.is_(None), Assignment.expires_at > now)
+        )
+    )
+    per_user: dict[str, dict[str, Any]] = {}
+    for name, state, count in session.execute(
+        select(User.name, Assignment.state, func.count())
+        .join(User, User.id == Assignment.user_id)
+        .where(Assignment.item_id.in_(in_project))
+        .group_by(User.name, Assignment.state)
+    ).all():
+        per_user.setdefault(name, {"done": 0, "skipped": 0, "pending": 0, "expired": 0})[state] = count
+    for name, avg_ms in session.execute(
+        select(User.name, func.avg(Judgment.time_spent_ms))
+        .join(User, User.id == Judgment.user_id)
+        .where(Judgment.item_id.in_(in_project), Judgment.source != "review")
+        .group_by(User.name)
+    ).all():
+        per_user.setdefault(name, {"done": 0, "skipped": 0, "pending": 0, "expired": 0})["mean_time_s"] = (
+            None if avg_ms is None else round(float(avg_ms) / 1000, 1)
+        )
+    for name, kind, gold_value, value in session.execute(
+        select(User.name, Item.kind, Item.gold_value, Judgment.value)
+        .join(Item, Item.id == Judgment.item_id)
+        .join(User, User.id == Judgment.user_id)
+        .where(Item.project_id == project.id, Item.is_gold.is_(True), Judgment.source != "review")
+    ).all():
+        agrees = _gold_agrees(kind, gold_value or {}, value)
+        if agrees is None:
+            continue
+        stats = per_user.setdefault(name, {"done": 0, "skipped": 0, "pending": 0, "expired": 0})
+        stats["gold_seen"] = stats.get("gold_seen", 0) + 1
+        stats["gold_agree"] = stats.get("gold_agree", 0) + int(agrees)
+    n_judgments = session.scalar(select(func.count()).select_from(Judgment).where(Judgment.item_id.in_(in_project)))
+    return {
+        "project": project.name,
+        "items": n_items,
+        "gold_items": n_gold,
+        "overlap": project.overlap,
+        "slots": slots,
+        "slots_filled": filled,
+        "items_complete": complete,
+        "fraction_done": round(filled / slots, 4) if slots else 0.0,
+        "judgments": n_judgments,
+        "assignments": {"done": states.get("done", 0), "skipped": states.get("skipped", 0), "in_flight": in_flight, "expired": states.get("expired", 0)},
+        "annotators": dict(sorted(per_user.items())),
+    }
+
+
+def user_progress(session: Session, *, project: Project, user: User) -> dict[str, int | float]:
+    """What an annotator sees of their own progress: their counts and how full the campaign is (no one else's answers)."""
+    in_project = select(Item.id).where(Item.project_id == project.id)
+    mine = dict(
+        session.execute(
+            select(Assignment.state, func.count()).where(Assignment.user_id == user.id, Assignment.item_id.in_(in_project)).group_by(Assignment.state)
+        ).all()
+    )
+    n_items = session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id, Item.is_gold.is_(False))) or 0
+    done_slots = session.scalar(
+        select(func.count()).select_from(Assignment).where(
+            Assignment.state == "done", Assignment.item_id.in_(in_project.where(Item.is_gold.is_(False)))
+        )
+    ) or 0
+    slots = n_items * project.overlap
+    return {
+        "done": mine.get("done", 0),
+        "skipped": mine.get("skipped", 0),
+        "project_fraction": round(min(done_slots, slots) / slots, 4) if slots else 0.0,
+    }
