@@ -8,8 +8,8 @@ A file becomes one feedback set: a ``Project`` named by the user (source ``"impo
 - judgments (source ``"import"``) whose values follow tether.feedback.
 Prompt-only files make prompts and nothing else.
 
-Records are parsed in chunks and each chunk is written with a few ``executemany`` inserts (``INSERT .. RETURNING``
-where later rows need the ids), all inside the caller's one transaction: a file imports whole or not at all. On
+Records are parsed in chunks and each chunk is written with a few ``executemany`` inserts (ids reserved first
+where later rows need them), all inside the caller's one transaction: a file imports whole or not at all. On
 SQLite that transaction holds the write lock for the length of the import; a second writer waits for it (up to
 ``tether.store.db.SQLITE_BUSY_TIMEOUT_S``) and then fails with a clear "busy" error, writing nothing.
 """
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,7 @@ class ImportResult:
     comparisons: int = 0
     annotators: int = 0
     seconds: float = 0.0
+    redacted: dict[str, int] = field(default_factory=dict)  # PII spans replaced per kind (--redact pii)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +84,7 @@ def import_file(
     fmt: str = "auto",
     skip_invalid: bool = False,
     on_progress: Callable[[float], None] | None = None,
+    redact_pii: bool = False,
 ) -> ImportResult:
     """Import ``path`` as the new feedback set ``name`` inside ``session``'s transaction.
 
@@ -118,6 +120,10 @@ def import_file(
     pending: list[formats.Entry] = []
     for number, record in formats.read_records(path, on_bad=bad_line if skip_invalid else None, on_progress=on_progress):
         result.records += 1
+        if redact_pii:  # governance: PII in any text of the record is replaced before anything is stored
+            from tether.governance import redact_record
+
+            record, _ = redact_record(record, result.redacted)
         if result.format == "auto":
             detected = formats.detect_format(record)
             if detected is None:
@@ -179,26 +185,38 @@ def _refuse_existing(session: Session, name: str) -> None:
         )
 
 
-def _insert_ids(session: Session, table: Table, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert ``rows`` (each without "id") with executemany; their new ids, in order.
+def _reserve_ids(session: Session, table: Table, n: int) -> list[int]:
+    """``n`` new ids for ``table``, so that rows can go in with a plain executemany (no RETURNING).
 
-    The ids are reserved first so that a plain executemany (no RETURNING) can run: on SQLite the transaction holds
-    the write lock (BEGIN IMMEDIATE), so max(id)+1.. are ours; on PostgreSQL they come from the id sequence.
-    (SQLAlchemy's ordered INSERT .. RETURNING falls back to one statement per row on SQLite: 6x slower.)
+    On SQLite the transaction holds the write lock (BEGIN IMMEDIATE), so max(id)+1.. are ours; on PostgreSQL
+    they come from the id sequence. (SQLAlchemy's ordered INSERT .. RETURNING runs one statement per row on
+    SQLite: 6x slower.)
     """
-    if not rows:
-        return []
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
         first = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one() + 1
-        ids = list(range(first, first + len(rows)))
-    elif dialect == "postgresql":
-        sequence = func.pg_get_serial_sequence(table.name if table.name != "user" else '"user"', "id")
-        ids = list(session.execute(select(func.nextval(sequence)).select_from(func.generate_series(1, len(rows)))).scalars())
-    else:
-        statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-        return list(session.execute(statement, rows).scalars())
-    _executemany(session, table, [{"id": new_id, **row} for new_id, row in zip(ids, rows)])
+        return list(range(first, first + n))
+    sequence = func.pg_get_serial_sequence(table.name if table.name != "user" else '"user"', "id")
+    return list(session.execute(select(func.nextval(sequence)).select_from(func.generate_series(1, n))).scalars())
+
+
+def _insert_ids(session: Session, table: Table, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert ``rows`` (each without "id"); their new ids, in order.
+
+    A row whose "messages" is None leaves that column out, so it stays SQL NULL (not JSON null): such rows go in
+    a second executemany with their own column list.
+    """
+    if not rows:
+        return []
+    ids = _reserve_ids(session, table, len(rows))
+    groups: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for new_id, row in zip(ids, rows):
+        if "messages" in row and row["messages"] is None:
+            groups[True].append({"id": new_id, **{k: v for k, v in row.items() if k != "messages"}})
+        else:
+            groups[False].append({"id": new_id, **row})
+    for group in groups.values():
+        _executemany(session, table, group)
     return ids
 
 
@@ -226,19 +244,6 @@ def _executemany(session: Session, table: Table, rows: list[dict[str, Any]]) -> 
         for row in rows
     ]
     connection.exec_driver_sql(sql, params)
-
-
-def _insert_split(session: Session, table: Table, rows: list[dict[str, Any]]) -> list[int]:
-    """Like _insert_ids, but rows whose "messages" is None leave the column out so it stays SQL NULL (not JSON null)."""
-    groups: dict[bool, list[int]] = {True: [], False: []}
-    for index, row in enumerate(rows):
-        groups[row["messages"] is not None].append(index)
-    ids = [0] * len(rows)
-    for has_messages, indexes in groups.items():
-        group = [rows[i] if has_messages else {k: v for k, v in rows[i].items() if k != "messages"} for i in indexes]
-        for index, new_id in zip(indexes, _insert_ids(session, table, group)):
-            ids[index] = new_id
-    return ids
 
 
 def _text_fields(value: Any) -> tuple[str, list[Any] | None]:
@@ -312,7 +317,7 @@ class _SetWriter:
                     "project_id": self.project_id, "text": text, "messages": messages, "content_hash": digest,
                     "external_id": None, "meta": entry.prompt_meta, "created_at": self.now,
                 }
-        ids = _insert_split(self.session, Prompt.__table__, list(new_prompts.values()))
+        ids = _insert_ids(self.session, Prompt.__table__, list(new_prompts.values()))
         self.prompt_ids.update(zip(new_prompts, ids))
         self.counts["prompts"] += len(ids)
 
@@ -331,7 +336,7 @@ class _SetWriter:
                         "model": None, "gen_settings": {}, "meta": {}, "created_at": self.now,
                     }
             completion_keys.append(keys)
-        ids = _insert_split(self.session, Completion.__table__, list(new_completions.values()))
+        ids = _insert_ids(self.session, Completion.__table__, list(new_completions.values()))
         self.completion_ids.update(zip(new_completions, ids))
         self.counts["completions"] += len(ids)
         if not item_entries:

@@ -1,0 +1,233 @@
+"""Aggregation, snapshots with a content digest, export and the round trip export -> import -> snapshot."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+
+import pytest
+from sqlalchemy import select
+
+from tether.errors import TetherError
+from tether.store.db import session_scope
+from tether.store.formats import load_rows, rows_digest
+from tether.store.importer import import_file
+from tether.store.snapshots import (
+    AggregatedPair,
+    Vote,
+    aggregate_pairs,
+    export_rows,
+    majority_pairs,
+    make_snapshot,
+)
+from tether.store.tables import Judgment, Project, Snapshot, User
+
+PANDALM = "pandalm/testset-v1.json"
+QA_FEEDBACK = "qa-feedback/dev_feedback.json"
+HH_HELPFUL = "hh-rlhf/helpful-base/test.jsonl.gz"
+
+
+def _pairwise(item, annotator, choice, margin=None):
+    return Vote(item, annotator, "pairwise", {"choice": choice, "strength": None, "margin": margin})
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_majority_by_hand():
+    """Item 1: a, a, tie -> a wins 2 of 3. Item 2: a, b -> a 1-1 split, dropped. Item 3: tie, tie, b -> a tie.
+    Item 4: the ranking [2, 0, 1] -> 2 over 0, 2 over 1, 0 over 1. Item 5: b with margins 1.0 and 2.0 -> margin 1.5."""
+    votes = [
+        _pairwise(1, 10, "a"), _pairwise(1, 11, "a"), _pairwise(1, 12, "tie"),
+        _pairwise(2, 10, "a"), _pairwise(2, 11, "b"),
+        _pairwise(3, 10, "tie"), _pairwise(3, 11, "tie"), _pairwise(3, 12, "b"),
+        Vote(4, 10, "ranking", {"ranking": [2, 0, 1]}),
+        _pairwise(5, 10, "b", 1.0), _pairwise(5, 11, "b", 2.0), _pairwise(5, 12, "a"),
+    ]
+    qc: dict = {}
+    pairs = aggregate_pairs("majority", votes, qc=qc)
+    assert pairs == [
+        AggregatedPair(1, 0, 1, tie=False, votes=3, agreement=2 / 3),
+        AggregatedPair(3, 0, 1, tie=True, votes=3, agreement=2 / 3),
+        AggregatedPair(4, 0, 1), AggregatedPair(4, 2, 0), AggregatedPair(4, 2, 1),
+        AggregatedPair(5, 1, 0, votes=3, agreement=2 / 3, margin=1.5),
+    ]
+    assert qc["aggregate/no_majority"] == 1 and qc["aggregate/compared_pairs"] == 7 and qc["aggregate/unanimous"] == 3
+    three_way = [_pairwise(6, 10, "a"), _pairwise(6, 11, "b"), _pairwise(6, 12, "tie")]
+    assert majority_pairs(three_way) == []
+
+
+def test_unknown_aggregation_lists_the_valid_names():
+    with pytest.raises(TetherError, match="unknown aggregation method 'vote'") as info:
+        aggregate_pairs("vote", [])
+    assert "majority" in info.value.fix
+
+
+def _majority_rows_expected(raw):
+    """PandaLM's majority rows computed straight from the file: the strict plurality of votes 1, 2, 0 per record."""
+    rows = 0
+    ties = 0
+    split = 0
+    for record in raw:
+        counts = sorted(((sum(record[f"annotator{n}"] == v for n in (1, 2, 3)), v) for v in (1, 2, 0)), reverse=True)
+        if counts[0][0] == counts[1][0]:
+            split += 1
+        elif counts[0][1] == 0:
+            ties += 1
+        else:
+            rows += 1
+    return rows, ties, split
+
+
+def test_pandalm_majority_snapshot(any_workspace, cli, shared_data):
+    raw = json.loads((shared_data / PANDALM).read_text(encoding="utf-8"))
+    expected_rows, expected_ties, expected_split = _majority_rows_expected(raw)
+    assert (expected_rows, expected_ties, expected_split) == (894, 105, 0)  # observed
+    assert cli("data", "import", shared_data / PANDALM, "--name", "pandalm").code == 0
+    result = cli("data", "snapshot", "pandalm", "--aggregate", "majority", "--snapshot-name", "pandalm-maj", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["row_count"] == expected_rows and summary["counts"]["ties_dropped"] == expected_ties
+    assert summary["qc"]["aggregate/no_majority"] == expected_split
+    path = any_workspace.root / summary["path"]
+    content = path.read_text(encoding="utf-8")
+    assert content.endswith("\n") and len(content.splitlines()) == expected_rows
+    assert summary["digest"] == hashlib.sha256(content[:-1].encode("utf-8")).hexdigest()
+    rows = load_rows("snapshot:pandalm-maj")
+    assert rows_digest(rows) == summary["digest"]
+    # The first record: all three annotators voted 2 (response2 better).
+    first = raw[0]
+    assert rows[0] == {"prompt": first["instruction"] + (f"\n\n{first['input']}" if first["input"] else ""),
+                       "chosen": first["response2"], "rejected": first["response1"]}
+    assert [first[f"annotator{n}"] for n in (1, 2, 3)] == [2, 2, 2]
+    with session_scope(any_workspace.database_url) as session:
+        snap = session.scalar(select(Snapshot).where(Snapshot.name == "pandalm-maj"))
+        assert (snap.aggregate, snap.row_count, snap.digest) == ("majority", expected_rows, summary["digest"])
+        assert snap.filters["row_kind"] == "preference"
+    again = cli("data", "snapshot", "pandalm", "--snapshot-name", "pandalm-maj")
+    assert again.code == 2 and "already exists" in again.stderr
+    bad = cli("data", "snapshot", "pandalm", "--aggregate", "dawid")
+    assert bad.code == 2 and "unknown aggregation method 'dawid'" in bad.stderr and "majority" in bad.stderr
+
+
+@pytest.mark.parametrize(("data", "fmt", "rows"), [(PANDALM, "trl", 894), (PANDALM, "jsonl", 894), (HH_HELPFUL, "hh", 2352)])
+def test_export_then_import_then_snapshot_gives_the_same_digest(any_workspace, cli, shared_data, tmp_path, data, fmt, rows):
+    assert cli("data", "import", shared_data / data, "--name", "orig").code == 0
+    first = json.loads(cli("data", "snapshot", "orig", "--json").stdout)
+    assert first["name"] == "orig-v1" and first["row_count"] == rows
+    out = tmp_path / f"orig.{fmt}.jsonl"
+    result = cli("data", "export", "orig-v1", "--format", fmt, "-o", out)
+    assert result.code == 0, result.stderr
+    assert f"wrote {rows:,} rows of snapshot 'orig-v1'" in result.stdout
+    assert cli("data", "import", out, "--name", "again").code == 0
+    second = json.loads(cli("data", "snapshot", "again", "--json").stdout)
+    assert second["digest"] == first["digest"] and second["row_count"] == rows
+
+
+def test_qa_feedback_round_trip_keeps_ties_in_jsonl_and_drops_them_from_trl(any_workspace, cli, shared_data, tmp_path):
+    assert cli("data", "import", shared_data / QA_FEEDBACK, "--name", "qa").code == 0
+    raw = json.loads((shared_data / QA_FEEDBACK).read_text(encoding="utf-8"))
+    zeros = sum(v == 0 for r in raw for v in r["preference"])
+    with_ties = json.loads(cli("data", "snapshot", "qa", "--keep-ties", "--snapshot-name", "qa-ties", "--json").stdout)
+    without = json.loads(cli("data", "snapshot", "qa", "--json").stdout)
+    assert (with_ties["row_count"], without["row_count"], zeros) == (3000, 3000 - zeros, 384)
+    jsonl = tmp_path / "qa.jsonl.gz"
+    assert cli("data", "export", "qa-ties", "-o", jsonl).code == 0
+    assert cli("data", "import", jsonl, "--name", "qa-again").code == 0
+    again = json.loads(cli("data", "snapshot", "qa-again", "--keep-ties", "--json").stdout)
+    assert again["digest"] == with_ties["digest"]
+    trl = cli("data", "export", "qa-ties", "--format", "trl", "-o", tmp_path / "qa.trl.jsonl")
+    assert "left out 384 tie rows" in trl.stdout
+    with open(tmp_path / "qa.trl.jsonl", encoding="utf-8") as fh:
+        assert sum(1 for _ in fh) == 3000 - zeros
+    assert cli("data", "export", "qa-ties", "-o", jsonl).code == 2  # exists: needs --force
+    with gzip.open(jsonl, "rt", encoding="utf-8") as fh:
+        first = json.loads(fh.readline())
+    # qa-feedback's first question votes 0 on 1v2: a tie row between predictions 1 and 2.
+    assert first["tie"] is True and first["chosen"] == raw[0]["prediction 1"] and first["rejected"] == raw[0]["prediction 2"]
+
+
+def test_rating_unpaired_and_prompt_sets_snapshot_as_their_row_kinds(db_url, tmp_path):
+    ratings = _write_jsonl(tmp_path / "r.jsonl", [{"prompt": "p", "completion": "a", "ratings": {"helpful": 4, "honest": 2}}])
+    thumbs = _write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p", "completion": "a", "label": True}, {"prompt": "q", "completion": "b", "label": False}])
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "z"}, {"prompt": [{"role": "user", "content": "hi"}]}])
+    with session_scope(db_url) as session:
+        for path, name in ((ratings, "r"), (thumbs, "t"), (prompts, "p")):
+            import_file(path, name, session=session)
+    with session_scope(db_url) as session:
+        # A second rater of the one rating item: each aspect becomes the mean.
+        item_id = session.scalar(select(Judgment.item_id).join(User).where(User.name == "r/import"))
+        rater = User(name="r/second", role="external")
+        session.add(rater)
+        session.flush()
+        session.add(Judgment(item_id=item_id, user_id=rater.id, kind="rating", value={"ratings": {"helpful": 5, "honest": 3}}, source="import"))
+    with session_scope(db_url) as session:
+        summaries = {name: make_snapshot(name, session=session, root=tmp_path) for name in ("r", "t", "p")}
+    rows = {name: [json.loads(line) for line in (tmp_path / s["path"]).read_text(encoding="utf-8").splitlines()] for name, s in summaries.items()}
+    assert rows["r"] == [{"prompt": "p", "completion": "a", "ratings": {"helpful": 4.5, "honest": 2.5}}]
+    assert rows["t"] == [{"prompt": "p", "completion": "a", "label": True}, {"prompt": "q", "completion": "b", "label": False}]
+    assert rows["p"] == [{"prompt": "z"}, {"prompt": [{"role": "user", "content": "hi"}]}]
+    assert [summaries[n]["row_kind"] for n in ("r", "t", "p")] == ["rating", "unpaired", "prompt"]
+    with pytest.raises(TetherError, match="have no trl format"):
+        export_rows(rows["r"], "rating", "trl")
+    with pytest.raises(TetherError, match="have no hh format"):
+        export_rows(rows["t"], "unpaired", "hh")
+
+
+def test_a_correction_supersedes_the_judgment_it_replaces(db_url, tmp_path):
+    path = _write_jsonl(tmp_path / "one.jsonl", [{"prompt": "p", "chosen": "good", "rejected": "bad"}])
+    with session_scope(db_url) as session:
+        import_file(path, "one", session=session)
+    with session_scope(db_url) as session:
+        old = session.scalar(select(Judgment))
+        session.add(Judgment(item_id=old.item_id, user_id=old.user_id, kind="pairwise", value={"choice": "b", "strength": None, "margin": None},
+                             source="web", supersedes_id=old.id))
+    with session_scope(db_url) as session:
+        summary = make_snapshot("one", session=session, root=tmp_path)
+    row = json.loads((tmp_path / summary["path"]).read_text(encoding="utf-8"))
+    assert (row["chosen"], row["rejected"]) == ("bad", "good")
+    assert summary["counts"]["superseded"] == 1 and summary["counts"]["judgments"] == 1
+
+
+def test_list_and_show(any_workspace, cli, shared_data):
+    assert cli("data", "import", shared_data / PANDALM, "--name", "pandalm").code == 0
+    assert cli("data", "snapshot", "pandalm").code == 0
+    listing = json.loads(cli("data", "list", "--json").stdout)
+    assert [(s["name"], s["items"], s["judgments"], s["annotators"]) for s in listing["sets"]] == [("pandalm", 999, 2997, 3)]
+    assert [(s["name"], s["set"], s["row_count"]) for s in listing["snapshots"]] == [("pandalm-v1", "pandalm", 894)]
+    table = cli("data", "list")
+    assert "pandalm-v1" in table.stdout and "2,997" in table.stdout
+    shown = cli("data", "show", "pandalm-v1", "--rows", "2")
+    assert shown.code == 0 and listing["snapshots"][0]["digest"] in shown.stdout
+    assert shown.stdout.count("\n  [") == 2
+    as_set = json.loads(cli("data", "show", "pandalm", "--json").stdout)
+    assert as_set["source"] == "set" and as_set["digest"] == listing["snapshots"][0]["digest"]
+    assert as_set["set_details"]["annotators"] == {f"pandalm/annotator{n}": 999 for n in (1, 2, 3)}
+    assert len(as_set["sample_rows"]) == 3
+    missing = cli("data", "show", "nothing")
+    assert missing.code == 2 and "no snapshot or feedback set named 'nothing'" in missing.stderr
+
+
+def test_a_changed_snapshot_file_is_refused(workspace, cli, shared_data, tmp_path):
+    assert cli("data", "import", shared_data / PANDALM, "--name", "pandalm").code == 0
+    summary = json.loads(cli("data", "snapshot", "pandalm", "--json").stdout)
+    path = workspace.root / summary["path"]
+    path.write_text(path.read_text(encoding="utf-8").replace("a", "b", 1), encoding="utf-8")
+    result = cli("data", "export", "pandalm-v1", "-o", tmp_path / "x.jsonl")
+    assert result.code == 2 and "digest mismatch" in result.stderr
+
+
+def test_every_data_command_has_an_example(cli):
+    for command in ("import", "snapshot", "export", "list", "show"):
+        result = cli("data", command, "--help")
+        assert result.code == 0 and "Example:" in result.stdout, command
+
+
+def test_snapshot_of_an_unknown_set_is_a_clear_error(workspace, cli):
+    result = cli("data", "snapshot", "nope")
+    assert result.code == 2 and "no feedback set named 'nope'" in result.stderr and "Traceback" not in result.stderr
+    with session_scope(workspace.database_url) as session:
+        assert session.scalar(select(Project)) is None
