@@ -269,3 +269,48 @@ def test_dawid_skene_on_pandalm_matches_crowd_kit(pandalm_records):
 def test_qc_of_a_missing_set_is_a_clear_error(workspace, cli):
     result = cli("qc", "nope")
     assert result.code == 2 and "no project or snapshot named 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Snapshots: --aggregate dawid-skene | bradley-terry, --min-agreement, --exclude-flagged, QC recorded
+
+
+def test_pandalm_snapshot_bradley_terry_keeps_unanimous_pairs(pandalm_workspace, pandalm_records, cli):
+    result = cli("data", "snapshot", "pandalm", "--aggregate", "bradley-terry", "--min-agreement", "1", "--snapshot-name", "bt", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # Independently: items where all three annotators agree on a winner (not a tie).
+    unanimous = [r for r in pandalm_records if r["annotator1"] == r["annotator2"] == r["annotator3"] != 0]
+    assert summary["row_count"] == len(unanimous)
+    assert summary["aggregate"] == "bradley-terry" and summary["qc"]["aggregate/method"] == "bradley-terry"
+    assert summary["qc"]["qc/alpha"]["choice"] == pytest.approx(0.8642, abs=1e-4)
+    assert summary["qc"]["qc/min_agreement"] == 1.0 and summary["counts"]["low_agreement"] > 0
+    rows = [json.loads(line) for line in (pandalm_workspace.root / summary["path"]).read_text().splitlines()]
+    assert {round(r["margin"], 5) for r in rows} == {round(math.log(3.5 / 0.5), 5)}  # 3 wins to 0, plus the prior
+
+
+def test_snapshot_leaves_out_flagged_annotators(workspace, cli, tmp_path):
+    """annotator1 and annotator2 always give the truth; annotator3 gets every other item wrong: QC flags it and
+    --exclude-flagged drops its judgments; Dawid-Skene and majority then agree on every item."""
+    records = []
+    for i in range(40):
+        truth = 1 + i % 2
+        wrong = 3 - truth
+        records.append({"idx": i, "instruction": f"question {i}", "input": "", "response1": f"one {i}", "response2": f"two {i}",
+                        "annotator1": truth, "annotator2": truth, "annotator3": truth if i % 4 < 2 else wrong})
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(records))
+    assert cli("data", "import", path, "--name", "toy").code == 0
+    result = cli("data", "snapshot", "toy", "--aggregate", "dawid-skene", "--exclude-flagged", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["qc"]["qc/excluded_annotators"] == ["toy/annotator3"]
+    assert "toy/annotator3" in summary["qc"]["qc/flagged"] and summary["counts"]["excluded_judgments"] == 40
+    assert summary["qc"]["aggregate/method"] == "dawid-skene" and summary["qc"]["aggregate/unanimous"] == 40
+    assert summary["row_count"] == 40
+    result = cli("data", "snapshot", "toy", "--aggregate", "majority", "--min-agreement", "0.9", "--json")
+    summary = json.loads(result.stdout)
+    assert summary["row_count"] == 20 and summary["counts"]["low_agreement"] == 20  # the 2-1 items
+    assert summary["qc"]["qc/excluded_annotators"] == []
+    bad = cli("data", "snapshot", "toy", "--min-agreement", "1.5")
+    assert bad.code == 2 and "--min-agreement" in bad.stderr

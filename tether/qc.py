@@ -818,20 +818,34 @@ def project_qc(url: str, name: str, *, config: QCConfig | None = None) -> dict[s
     return report
 
 
-def snapshot_qc_record(report: dict[str, Any], *, method: str, excluded: Sequence[str] = (), min_agreement: float | None = None,
-                       dropped_low_agreement: int = 0) -> dict[str, Any]:
-    """The QC figures a snapshot records (``Snapshot.qc``): method, alpha per question, flags, filters applied."""
+def snapshot_qc_record(report: dict[str, Any], *, method: str, excluded: Sequence[str] = (), min_agreement: float | None = None) -> dict[str, Any]:
+    """The QC figures a snapshot records in ``Snapshot.qc`` (flat ``qc/...`` keys; per-question and
+    per-annotator figures as small maps): alpha, raw agreement, overlap, reliability, flags and the filters."""
     return {
-        "aggregate": method,
-        "alpha": {q["question"]: q["alpha"] for q in report["questions"]},
-        "pairwise_agreement": {q["question"]: q["pairwise_agreement"] for q in report["questions"]},
-        "n_units_overlap": {q["question"]: q["n_units_overlap"] for q in report["questions"]},
-        "reliability": {r["annotator"]: r["reliability"] for r in report["annotators"]},
-        "flagged": {r["annotator"]: [f["flag"] for f in r["flags"]] for r in report["annotators"] if r["flags"]},
-        "excluded_annotators": list(excluded),
-        "min_agreement": min_agreement,
-        "dropped_low_agreement": dropped_low_agreement,
+        "qc/method": method,
+        "qc/primary_question": report["primary_question"],
+        "qc/alpha": {q["question"]: q["alpha"] for q in report["questions"]},
+        "qc/pairwise_agreement": {q["question"]: q["pairwise_agreement"] for q in report["questions"]},
+        "qc/n_units_overlap": {q["question"]: q["n_units_overlap"] for q in report["questions"]},
+        "qc/reliability": {r["annotator"]: round(r["reliability"], 6) for r in report["annotators"]},
+        "qc/flagged": {r["annotator"]: [f["reason"] for f in r["flags"]] for r in report["annotators"] if r["flags"]},
+        "qc/excluded_annotators": sorted(excluded),
+        "qc/min_agreement": min_agreement,
     }
+
+
+def snapshot_qc(url: str, set_name: str, *, method: str, exclude_flagged: bool = False,
+                min_agreement: float | None = None) -> tuple[dict[str, Any], list[str]]:
+    """For ``tether data snapshot``: ``(qc figures to record, annotators to leave out)``. A set without
+    judgments (prompts only) records nothing; ``exclude_flagged`` leaves out the annotators QC flags."""
+    try:
+        report = project_qc(url, set_name)
+    except TetherError:
+        if exclude_flagged:
+            raise
+        return {}, []
+    excluded = report["flagged"] if exclude_flagged else []
+    return snapshot_qc_record(report, method=method, excluded=excluded, min_agreement=min_agreement), excluded
 
 
 # ---------------------------------------------------------------------------------------------------------------

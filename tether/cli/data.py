@@ -99,26 +99,35 @@ def import_(
 @data_app.command("snapshot")
 def snapshot(
     name: Annotated[str, typer.Argument(help="The feedback set to freeze.")],
-    aggregate: Annotated[str, typer.Option("--aggregate", help="How several judgments of a pair become one row: majority.")] = "majority",
+    aggregate: Annotated[str, typer.Option("--aggregate", help="How several judgments of a pair become one row: majority, dawid-skene or bradley-terry.")] = "majority",
     snapshot_name: Annotated[str | None, typer.Option("--snapshot-name", help="Name of the snapshot (default: <set>-v<N>).")] = None,
     keep_ties: Annotated[bool, typer.Option("--keep-ties", help="Keep pairs judged a tie, as rows with \"tie\": true.")] = False,
+    min_agreement: Annotated[float | None, typer.Option("--min-agreement", help="Leave out pairs whose share of agreeing votes is below this (0..1).")] = None,
+    exclude_flagged: Annotated[bool, typer.Option("--exclude-flagged", help="Leave out the judgments of the annotators `tether qc` flags.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Freeze a set's training rows into a JSONL snapshot with a sha256 digest of its canonical content.
 
     Preference pairs are aggregated (majority: the outcome with the most votes; split votes and ties are left
-    out and counted); ratings are averaged per aspect; thumbs take the majority label. Trainers read the
-    snapshot as snapshot:NAME.
+    out and counted; dawid-skene: weighted by each annotator's estimated reliability; bradley-terry: strengths
+    per item, rankings become all pairs with margins); ratings are averaged per aspect; thumbs take the
+    majority label. The QC figures (tether qc) and the method are recorded with the snapshot. Trainers read
+    the snapshot as snapshot:NAME.
 
     Example:  tether data snapshot pandalm --aggregate majority --snapshot-name pandalm-maj
     """
     from tether.cli.common import emit_json, workspace_url
+    from tether.qc import snapshot_qc
     from tether.store.db import session_scope
     from tether.store.snapshots import make_snapshot
 
     ws, url = workspace_url()
+    qc, excluded = snapshot_qc(url, name, method=aggregate, exclude_flagged=exclude_flagged, min_agreement=min_agreement)
     with session_scope(url) as session:
-        summary = make_snapshot(name, session=session, root=ws.root, aggregate=aggregate, snapshot_name=snapshot_name, keep_ties=keep_ties)
+        summary = make_snapshot(
+            name, session=session, root=ws.root, aggregate=aggregate, snapshot_name=snapshot_name, keep_ties=keep_ties,
+            qc=qc, min_agreement=min_agreement, exclude_annotators=excluded,
+        )
     if json_out:
         emit_json(summary)
         return
@@ -128,6 +137,11 @@ def snapshot(
     typer.echo(f"  file   {ws.root / summary['path']}")
     detail = {k: v for k, v in counts.items() if k not in ("row_kind", "rows") and v is not None}
     typer.echo("  " + " · ".join(f"{k} {_n(v) if isinstance(v, int) else v}" for k, v in detail.items()))
+    alphas = {q: a for q, a in (qc.get("qc/alpha") or {}).items() if a is not None}
+    if alphas:
+        typer.echo("  Krippendorff's alpha: " + " · ".join(f"{q} {a:.3f}" for q, a in alphas.items()))
+    if excluded:
+        typer.echo(f"  left out the judgments of {len(excluded)} flagged annotator(s): {', '.join(excluded)}")
     typer.echo(f"use it: --data snapshot:{summary['name']}   or   tether data export {summary['name']} --format trl -o out.jsonl")
 
 

@@ -20,6 +20,12 @@ most votes wins; when two outcomes share the top count (a 1-1 split, or a-b-tie 
 and is dropped (counted as ``no_majority``). A winning tie gives a tie row, which is dropped unless ``keep_ties``
 (counted as ``ties_dropped``); kept tie rows carry ``"tie": true``. A row's ``margin`` is the mean of the margins
 of the winning votes when every one of them has a margin.
+
+Dawid-Skene and Bradley-Terry (``--aggregate dawid-skene | bradley-terry``, in tether.qc): Dawid-Skene weighs
+each annotator by an estimated confusion matrix, so every compared pair gets an outcome (splits are decided by
+the more reliable annotators); Bradley-Terry fits strengths of an item's completions from all its votes and
+writes ``margin`` = the log-strength difference (a 1-1 split is a tie). Filters: ``exclude_annotators`` (e.g.
+the ones ``tether qc`` flagged) and ``min_agreement`` (the share of a pair's votes that agree with its outcome).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import hashlib
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +47,10 @@ from tether.feedback import to_pairs
 from tether.store.db import audit
 from tether.store.formats import HH_ASSISTANT, canonical_line, read_snapshot_rows
 from tether.store.importer import check_name
-from tether.store.tables import Completion, Item, ItemCompletion, Judgment, Project, Prompt, Snapshot
+from tether.store.tables import Completion, Item, ItemCompletion, Judgment, Project, Prompt, Snapshot, User
 
 # The aggregation methods of aggregate_pairs. To add one: add its name here and an elif in aggregate_pairs.
-AGGREGATES = ("majority",)
+AGGREGATES = ("majority", "dawid-skene", "bradley-terry")
 EXPORT_FORMATS = ("trl", "hh", "jsonl")
 SNAPSHOT_DIR = Path("artifacts") / "snapshots"
 
@@ -80,7 +86,20 @@ def aggregate_pairs(method: str, judgments: Iterable[Vote], *, qc: dict[str, Any
     """
     if method == "majority":
         return majority_pairs(judgments, qc=qc)
+    elif method == "dawid-skene":
+        from tether.qc import dawid_skene_pairs
+
+        return [_from_qc(p) for p in dawid_skene_pairs(judgments, qc=qc)]
+    elif method == "bradley-terry":
+        from tether.qc import bradley_terry_pairs
+
+        return [_from_qc(p) for p in bradley_terry_pairs(judgments, qc=qc)]
     raise TetherError(f"unknown aggregation method {method!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
+
+
+def _from_qc(pair: Any) -> AggregatedPair:
+    """A tether.qc aggregated pair (same fields plus a confidence) as this module's row."""
+    return AggregatedPair(pair.item_id, pair.chosen, pair.rejected, pair.tie, pair.votes, pair.agreement, pair.margin)
 
 
 def majority_pairs(judgments: Iterable[Vote], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
@@ -136,9 +155,15 @@ def row_kind_of(session: Session, project_id: int) -> str:
 
 
 def set_rows(
-    session: Session, project_id: int, *, aggregate: str = "majority", keep_ties: bool = False, qc: dict[str, Any] | None = None
+    session: Session, project_id: int, *, aggregate: str = "majority", keep_ties: bool = False, qc: dict[str, Any] | None = None,
+    min_agreement: float | None = None, exclude_annotators: Collection[str] = (),
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """``(row_kind, rows, counts)``: the canonical training rows of a set, as the module doc describes."""
+    """``(row_kind, rows, counts)``: the canonical training rows of a set, as the module doc describes.
+
+    ``exclude_annotators`` (user names): their judgments are left out before aggregation (counted as
+    ``excluded_judgments``). ``min_agreement``: aggregated pairs whose share of agreeing votes is below it are
+    left out (counted as ``low_agreement``).
+    """
     if aggregate not in AGGREGATES:
         raise TetherError(f"unknown aggregation method {aggregate!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
     kind = row_kind_of(session, project_id)
@@ -183,8 +208,11 @@ def set_rows(
         .order_by(Judgment.id)
     ).all()
     superseded = {j.supersedes_id for j in judged if j.supersedes_id is not None}
-    votes = [Vote(j.item_id, j.user_id, j.kind, j.value) for j in judged if j.id not in superseded]
+    excluded_ids = set(session.scalars(select(User.id).where(User.name.in_(list(exclude_annotators))))) if exclude_annotators else set()
+    votes = [Vote(j.item_id, j.user_id, j.kind, j.value) for j in judged if j.id not in superseded and j.user_id not in excluded_ids]
     counts: dict[str, Any] = {"row_kind": kind, "items": len(items), "judgments": len(votes), "superseded": len(superseded)}
+    if excluded_ids:
+        counts["excluded_judgments"] = sum(j.user_id in excluded_ids and j.id not in superseded for j in judged)
 
     def text_of(item_id: int, position: int) -> Any:
         return completions[positions[item_id, position]]
@@ -194,6 +222,10 @@ def set_rows(
         ties_dropped = 0
         figures = qc if qc is not None else {}
         pairs = aggregate_pairs(aggregate, votes, qc=figures)
+        if min_agreement is not None:
+            agreed = [pair for pair in pairs if pair.agreement >= min_agreement]
+            counts["low_agreement"] = len(pairs) - len(agreed)
+            pairs = agreed
         for pair in pairs:
             if pair.tie and not keep_ties:
                 ties_dropped += 1
@@ -271,12 +303,17 @@ def make_snapshot(
     snapshot_name: str | None = None,
     keep_ties: bool = False,
     qc: dict[str, Any] | None = None,
+    min_agreement: float | None = None,
+    exclude_annotators: Collection[str] = (),
 ) -> dict[str, Any]:
     """Freeze the training rows of set ``set_name`` into ``root``/artifacts/snapshots/<name>.jsonl and record it.
 
     ``qc``: figures to record on the snapshot (from tether.qc, say); the aggregation adds its own to a copy.
+    ``min_agreement`` and ``exclude_annotators`` (user names) filter as in ``set_rows``; both are recorded.
     Returns the snapshot's summary (name, path, digest, row_count, counts, qc).
     """
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise TetherError(f"--min-agreement must lie in 0..1, got {min_agreement}", fix="the share of a pair's votes that agree, e.g. 0.67")
     project = require_set(session, set_name)
     if snapshot_name is None:
         taken = set(session.scalars(select(Snapshot.name).where(Snapshot.name.like(f"{set_name}-v%"))))
@@ -288,7 +325,10 @@ def make_snapshot(
     if session.scalar(select(Snapshot.id).where(Snapshot.name == snapshot_name)) is not None:
         raise TetherError(f"a snapshot named {snapshot_name!r} already exists", fix="pass another --snapshot-name (snapshots are frozen)")
     figures = dict(qc or {})
-    kind, rows, counts = set_rows(session, project.id, aggregate=aggregate, keep_ties=keep_ties, qc=figures)
+    kind, rows, counts = set_rows(
+        session, project.id, aggregate=aggregate, keep_ties=keep_ties, qc=figures,
+        min_agreement=min_agreement, exclude_annotators=exclude_annotators,
+    )
     if not rows:
         raise TetherError(
             f"set {set_name!r} gives no training rows ({counts})",
@@ -304,7 +344,8 @@ def make_snapshot(
         name=snapshot_name,
         project_id=project.id,
         aggregate=aggregate,
-        filters={"row_kind": kind, "keep_ties": keep_ties, "set": set_name},
+        filters={"row_kind": kind, "keep_ties": keep_ties, "set": set_name, "min_agreement": min_agreement,
+                 "exclude_annotators": sorted(exclude_annotators)},
         qc=figures,
         counts=counts,
         path=relative.as_posix(),
