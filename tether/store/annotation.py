@@ -19,8 +19,6 @@ beside it as ``shown_order`` so that position bias can be measured and removed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -33,6 +31,7 @@ from sqlalchemy.orm import Session
 from tether.errors import TetherError
 from tether.feedback import FLAG_CATEGORIES, validate_value
 from tether.store.db import audit
+from tether.store.formats import content_hash, messages_text
 from tether.store.tables import (
     Assignment,
     Completion,
@@ -303,16 +302,8 @@ def add_schema_version(session: Session, *, project: Project, spec: dict[str, An
 # Items: prompts and completions pushed by an admin or a pipeline
 
 
-def content_hash(content: str | list[Any]) -> str:
-    return hashlib.sha256(json.dumps(content, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
-
-
 def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-
-
-def _messages_text(messages: list[dict[str, Any]]) -> str:
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
 def _content(value: Any, what: str) -> tuple[str, list[Any] | None]:
@@ -320,33 +311,41 @@ def _content(value: Any, what: str) -> tuple[str, list[Any] | None]:
     if isinstance(value, str):
         return value, None
     if _is_messages(value):
-        return _messages_text(value), value
+        return messages_text(value), value
     raise ValueError(f"{what} must be text or a list of {{role, content}} messages")
 
 
 def item_row(record: dict[str, Any]) -> dict[str, Any]:
     """One upload record as ``{"prompt", "completions": [{"content", "model", "gen_settings"}], ...}``.
 
-    Accepted shapes: ``{"prompt", "completions": [...]}`` (each a string, messages, or ``{"text" | "messages",
-    "model", "gen_settings"}``); TRL preference rows ``{"prompt", "chosen", "rejected"}`` and HH-RLHF dialogues
-    ``{"chosen", "rejected"}`` (two completions, chosen first); ``{"prompt", "completion"}`` (one completion).
-    Optional: ``external_id``, ``gold`` (a judgment value in item positions), ``meta``.
+    Unlabeled shapes: ``{"prompt", "completions": [...]}`` (each a string, messages, or ``{"text" | "messages",
+    "model", "gen_settings"}``) and ``{"prompt", "completion"}`` (one completion). Every format the importer
+    reads (``tether.store.formats.parse_record``: TRL and HH-RLHF pairs, chosen first; PandaLM; rankings;
+    ratings) is accepted too, its labels left out: a campaign collects fresh judgments. Optional:
+    ``external_id``, ``gold`` (a judgment value in item positions), ``meta``.
     """
-    from tether.store.formats import preference_row
+    from tether.store import formats
 
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
-    if "completions" in record:
+    keys = record.keys()
+    external_id = record.get("external_id", record.get("id"))
+    if "completions" in keys and not keys & {"ranking", "comparisons", "preference"}:
         prompt, completions = record.get("prompt"), record["completions"]
         if not isinstance(completions, list) or not completions:
             raise ValueError("'completions' must be a non-empty list")
-    elif "chosen" in record and "rejected" in record:
-        row = preference_row(record)
-        prompt, completions = row["prompt"], [row["chosen"], row["rejected"]]
-    elif "completion" in record:
+    elif "completion" in keys and not keys & {"ratings", "rating", "label"}:
         prompt, completions = record.get("prompt"), [record["completion"]]
     else:
-        raise ValueError("expected 'completions', 'chosen' and 'rejected', or 'completion' (with 'prompt')")
+        fmt = formats.detect_format(record)
+        if fmt is None or fmt == "prompts":
+            raise ValueError(f"expected prompt and completions; known shapes: {{prompt, completions}}, {{prompt, completion}}, {formats.FORMAT_KEYS}")
+        try:
+            entry = formats.parse_record(fmt, record)
+        except formats.SkipRecord as exc:
+            raise ValueError(str(exc) or "the completions are identical") from None
+        prompt, completions = entry.prompt, entry.completions
+        external_id = external_id if external_id is not None else entry.external_id
     if prompt is None:
         raise ValueError("missing 'prompt'")
     out_completions = []
@@ -358,7 +357,6 @@ def item_row(record: dict[str, Any]) -> dict[str, Any]:
         _content(completion, f"completion {index + 1}")
         out_completions.append({"content": completion, "model": model, "gen_settings": settings})
     _content(prompt, "prompt")
-    external_id = record.get("external_id", record.get("id"))
     return {
         "prompt": prompt,
         "completions": out_completions,
