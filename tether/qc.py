@@ -711,8 +711,10 @@ def select_candidates(
             raise ValueError("disagreement selection needs p_spread")
         order = np.argsort(-np.asarray(p_spread, float), kind="stable")
     elif strategy == "random":
-        size = len(p_mean if p_mean is not None else (p_spread if p_spread is not None else groups))
-        order = np.random.default_rng(seed).permutation(size)
+        sized = next((x for x in (p_mean, p_spread, groups) if x is not None), None)
+        if sized is None:
+            raise ValueError("random selection needs p_mean, p_spread or groups (for the number of candidates)")
+        order = np.random.default_rng(seed).permutation(len(sized))
     else:
         raise TetherError(f"unknown selection strategy {strategy!r}", fix=f"use one of: {', '.join(SELECT_STRATEGIES)}")
     unit = None
@@ -1000,41 +1002,63 @@ Per-annotator figures are on the question <b>{html.escape(str(report['primary_qu
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def candidate_pairs(*, session: Any, project: Any) -> list[dict[str, Any]]:
-    """Every unordered pair of completions of one prompt of ``project`` that is not an item yet (either order).
+def candidate_pairs(*, session: Any, project: Any, extra: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The pairs humans could judge next: every pair of completions of one prompt of ``project``, plus every
+    pair within the ``extra`` rows (``{"prompt", "completions": [...]}``, e.g. a policy's samples), leaving out
+    the pairs that are already items (in either order) and repeats.
 
-    Each candidate: ``{"prompt_id", "prompt", "a", "b", "a_id", "b_id"}`` with prompt and completions as text
-    or chat messages.
+    Each candidate: ``{"group", "prompt", "a", "b"}``, contents as text or chat messages; ``group`` is the
+    prompt's content hash (the diversity guard caps picks per group).
     """
     from itertools import combinations
 
     from sqlalchemy import select
 
+    from tether.store.annotation import content_hash, item_row
     from tether.store.tables import Completion, Item, ItemCompletion, Prompt
 
     prompts = {
-        pid: messages if messages is not None else text
-        for pid, text, messages in session.execute(select(Prompt.id, Prompt.text, Prompt.messages).where(Prompt.project_id == project.id))
+        pid: (h, messages if messages is not None else text)
+        for pid, h, text, messages in session.execute(
+            select(Prompt.id, Prompt.content_hash, Prompt.text, Prompt.messages).where(Prompt.project_id == project.id)
+        )
     }
-    by_prompt: dict[int, list[tuple[int, Any]]] = defaultdict(list)
-    for cid, pid, text, messages in session.execute(
-        select(Completion.id, Completion.prompt_id, Completion.text, Completion.messages)
+    pools: dict[str, tuple[Any, dict[str, Any]]] = {h: (content, {}) for h, content in prompts.values()}
+    hashes: dict[int, str] = {}
+    for cid, pid, h, text, messages in session.execute(
+        select(Completion.id, Completion.prompt_id, Completion.content_hash, Completion.text, Completion.messages)
         .join(Prompt, Prompt.id == Completion.prompt_id)
         .where(Prompt.project_id == project.id)
         .order_by(Completion.id)
     ):
-        by_prompt[pid].append((cid, messages if messages is not None else text))
-    in_items: dict[int, set[int]] = defaultdict(set)
-    for item_id, cid in session.execute(
-        select(ItemCompletion.item_id, ItemCompletion.completion_id).join(Item, Item.id == ItemCompletion.item_id).where(Item.project_id == project.id)
+        pools[prompts[pid][0]][1].setdefault(h, messages if messages is not None else text)
+        hashes[cid] = h
+    for n, record in enumerate(extra, start=1):
+        try:
+            row = item_row(record)
+        except ValueError as exc:
+            raise TetherError(f"candidate {n}: {exc}", fix='each line: {"prompt": ..., "completions": [..., ...]}') from None
+        pool = pools.setdefault(content_hash(row["prompt"]), (row["prompt"], {}))[1]
+        for completion in row["completions"]:
+            pool.setdefault(content_hash(completion["content"]), completion["content"])
+    in_items: dict[int, list[int]] = defaultdict(list)
+    item_prompt: dict[int, int] = {}
+    for item_id, prompt_id, cid in session.execute(
+        select(Item.id, Item.prompt_id, ItemCompletion.completion_id).join(ItemCompletion, ItemCompletion.item_id == Item.id)
+        .where(Item.project_id == project.id)
     ):
-        in_items[item_id].add(cid)
-    taken = {frozenset(pair) for cids in in_items.values() for pair in combinations(sorted(cids), 2)}
+        in_items[item_id].append(cid)
+        item_prompt[item_id] = prompt_id
+    taken = {
+        (prompts[item_prompt[item_id]][0], frozenset((hashes[x], hashes[y])))
+        for item_id, cids in in_items.items()
+        for x, y in combinations(cids, 2)
+    }
     out = []
-    for pid in sorted(by_prompt):
-        for (a_id, a), (b_id, b) in combinations(by_prompt[pid], 2):
-            if frozenset((a_id, b_id)) not in taken:
-                out.append({"prompt_id": pid, "prompt": prompts[pid], "a": a, "b": b, "a_id": a_id, "b_id": b_id})
+    for group, (content, pool) in pools.items():
+        for (ha, a), (hb, b) in combinations(pool.items(), 2):
+            if (group, frozenset((ha, hb))) not in taken:
+                out.append({"group": group, "prompt": content, "a": a, "b": b})
     return out
 
 
@@ -1042,16 +1066,18 @@ def select_for_labeling(
     url: str,
     *,
     project_name: str,
-    reward_model: str,
+    reward_model: str | None,
     strategy: str,
     n: int,
+    candidates_file: str | None = None,
     max_per_prompt: int | None = 1,
     seed: int = 0,
     batch_size: int = 32,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Score the project's unjudged completion pairs with a reward model (ensemble mean and spread), choose ``n``
-    by ``strategy`` and queue them as pairwise items of the project. Returns a summary with the picks."""
+    """Score the candidate pairs of a project (see ``candidate_pairs``; ``candidates_file``: more, as JSONL
+    ``{"prompt", "completions"}``) with a reward model's ensemble, choose ``n`` by ``strategy`` and queue them
+    as pairwise items of the project. Returns a summary with the picks."""
     from sqlalchemy import select
 
     from tether.store import annotation
@@ -1062,17 +1088,26 @@ def select_for_labeling(
         raise TetherError(f"unknown selection strategy {strategy!r}", fix=f"use one of: {', '.join(SELECT_STRATEGIES)}")
     if n < 1:
         raise TetherError(f"--n must be at least 1, got {n}", fix="how many pairs to queue, e.g. --n 100")
+    if strategy != "random" and not reward_model:
+        raise TetherError(f"--strategy {strategy} needs --reward-model DIR", fix="name a folder from `tether train reward`, or use --strategy random")
+    extra = []
+    if candidates_file:
+        from pathlib import Path
+
+        from tether.store.formats import read_records
+
+        extra = [record for _, record in read_records(Path(candidates_file))]
     with session_scope(url) as session:
         project = session.scalars(select(Project).where(Project.name == project_name)).first()
         if project is None:
-            raise TetherError(f"no project named {project_name!r}", fix="create one in the web app (Admin) or with the API first")
+            raise TetherError(f"no project named {project_name!r}", fix="create the annotation project first (web app Admin page or the API)")
         kind = annotation.project_kind(session, project)
-        if kind not in ("pairwise", "ranking"):
-            raise TetherError(f"project {project_name!r} asks for {kind} judgments; selection queues pairs", fix="use a pairwise or ranking project")
-        candidates = candidate_pairs(session=session, project=project)
+        if kind != "pairwise":
+            raise TetherError(f"project {project_name!r} asks for {kind} judgments; selection queues pairs", fix="use a pairwise project")
+        candidates = candidate_pairs(session=session, project=project, extra=extra)
     if not candidates:
-        raise TetherError(f"project {project_name!r} has no unqueued pair of completions of one prompt",
-                          fix="add prompts with two or more completions first (e.g. generated by a policy)")
+        raise TetherError(f"project {project_name!r} has no pair of completions that is not queued already",
+                          fix="pass --candidates FILE with prompts and two or more completions each (e.g. a policy's samples)")
     p_mean = p_spread = None
     ensemble = 0
     if strategy != "random":
@@ -1088,15 +1123,15 @@ def select_for_labeling(
         members_b = rm.score_members(prompts, [c["b"] for c in candidates], batch_size)
         p_mean, p_spread = preference_stats(members_a.T, members_b.T)
     picked = select_candidates(
-        strategy, n, p_mean=p_mean if p_mean is not None else np.full(len(candidates), 0.5), p_spread=p_spread,
-        groups=[c["prompt_id"] for c in candidates], max_per_group=max_per_prompt, seed=seed,
+        strategy, n, p_mean=p_mean, p_spread=p_spread, groups=[c["group"] for c in candidates],
+        max_per_group=max_per_prompt, seed=seed,
     )
     rows = []
     for idx in picked:
         c = candidates[idx]
-        meta = {"selected_by": strategy, "reward_model": str(reward_model)}
+        meta = {"selected_by": strategy}
         if p_mean is not None:
-            meta.update({"p_pref": round(float(p_mean[idx]), 6), "p_spread": round(float(p_spread[idx]), 6)})
+            meta.update({"reward_model": str(reward_model), "p_pref": round(float(p_mean[idx]), 6), "p_spread": round(float(p_spread[idx]), 6)})
         rows.append({"prompt": c["prompt"], "completions": [c["a"], c["b"]], "meta": meta})
     counts = {"items": 0}
     if rows and not dry_run:
@@ -1111,8 +1146,14 @@ def select_for_labeling(
         "queued": counts["items"],
         "ensemble": ensemble,
         "picks": [
-            {"prompt_id": candidates[i]["prompt_id"], "completion_ids": [candidates[i]["a_id"], candidates[i]["b_id"]],
+            {"prompt": _preview(candidates[i]["prompt"]), "a": _preview(candidates[i]["a"]), "b": _preview(candidates[i]["b"]),
              "p_pref": None if p_mean is None else float(p_mean[i]), "p_spread": None if p_spread is None else float(p_spread[i])}
             for i in picked
         ],
     }
+
+
+def _preview(content: Any, limit: int = 60) -> str:
+    text = content if isinstance(content, str) else " | ".join(str(m.get("content", "")) for m in content)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -54,6 +54,7 @@ def select_command(
     strategy: Annotated[str, typer.Option("--strategy", help="uncertainty (predicted preference nearest 0.5), disagreement (ensemble spread) or random.")] = "uncertainty",
     n: Annotated[int, typer.Option("--n", help="How many pairs to queue.")] = 100,
     reward_model: Annotated[str | None, typer.Option("--reward-model", help="A reward model folder from `tether train reward` (an ensemble for disagreement).")] = None,
+    candidates: Annotated[Path | None, typer.Option("--candidates", help="More candidates: JSONL of {\"prompt\", \"completions\": [...]} (e.g. a policy's samples).")] = None,
     max_per_prompt: Annotated[int, typer.Option("--max-per-prompt", help="Diversity guard: at most this many pairs of one prompt (0: no cap).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random strategy.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the picks without queueing them.")] = False,
@@ -61,22 +62,23 @@ def select_command(
 ) -> None:
     """Choose which prompt/completion pairs humans judge next and queue them as items of the project.
 
-    Candidates are the pairs of completions of one prompt that are not items yet. The reward model scores both
-    sides; uncertainty picks the pairs whose predicted preference is nearest 0.5, disagreement those where the
-    ensemble's members disagree most; the diversity guard takes at most --max-per-prompt pairs per prompt.
+    Candidates are the pairs of completions of one prompt (in the project, or in --candidates) that are not
+    items yet. The reward model scores both sides; uncertainty picks the pairs whose predicted preference is
+    nearest 0.5, disagreement those where the ensemble's members disagree most; the diversity guard takes at
+    most --max-per-prompt pairs per prompt. The picks become new items at the end of the project's queue.
 
     Example:  tether collect select --project helpfulness --reward-model artifacts/models/rm-1 --strategy uncertainty --n 200
     """
-    from tether.cli.common import emit_json, workspace_url
-    from tether.errors import TetherError
+    from tether.cli.common import emit_json, require_file, workspace_url
     from tether.qc import select_for_labeling
 
-    if reward_model is None and strategy != "random":
-        raise TetherError(f"--strategy {strategy} needs --reward-model DIR", fix="name a folder from `tether train reward`, or use --strategy random")
+    if candidates is not None:
+        require_file(candidates, "candidates file")
     _, url = workspace_url()
     summary = select_for_labeling(
-        url, project_name=project, reward_model=reward_model or "", strategy=strategy, n=n,
-        max_per_prompt=max_per_prompt or None, seed=seed, dry_run=dry_run,
+        url, project_name=project, reward_model=reward_model, strategy=strategy, n=n,
+        candidates_file=None if candidates is None else str(candidates), max_per_prompt=max_per_prompt or None,
+        seed=seed, dry_run=dry_run,
     )
     if json_out:
         emit_json(summary)
@@ -85,7 +87,7 @@ def select_command(
     typer.echo(f"{verb} {summary['selected'] if dry_run else summary['queued']} of {summary['candidates']} candidate pairs "
                f"in project {project!r} by {strategy}")
     for pick in summary["picks"][:10]:
-        extra = "" if pick["p_pref"] is None else f"  p(a>b)={pick['p_pref']:.3f}  spread={pick['p_spread']:.3f}"
-        typer.echo(f"  prompt {pick['prompt_id']}  completions {pick['completion_ids']}{extra}")
+        extra = "" if pick["p_pref"] is None else f"p(a>b)={pick['p_pref']:.3f} spread={pick['p_spread']:.3f}  "
+        typer.echo(f"  {extra}{pick['prompt']!r}: {pick['a']!r} vs {pick['b']!r}")
     if len(summary["picks"]) > 10:
         typer.echo(f"  ... and {len(summary['picks']) - 10} more")
