@@ -53,6 +53,7 @@ def import_(
     name: Annotated[str, typer.Option("--name", help="Name of the new feedback set (letters, digits, . _ -).")],
     fmt: Annotated[str, typer.Option("--format", help="auto (recognised by keys), trl, hh, pandalm, ranking, ratings, unpaired or prompts.")] = "auto",
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip bad records (counted per reason) instead of stopping.")] = False,
+    redact: Annotated[str | None, typer.Option("--redact", help="pii: replace emails, phones, card numbers, IBANs, SSNs and addresses by [EMAIL], [PHONE], ... before storing.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Import a feedback file as a new set: prompts, completions, items, annotators and judgments.
@@ -65,6 +66,7 @@ def import_(
     """
     from tether.cli.common import emit_json, require_file, workspace_url
     from tether.errors import TetherError
+    from tether.governance import check_redact
     from tether.store.db import session_scope
     from tether.store.importer import import_file
 
@@ -74,7 +76,8 @@ def import_(
     _, url = workspace_url()
     with _progress(path, quiet=False) as on_progress:
         with session_scope(url) as session:
-            result = import_file(path, name, session=session, fmt=fmt, skip_invalid=skip_invalid, on_progress=on_progress)
+            result = import_file(path, name, session=session, fmt=fmt, skip_invalid=skip_invalid, on_progress=on_progress,
+                                 redact_pii=check_redact(redact))
     if json_out:
         emit_json(result.to_dict())
         return
@@ -93,6 +96,9 @@ def import_(
             typer.echo(f"  {label} {_n(sum(counts.values()))}:")
             for reason, count in counts.items():
                 typer.echo(f"    {_n(count):>7}  {reason}")
+    if redact:
+        found = ", ".join(f"{kind} {_n(n)}" for kind, n in sorted(result.redacted.items())) or "none found"
+        typer.echo(f"  redacted PII: {found}")
     typer.echo(f"next: tether data snapshot {name}")
 
 

@@ -1,0 +1,384 @@
+"""Data governance: PII redaction of incoming records, purging one person's data, retention, audit export.
+
+- ``redact_record`` replaces PII (tether.pii) in every text of a record (strings, chat messages, nested lists and
+  objects) and counts what it replaced; importers call it for ``--redact pii``.
+- ``purge_annotator`` deletes one annotator's judgments, assignments, API tokens and account;
+  ``purge_user_ref`` deletes one end user's production records and the review items made from them;
+  ``purge_expired`` applies ``[governance] retention_days`` to production records. Each marks the snapshots
+  that may hold the purged data (``purged_at``, ``purge_note``; trainers refuse them), pseudonymizes the person's
+  name in earlier audit events, and writes one ``data.purge`` audit event that names the person only by the
+  sha256 of the name (so a later request "was X purged?" can be answered without keeping X).
+- ``export_audit`` streams the audit log as JSONL or CSV.
+
+A snapshot is marked when it belongs to a feedback set the person contributed to and was made at or after their
+first contribution there: it may hold their data. Its file is kept unless ``delete_snapshot_files``; models
+trained on it carry its digest in the registry (``tether registry lineage``) and need retraining on a new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import String, cast, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from tether.errors import TetherError
+from tether.store.db import audit
+from tether.store.tables import (
+    ApiToken,
+    Assignment,
+    AuditEvent,
+    Completion,
+    Item,
+    ItemCompletion,
+    Judgment,
+    ProductionRecord,
+    Prompt,
+    Snapshot,
+    User,
+)
+
+REDACT_CHOICES = ("pii",)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Redaction
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def redact_record(record: Any, counts: dict[str, int] | None = None, kinds: Iterable[str] | None = None) -> tuple[Any, dict[str, int]]:
+    """``record`` with PII replaced in every string inside it (keys are kept), and the counts per PII kind.
+
+    ``counts``, when given, is updated in place and returned (to total over many records).
+    """
+    from tether.pii import redact
+
+    counts = {} if counts is None else counts
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            text, found = redact(value, kinds)
+            for kind, n in found.items():
+                counts[kind] = counts.get(kind, 0) + n
+            return text
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return walk(record), counts
+
+
+def check_redact(option: str | None) -> bool:
+    """Validate a ``--redact`` value; True when redaction is on."""
+    if option is None or option == "none":
+        return False
+    if option not in REDACT_CHOICES:
+        raise TetherError(f"unknown --redact {option!r}", fix=f"use --redact {' or '.join(REDACT_CHOICES)}")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Purge
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PurgeResult:
+    """What a purge deleted (or, with ``dry_run``, would delete)."""
+
+    subject: str  # "annotator", "user_ref" or "expired"
+    subject_sha256: str | None
+    dry_run: bool
+    deleted: dict[str, int] = field(default_factory=dict)
+    snapshots_marked: list[str] = field(default_factory=list)
+    snapshot_files_deleted: list[str] = field(default_factory=list)
+    audit_events_pseudonymized: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def subject_hash(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+def _mark_snapshots(
+    session: Session, first_by_project: dict[int, datetime], note: str, root: Path | None, delete_files: bool, result: PurgeResult
+) -> None:
+    """Mark the snapshots of the affected sets made at or after the purged data's first row there."""
+    if not first_by_project:
+        return
+    now = datetime.now(timezone.utc)
+    snaps = session.scalars(select(Snapshot).where(Snapshot.project_id.in_(list(first_by_project))).order_by(Snapshot.id))
+    for snap in snaps:
+        if _aware(snap.created_at) < _aware(first_by_project[snap.project_id]) - timedelta(seconds=1):
+            continue
+        result.snapshots_marked.append(snap.name)
+        if result.dry_run:
+            continue
+        if snap.purged_at is None:
+            snap.purged_at = now
+            snap.purge_note = note
+        else:
+            snap.purge_note = f"{snap.purge_note}; {note}"
+        if delete_files and root is not None:
+            path = Path(snap.path) if Path(snap.path).is_absolute() else Path(root) / snap.path
+            if path.exists():
+                path.unlink()
+                result.snapshot_files_deleted.append(str(snap.path))
+
+
+def _pseudonymize_audit(session: Session, names: list[str], alias: str, dry_run: bool) -> int:
+    """Replace ``names`` by ``alias`` in the actor, object id and detail of earlier audit events."""
+    changed = 0
+    for name in names:
+        hits = session.scalars(
+            select(AuditEvent).where(
+                (AuditEvent.actor.like(f"%:{name}")) | (AuditEvent.object_id == name) | (cast(AuditEvent.detail, String).like(f"%{_like_escape(name)}%", escape="\\"))
+            )
+        ).all()
+        for event in hits:
+            changed += 1
+            if dry_run:
+                continue
+            if event.actor.split(":", 1)[-1] == name:
+                event.actor = f"{event.actor.split(':', 1)[0]}:{alias}"
+            if event.object_id == name:
+                event.object_id = alias
+            text = json.dumps(event.detail, ensure_ascii=False)
+            if name in text:
+                event.detail = json.loads(text.replace(json.dumps(name, ensure_ascii=False)[1:-1], alias))
+    return changed
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def purge_annotator(
+    name: str,
+    *,
+    session: Session,
+    root: Path | None = None,
+    reason: str = "",
+    dry_run: bool = False,
+    delete_snapshot_files: bool = False,
+) -> PurgeResult:
+    """Delete annotator ``name``: judgments, assignments, API tokens and the account; mark dependent snapshots."""
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        like = session.scalars(select(User.name).where(User.name.like(f"%{_like_escape(name)}%", escape="\\")).limit(5)).all()
+        raise TetherError(
+            f"no annotator named {name!r}",
+            fix=f"names that contain it: {', '.join(like)}" if like else "see the annotators with `tether qc annotators` (imported ones are <set>/annotatorN)",
+        )
+    digest = subject_hash(name)
+    result = PurgeResult(subject="annotator", subject_sha256=digest, dry_run=dry_run)
+    first_by_project = dict(
+        session.execute(
+            select(Item.project_id, func.min(Judgment.created_at)).join(Item, Item.id == Judgment.item_id).where(Judgment.user_id == user.id).group_by(Item.project_id)
+        ).all()
+    )
+    result.deleted = {
+        "judgment": session.scalar(select(func.count()).select_from(Judgment).where(Judgment.user_id == user.id)) or 0,
+        "assignment": session.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) or 0,
+        "api_token": session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.user_id == user.id)) or 0,
+        "user": 1,
+    }
+    note = f"annotator data purged (sha256 {digest[:12]}){': ' + reason if reason else ''}"
+    _mark_snapshots(session, first_by_project, note, root, delete_snapshot_files, result)
+    alias = f"purged-{digest[:12]}"
+    result.audit_events_pseudonymized = _pseudonymize_audit(session, [name], alias, dry_run)
+    if dry_run:
+        return result
+    # Corrections by others that superseded this annotator's judgments keep standing (supersedes_id -> NULL).
+    session.execute(update(Judgment).where(Judgment.supersedes_id.in_(select(Judgment.id).where(Judgment.user_id == user.id))).values(supersedes_id=None))
+    session.execute(delete(Judgment).where(Judgment.user_id == user.id))
+    session.execute(delete(Assignment).where(Assignment.user_id == user.id))
+    session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+    session.execute(delete(User).where(User.id == user.id))
+    audit(session, "data.purge", "user", alias, subject="annotator", subject_sha256=digest, reason=reason, deleted=result.deleted,
+          snapshots_marked=result.snapshots_marked, snapshot_files_deleted=result.snapshot_files_deleted,
+          audit_events_pseudonymized=result.audit_events_pseudonymized)
+    return result
+
+
+def _purge_production(session: Session, condition: Any, result: PurgeResult) -> dict[int, datetime]:
+    """Delete the production records matching ``condition`` and the review items made from them.
+
+    Returns ``{review project id: first review item's time}`` for the snapshots to mark.
+    """
+    result.deleted["production_record"] = session.scalar(select(func.count()).select_from(ProductionRecord).where(condition)) or 0
+    review = session.execute(
+        select(Item.id, Item.project_id, Item.prompt_id, Item.created_at, Item.external_id).where(Item.external_id.like("prod:%"))
+    ).all()
+    doomed_ids: set[int] = set()
+    if review:
+        ref_ids = [int(r.external_id.split(":", 1)[1]) for r in review]
+        for start in range(0, len(ref_ids), 900):
+            chunk = ref_ids[start : start + 900]
+            doomed_ids.update(session.scalars(select(ProductionRecord.id).where(ProductionRecord.id.in_(chunk), condition)))
+    items = [r for r in review if int(r.external_id.split(":", 1)[1]) in doomed_ids]
+    first_by_project: dict[int, datetime] = {}
+    for r in items:
+        if r.project_id not in first_by_project or r.created_at < first_by_project[r.project_id]:
+            first_by_project[r.project_id] = r.created_at
+    item_ids = [r.id for r in items]
+    result.deleted["review_item"] = len(item_ids)
+    result.deleted["judgment"] = 0
+    if item_ids:
+        result.deleted["judgment"] = session.scalar(select(func.count()).select_from(Judgment).where(Judgment.item_id.in_(item_ids))) or 0
+    if result.dry_run:
+        return first_by_project
+    completion_ids = set()
+    for start in range(0, len(item_ids), 900):
+        chunk = item_ids[start : start + 900]
+        completion_ids.update(session.scalars(select(ItemCompletion.completion_id).where(ItemCompletion.item_id.in_(chunk))))
+        session.execute(delete(Judgment).where(Judgment.item_id.in_(chunk)))
+        session.execute(delete(Assignment).where(Assignment.item_id.in_(chunk)))
+        session.execute(delete(ItemCompletion).where(ItemCompletion.item_id.in_(chunk)))
+        session.execute(delete(Item).where(Item.id.in_(chunk)))
+    # Prompts and completions go too, unless another item still shows them (the same text from someone else).
+    used_completions = set(session.scalars(select(ItemCompletion.completion_id).where(ItemCompletion.completion_id.in_(list(completion_ids))))) if completion_ids else set()
+    gone_completions = sorted(completion_ids - used_completions)
+    prompt_ids = {r.prompt_id for r in items}
+    if gone_completions:
+        prompt_ids.update(session.scalars(select(Completion.prompt_id).where(Completion.id.in_(gone_completions))))
+        session.execute(delete(Completion).where(Completion.id.in_(gone_completions)))
+    used_prompts = set(session.scalars(select(Item.prompt_id).where(Item.prompt_id.in_(list(prompt_ids))))) if prompt_ids else set()
+    used_prompts |= set(session.scalars(select(Completion.prompt_id).where(Completion.prompt_id.in_(list(prompt_ids))))) if prompt_ids else set()
+    gone_prompts = sorted(prompt_ids - used_prompts)
+    if gone_prompts:
+        session.execute(delete(Prompt).where(Prompt.id.in_(gone_prompts)))
+    result.deleted["completion"] = len(gone_completions)
+    result.deleted["prompt"] = len(gone_prompts)
+    session.execute(delete(ProductionRecord).where(condition))
+    return first_by_project
+
+
+def purge_user_ref(
+    user_ref: str,
+    *,
+    session: Session,
+    root: Path | None = None,
+    reason: str = "",
+    dry_run: bool = False,
+    delete_snapshot_files: bool = False,
+) -> PurgeResult:
+    """Delete an end user's production records (``user_ref``) and review items made from them."""
+    if not user_ref:
+        raise TetherError("--user-ref is empty", fix="give the user reference as logged in the production records")
+    digest = subject_hash(user_ref)
+    result = PurgeResult(subject="user_ref", subject_sha256=digest, dry_run=dry_run)
+    first_by_project = _purge_production(session, ProductionRecord.user_ref == user_ref, result)
+    if not dry_run and result.deleted["production_record"] == 0:
+        raise TetherError(f"no production records with user_ref {user_ref!r}", fix="check the reference (it is matched exactly)")
+    note = f"end-user data purged (sha256 {digest[:12]}){': ' + reason if reason else ''}"
+    _mark_snapshots(session, first_by_project, note, root, delete_snapshot_files, result)
+    if not dry_run:
+        audit(session, "data.purge", "production_record", None, subject="user_ref", subject_sha256=digest, reason=reason,
+              deleted=result.deleted, snapshots_marked=result.snapshots_marked, snapshot_files_deleted=result.snapshot_files_deleted)
+    return result
+
+
+def purge_expired(
+    retention_days: float,
+    *,
+    session: Session,
+    root: Path | None = None,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    delete_snapshot_files: bool = False,
+) -> PurgeResult:
+    """Delete production records older than ``retention_days`` (and review items made from them)."""
+    if not retention_days or retention_days <= 0:
+        raise TetherError(
+            "no retention period is set",
+            fix="set retention_days under [governance] in tether.toml (e.g. retention_days = 365)",
+        )
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=retention_days)
+    if session.get_bind().dialect.name == "sqlite":
+        cutoff_db = cutoff.astimezone(timezone.utc).replace(tzinfo=None)
+    else:
+        cutoff_db = cutoff
+    result = PurgeResult(subject="expired", subject_sha256=None, dry_run=dry_run)
+    first_by_project = _purge_production(session, ProductionRecord.ts < cutoff_db, result)
+    note = f"production records older than {retention_days:g} days purged (before {cutoff:%Y-%m-%d})"
+    _mark_snapshots(session, first_by_project, note, root, delete_snapshot_files, result)
+    if not dry_run:
+        audit(session, "data.purge", "production_record", None, subject="expired", retention_days=retention_days,
+              cutoff=cutoff.isoformat(), deleted=result.deleted, snapshots_marked=result.snapshots_marked)
+    return result
+
+
+def retention_days(section: dict[str, Any]) -> float | None:
+    """``retention_days`` from the ``[governance]`` section of tether.toml (None when unset or 0)."""
+    value = section.get("retention_days")
+    if value in (None, 0, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise TetherError(f"[governance] retention_days must be a positive number of days, got {value!r}", fix="edit tether.toml")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audit export
+# ---------------------------------------------------------------------------------------------------------------
+
+AUDIT_FORMATS = ("jsonl", "csv")
+AUDIT_FIELDS = ("id", "at", "actor", "action", "object_type", "object_id", "detail")
+
+
+def export_audit(
+    out: IO[str],
+    *,
+    session: Session,
+    fmt: str = "jsonl",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    action: str | None = None,
+) -> int:
+    """Write the audit events (oldest first) to ``out`` as JSONL or CSV (``detail`` as JSON text); the count."""
+    if fmt not in AUDIT_FORMATS:
+        raise TetherError(f"unknown audit format {fmt!r}", fix=f"use one of: {', '.join(AUDIT_FORMATS)}")
+    sqlite = session.get_bind().dialect.name == "sqlite"
+
+    def db_time(dt: datetime) -> datetime:
+        dt = dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+        return dt.astimezone(timezone.utc).replace(tzinfo=None) if sqlite else dt
+
+    query = select(AuditEvent).order_by(AuditEvent.at, AuditEvent.id).execution_options(yield_per=2000)
+    if since is not None:
+        query = query.where(AuditEvent.at >= db_time(since))
+    if until is not None:
+        query = query.where(AuditEvent.at < db_time(until))
+    if action:
+        query = query.where(AuditEvent.action.like(f"{_like_escape(action)}%", escape="\\"))
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(AUDIT_FIELDS)
+    count = 0
+    for event in session.scalars(query):
+        at = _aware(event.at).isoformat()
+        if writer is not None:
+            writer.writerow([event.id, at, event.actor, event.action, event.object_type, event.object_id or "", json.dumps(event.detail, ensure_ascii=False, default=str)])
+        else:
+            out.write(json.dumps({"id": event.id, "at": at, "actor": event.actor, "action": event.action, "object_type": event.object_type,
+                                  "object_id": event.object_id, "detail": event.detail}, ensure_ascii=False, default=str) + "\n")
+        count += 1
+    return count
