@@ -148,6 +148,94 @@ class KTOConfig(TrainConfig):
     merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
 
+class OnlineRLConfig(TrainConfig):
+    """What ``tether train ppo|grpo|rloo`` share: prompts, rewards, sampling and the clipped policy update.
+
+    One *rollout* samples ``batch_size x num_minibatches`` completions (``group_size`` per prompt), scores them,
+    then makes ``ppo_epochs`` passes over them in ``num_minibatches`` optimizer steps each: ``batch_size`` counts
+    completions per optimizer step, as TRL's ``per_device_train_batch_size`` does. ``max_steps`` counts optimizer
+    steps; ``epochs`` counts passes over the prompts.
+    """
+
+    prompts: str = Field(description="The prompts: a file (.jsonl/.json/.parquet rows with a 'prompt') or snapshot:NAME.")
+    reward: list[str] = Field(
+        min_length=1,
+        description="Reward SPECs, summed: a reward-model folder, rules:FILE.yaml or py:FILE.py:FUNCTION, each optionally weighted as SPEC@W (see tether.rewards).",
+    )
+    group_size: int = Field(1, ge=1, description="Completions sampled per prompt.")
+    max_new_tokens: int = Field(64, ge=1, description="Most tokens generated per completion (a completion stops earlier at EOS).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs are recomputed with the logits divided by it.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: sample among the most likely tokens whose probabilities sum to top_p.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout (PPO's epochs; GRPO's mu).")
+    num_minibatches: int = Field(1, ge=1, description="Optimizer steps per pass; a rollout holds batch_size x num_minibatches completions.")
+    clip_range: float = Field(0.2, gt=0, lt=1, description="PPO's epsilon: the probability ratio is clipped to [1 - eps, 1 + eps].")
+    kl_coef: float = Field(0.05, ge=0, description="beta, the weight of KL(policy || reference); 0 skips the reference model.")
+    kl_estimator: str = Field("k1", pattern="^(k1|k2|k3)$", description="Per-token KL estimator (Schulman 2020): k1 = log ratio, k2 = its square / 2, k3 = exp(-log ratio) - 1 + log ratio.")
+    aggregation: str = Field("token", pattern="^(token|sequence)$", description="Loss over tokens: token = mean over all completion tokens of the batch (DAPO); sequence = mean of per-completion means (GRPO paper).")
+    missing_eos_penalty: float | None = Field(None, ge=0, description="Subtracted from the score of a completion that reached max_new_tokens without EOS (None: no penalty).")
+    sampler: str = Field("hf", pattern="^(hf|vllm)$", description="hf: transformers generate; vllm: vLLM (GPU, `pip install vllm`), with truncated importance-sampling correction.")
+    cache: str = Field(
+        "auto",
+        pattern="^(auto|static|dynamic)$",
+        description="KV cache of HF generate: static (preallocated; ~6x faster on GPU), dynamic, or auto = static on a GPU and dynamic on a CPU (where static is slower). Static falls back to dynamic, with a warning, where it fails.",
+    )
+    is_cap: float = Field(2.0, gt=0, description="vLLM only: cap of the per-token importance weights exp(trainer - sampler log-prob).")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="vLLM only: fraction of GPU memory vLLM may take.")
+    reward_batch_size: int = Field(32, ge=1, description="Completions per forward pass of a reward model.")
+    sample_every: int = Field(10, ge=0, description="Every N rollouts append sample completions to samples.jsonl and print a table (0: never).")
+    num_samples: int = Field(4, ge=1, description="Sample completions written each time.")
+    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_as_list(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("reward"), str):
+            values = {**values, "reward": [values["reward"]]}
+        return values
+
+    @model_validator(mode="after")
+    def _check_online(self) -> OnlineRLConfig:
+        if self.batch_size % self.group_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size}): it counts completions, prompts x group_size")
+        if self.max_new_tokens >= self.max_length:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) must be below max_length ({self.max_length}), which also holds the prompt")
+        return self
+
+
+class PPOConfig(OnlineRLConfig):
+    """``tether train ppo``: PPO with a learned critic (Ziegler et al. 2019; Huang et al. 2024, "The N+ Implementation
+    Details of RLHF with PPO"). Per-token rewards are ``-kl_coef * KL_t`` plus the score on the last token."""
+
+    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout.")
+    kl_coef: float = Field(0.05, ge=0, description="Initial beta of the per-token KL penalty in the reward.")
+    missing_eos_penalty: float | None = Field(1.0, ge=0, description="Subtracted from the score of a completion without EOS (Huang et al. 2024 detail 23); None: no penalty.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount of GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="lambda of GAE.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
+    clip_range_value: float = Field(0.2, gt=0, description="The new value may move at most this far from the rollout's value (clipped value loss).")
+    whiten_rewards: bool = Field(False, description="Whiten the per-token rewards (not their mean) before GAE.")
+    adaptive_kl: bool = Field(False, description="Adapt kl_coef toward kl_target (Ziegler et al. 2019, Sec. 2.2) instead of keeping it fixed.")
+    kl_target: float = Field(6.0, gt=0, description="Adaptive KL: the sequence KL (nats) to steer toward.")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL: horizon in samples; larger adapts more slowly.")
+    critic: str | None = Field(
+        None,
+        description="Folder the value model starts from. Default: the reward model of the first reward-model SPEC when its tokenizer equals the policy's, else the policy with a new scalar head.",
+    )
+
+
+class GRPOConfig(OnlineRLConfig):
+    """``tether train grpo|rloo``: critic-free policy gradient with a group baseline. GRPO (Shao et al. 2024)
+    normalizes each completion's reward within its prompt's group and puts the KL in the loss; RLOO (Ahmadian et
+    al. 2024) subtracts the mean reward of the other completions and puts the KL in the reward."""
+
+    algo: str = Field("grpo", pattern="^(grpo|rloo)$", description="grpo: group-normalized advantages; rloo: leave-one-out baseline.")
+    group_size: int = Field(4, ge=2, description="Completions sampled per prompt (the group).")
+    kl_coef: float = Field(0.04, ge=0, description="beta, the weight of KL(policy || reference); 0 skips the reference model.")
+    kl_estimator: str = Field("k3", pattern="^(k1|k2|k3)$", description="Per-token KL estimator; GRPO uses k3 in the loss, RLOO usually k1 in the reward.")
+    kl_in_reward: bool | None = Field(None, description="Subtract kl_coef x the completion's summed KL from its reward (True) or add kl_coef x KL to the loss (False). None: RLOO True, GRPO False.")
+    scale_rewards: bool = Field(True, description="GRPO: divide by the group's reward std; False keeps only the mean centring (Dr. GRPO).")
+
+
 C = TypeVar("C", bound=BaseModel)
 
 

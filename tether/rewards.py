@@ -1,0 +1,172 @@
+"""Reward SPECs for online RL: what ``--reward`` accepts, parsed and loaded into one summed reward.
+
+A SPEC is one of:
+- ``DIR``: a reward-model folder written by ``tether train reward`` (``tether.reward.RewardModel``). Prompts and the
+  decoded completions are passed as text and re-tokenized with the reward model's own tokenizer, so it may differ
+  from the policy's; the reward is read at the EOS the reward model appends. Scores are normalized (mean 0, std 1
+  on the reward model's reference set).
+- ``rules:FILE.yaml``: rule-based rewards and filters (``tether.rules``); every rule is also logged on its own.
+- ``py:FILE.py:FUNCTION``: your function ``FUNCTION(prompts: list[str], completions: list[str]) -> list[float]``
+  (verifiable rewards: unit tests, checkers, exact match). Prompts are the rendered prompt texts.
+
+Several SPECs add up. Each may carry a weight after the last ``@``: ``rules:policy.yaml@0.5``, ``rm-1@2``; the
+default weight is 1. (A path that itself contains ``@`` followed by a number needs an explicit ``@1`` at the end.)
+
+Metrics: ``reward/<label>`` the mean weighted score of each SPEC (label: the folder name, the rules file stem or the
+function name) and, for rules, ``rules/<rule>`` each rule's mean weighted contribution and ``rules/filtered``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tether.errors import TetherError
+
+
+@dataclass
+class RewardSpec:
+    """One parsed SPEC. kind: "model", "rules" or "py"."""
+
+    kind: str
+    path: Path
+    weight: float = 1.0
+    function: str | None = None
+    text: str = ""
+    label: str = ""  # the name its metric is logged under: folder name, rules file stem or function name
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = str(self.function) if self.kind == "py" else (self.path.stem if self.kind == "rules" else self.path.name)
+
+
+def parse_spec(text: str) -> RewardSpec:
+    """``DIR``, ``rules:FILE``, ``py:FILE:FUNCTION``, each with an optional ``@WEIGHT`` suffix (see module doc)."""
+    raw, weight = text.strip(), 1.0
+    if "@" in raw:
+        head, tail = raw.rsplit("@", 1)
+        try:
+            weight = float(tail)
+            raw = head
+        except ValueError:
+            pass  # an @ inside the path, not a weight
+    if not raw:
+        raise TetherError(f"--reward {text!r} is empty", fix="give a reward model folder, rules:FILE.yaml or py:FILE.py:FUNCTION")
+    if raw.startswith("rules:"):
+        return RewardSpec("rules", Path(raw[len("rules:") :]), weight, text=text)
+    if raw.startswith("py:"):
+        body = raw[len("py:") :]
+        if ":" not in body:
+            raise TetherError(f"--reward {text!r}: expected py:FILE.py:FUNCTION", fix="name the function after the file: py:checks.py:reward_fn")
+        file, function = body.rsplit(":", 1)
+        return RewardSpec("py", Path(file), weight, function=function, text=text)
+    return RewardSpec("model", Path(raw), weight, text=text)
+
+
+def _load_function(spec: RewardSpec) -> Any:
+    if not spec.path.is_file():
+        raise TetherError(f"--reward {spec.text}: Python file not found: {spec.path}", fix="check the path after py:")
+    module_spec = importlib.util.spec_from_file_location(f"tether_user_reward_{spec.path.stem}", spec.path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise TetherError(f"--reward {spec.text}: importing {spec.path} failed: {type(exc).__name__}: {exc}", fix="run the file with python to see the error") from None
+    function = getattr(module, spec.function, None)
+    if not callable(function):
+        raise TetherError(f"--reward {spec.text}: {spec.path} has no function {spec.function!r}", fix="define def FUNCTION(prompts, completions) -> list[float]")
+    return function
+
+
+@dataclass
+class Reward:
+    """The sum of the weighted SPECs. ``score(prompts, prompt_texts, completions)`` -> (scores (B,), metrics)."""
+
+    specs: list[RewardSpec]
+    scorers: list[Any] = field(default_factory=list)
+    batch_size: int = 32
+
+    @property
+    def reward_model_dirs(self) -> list[Path]:
+        return [s.path for s in self.specs if s.kind == "model"]
+
+    def score(self, prompts: Sequence[Any], prompt_texts: Sequence[str], completions: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        """``prompts`` as given (strings or message lists, for reward models, which render them with their own chat
+        template); ``prompt_texts`` rendered for the policy (for Python functions); ``completions`` decoded text.
+        Returns scores (B,) float32 and the per-component metrics."""
+        total = torch.zeros(len(completions))
+        metrics: dict[str, float] = {}
+        for spec, scorer in zip(self.specs, self.scorers):
+            if spec.kind == "model":
+                values = torch.as_tensor(scorer.score(list(prompts), list(completions), batch_size=self.batch_size), dtype=torch.float32)
+            elif spec.kind == "rules":
+                result = scorer.score(list(completions), list(prompts))
+                values = torch.tensor(result.total, dtype=torch.float32)
+                for key, value in result.metrics().items():
+                    metrics[key] = metrics.get(key, 0.0) + spec.weight * value
+            else:
+                values = self._call_function(spec, scorer, prompt_texts, completions)
+            total += spec.weight * values
+            metrics[f"reward/{spec.label}"] = spec.weight * float(values.mean()) if len(values) else 0.0
+        return total, metrics
+
+    @staticmethod
+    def _call_function(spec: RewardSpec, function: Any, prompt_texts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        try:
+            values = function(list(prompt_texts), list(completions))
+        except Exception as exc:
+            raise TetherError(f"--reward {spec.text}: {spec.function} raised {type(exc).__name__}: {exc}", fix="fix the reward function") from None
+        try:
+            values = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise TetherError(f"--reward {spec.text}: {spec.function} must return a list of numbers", fix="return one float per completion") from None
+        if len(values) != len(completions):
+            raise TetherError(f"--reward {spec.text}: {spec.function} returned {len(values)} values for {len(completions)} completions", fix="return one float per completion")
+        return values
+
+
+def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_size: int = 32, bf16: bool = False) -> Reward:
+    """Parse and load every SPEC; a clear ``TetherError`` for anything that does not load."""
+    from tether.rules import load_rules
+
+    if not spec_texts:
+        raise TetherError("no reward given", fix="add --reward DIR, --reward rules:FILE.yaml or --reward py:FILE.py:FUNCTION")
+    specs = [parse_spec(t) for t in spec_texts]
+    scorers: list[Any] = []
+    for spec in specs:
+        if spec.kind == "rules":
+            scorers.append(load_rules(spec.path))
+        elif spec.kind == "py":
+            scorers.append(_load_function(spec))
+        else:
+            scorers.append(_load_reward_model(spec, device=device, bf16=bf16))
+    labels = [s.label for s in specs]
+    for i, spec in enumerate(specs):  # two SPECs with one label: number them so both are logged
+        if labels.count(spec.label) > 1:
+            spec.label = f"{spec.label}_{i + 1}"
+    return Reward(specs, scorers, batch_size)
+
+
+def _load_reward_model(spec: RewardSpec, *, device: str | None, bf16: bool) -> Any:
+    if not spec.path.exists():
+        raise TetherError(
+            f"--reward {spec.text}: no such reward model folder",
+            fix="give a folder written by `tether train reward`, rules:FILE.yaml or py:FILE.py:FUNCTION",
+        )
+    from tether.reward import RewardModel
+
+    try:
+        model = RewardModel.load(spec.path, device=device, bf16=bf16)
+    except TetherError as exc:
+        raise TetherError(f"--reward {spec.text}: {exc.message}", fix=exc.fix) from None
+    except Exception as exc:  # a broken folder: missing weights, wrong config
+        raise TetherError(f"--reward {spec.text}: the reward model does not load ({type(exc).__name__}: {exc})", fix="check the folder; retrain with `tether train reward`") from None
+    model.model.eval()
+    for param in model.model.parameters():
+        param.requires_grad_(False)
+    return model
