@@ -881,7 +881,7 @@ def report_figures(report: dict[str, Any]) -> dict[str, bytes]:
     # Per-annotator reliability (Dawid-Skene), with LOO agreement and gold accuracy as markers.
     fig, ax = plt.subplots(figsize=(7.5, height))
     y = np.arange(len(rows))
-    ax.barh(y, [r["reliability"] for r in rows], color=colors, alpha=0.85, label="Dawid-Skene reliability")
+    ax.barh(y, [r["reliability"] for r in rows], color=colors, alpha=0.85)
     loo = [(i, r["loo_agreement"]) for i, r in enumerate(rows) if r["loo_agreement"] is not None]
     if loo:
         ax.plot([v for _, v in loo], [i for i, _ in loo], "k|", markersize=14, mew=2, label="agreement with the\nleave-one-out consensus")
@@ -893,7 +893,10 @@ def report_figures(report: dict[str, Any]) -> dict[str, bytes]:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.02)
     ax.set_title(f"Per-annotator reliability on '{report['primary_question']}' (red: flagged)")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="#2c7fb8", alpha=0.85, label="Dawid-Skene reliability"), *ax.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     figures["reliability"] = png(fig)
 
     # Agreement per question: Krippendorff's alpha and raw pairwise agreement.
