@@ -20,13 +20,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import String, cast, delete, func, select, update
+from sqlalchemy import String, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tether.errors import TetherError
@@ -40,6 +41,7 @@ from tether.store.tables import (
     ItemCompletion,
     Judgment,
     ProductionRecord,
+    Project,
     Prompt,
     Snapshot,
     User,
@@ -101,7 +103,7 @@ class PurgeResult:
     deleted: dict[str, int] = field(default_factory=dict)
     snapshots_marked: list[str] = field(default_factory=list)
     snapshot_files_deleted: list[str] = field(default_factory=list)
-    audit_events_pseudonymized: int = 0
+    audit_events_pseudonymized: int = 0  # audit events and other rows whose mention of the name was replaced
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,26 +145,50 @@ def _mark_snapshots(
                 result.snapshot_files_deleted.append(str(snap.path))
 
 
-def _pseudonymize_audit(session: Session, names: list[str], alias: str, dry_run: bool) -> int:
-    """Replace ``names`` by ``alias`` in the actor, object id and detail of earlier audit events."""
+def _scrub(value: Any, pattern: re.Pattern[str], alias: str) -> Any:
+    """``value`` (JSON) with the name replaced by ``alias`` in strings and keys, where it stands as a whole."""
+    if isinstance(value, str):
+        return pattern.sub(alias, value)
+    if isinstance(value, list):
+        return [_scrub(v, pattern, alias) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k, pattern, alias): _scrub(v, pattern, alias) for k, v in value.items()}
+    return value
+
+
+# JSON columns that may name a person: QC figures per annotator on snapshots, metadata, audit details.
+_JSON_COLUMNS = ((Snapshot, ("qc", "counts", "filters")), (Project, ("meta",)), (Item, ("meta",)), (Prompt, ("meta",)), (Completion, ("meta",)))
+
+
+def _pseudonymize(session: Session, name: str, alias: str, dry_run: bool) -> int:
+    """Replace ``name`` by ``alias`` in earlier audit events (actor, object id, detail) and in the JSON columns
+    above; returns the number of rows changed. Only whole occurrences count (not "bob" inside "bobby")."""
+    pattern = re.compile(r"(?<![\w/.@-])" + re.escape(name) + r"(?![\w/.@-])")
+    like = f"%{_like_escape(name)}%"
     changed = 0
-    for name in names:
-        hits = session.scalars(
-            select(AuditEvent).where(
-                (AuditEvent.actor.like(f"%:{name}")) | (AuditEvent.object_id == name) | (cast(AuditEvent.detail, String).like(f"%{_like_escape(name)}%", escape="\\"))
-            )
-        ).all()
-        for event in hits:
-            changed += 1
-            if dry_run:
-                continue
-            if event.actor.split(":", 1)[-1] == name:
-                event.actor = f"{event.actor.split(':', 1)[0]}:{alias}"
-            if event.object_id == name:
-                event.object_id = alias
-            text = json.dumps(event.detail, ensure_ascii=False)
-            if name in text:
-                event.detail = json.loads(text.replace(json.dumps(name, ensure_ascii=False)[1:-1], alias))
+    events = session.scalars(
+        select(AuditEvent).where(
+            AuditEvent.actor.like(like, escape="\\") | (AuditEvent.object_id == name) | cast(AuditEvent.detail, String).like(like, escape="\\")
+        )
+    ).all()
+    for event in events:
+        new_actor, new_detail = pattern.sub(alias, event.actor), _scrub(event.detail, pattern, alias)
+        new_object = alias if event.object_id == name else event.object_id
+        if (new_actor, new_detail, new_object) == (event.actor, event.detail, event.object_id):
+            continue
+        changed += 1
+        if not dry_run:
+            event.actor, event.detail, event.object_id = new_actor, new_detail, new_object
+    for table, columns in _JSON_COLUMNS:
+        condition = or_(*(cast(getattr(table, c), String).like(like, escape="\\") for c in columns))
+        for row in session.scalars(select(table).where(condition)).all():
+            updates = {c: _scrub(getattr(row, c), pattern, alias) for c in columns}
+            updates = {c: v for c, v in updates.items() if v != getattr(row, c)}
+            if updates:
+                changed += 1
+                if not dry_run:
+                    for column, value in updates.items():
+                        setattr(row, column, value)
     return changed
 
 
@@ -185,7 +211,7 @@ def purge_annotator(
         like = session.scalars(select(User.name).where(User.name.like(f"%{_like_escape(name)}%", escape="\\")).limit(5)).all()
         raise TetherError(
             f"no annotator named {name!r}",
-            fix=f"names that contain it: {', '.join(like)}" if like else "see the annotators with `tether qc annotators` (imported ones are <set>/annotatorN)",
+            fix=f"names that contain it: {', '.join(like)}" if like else "annotator names are exact; imported ones are <set>/annotator1, <set>/annotator2, ... or <set>/import",
         )
     digest = subject_hash(name)
     result = PurgeResult(subject="annotator", subject_sha256=digest, dry_run=dry_run)
@@ -203,7 +229,7 @@ def purge_annotator(
     note = f"annotator data purged (sha256 {digest[:12]}){': ' + reason if reason else ''}"
     _mark_snapshots(session, first_by_project, note, root, delete_snapshot_files, result)
     alias = f"purged-{digest[:12]}"
-    result.audit_events_pseudonymized = _pseudonymize_audit(session, [name], alias, dry_run)
+    result.audit_events_pseudonymized = _pseudonymize(session, name, alias, dry_run)
     if dry_run:
         return result
     # Corrections by others that superseded this annotator's judgments keep standing (supersedes_id -> NULL).

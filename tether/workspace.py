@@ -38,11 +38,25 @@ max_violation_rate = 0.05
 max_kl = 10.0
 
 [monitor]
-# Alerts raised by `tether monitor report`.
-max_reward_psi = 0.2
-ks_pvalue = 0.01
-max_violation_rate = 0.05
-max_length_growth = 1.5
+# Alerts raised by `tether monitor report` (exit status 3). p-values are compared with ks_pvalue divided by
+# the number of windows compared (Bonferroni).
+max_reward_psi = 0.2       # reward population stability index vs the baseline
+ks_pvalue = 0.01           # family-wise alpha of the KS, MMD, agreement and rate tests
+min_ks_stat = 0.1          # ... and the KS statistic a significant reward shift must also reach
+max_input_psi = 0.2        # prompt-length PSI
+min_embed_mmd = 0.01       # prompt-embedding MMD^2 a significant topic shift must also reach
+min_agreement = 0.6        # reward-human AUC on records with thumbs / review ratings
+max_agreement_drop = 0.1   # significant drop of that AUC from the baseline
+min_feedback = 20          # fewer thumbs-up or -down in a window: no agreement check
+max_violation_rate = 0.05  # share of completions with PII or a failed --rules check
+max_rate_rise = 0.05       # refusal / repetition / violation rate rise over the baseline
+max_length_growth = 1.5    # mean completion length over the baseline's
+min_window_records = 30    # smaller windows are shown but not tested
+# rules = "rules.yaml"     # a tether.rules file whose failed checks count as violations
+
+[governance]
+# `tether data purge --expired` deletes production records older than this many days (0 keeps them).
+retention_days = 0
 """
 
 

@@ -119,6 +119,6 @@ def purge(
     if result.snapshot_files_deleted:
         typer.echo(f"deleted snapshot file(s): {', '.join(result.snapshot_files_deleted)}")
     if result.audit_events_pseudonymized:
-        typer.echo(f"{'pseudonymized' if yes else 'would pseudonymize'} the name in {result.audit_events_pseudonymized} earlier audit event(s)")
+        typer.echo(f"{'pseudonymized' if yes else 'would pseudonymize'} the name in {result.audit_events_pseudonymized} audit event(s) and snapshot/metadata row(s)")
     if not yes:
         typer.echo("nothing changed: run again with --yes to delete")

@@ -1,0 +1,192 @@
+"""Governance: PII redaction on import, purging an annotator or an end user from every table, retention, and the
+audit log export. Run through the CLI as a user would, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, inspect, select, text
+
+from tests.monitor_data import make_records, write_jsonl
+from tether.governance import redact_record
+from tether.store.db import get_engine, session_scope
+from tether.store.tables import ApiToken, Assignment, AuditEvent, Item, Judgment, ProductionRecord, Snapshot, User
+
+
+def everything(url: str) -> str:
+    """The text of every row of every table (to prove that something is gone from all of them)."""
+    engine = get_engine(url)
+    chunks = []
+    with engine.connect() as conn:
+        for table in inspect(engine).get_table_names():
+            quoted = engine.dialect.identifier_preparer.quote(table)
+            chunks.extend(str(tuple(row)) for row in conn.execute(text(f"SELECT * FROM {quoted}")))
+    return "\n".join(chunks)
+
+
+def panda_file(tmp_path, n=6, prefix="Question"):
+    """A PandaLM-style file: three annotators per item."""
+    records = [
+        {"idx": i, "instruction": f"{prefix} {i}: what is {i} + {i}?", "input": "", "response1": f"{2 * i}", "response2": f"{2 * i + 1}",
+         "annotator1": 1, "annotator2": 2 if i % 2 else 1, "annotator3": 1}
+        for i in range(n)
+    ]
+    path = tmp_path / f"{prefix.lower()}.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def test_redact_record_walks_nested_values():
+    record = {"prompt": [{"role": "user", "content": "I am ann@example.com"}], "chosen": "call 415-555-0132", "n": 3,
+              "meta": {"card": "4111 1111 1111 1111", "ok": True}}
+    out, counts = redact_record(record)
+    assert out == {"prompt": [{"role": "user", "content": "I am [EMAIL]"}], "chosen": "call [PHONE]", "n": 3,
+                   "meta": {"card": "[CARD]", "ok": True}}
+    assert counts == {"email": 1, "phone": 1, "card": 1}
+
+
+def test_import_with_redaction(cli, workspace, tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    rows = [
+        {"prompt": "My email is bob@example.com and my card 4111-1111-1111-1111", "chosen": "Noted, bob@example.com.", "rejected": "No."},
+        {"prompt": "Ship to 221B Baker Street, London NW1 6XE", "chosen": "Done.", "rejected": "Call (415) 555-0132."},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    result = cli("data", "import", path, "--name", "prefs", "--redact", "pii")
+    assert result.code == 0, result.stderr
+    assert "redacted PII: address 1, card 1, email 2, phone 1" in result.stdout
+    dump = everything(workspace.database_url)
+    for secret in ("bob@example.com", "4111-1111-1111-1111", "Baker Street", "555-0132"):
+        assert secret not in dump
+    assert "[EMAIL]" in dump and "[ADDRESS]" in dump
+    result = cli("data", "import", path, "--name", "prefs2", "--redact", "names")
+    assert result.code == 2 and "--redact pii" in result.stderr
+
+
+def test_purge_annotator_from_every_table(cli, any_workspace, tmp_path):
+    url = any_workspace.database_url
+    assert cli("data", "import", panda_file(tmp_path, prefix="Other"), "--name", "other").code == 0
+    assert cli("data", "snapshot", "other").code == 0  # made before the purged annotator judged anything in it
+    assert cli("data", "import", panda_file(tmp_path), "--name", "panda").code == 0
+    assert cli("data", "snapshot", "panda").code == 0
+    name = "panda/annotator2"
+    with session_scope(url) as session:  # a token, an assignment and an audit trail of the annotator's own
+        user = session.scalar(select(User).where(User.name == name))
+        item_id = session.scalar(select(Item.id).join(Judgment, Judgment.item_id == Item.id).where(Judgment.user_id == user.id).limit(1))
+        session.add(ApiToken(user_id=user.id, token_hash="f" * 64, label="laptop"))
+        session.add(Assignment(item_id=item_id, user_id=user.id, state="done"))
+        session.add(AuditEvent(actor=f"user:{name}", action="judgment.submit", object_type="item", object_id=str(item_id), detail={"by": name}))
+        before = session.scalar(select(func.count()).select_from(Judgment))
+        mine = session.scalar(select(func.count()).select_from(Judgment).where(Judgment.user_id == user.id))
+    assert mine == 6
+
+    # without --yes: a preview, nothing changes
+    result = cli("data", "purge", "--annotator", name)
+    assert result.code == 0 and "would delete: judgment 6, assignment 1, api_token 1, user 1" in result.stdout
+    assert "nothing changed" in result.stdout and name in everything(url)
+
+    result = cli("data", "purge", "--annotator", name, "--reason", "GDPR request 17", "--yes")
+    assert result.code == 0, result.stderr
+    assert "marked 1 snapshot(s) as purged: panda-v1" in result.stdout
+    assert name not in everything(url)  # gone from every table, the audit log included
+    with session_scope(url) as session:
+        assert session.scalar(select(func.count()).select_from(Judgment)) == before - 6
+        assert session.scalar(select(func.count()).select_from(User).where(User.name.like("panda/%"))) == 2
+        snaps = {s.name: s for s in session.scalars(select(Snapshot))}
+        assert snaps["panda-v1"].purged_at is not None and "GDPR request 17" in snaps["panda-v1"].purge_note
+        assert snaps["other-v1"].purged_at is None
+        event = session.scalar(select(AuditEvent).where(AuditEvent.action == "data.purge"))
+        assert event.detail["subject_sha256"] == hashlib.sha256(name.encode()).hexdigest()
+        assert event.detail["deleted"] == {"judgment": 6, "assignment": 1, "api_token": 1, "user": 1}
+        assert event.detail["audit_events_pseudonymized"] == 2  # our audit event and the QC figures of panda-v1
+    # a purged snapshot cannot be trained on; a new one can be made from what is left
+    from tether.errors import TetherError
+    from tether.store.formats import resolve_snapshot
+
+    with pytest.raises(TetherError, match="purged"):
+        resolve_snapshot("panda-v1")
+    assert cli("data", "snapshot", "panda").code == 0
+    result = cli("data", "purge", "--annotator", name, "--yes")
+    assert result.code == 2 and "no annotator named" in result.stderr
+
+
+def test_purge_user_ref_with_review_items(cli, any_workspace, tmp_path):
+    url = any_workspace.database_url
+    records = make_records(400, days=2, seed=3)
+    for i, r in enumerate(records[:40]):
+        r["user_ref"] = "customer-123"
+        r["prompt"] = f"customer-123 private question number {i}"
+        r["reward"] = -10.0 - i  # the lowest rewards, so `sample --strategy low-reward` queues them
+    assert cli("monitor", "ingest", write_jsonl(records, tmp_path / "prod.jsonl")).code == 0
+    sampled = json.loads(cli("monitor", "sample", "--n", "30", "--strategy", "low-reward", "--json").stdout)
+    assert sampled["queued"] == 30
+    with session_scope(url) as session:  # a reviewer rates them, and the review set is snapshotted
+        reviewer = User(name="rev", role="reviewer")
+        session.add(reviewer)
+        session.flush()
+        for item_id in session.scalars(select(Item.id).where(Item.external_id.like("prod:%"))):
+            session.add(Judgment(item_id=item_id, user_id=reviewer.id, kind="rating", value={"ratings": {"overall": 2}, "scale": [1, 5]}))
+    assert cli("data", "snapshot", "production-review").code == 0
+
+    result = cli("data", "purge", "--user-ref", "customer-123", "--yes", "--json")
+    assert result.code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["deleted"]["production_record"] == 40 and out["deleted"]["review_item"] == 30 and out["deleted"]["judgment"] == 30
+    assert out["snapshots_marked"] == ["production-review-v1"]
+    dump = everything(url)
+    assert "customer-123" not in dump  # records, review prompts, item metadata: all gone
+    with session_scope(url) as session:
+        assert session.scalar(select(func.count()).select_from(ProductionRecord)) == 360
+        assert session.scalar(select(Snapshot.purged_at).where(Snapshot.name == "production-review-v1")) is not None
+    result = cli("data", "purge", "--user-ref", "customer-123", "--yes")
+    assert result.code == 2 and "no production records" in result.stderr
+
+
+def test_retention_purges_expired_records(cli, workspace, tmp_path):
+    now = datetime.now(timezone.utc)
+    records = make_records(300, days=90, seed=4, start=now - timedelta(days=90))
+    assert cli("monitor", "ingest", write_jsonl(records, tmp_path / "prod.jsonl")).code == 0
+    result = cli("data", "purge", "--expired", "--yes")
+    assert result.code == 2 and "retention_days" in result.stderr
+    toml = workspace.root / "tether.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace("retention_days = 0", "retention_days = 30"), encoding="utf-8")
+    expected = sum(1 for r in records if datetime.fromisoformat(r["ts"]) < now - timedelta(days=30))
+    result = cli("data", "purge", "--expired", "--yes", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["deleted"]["production_record"] == expected
+    with session_scope(workspace.database_url) as session:
+        oldest = session.scalar(select(func.min(ProductionRecord.ts)))
+        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
+        assert oldest >= now - timedelta(days=30, seconds=60)
+        assert session.scalar(select(func.count()).select_from(ProductionRecord)) == 300 - expected
+
+
+def test_audit_export_jsonl_and_csv(cli, workspace, tmp_path):
+    assert cli("data", "import", panda_file(tmp_path), "--name", "panda").code == 0
+    assert cli("data", "snapshot", "panda").code == 0
+    assert cli("monitor", "ingest", write_jsonl(make_records(100, days=1, seed=1), tmp_path / "p.jsonl")).code == 0
+    assert cli("monitor", "sample", "--n", "3").code == 0
+    assert cli("data", "purge", "--annotator", "panda/annotator1", "--yes").code == 0
+    result = cli("audit", "export")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    actions = [e["action"] for e in events]
+    for action in ("data.import", "data.snapshot", "monitor.ingest", "project.create", "items.add", "monitor.sample", "data.purge"):
+        assert action in actions, actions
+    assert all(e["actor"].startswith("cli:") for e in events)
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+
+    out = tmp_path / "audit.csv"
+    result = cli("audit", "export", "-o", out, "--action", "data.")
+    assert result.code == 0 and "audit event(s)" in result.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert {r["action"] for r in rows} == {"data.import", "data.snapshot", "data.purge"}
+    assert json.loads(rows[0]["detail"])["name"] == "panda"
+    future = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
+    assert cli("audit", "export", "--since", future).stdout == ""
+    result = cli("audit", "export", "--since", "last tuesday")
+    assert result.code == 2 and "--since" in result.stderr
