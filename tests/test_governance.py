@@ -15,7 +15,16 @@ from sqlalchemy import func, inspect, select, text
 from tests.monitor_data import make_records, write_jsonl
 from tether.governance import redact_record
 from tether.store.db import get_engine, session_scope
-from tether.store.tables import ApiToken, Assignment, AuditEvent, Item, Judgment, ProductionRecord, Snapshot, User
+from tether.store.tables import (
+    ApiToken,
+    Assignment,
+    AuditEvent,
+    Item,
+    Judgment,
+    ProductionRecord,
+    Snapshot,
+    User,
+)
 
 
 def everything(url: str) -> str:
