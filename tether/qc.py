@@ -403,9 +403,12 @@ def annotator_figures(answers: Sequence[Answer], config: QCConfig | None = None)
     overall_median = float(np.median(all_times)) if all_times else None
     medians = {name: float(np.median(list(per.values()))) for name, per in times.items() if per}
 
+    by_annotator: dict[str, list[Answer]] = defaultdict(list)
+    for a in answers:
+        by_annotator[a.annotator].append(a)
     rows = []
     for name in annotators:
-        mine = [a for a in answers if a.annotator == name]
+        mine = by_annotator[name]
         row: dict[str, Any] = {"annotator": name, "n_answers": len(mine), "n_items": len({a.item_id for a in mine})}
         agreed, compared = loo.get(name, (0, 0))
         row["loo_agreement"] = agreed / compared if compared else None
