@@ -36,6 +36,7 @@ Canonical training rows (what snapshots hold and what every trainer reads) follo
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -294,8 +295,12 @@ class SkipRecord(Exception):
     """A well-formed record that carries no usable judgment (an identical pair): skipped and counted, never an error."""
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """``json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))``, with one shared encoder."""
+    return _CANONICAL.encode(value)
 
 
 def content_hash(value: Any) -> str:
@@ -344,7 +349,12 @@ FORMAT_KEYS = (
 
 def parse_record(fmt: str, record: dict[str, Any]) -> Entry:
     """A record of import format ``fmt`` as an Entry; ValueError(reason) when it is invalid, SkipRecord when empty."""
-    _check_sizes(record)
+    for key, value in record.items():
+        if isinstance(value, str):
+            if len(value) > MAX_FIELD_CHARS:
+                _check_sizes(value, key)
+        elif isinstance(value, (dict, list)):
+            _check_sizes(value, key)
     if fmt in ("trl", "hh"):
         return _parse_preference(fmt, record)
     if fmt == "pandalm":
@@ -390,7 +400,14 @@ def _extras(record: dict[str, Any], used: set[str]) -> dict[str, Any]:
     }
 
 
+# The common pairwise values, shared by every entry that states them (the importer binds each object once).
+# Entries' values are read-only.
+_PLAIN_PAIRWISE = {c: {"choice": c, "strength": None, "margin": None} for c in ("a", "b", "tie")}
+
+
 def _pairwise_value(choice: str, margin: float | None = None) -> dict[str, Any]:
+    if margin is None:
+        return _PLAIN_PAIRWISE[choice]
     return {"choice": choice, "strength": None, "margin": margin}
 
 
@@ -426,9 +443,9 @@ def _parse_pandalm(record: dict[str, Any]) -> Entry:
         elif not isinstance(response, str):
             raise ValueError(f"{key} must be text, got {type(response).__name__}")
         completions.append(response)
-    votes = sorted((int(m.group(1)), m.group(0)) for m in map(_ANNOTATOR_KEY.fullmatch, record) if m)
+    votes = _annotator_keys(tuple(record))
     judgments = []
-    for _, key in votes:
+    for key in votes:
         vote = record[key]
         if vote is None:  # this annotator did not judge the item
             continue
@@ -437,9 +454,15 @@ def _parse_pandalm(record: dict[str, Any]) -> Entry:
         judgments.append((key, _pairwise_value(_VOTE_CHOICE[vote])))
     if not judgments:
         raise ValueError("no annotator votes (annotatorN keys holding 0, 1 or 2)")
-    used = {"instruction", "input", "response1", "response2", "idx", *(key for _, key in votes)}
+    used = {"instruction", "input", "response1", "response2", "idx", *votes}
     external_id = str(record["idx"]) if record.get("idx") is not None else None
     return Entry(prompt, completions, "pairwise", judgments, item_meta=_extras(record, used), external_id=external_id, coerced=coerced)
+
+
+@functools.lru_cache(maxsize=64)
+def _annotator_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The annotatorN keys among ``keys``, in annotator order (every record of a file has the same keys)."""
+    return tuple(m.group(0) for m in sorted(filter(None, map(_ANNOTATOR_KEY.fullmatch, keys)), key=lambda m: int(m.group(1))))
 
 
 def _comparisons_from_votes(votes: Any, k: int) -> list[dict[str, Any]]:
@@ -537,7 +560,7 @@ def _parse_unpaired(record: dict[str, Any]) -> Entry:
 
 def canonical_line(row: dict[str, Any]) -> str:
     """One row as canonical JSON: sorted keys, no spaces, UTF-8 kept."""
-    return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL.encode(row)
 
 
 def rows_digest(rows: list[dict[str, Any]]) -> str:

@@ -38,6 +38,7 @@ from tether.store.tables import Completion, Item, ItemCompletion, Judgment, Proj
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 CHUNK_RECORDS = 2000
 MAX_EXAMPLES = 10
+_EMPTY: dict[str, Any] = {}  # shared by rows with no meta (bound once per executemany); never mutated
 
 
 def check_name(name: str, what: str = "set") -> str:
@@ -210,11 +211,12 @@ def _insert_ids(session: Session, table: Table, rows: list[dict[str, Any]]) -> l
         return []
     ids = _reserve_ids(session, table, len(rows))
     groups: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    for new_id, row in zip(ids, rows):
-        if "messages" in row and row["messages"] is None:
-            groups[True].append({"id": new_id, **{k: v for k, v in row.items() if k != "messages"}})
-        else:
-            groups[False].append({"id": new_id, **row})
+    for new_id, row in zip(ids, rows):  # the rows are ours: fill them in place
+        row["id"] = new_id
+        null_messages = "messages" in row and row["messages"] is None
+        if null_messages:
+            del row["messages"]
+        groups[null_messages].append(row)
     for group in groups.values():
         _executemany(session, table, group)
     return ids
@@ -225,7 +227,7 @@ def _executemany(session: Session, table: Table, rows: list[dict[str, Any]]) -> 
 
     SQLAlchemy's per-row parameter handling for an executemany costs about as much as SQLite's own work, so the
     statement goes to the driver directly; values pass through each column type's bind processor (JSON, dates)
-    exactly as SQLAlchemy would bind them.
+    exactly as SQLAlchemy would bind them, once per distinct object (rows share their timestamp and empty metas).
     """
     if not rows:
         return
@@ -238,12 +240,18 @@ def _executemany(session: Session, table: Table, rows: list[dict[str, Any]]) -> 
         f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(c) for c in columns)}) "
         f"VALUES ({', '.join([mark] * len(columns))})"
     )
-    processors = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
-    params = [
-        tuple(value if process is None else process(value) for value, process in zip(map(row.__getitem__, columns), processors))
-        for row in rows
-    ]
-    connection.exec_driver_sql(sql, params)
+    params = [[row[c] for c in columns] for row in rows]
+    for index, column in enumerate(columns):
+        process = table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+        if process is None:
+            continue
+        bound: dict[int, Any] = {}  # id -> bound value; every object stays alive in `rows` meanwhile
+        for values in params:
+            key = id(values[index])
+            if key not in bound:
+                bound[key] = process(values[index])
+            values[index] = bound[key]
+    connection.exec_driver_sql(sql, [tuple(values) for values in params])
 
 
 def _text_fields(value: Any) -> tuple[str, list[Any] | None]:
@@ -315,7 +323,7 @@ class _SetWriter:
                 text, messages = _text_fields(entry.prompt)
                 new_prompts[digest] = {
                     "project_id": self.project_id, "text": text, "messages": messages, "content_hash": digest,
-                    "external_id": None, "meta": entry.prompt_meta, "created_at": self.now,
+                    "external_id": None, "meta": entry.prompt_meta or _EMPTY, "created_at": self.now,
                 }
         ids = _insert_ids(self.session, Prompt.__table__, list(new_prompts.values()))
         self.prompt_ids.update(zip(new_prompts, ids))
@@ -333,7 +341,7 @@ class _SetWriter:
                     text, messages = _text_fields(completion)
                     new_completions[key] = {
                         "prompt_id": prompt_id, "text": text, "messages": messages, "content_hash": key[1],
-                        "model": None, "gen_settings": {}, "meta": {}, "created_at": self.now,
+                        "model": None, "gen_settings": _EMPTY, "meta": _EMPTY, "created_at": self.now,
                     }
             completion_keys.append(keys)
         ids = _insert_ids(self.session, Completion.__table__, list(new_completions.values()))
@@ -345,7 +353,7 @@ class _SetWriter:
         item_rows = [
             {
                 "project_id": self.project_id, "prompt_id": prompt_id, "kind": entry.kind, "is_gold": False,
-                "external_id": entry.external_id, "meta": entry.item_meta, "created_at": self.now,
+                "external_id": entry.external_id, "meta": entry.item_meta or _EMPTY, "created_at": self.now,
             }
             for entry, prompt_id in item_entries
         ]
@@ -363,7 +371,7 @@ class _SetWriter:
                     "item_id": item_id, "user_id": self._annotator(annotator), "kind": entry.kind, "value": value,
                     "source": "import", "created_at": self.now,
                 })
-                self.counts["comparisons"] += len(to_pairs(entry.kind, value))
+                self.counts["comparisons"] += 1 if entry.kind == "pairwise" else len(to_pairs(entry.kind, value))
         _executemany(self.session, Judgment.__table__, judgments)
         self.counts["items"] += len(item_ids)
         self.counts["judgments"] += len(judgments)
