@@ -11,7 +11,12 @@ import math
 import pytest
 import torch
 
-from tether.losses import normalize_ratings, pairwise_reward_loss, rating_regression_loss, reward_centering_loss
+from tether.losses import (
+    normalize_ratings,
+    pairwise_reward_loss,
+    rating_regression_loss,
+    reward_centering_loss,
+)
 
 SP2, SP1, SPM1 = math.log1p(math.exp(-2)), math.log1p(math.exp(-1)), math.log1p(math.exp(1))
 
