@@ -72,6 +72,10 @@ def test_questions_of_each_judgment_kind():
     assert {(a.question, a.unit, a.value) for a in pair} == {("choice", "1", "b"), ("preference", "1", -2)}
     ranking = qc.answers_from_judgment(item_id=2, annotator="u", kind="ranking", value={"ranking": [2, 0, 1]})
     assert {(a.unit, a.value) for a in ranking} == {("2/2", 0), ("2/0", 1), ("2/1", 2)}
+    comparisons = qc.answers_from_judgment(
+        item_id=4, annotator="u", kind="ranking", value={"comparisons": [{"a": 2, "b": 0, "choice": "a"}, {"a": 1, "b": 2, "choice": "tie"}]}
+    )
+    assert {(a.question, a.unit, a.value) for a in comparisons} == {("comparison", "4/0/2", "second"), ("comparison", "4/1/2", "tie")}
     rating = qc.answers_from_judgment(item_id=3, annotator="u", kind="rating", value={"ratings": {"help": 4, "safe": 5}})
     assert {(a.question, a.value) for a in rating} == {("rating:help", 4), ("rating:safe", 5)}
     assert qc.default_metric("preference") == "ordinal" and qc.default_metric("thumbs") == "nominal"

@@ -60,7 +60,7 @@ class Answer:
 
 def default_metric(question: str) -> str:
     """The Krippendorff metric that fits a question: nominal for choices, ordinal for strengths, ranks, ratings."""
-    if question in ("choice", "thumbs"):
+    if question in ("choice", "thumbs", "comparison"):
         return "nominal"
     if question in ("preference", "rank") or question.startswith("rating:"):
         return "ordinal"
@@ -78,6 +78,13 @@ def _questions_of(kind: str, value: dict[str, Any]) -> dict[str, dict[str, Any]]
             out["preference"] = {"": 0 if value["choice"] == "tie" else (strength if value["choice"] == "a" else -strength)}
     elif kind == "ranking" and "ranking" in value:
         out["rank"] = {f"/{pos}": rank for rank, pos in enumerate(value["ranking"])}
+    elif kind == "ranking" and "comparisons" in value:
+        # Some pairs of a k-wise item: one nominal answer per pair (unit "item/lo/hi").
+        out["comparison"] = {}
+        for comp in value["comparisons"]:
+            lo, hi = sorted((comp["a"], comp["b"]))
+            winner = {"a": comp["a"], "b": comp["b"]}.get(comp["choice"])
+            out["comparison"][f"/{lo}/{hi}"] = "tie" if winner is None else ("first" if winner == lo else "second")
     elif kind == "rating":
         for aspect, score in (value.get("ratings") or {}).items():
             out[f"rating:{aspect}"] = {"": score}
@@ -340,7 +347,7 @@ class QCConfig:
 def primary_question(questions: Iterable[str]) -> str | None:
     """The question per-annotator figures use: the choice, else the ranking, thumbs, then the first rating."""
     questions = sorted(set(questions))
-    for name in ("choice", "rank", "thumbs"):
+    for name in ("choice", "rank", "comparison", "thumbs"):
         if name in questions:
             return name
     ratings = [q for q in questions if q.startswith("rating:")]
