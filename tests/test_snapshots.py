@@ -231,3 +231,13 @@ def test_snapshot_of_an_unknown_set_is_a_clear_error(workspace, cli):
     assert result.code == 2 and "no feedback set named 'nope'" in result.stderr and "Traceback" not in result.stderr
     with session_scope(workspace.database_url) as session:
         assert session.scalar(select(Project)) is None
+
+
+def test_load_rows_of_a_judged_file_equals_its_majority_snapshot(workspace, cli, shared_data):
+    """Trainers pointed straight at PandaLM's file get the rows an import + majority snapshot would freeze."""
+    assert cli("data", "import", shared_data / PANDALM, "--name", "pandalm").code == 0
+    summary = json.loads(cli("data", "snapshot", "pandalm", "--json").stdout)
+    rows = load_rows(shared_data / PANDALM)
+    assert len(rows) == summary["row_count"] == 894
+    assert rows_digest(rows) == summary["digest"]
+    assert load_rows(shared_data / PANDALM, "sft")[0] == {"prompt": rows[0]["prompt"], "completion": rows[0]["chosen"]}

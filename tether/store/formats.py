@@ -604,7 +604,11 @@ def resolve_snapshot(name: str) -> Path:
 
 
 def load_rows(spec: str | Path, kind: str = "preference") -> list[dict[str, Any]]:
-    """Training rows from ``snapshot:NAME`` or a file, as canonical rows of ``kind`` (see the module doc)."""
+    """Training rows from ``snapshot:NAME`` or a file, as canonical rows of ``kind`` (see the module doc).
+
+    Files of TRL or HH pairs give their rows as they are; PandaLM-style multi-annotator and k-wise ranking files
+    give the pairs their judgments decide by majority (as a majority snapshot of the imported file would).
+    """
     if kind not in ROW_KINDS:
         raise ValueError(f"unknown row kind {kind!r}; valid: {ROW_KINDS}")
     spec_text = str(spec)
@@ -616,12 +620,44 @@ def load_rows(spec: str | Path, kind: str = "preference") -> list[dict[str, Any]
         records = list(read_records(path))
     if not records:
         raise TetherError(f"{path}: no records", fix="the file is empty; point --data at a file with rows")
+    if kind in ("preference", "sft") and not spec_text.startswith("snapshot:") and detect_format(records[0][1]) in ("pandalm", "ranking"):
+        pairs = _judged_preference_rows(path, records)
+        return pairs if kind == "preference" else [{"prompt": r["prompt"], "completion": r["chosen"]} for r in pairs]
     rows = []
     for number, record in records:
         try:
             rows.append(_canonical(record, kind))
         except ValueError as exc:
             raise TetherError(f"{path}: record {number}: {exc}", fix=f"expected {kind} rows; see `tether data import --help` for the formats") from None
+    return rows
+
+
+def _judged_preference_rows(path: Path, records: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Multi-annotator (pandalm) and k-wise (ranking) records as preference rows, decided by majority with ties
+    and split votes left out: the rows (and digest) `tether data import` + `tether data snapshot` would give."""
+    from tether.store.snapshots import Vote, majority_pairs
+
+    fmt = detect_format(records[0][1])
+    entries: list[Entry] = []
+    votes: list[Any] = []
+    annotators: dict[str, int] = {}
+    for number, record in records:
+        try:
+            entry = parse_record(fmt, record)
+        except (ValueError, SkipRecord) as exc:
+            raise TetherError(f"{where(path, number)}: {exc}", fix=f"expected {fmt} records; see the README's Data formats") from None
+        for annotator, value in entry.judgments:
+            votes.append(Vote(len(entries), annotators.setdefault(annotator, len(annotators)), entry.kind, value))
+        entries.append(entry)
+    rows = []
+    for pair in majority_pairs(votes):
+        if pair.tie:
+            continue
+        entry = entries[pair.item_id]
+        row = {"prompt": entry.prompt, "chosen": entry.completions[pair.chosen], "rejected": entry.completions[pair.rejected]}
+        if pair.margin is not None:
+            row["margin"] = float(pair.margin)
+        rows.append(row)
     return rows
 
 
