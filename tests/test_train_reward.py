@@ -375,3 +375,40 @@ def test_cli_errors_on_bad_inputs(cli, tiny_lm_dir, pair_files, tmp_path):
 
     assert AutoTokenizer.from_pretrained(str(no_pad)).pad_token_id is None
     _fails(train(no_pad, pair_files[0]), "no pad token")
+
+
+def test_token_budget_splits_passes_without_changing_the_result(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import tether.train_reward as tr
+
+    tr.train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "whole", max_steps=3, batch_size=8))
+    passes = []
+    original = tr._loss
+    monkeypatch.setattr(tr, "_loss", lambda forward, chunk, *rest: passes.append(len(chunk)) or original(forward, chunk, *rest))
+    tr.train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "split", max_steps=3, batch_size=8, max_tokens_per_forward=64))
+    assert len(passes) > 3 and sum(passes) == 3 * 8
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
+    for name in a:  # Adam at lr 3e-3 moves weights ~1e-2 in 3 steps; summation order changes only float noise
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+
+
+def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_files, tmp_path):
+    from safetensors.torch import load_file
+
+    from tether.train_reward import train_reward
+
+    train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "plain", max_steps=2, batch_size=8))
+    train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "ckpt", max_steps=2, batch_size=8, gradient_checkpointing=True))
+    a, b = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process, two precisions: Accelerate's state is global
+    try:
+        metrics = train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "bf16", max_steps=1, batch_size=8, bf16=True))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert np.isfinite(metrics["train/loss"])
+    assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["score.weight"].dtype == torch.float32

@@ -77,6 +77,10 @@ class RewardConfig(TrainConfig):
     eval_data: str | None = Field(None, description="Held-out rows evaluated after training (accuracy, margin, ECE in tether.json).")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the training rows (fixed by seed) for the final evaluation.")
     eval_batch_size: int = Field(32, ge=1, description="Sequences per forward pass when scoring (normalization, evaluation).")
+    max_tokens_per_forward: int | None = Field(
+        None, ge=16,
+        description="Cap on padded tokens (chosen + rejected) in one forward pass: batches of long pairs are split into more passes (same result, lower peak memory).",
+    )
     disable_dropout: bool = Field(True, description="Turn the backbone's dropout off (as TRL does for reward models; makes runs reproducible).")
 
     @model_validator(mode="after")

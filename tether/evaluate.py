@@ -1,6 +1,6 @@
 """Evaluation: reward models (accuracy, margin, calibration), and policies.
 
-Sections: reward models; policies (win-rate, KL, length, red-team) below.
+Reward models here; policies (win-rate, KL, length, red-team) in tether/evaluate_policy.py.
 """
 
 from __future__ import annotations

@@ -61,8 +61,9 @@ def encode_many(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[An
     add_eos = eos is not None and not suffix  # encoders end with their own [SEP]
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     completion_texts = [render_completion(tokenizer, p, c) for p, c in zip(prompts, completions)]
-    prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"] if prompt_texts else []
-    completion_ids = tokenizer(completion_texts, add_special_tokens=False)["input_ids"] if completion_texts else []
+    # verbose=False: texts longer than the model are expected here; they are cut below
+    prompt_ids = tokenizer(prompt_texts, add_special_tokens=False, verbose=False)["input_ids"] if prompt_texts else []
+    completion_ids = tokenizer(completion_texts, add_special_tokens=False, verbose=False)["input_ids"] if completion_texts else []
     room = max_length - len(prefix) - len(suffix)
     out: list[list[int] | None] = []
     for p_ids, c_ids in zip(prompt_ids, completion_ids):

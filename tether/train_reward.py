@@ -95,7 +95,7 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
                 epoch_batches = {epoch: _batches(data["lengths"], cfg, epoch)}
             batch = epoch_batches[epoch][step % steps_per_epoch]  # the global batch, identical on every process
             shard = _shard(batch, accelerator)
-            chunks = [shard[i : i + micro_batch] for i in range(0, len(shard), micro_batch)]
+            chunks = _micro_batches(batch, data["lengths"], micro_batch, cfg.max_tokens_per_forward, accelerator)
             step_stats: dict[str, torch.Tensor] = {}
             for j, chunk in enumerate(chunks):
                 sync = j == len(chunks) - 1
@@ -303,6 +303,24 @@ def _batches(lengths: list[int], cfg: RewardConfig, epoch: int) -> list[list[int
 def _shard(batch: list[int], accelerator: Any) -> list[int]:
     """This process's share of the global batch: every process gets the same number of rows."""
     return batch[accelerator.process_index :: accelerator.num_processes]
+
+
+def _micro_batches(batch: list[int], lengths: list[int], micro_batch: int, max_tokens: int | None, accelerator: Any) -> list[list[int]]:
+    """This process's shard cut into forward passes of at most ``micro_batch`` rows and (when set) ``max_tokens``
+    padded tokens (chosen + rejected). Every process makes the same number of passes (DDP syncs on the last)."""
+    world = accelerator.num_processes
+    shards = [batch[rank::world] for rank in range(world)]
+
+    def passes(shard: list[int]) -> int:
+        rows = micro_batch
+        if max_tokens:
+            rows = min(rows, max(1, max_tokens // (2 * max(lengths[i] for i in shard))))
+        return math.ceil(len(shard) / rows)
+
+    n = max(passes(shard) for shard in shards)
+    mine = shards[accelerator.process_index]
+    size = math.ceil(len(mine) / n)
+    return [mine[i : i + size] for i in range(0, len(mine), size)]
 
 
 def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, say: Any) -> tuple[list[list[int]], str]:

