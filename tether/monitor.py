@@ -237,8 +237,8 @@ def ingest_file(
 ) -> IngestReport:
     """Bulk-load a JSONL/JSON/parquet file of production records (see ``production_row`` for the keys).
 
-    Rows are inserted in batches: PostgreSQL by ``COPY``, other databases by one multi-row ``executemany`` per
-    batch. A bad record stops the load with its file and line (nothing is written), unless ``skip_invalid``.
+    Rows are inserted in batches: PostgreSQL by ``COPY``, SQLite by one ``executemany`` of plain tuples per
+    batch (other databases through SQLAlchemy's bulk insert). A bad record stops the load with its file and line (nothing is written), unless ``skip_invalid``.
     ``redact_pii`` replaces PII in prompts and completions by ``[EMAIL]``, ``[PHONE]``, ... (tether.pii).
     """
     import time
@@ -324,6 +324,17 @@ def _insert_rows(session: Any, rows: list[dict[str, Any]]) -> None:
                         )
                     )
         return
+    if conn.dialect.name == "sqlite":  # one executemany of plain tuples; ts in SQLAlchemy's SQLite text format
+        conn.exec_driver_sql(
+            "INSERT INTO production_record (ts, prompt, completion, model_version, user_ref, feedback, reward, meta) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r["ts"].strftime("%Y-%m-%d %H:%M:%S.%f"), r["prompt"], r["completion"], r["model_version"], r["user_ref"],
+                 None if r["feedback"] is None else json.dumps(r["feedback"]), r["reward"], json.dumps(r["meta"]))
+                for r in rows
+            ],
+        )
+        return
     session.execute(insert(ProductionRecord), rows)
 
 
@@ -345,22 +356,20 @@ def is_refusal(completion: str) -> bool:
     return bool(_REFUSAL.search(completion[:300].replace("\u2019", "'")))
 
 
-def _longest_repeat(words: list[str], n: int) -> int:
-    """How many times in a row one unit of ``n`` words repeats (1 = no repeat)."""
-    best = run = 0
-    for i in range(len(words) - n):
-        run = run + 1 if words[i] == words[i + n] else 0
-        best = max(best, run)
-    return 1 + best // n
+def _repeats_in_a_row(words: list[str], n: int, times: int) -> bool:
+    """A unit of ``n`` words occurs ``times`` times in a row: words[i] == words[i + n] along n * (times - 1)."""
+    same = "".join("1" if a == b else "0" for a, b in zip(words, words[n:]))
+    return "1" * (n * (times - 1)) in same
 
 
 def is_degenerate(completion: str) -> bool:
-    """Degenerate repetition: one word repeated 6+ times in a row, a unit of 2-4 words 4+ times in a row, a
-    character 20+ times in a row, or, in a text of 12+ words, half of its word 3-grams being repeats."""
+    """Degenerate repetition: a unit of one to four words repeated four or more times in a row ("the the the
+    the", "buy now buy now ..."), a character 20+ times in a row, or, in a text of 12+ words, half of its word
+    3-grams being repeats."""
     if _CHAR_RUN.search(completion):
         return True
     words = completion.lower().split()
-    if _longest_repeat(words, 1) >= 6 or any(_longest_repeat(words, n) >= 4 for n in (2, 3, 4)):
+    if any(_repeats_in_a_row(words, n, 4) for n in (1, 2, 3, 4)):
         return True
     if len(words) < 12:
         return False
@@ -420,9 +429,14 @@ def auc_thumbs(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, in
     return float(auc), float(math.sqrt(max(var, 0.0))), n1, n0
 
 
-def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000, seed: int = 0) -> tuple[float, float]:
+def mmd_permutation_test(
+    x: np.ndarray, y: np.ndarray, permutations: int = 1000, seed: int = 0, stop_above: float | None = None
+) -> tuple[float, float]:
     """Biased MMD^2 between samples ``x`` (n, d) and ``y`` (m, d) with an RBF kernel whose bandwidth is the median
-    pairwise distance of the pooled sample; p-value = (1 + #{permuted MMD^2 >= observed}) / (1 + permutations)."""
+    pairwise distance of the pooled sample; p-value = (1 + #{permuted MMD^2 >= observed}) / (1 + permutations).
+
+    ``stop_above``: stop early once the p-value can no longer fall below it (the test has already failed); the
+    p-value returned is then the estimate from the permutations drawn so far."""
     z = np.concatenate([x, y]).astype(np.float64)
     n, total = len(x), len(x) + len(y)
     sq = np.sum(z * z, axis=1)
@@ -435,7 +449,7 @@ def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000,
     total_sum = float(kernel.sum())
 
     def stat(assign: np.ndarray) -> np.ndarray:  # assign: (P, total), 1 for the x side
-        ak = assign.astype(np.float32) @ kernel32  # (P, total): row sums of K over the x side
+        ak = assign.astype(np.float32, copy=False) @ kernel32  # (P, total): row sums of K over the x side
         kxx = np.sum(ak * assign, axis=1, dtype=np.float64)  # sum over x, x'
         kxy = np.sum(ak, axis=1, dtype=np.float64) - kxx  # sum over x, y
         kyy = total_sum - kxx - 2 * kxy  # sum over y, y' (all pairs sum to total_sum)
@@ -444,12 +458,15 @@ def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000,
 
     observed = float(stat(np.r_[np.ones(n), np.zeros(total - n)][None, :])[0])
     rng = np.random.default_rng(seed)
-    count = 0
-    for start in range(0, permutations, 256):
-        p = min(256, permutations - start)
-        order = np.argsort(rng.random((p, total)), axis=1)
-        assign = (order < n).astype(np.float64)
+    count = done = 0
+    side = np.r_[np.ones(n, dtype=np.float32), np.zeros(total - n, dtype=np.float32)]
+    while done < permutations:
+        p = min(256, permutations - done)
+        assign = rng.permuted(np.broadcast_to(side, (p, total)), axis=1)  # each row: a random relabelling
         count += int(np.sum(stat(assign) >= observed - 1e-6))
+        done += p
+        if stop_above is not None and (1 + count) / (1 + permutations) >= stop_above:
+            return observed, (1 + count) / (1 + done)
     return observed, (1 + count) / (1 + permutations)
 
 
@@ -580,7 +597,7 @@ def load_columns(bind: Any, options: ReportOptions) -> Columns:
 
 
 def _load_columns(conn: Any, options: ReportOptions) -> Columns:
-    from sqlalchemy import Float, Integer, cast, func, literal_column, select
+    from sqlalchemy import Float, Integer, cast, func, select
 
     from tether.store.tables import ProductionRecord as PR
 
@@ -601,11 +618,12 @@ def _load_columns(conn: Any, options: ReportOptions) -> Columns:
         query = query.where(PR.ts < _db_time(options.until, dialect))
     if options.model_version is not None:
         query = query.where(PR.model_version == options.model_version)
-    query = query.order_by(literal_column("2"))
+    query = query.order_by(PR.ts)  # the ts index gives the order
     rows = conn.execute(query).all()
     if not rows:
         return Columns(*(np.zeros(0) for _ in range(7)))
-    data = np.array(rows, dtype=float)  # (N, 7); None -> nan
+    # plain tuples first: numpy probes SQLAlchemy Row objects key by key (20x slower)
+    data = np.array([tuple(r) for r in rows], dtype=float)  # (N, 7); None -> nan
     return Columns(
         id=data[:, 0].astype(np.int64), t=data[:, 1], prompt_len=data[:, 2], completion_len=data[:, 3],
         reward=data[:, 4], thumbs=data[:, 5], rating=data[:, 6],
@@ -852,7 +870,7 @@ def build_report(
         if emb_base is not None and tested[w] and sample_idx[w].size >= 2:
             pick = rng.choice(sample_idx[w], size=min(sample_idx[w].size, options.embed_sample), replace=False)
             emb = embed_fn([texts[int(cols.id[i])][0] for i in pick])
-            mmd2, p = mmd_permutation_test(emb_base, emb, permutations=permutations, seed=options.seed + w)
+            mmd2, p = mmd_permutation_test(emb_base, emb, permutations=permutations, seed=options.seed + w, stop_above=alpha)
             m["input/embed_mmd2"], m["input/embed_pvalue"] = mmd2, p
             if p < alpha and mmd2 > thresholds.min_embed_mmd:
                 alerts.append(Alert("embedding_drift", label, "input/embed_mmd2", mmd2, thresholds.min_embed_mmd,

@@ -95,6 +95,8 @@ _ADDRESS = re.compile(
     r"|,?\s+\d{5})?"  # a plain 5-digit postcode (DE, FR, ...)
     r")?(?![\w])"
 )
+_DIGIT = re.compile(r"\d")
+_ADDRESS_HINT = re.compile(r"\b(?:" + _STREET_TYPES + r"|Box)\b", re.IGNORECASE)
 _PO_BOX = re.compile(r"(?<![\w])P\.?\s?O\.?\s+Box\s+\d{1,7}(?![\w])", re.IGNORECASE)
 
 
@@ -156,9 +158,13 @@ def _candidates(text: str, kinds: set[str]) -> Iterable[Match]:
         stripped = span.rstrip(".,;:")
         return Match(kind, m.start(), m.start() + len(stripped), stripped)
 
-    if "email" in kinds:
+    # Cheap gates first: most texts hold no "@" and no digit, and then no detector below can match.
+    has_digit = _DIGIT.search(text) is not None
+    if "email" in kinds and "@" in text:
         for m in _EMAIL.finditer(text):
             yield emit("email", m)
+    if not has_digit:
+        return
     if "iban" in kinds:
         for m in _IBAN.finditer(text):
             if iban_valid(m.group(0)):
@@ -177,7 +183,7 @@ def _candidates(text: str, kinds: set[str]) -> Iterable[Match]:
         for pattern in (_PHONE_US, _PHONE_NATIONAL):
             for m in pattern.finditer(text):
                 yield emit("phone", m)
-    if "address" in kinds:
+    if "address" in kinds and _ADDRESS_HINT.search(text):
         for pattern in (_ADDRESS, _PO_BOX):
             for m in pattern.finditer(text):
                 yield emit("address", m)
