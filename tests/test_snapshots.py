@@ -241,3 +241,23 @@ def test_load_rows_of_a_judged_file_equals_its_majority_snapshot(workspace, cli,
     assert len(rows) == summary["row_count"] == 894
     assert rows_digest(rows) == summary["digest"]
     assert load_rows(shared_data / PANDALM, "sft")[0] == {"prompt": rows[0]["prompt"], "completion": rows[0]["chosen"]}
+
+
+def test_export_rows_by_format():
+    user, answer = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
+    rows = [
+        {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello", "rejected": " go away", "margin": 1.0},
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"},
+        {"prompt": [user], "chosen": [answer], "rejected": [{"role": "assistant", "content": "no"}]},
+        {"prompt": "p", "chosen": "a", "rejected": "b", "tie": True},
+    ]
+    trl, left_out = export_rows(rows, "preference", "trl")
+    assert left_out == 1 and trl[1] == {"prompt": "2+2?", "chosen": "4", "rejected": "5"} and trl[0]["margin"] == 1.0
+    hh, left_out = export_rows(rows, "preference", "hh")
+    assert left_out == 1
+    assert hh[0] == {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    assert hh[1] == {"chosen": "\n\nHuman: 2+2?\n\nAssistant: 4", "rejected": "\n\nHuman: 2+2?\n\nAssistant: 5"}
+    assert hh[2] == {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: no"}
+    assert export_rows(rows, "preference", "jsonl") == (rows, 0)
+    with pytest.raises(TetherError, match="unknown export format 'csv'"):
+        export_rows(rows, "preference", "csv")
