@@ -412,3 +412,17 @@ def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_file
         AcceleratorState._reset_state(reset_partial_state=True)
     assert np.isfinite(metrics["train/loss"])
     assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["score.weight"].dtype == torch.float32
+
+
+def test_yaml_config_and_mlflow_metrics(cli, workspace, tiny_lm_dir, pair_files, tmp_path):
+    """--config YAML fields reach the run; with a workspace the metrics also land in its MLflow store."""
+    cfg_file = tmp_path / "rm.yaml"
+    cfg_file.write_text("ensemble: 2\nlogging_steps: 1\nprogress: false\nmax_steps: 2\nbatch_size: 4\n")
+    result = cli("train", "reward", "--model", tiny_lm_dir, "--data", pair_files[0], "--output-dir", tmp_path / "m", "--config", cfg_file)
+    assert result.code == 0, result.stderr
+    assert json.loads((tmp_path / "m" / "tether.json").read_text())["config"]["ensemble"] == 2
+    from tether.workspace import configure_mlflow
+
+    mlflow = configure_mlflow(workspace.root)
+    runs = mlflow.search_runs(experiment_names=["tether"], output_format="list")
+    assert runs and {"reward/accuracy", "reward/margin", "train/loss"} <= set(runs[0].data.metrics)
