@@ -400,3 +400,60 @@ def test_minilm_embeddings_see_a_new_topic(sqlite_url, tmp_path):
     kinds = {(a["kind"], a["window"][:10]) for a in report["alerts"]}
     assert kinds == {("embedding_drift", "2025-03-03")}
     assert report["embedder"] == "minilm"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# With a trained reward model (--reward DIR)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def thank_reward_model(tiny_lm_dir, tmp_path_factory):
+    """A tiny reward model that prefers answers saying "thank" to answers saying "sorry"."""
+    import random
+
+    from tether.config import RewardConfig
+    from tether.train_reward import train_reward
+
+    rng = random.Random(0)
+    words = "hello how can i help you today order has shipped quick brown fox reset password account page".split()
+    rows = []
+    for _ in range(240):
+        base = rng.choices(words, k=rng.randint(2, 6))
+        rows.append({"prompt": " ".join(rng.choices(words, k=3)) + "\n", "chosen": " ".join(base + ["thank"]), "rejected": " ".join(base + ["sorry"])})
+    root = tmp_path_factory.mktemp("thank-rm")
+    data = write_jsonl(rows, root / "pairs.jsonl")
+    out = root / "model"
+    train_reward(RewardConfig(model=str(tiny_lm_dir), data=str(data), output_dir=out, batch_size=16, learning_rate=3e-3,
+                              epochs=3, progress=False, mlflow=False))
+    return out
+
+
+@pytest.mark.slow  # trains a tiny reward model (about a minute on a shared CPU)
+def test_cli_report_and_sample_with_a_reward_model(cli, workspace, tmp_path, thank_reward_model):
+    rng = np.random.default_rng(0)
+    words = "hello how can i help you today order has shipped".split()
+    records = []
+    for day in range(4):
+        for i in range(150):
+            # from day 2 on, the policy starts apologizing: the reward model should score it lower
+            ending = "sorry" if day >= 2 and i % 2 == 0 else "thank"
+            records.append({"ts": f"2025-03-0{day + 1}T{i % 24:02d}:00:00Z", "prompt": "how can i help\n",
+                            "completion": " ".join(rng.choice(words, 4)) + " " + ending, "user_ref": f"u{i}"})
+    path = write_jsonl(records, tmp_path / "prod.jsonl")
+    assert cli("monitor", "ingest", path).code == 0
+    result = cli("monitor", "report", "--reward", thank_reward_model, "--embedder", "none", "--json")
+    data = json.loads(result.stdout)
+    assert result.code == 3, result.stderr
+    assert data["reward_source"] == f"reward model {thank_reward_model}"
+    assert {a["kind"] for a in data["alerts"]} == {"reward_drift"}
+    assert {a["window"][:10] for a in data["alerts"]} == {"2025-03-03", "2025-03-04"}
+    result = cli("monitor", "sample", "--n", "20", "--strategy", "low-reward", "--reward", thank_reward_model, "--json")
+    assert result.code == 0, result.stderr
+    from sqlalchemy import select
+
+    from tether.store.tables import ProductionRecord
+
+    with session_scope(workspace.database_url) as session:
+        picked = list(session.scalars(select(ProductionRecord.completion).where(ProductionRecord.id.in_(json.loads(result.stdout)["record_ids"]))))
+    assert all(c.endswith("sorry") for c in picked)

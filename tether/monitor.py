@@ -1134,6 +1134,8 @@ def sample_for_review(
                 reward[candidates] = np.asarray(scored[0], dtype=float)
                 spread = np.full(cols.t.size, np.nan)
                 spread[candidates] = np.asarray(scored[1], dtype=float)
+            else:
+                reward[candidates] = np.asarray(scored, dtype=float)
         candidates = candidates[~np.isnan(reward[candidates])]
         if candidates.size == 0:
             raise TetherError(f"--strategy {strategy} needs rewards: the records have no logged reward", fix="pass --reward DIR, or use --strategy random")
