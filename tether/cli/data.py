@@ -192,7 +192,7 @@ def list_(json_out: JsonFlag = False) -> None:
     from tether.store.snapshots import list_sets, list_snapshots
 
     _, url = workspace_url()
-    with session_scope(url) as session:
+    with session_scope(url, readonly=True) as session:
         sets, snapshots = list_sets(session), list_snapshots(session)
     if json_out:
         emit_json({"sets": sets, "snapshots": snapshots})
@@ -236,7 +236,7 @@ def show(
     from tether.store.snapshots import dumps_preview, preview, resolve, set_details
 
     ws, url = workspace_url()
-    with session_scope(url) as session:
+    with session_scope(url, readonly=True) as session:
         resolved = resolve(name, session=session, root=ws.root)
         details: dict[str, Any] = set_details(session, name) if resolved["source"] == "set" else {}
     sample = resolved.pop("rows")[: max(rows, 0)]

@@ -66,9 +66,13 @@ def _make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            # Every transaction takes the write lock at its start: a writer that would otherwise upgrade a read
-            # lock mid-way (and fail with "database is locked") waits its turn instead.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A transaction takes the write lock at its start: a writer that would otherwise upgrade a read lock
+            # mid-way (and fail with "database is locked") waits its turn instead. Connections marked read-only
+            # (execution option ``tether_readonly``) read the WAL snapshot without waiting for writers.
+            if conn.get_execution_options().get("tether_readonly"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql"):
@@ -103,6 +107,7 @@ def current_revision(url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with get_engine(url).connect() as conn:
+        conn = conn.execution_options(tether_readonly=True)
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -117,6 +122,8 @@ def check_schema(url: str) -> None:
     try:
         current = current_revision(url)
     except OperationalError as exc:
+        if _is_busy(exc):
+            raise busy_error() from None
         raise TetherError(f"cannot open the database at {_safe(url)}: {exc.orig}", fix="check TETHER_DATABASE_URL or the workspace") from None
     if current is None:
         raise TetherError(f"the database at {_safe(url)} has no Tether schema", fix="run `tether db upgrade`")
@@ -136,21 +143,37 @@ def _safe(url: str) -> str:
     return url
 
 
+def _is_busy(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text
+
+
+def busy_error() -> TetherError:
+    return TetherError(
+        "the workspace database is busy: another Tether process held the write lock for "
+        f"more than {SQLITE_BUSY_TIMEOUT_S:.0f} s",
+        fix="wait for the other import or training command to finish and run this one again (nothing was written)",
+    )
+
+
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any error."""
-    session = Session(get_engine(url), expire_on_commit=False)
+def session_scope(url: str, *, readonly: bool = False) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error.
+
+    ``readonly`` sessions on SQLite read the last committed state without queueing behind a writer (a long import
+    does not block `tether data list`).
+    """
+    engine = get_engine(url)
+    if readonly:
+        engine = engine.execution_options(tether_readonly=True)
+    session = Session(engine, expire_on_commit=False)
     try:
         yield session
         session.commit()
     except OperationalError as exc:
         session.rollback()
-        if "locked" in str(exc.orig).lower() or "busy" in str(exc.orig).lower():
-            raise TetherError(
-                "the workspace database is busy: another Tether process held the write lock for "
-                f"more than {SQLITE_BUSY_TIMEOUT_S:.0f} s",
-                fix="wait for the other import or training command to finish and run this one again (nothing was written)",
-            ) from None
+        if _is_busy(exc):
+            raise busy_error() from None
         raise
     except BaseException:
         session.rollback()

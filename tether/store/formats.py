@@ -589,7 +589,7 @@ def resolve_snapshot(name: str) -> Path:
     from tether.store.tables import Snapshot
 
     ws, url = workspace_url()
-    with session_scope(url) as session:
+    with session_scope(url, readonly=True) as session:
         snap = session.scalar(select(Snapshot).where(Snapshot.name == name))
         if snap is None:
             raise TetherError(f"no snapshot named {name!r} in {ws.root}", fix="see `tether data list`, or make one with `tether data snapshot`")
