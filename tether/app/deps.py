@@ -3,12 +3,15 @@ CSRF checks, and the page renderer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tether.app import security
 from tether.app.settings import AppSettings
@@ -32,17 +35,41 @@ class Unauthorized(TetherError):
     """An API call without a valid token (HTTP 401)."""
 
 
-def get_settings(request: Request) -> AppSettings:
+# Dependencies that do no I/O are ``async``: FastAPI runs them on the event loop instead of a worker thread.
+async def get_settings(request: Request) -> AppSettings:
     return request.app.state.settings
 
 
 Settings = Annotated[AppSettings, Depends(get_settings)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
+def db_gate(settings: AppSettings) -> anyio.Semaphore:
+    """How many requests may work in the store at once, in this process.
+
+    Each request's store work runs in worker threads, in several hops (authentication, then the endpoint). A
+    request that holds the SQLite write lock, or a pooled PostgreSQL connection, and then waits for a free worker
+    thread would deadlock with threads that wait for that lock or connection. The gate is taken on the event loop
+    *before* any of that, so waiting requests hold nothing. SQLite admits one writer at a time and every Tether
+    transaction takes the write lock at BEGIN (db.py), so its gate is 1: requests queue here in order instead of
+    polling in SQLite's busy handler, which sleeps in growing steps of up to 100 ms. PostgreSQL gets
+    ``db_concurrency`` (below its connection pool and the worker threads).
+    """
+    if settings.database_url.startswith("sqlite"):
+        return anyio.Semaphore(1)
+    return anyio.Semaphore(settings.db_concurrency)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One transaction per request, committed before the response is sent (``scope="function"``)."""
-    with session_scope(request.app.state.settings.database_url) as session:
-        yield session
+    async with request.app.state.db_gate:
+        scope = session_scope(request.app.state.settings.database_url)
+        session = scope.__enter__()  # makes a Session: no I/O until the first query
+        try:
+            yield session
+        except BaseException as exc:
+            await run_in_threadpool(scope.__exit__, type(exc), exc, exc.__traceback__)
+            raise
+        await run_in_threadpool(scope.__exit__, None, None, None)
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
@@ -65,23 +92,20 @@ def optional_web_user(request: Request, session: DbSession, settings: Settings) 
         return None
     if fingerprint != security.password_fingerprint(user.password_hash):  # the password changed since
         return None
+    # What error pages show in their header; a plain copy, since a rollback expires the ORM object.
+    request.state.user = SimpleNamespace(name=user.name, role=user.role)
     return user
 
 
 OptionalWebUser = Annotated[User | None, Depends(optional_web_user)]
 
 
-def optional_web_user_safe(request: Request) -> User | None:
-    """The signed-in user for error pages (outside dependency injection); None on any trouble."""
-    settings = request.app.state.settings
-    try:
-        with session_scope(settings.database_url) as session:
-            return optional_web_user(request, session, settings)
-    except Exception:
-        return None
+def user_for_error_page(request: Request) -> SimpleNamespace | None:
+    """The signed-in user as the request's dependencies found it (no store access: error pages stay cheap)."""
+    return getattr(request.state, "user", None)
 
 
-def web_user(user: OptionalWebUser) -> User:
+async def web_user(user: OptionalWebUser) -> User:
     if user is None:
         raise LoginRequired()
     return user
@@ -90,13 +114,13 @@ def web_user(user: OptionalWebUser) -> User:
 WebUser = Annotated[User, Depends(web_user)]
 
 
-def web_reviewer(user: WebUser) -> User:
+async def web_reviewer(user: WebUser) -> User:
     if user.role not in ("admin", "reviewer"):
         raise Forbidden("this page is for reviewers and admins", fix="ask an admin for the reviewer role")
     return user
 
 
-def web_admin(user: WebUser) -> User:
+async def web_admin(user: WebUser) -> User:
     if user.role != "admin":
         raise Forbidden("this page is for admins", fix="ask an admin if you need access")
     return user
@@ -160,13 +184,13 @@ def api_user(request: Request, session: DbSession) -> User:
 ApiUser = Annotated[User, Depends(api_user)]
 
 
-def api_reviewer(user: ApiUser) -> User:
+async def api_reviewer(user: ApiUser) -> User:
     if user.role not in ("admin", "reviewer"):
         raise Forbidden("this API is for reviewers and admins", fix="use a reviewer's or an admin's token")
     return user
 
 
-def api_admin(user: ApiUser) -> User:
+async def api_admin(user: ApiUser) -> User:
     if user.role != "admin":
         raise Forbidden("this API is for admins", fix="use an admin's token")
     return user

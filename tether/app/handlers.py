@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
-from tether.app.deps import CsrfRefused, LoginRequired, Unauthorized, is_htmx, optional_web_user_safe, page
+from tether.app.deps import CsrfRefused, LoginRequired, Unauthorized, is_htmx, page, user_for_error_page
 from tether.errors import TetherError
 from tether.store.annotation import Conflict, Forbidden, NotFound
 
@@ -38,7 +38,7 @@ def _error_response(request: Request, status: int, message: str, fix: str | None
         response.headers["HX-Retarget"] = "#flash"
         response.headers["HX-Reswap"] = "innerHTML"
         return response
-    return page(request, "error.html", user=optional_web_user_safe(request), status_code=status, status=status, message=message, fix=fix)
+    return page(request, "error.html", user=user_for_error_page(request), status_code=status, status=status, message=message, fix=fix)
 
 
 def install(app: FastAPI) -> None:

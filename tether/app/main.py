@@ -11,6 +11,7 @@ from fastapi.templating import Jinja2Templates
 
 from tether import __version__
 from tether.app import handlers
+from tether.app.deps import db_gate
 from tether.app.middleware import WebMiddleware
 from tether.app.render import render_document, render_markdown, render_messages
 from tether.app.routes import admin, annotate, api, auth, review
@@ -23,6 +24,7 @@ def create_app(settings: AppSettings) -> FastAPI:
     settings.validate()
     app = FastAPI(title="Tether", version=__version__, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.state.settings = settings
+    app.state.db_gate = db_gate(settings)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["markdown"] = render_markdown
     templates.env.filters["document"] = render_document

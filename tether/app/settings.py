@@ -36,6 +36,9 @@ class AppSettings:
     max_answer_chars: int = 20_000
     # Most items in one upload (file or API call).
     max_items_per_upload: int = 50_000
+    # PostgreSQL: requests working in the store at once per process; keep it below the connection pool (30) and
+    # the worker threads (40). SQLite always takes one at a time (one writer).
+    db_concurrency: int = 20
 
     def validate(self) -> AppSettings:
         if self.password_profile not in PASSWORD_PROFILES:
@@ -45,7 +48,7 @@ class AppSettings:
             )
         if len(self.secret_key) < 32:
             raise TetherError("the secret key is shorter than 32 characters", fix="set TETHER_SECRET_KEY to a long random string")
-        for name in ("session_ttl_s", "max_body_bytes", "max_upload_bytes", "max_text_chars", "max_answer_chars", "max_items_per_upload"):
+        for name in ("session_ttl_s", "max_body_bytes", "max_upload_bytes", "max_text_chars", "max_answer_chars", "max_items_per_upload", "db_concurrency"):
             if getattr(self, name) <= 0:
                 raise TetherError(f"{name} must be positive, got {getattr(self, name)}", fix=f"set {name} to a positive number")
         return self

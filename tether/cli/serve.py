@@ -11,6 +11,8 @@ from tether.errors import TetherError
 
 user_app = typer.Typer(help="Web app accounts: add users, set roles, issue API tokens.", no_args_is_help=True)
 SECRET_FILE = "secret_key"
+# Annotators think for a while between calls: keep their connections open longer than uvicorn's default 5 s.
+KEEP_ALIVE_S = 75
 
 
 def register(app: typer.Typer) -> None:
@@ -54,13 +56,14 @@ def serve(
     if workers == 1:
         from tether.app.main import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=log_level == "debug",
+                    timeout_keep_alive=KEEP_ALIVE_S)
         return
     # Several processes: each builds the app from the environment (same database, same secret).
     os.environ["TETHER_SERVE_DATABASE_URL"] = url
     os.environ["TETHER_SECRET_KEY"] = settings.secret_key
     uvicorn.run("tether.app.main:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=log_level == "debug")
+                log_level=log_level, access_log=log_level == "debug", timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def _read_password() -> str:

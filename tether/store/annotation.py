@@ -520,8 +520,10 @@ def next_assignment(
     """The annotator's next assignment in ``project`` (their pending one, or a new one); None when done."""
     now = now or utcnow()
     rng = rng or _rng
-    # Two requests of one annotator (two tabs) queue here, so one person never holds two new items at once.
-    session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    serialized = _serialized(session)
+    if not serialized:
+        # Two requests of one annotator (two tabs) queue here, so one person never holds two new items at once.
+        session.execute(select(User.id).where(User.id == user.id).with_for_update())
     in_project = select(Item.id).where(Item.project_id == project.id)
     pending = session.scalars(
         select(Assignment)
@@ -537,40 +539,50 @@ def next_assignment(
             return assignment
         assignment.state = "expired"
 
-    seen_total, seen_gold = session.execute(
-        select(func.count(), func.coalesce(func.sum(case((Item.is_gold.is_(True), 1), else_=0)), 0))
-        .select_from(Assignment)
-        .join(Item, Item.id == Assignment.item_id)
-        .where(Assignment.user_id == user.id, Item.project_id == project.id)
-    ).one()
-    want_gold = project.gold_rate > 0 and seen_gold < math.floor((seen_total + 1) * project.gold_rate + 1e-9)
+    want_gold = False
+    if project.gold_rate > 0:
+        seen_total, seen_gold = session.execute(
+            select(func.count(), func.coalesce(func.sum(case((Item.is_gold.is_(True), 1), else_=0)), 0))
+            .select_from(Assignment)
+            .join(Item, Item.id == Assignment.item_id)
+            .where(Assignment.user_id == user.id, Item.project_id == project.id)
+        ).one()
+        want_gold = seen_gold < math.floor((seen_total + 1) * project.gold_rate + 1e-9)
 
     never_given = ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id)
     active_count = select(func.count()).select_from(Assignment).where(Assignment.item_id == Item.id, _active(now)).correlate(Item).scalar_subquery()
+    n_completions = select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == Item.id).correlate(Item).scalar_subquery()
     tried: list[int] = []
     for gold in ([True, False] if want_gold else [False]):
         for _attempt in range(50):  # bounded: each round either assigns, or rules one item out
-            query = select(Item).where(Item.project_id == project.id, Item.is_gold == gold, never_given)
+            query = select(Item.id, n_completions).where(Item.project_id == project.id, Item.is_gold == gold, never_given)
             if not gold:
                 query = query.where(active_count < project.overlap)
             if tried:
                 query = query.where(Item.id.not_in(tried))
-            item = session.scalar(query.order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item))
-            if item is None:
+            found = session.execute(query.order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item)).first()
+            if found is None:
                 break
+            item_id, n = found
             # Read again after the lock: the first read may predate another annotator's commit (PostgreSQL).
-            if not gold and _active_count(session, item.id, now) >= project.overlap:
-                tried.append(item.id)
+            if not gold and not serialized and _active_count(session, item_id, now) >= project.overlap:
+                tried.append(item_id)
                 continue
-            n = session.scalar(select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == item.id)) or 1
+            n = n or 1
             assignment = Assignment(
-                item_id=item.id, user_id=user.id, state="pending", shown_order=rng.sample(range(n), n),
+                item_id=item_id, user_id=user.id, state="pending", shown_order=rng.sample(range(n), n),
                 created_at=now, expires_at=now + timedelta(seconds=project.assignment_ttl_s),
             )
             session.add(assignment)
             session.flush()
             return assignment
     return None
+
+
+def _serialized(session: Session) -> bool:
+    """True on SQLite, where every transaction holds the write lock from its start (BEGIN IMMEDIATE, see db.py):
+    reads cannot go stale within it, so the row locks and re-reads that PostgreSQL needs are skipped."""
+    return session.get_bind().dialect.name == "sqlite"
 
 
 def own_assignment(session: Session, *, assignment_id: int, user: User, lock: bool = False) -> Assignment:
@@ -586,31 +598,33 @@ def own_assignment(session: Session, *, assignment_id: int, user: User, lock: bo
 
 def task_view(session: Session, assignment: Assignment) -> dict[str, Any]:
     """What the annotator sees: the prompt and the completions in the shown order, with the versions in force."""
-    item = session.get(Item, assignment.item_id)
-    prompt = session.get(Prompt, item.prompt_id)
+    item_id, project_id, kind, prompt_text, prompt_messages = session.execute(
+        select(Item.id, Item.project_id, Item.kind, Prompt.text, Prompt.messages)
+        .join(Prompt, Prompt.id == Item.prompt_id)
+        .where(Item.id == assignment.item_id)
+    ).one()
     rows = session.execute(
-        select(ItemCompletion.position, Completion)
+        select(ItemCompletion.position, Completion.text, Completion.messages)
         .join(Completion, Completion.id == ItemCompletion.completion_id)
-        .where(ItemCompletion.item_id == item.id)
+        .where(ItemCompletion.item_id == item_id)
     ).all()
-    by_position = {position: completion for position, completion in rows}
+    by_position = {position: (text, messages) for position, text, messages in rows}
     order = list(assignment.shown_order) or sorted(by_position)
-    guideline = current_guideline(session, item.project_id)
-    schema = current_schema(session, item.project_id)
+    guideline = current_guideline(session, project_id)
+    schema = current_schema(session, project_id)
     return {
         "assignment_id": assignment.id,
-        "item_id": item.id,
-        "project_id": item.project_id,
-        "kind": item.kind,
-        "prompt": {"text": prompt.text, "messages": prompt.messages},
-        "completions": [
-            {"position": pos, "text": by_position[pos].text, "messages": by_position[pos].messages} for pos in order
-        ],
+        "item_id": item_id,
+        "project_id": project_id,
+        "kind": kind,
+        "prompt": {"text": prompt_text, "messages": prompt_messages},
+        "completions": [{"position": pos, "text": by_position[pos][0], "messages": by_position[pos][1]} for pos in order],
         "shown_order": order,
         "expires_at": _aware(assignment.expires_at),
         "guideline_version": guideline.version if guideline else None,
         "schema_version": schema.version,
         "schema": schema.spec,
+        "guideline": guideline,
     }
 
 
@@ -638,18 +652,18 @@ def submit_judgment(
         raise Conflict(f"assignment {assignment_id} was answered already", fix="a correction goes through the judgment's correct call")
     if assignment.state != "pending":
         raise Conflict(f"assignment {assignment_id} is {assignment.state}", fix="ask for your next item")
-    project = session.get(Project, session.scalar(select(Item.project_id).where(Item.id == assignment.item_id)))
+    item, project = session.execute(
+        select(Item, Project).join(Project, Project.id == Item.project_id).where(Item.id == assignment.item_id)
+    ).one()
     if _expired(assignment, now) and not _slot_free(session, project, assignment, now):
         assignment.state = "expired"
         session.flush()
         raise Conflict(f"assignment {assignment_id} expired and its item went to someone else", fix="ask for your next item")
-    item = session.get(Item, assignment.item_id)
     schema = schema_version(session, project.id, schema_version_number)
     n = len(assignment.shown_order) or 1
     value = check_value(schema.spec, value, n, max_answer_chars)
     if guideline_version is None:
-        guideline = current_guideline(session, project.id)
-        guideline_version = guideline.version if guideline else None
+        guideline_version = session.scalar(select(func.max(Guideline.version)).where(Guideline.project_id == project.id))
     elif session.scalar(select(Guideline.id).where(Guideline.project_id == project.id, Guideline.version == guideline_version)) is None:
         raise TetherError(f"project {project.id} has no guideline version {guideline_version}", fix="leave guideline_version out")
     elapsed_ms = int((now - (_aware(assignment.created_at) or now)).total_seconds() * 1000)

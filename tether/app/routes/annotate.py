@@ -104,11 +104,11 @@ def task_context(session: Any, project: Project, user: User, assignment: Any) ->
     """Everything the task template needs (or the "all done" state when ``assignment`` is None)."""
     progress = annotation.user_progress(session, project=project, user=user)
     context: dict[str, Any] = {"project": project, "progress": progress, "task": None, "skip_reasons": SKIP_REASONS}
-    guideline = annotation.current_guideline(session, project.id)
-    context["guideline"] = guideline
     if assignment is None:
+        context["guideline"] = annotation.current_guideline(session, project.id)
         return context
     task = annotation.task_view(session, assignment)
+    context["guideline"] = task["guideline"]
     spec = task["schema"]
     context["task"] = task
     context["spec"] = spec

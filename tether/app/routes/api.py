@@ -55,6 +55,7 @@ def _task_public(session: DbSession, assignment: object | None) -> TaskPublic | 
         return None
     task = annotation.task_view(session, assignment)
     task["label_schema"] = task.pop("schema")
+    task.pop("guideline")
     return TaskPublic(**task)
 
 

@@ -1,0 +1,275 @@
+"""Load test of the annotation queue: N concurrent simulated annotators against `tether serve` on loopback.
+
+Each annotator (an asyncio task with its own API token) loops a bounded number of times: ask for the next item
+(``POST /api/v1/projects/{id}/next``), think, answer it (``POST /api/v1/assignments/{id}/judgment``). Reported per
+database (SQLite file, PostgreSQL fresh schema): p50 / p99 latency of "next" and "submit" as the client sees them,
+throughput, errors, and the integrity checks that must read 0: judgments acknowledged but missing from the store
+(lost), two judgments for one (item, annotator) or one assignment (duplicated), items past their overlap.
+
+There is no peer here (TRL has no annotation server); the figures stand alone. The client and the server share
+the machine, so on a small machine the client's own CPU shows up in the latencies.
+
+    .venv/bin/python benchmarks/annotate_load.py --annotators 200 --per-annotator 10 --think-ms 2000 --db both
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children (uvicorn workers), from /proc."""
+    total = 0.0
+    pids = [pid]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of ``values``."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def prepare(url: str, n_annotators: int, n_items: int, overlap: int) -> tuple[int, list[str]]:
+    """Schema, one project of ``n_items`` pairs, ``n_annotators`` annotators with tokens (through the store functions)."""
+    from tether.app import service
+    from tether.store import annotation
+    from tether.store.db import session_scope, upgrade
+
+    upgrade(url)
+    with session_scope(url) as session:
+        project = annotation.create_project(session, name="load", schema={"kind": "pairwise"}, guidelines="# Pick the better answer",
+                                            overlap=overlap, assignment_ttl_s=3600)
+        rows = [{"prompt": f"question {i}: what is {i} * 3?", "chosen": f"{3 * i}", "rejected": f"{3 * i + 1}"} for i in range(n_items)]
+        annotation.add_items(session, project=project, rows=rows, max_items=n_items)
+        tokens = []
+        for i in range(n_annotators):
+            user = service.create_user(session, name=f"load{i:04d}", role="annotator", password="load-test-password",
+                                       password_profile="cheapest")
+            tokens.append(service.issue_token(session, user=user, label="load"))
+        return project.id, tokens
+
+
+async def annotator(client, project_id: int, token: str, per_annotator: int, think_ms: float, rng: random.Random, out: dict) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(per_annotator):  # bounded
+        start = time.perf_counter()
+        try:
+            response = await client.post(f"/api/v1/projects/{project_id}/next", headers=headers)
+        except Exception as exc:  # a transport error counts, the run goes on
+            out["errors"].append(f"next: {type(exc).__name__}")
+            return
+        out["next_ms"].append((time.perf_counter() - start) * 1000)
+        if response.status_code == 204:
+            return
+        if response.status_code != 200:
+            out["errors"].append(f"next: HTTP {response.status_code}")
+            return
+        task = response.json()
+        if think_ms > 0:
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
+        value = rng.choice([{"choice": "a", "strength": rng.choice([1, 2, 3])}, {"choice": "b", "strength": 2}, {"choice": "tie"}])
+        body = {"value": value, "time_spent_ms": int(think_ms)}
+        start = time.perf_counter()
+        try:
+            response = await client.post(f"/api/v1/assignments/{task['assignment_id']}/judgment", json=body, headers=headers)
+        except Exception as exc:
+            out["errors"].append(f"submit: {type(exc).__name__}")
+            continue
+        out["submit_ms"].append((time.perf_counter() - start) * 1000)
+        if response.status_code == 201:
+            out["acked"].append(response.json()["judgment_id"])
+        else:
+            out["errors"].append(f"submit: HTTP {response.status_code}")
+
+
+async def drive(base: str, project_id: int, tokens: list[str], per_annotator: int, think_ms: float, seed: int) -> dict:
+    import httpx
+
+    out: dict = {"next_ms": [], "submit_ms": [], "acked": [], "errors": []}
+    limits = httpx.Limits(max_connections=len(tokens) + 8, max_keepalive_connections=len(tokens) + 8)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(
+            annotator(client, project_id, token, per_annotator, think_ms, random.Random(seed + i), out) for i, token in enumerate(tokens)
+        ))
+        out["wall_s"] = time.perf_counter() - start
+    return out
+
+
+def integrity(url: str, project_id: int, acked: list[int], overlap: int) -> dict:
+    from sqlalchemy import func, select
+
+    from tether.store.db import session_scope
+    from tether.store.tables import Item, Judgment
+
+    with session_scope(url) as session:
+        in_project = select(Item.id).where(Item.project_id == project_id)
+        stored = set(session.scalars(select(Judgment.id).where(Judgment.item_id.in_(in_project))).all())
+        dup_pairs = session.execute(
+            select(Judgment.item_id, Judgment.user_id).where(Judgment.item_id.in_(in_project))
+            .group_by(Judgment.item_id, Judgment.user_id).having(func.count() > 1)
+        ).all()
+        dup_assign = session.execute(
+            select(Judgment.assignment_id).where(Judgment.item_id.in_(in_project))
+            .group_by(Judgment.assignment_id).having(func.count() > 1)
+        ).all()
+        over = session.execute(
+            select(Judgment.item_id).where(Judgment.item_id.in_(in_project)).group_by(Judgment.item_id).having(func.count() > overlap)
+        ).all()
+    return {
+        "stored": len(stored),
+        "lost": len(set(acked) - stored),
+        "duplicated": len(dup_pairs) + len(dup_assign),
+        "over_overlap": len(over),
+        "unacknowledged": len(stored - set(acked)),
+    }
+
+
+def run_one(db: str, args: argparse.Namespace) -> dict:
+    """One full run on ``db``: fresh database, server subprocess, load, integrity check."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"tether-load-{db}-"))
+    env = {**os.environ, "TETHER_HOME": str(tmp / "ws"), "TETHER_PASSWORD_PROFILE": "cheapest", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    schema = None
+    if db == "sqlite":
+        env.pop("TETHER_DATABASE_URL", None)
+        url = f"sqlite:///{tmp / 'ws' / 'tether.db'}"
+    else:
+        import psycopg
+
+        schema = f"load_{uuid.uuid4().hex[:10]}"
+        raw = args.pg_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(raw, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        url = f"{args.pg_url}{'&' if '?' in args.pg_url else '?'}options=-csearch_path%3D{schema}"
+        env["TETHER_DATABASE_URL"] = url
+    subprocess.run([sys.executable, "-m", "tether", "init", str(tmp / "ws")], env=env, check=True, capture_output=True)
+    n_items = math.ceil(args.annotators * args.per_annotator / args.overlap) + args.annotators
+    project_id, tokens = prepare(url, args.annotators, n_items, args.overlap)
+    port = free_port()
+    log = (tmp / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tether", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--workers", str(args.workers)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/login", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("tether serve did not start:\n" + (tmp / "serve.log").read_text())
+            time.sleep(0.2)
+        cpu_before, client_before, load_before = process_cpu_s(server.pid), time.process_time(), os.getloadavg()[0]
+        out = asyncio.run(drive(base, project_id, tokens, args.per_annotator, args.think_ms, args.seed))
+        out["server_cpu_s"] = process_cpu_s(server.pid) - cpu_before
+        out["client_cpu_s"] = time.process_time() - client_before
+        out["load"] = (load_before + os.getloadavg()[0]) / 2
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    checks = integrity(url, project_id, out["acked"], args.overlap)
+    from tether.store.db import dispose_engine
+
+    dispose_engine(url)
+    if schema is not None:
+        import psycopg
+
+        with psycopg.connect(args.pg_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    requests = len(out["next_ms"]) + len(out["submit_ms"])
+    return {
+        "db": db,
+        "annotators": args.annotators,
+        "think_ms": args.think_ms,
+        "next_p50": statistics.median(out["next_ms"]) if out["next_ms"] else float("nan"),
+        "next_p99": percentile(out["next_ms"], 99),
+        "submit_p50": statistics.median(out["submit_ms"]) if out["submit_ms"] else float("nan"),
+        "submit_p99": percentile(out["submit_ms"], 99),
+        "requests": requests,
+        "req_per_s": requests / out["wall_s"],
+        "judgments": len(out["acked"]),
+        "server_cpu_ms": 1000 * out["server_cpu_s"] / max(requests, 1),
+        "client_cpu_ms": 1000 * out["client_cpu_s"] / max(requests, 1),
+        "load": out["load"],
+        "errors": len(out["errors"]),
+        "error_kinds": sorted(set(out["errors"]))[:5],
+        **checks,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotators", type=int, default=200, help="concurrent simulated annotators")
+    parser.add_argument("--per-annotator", type=int, default=10, help="items each annotator judges (bounded loop)")
+    parser.add_argument("--think-ms", type=float, default=2000, help="mean think time between next and submit (uniform 0.5x..1.5x); 0 = saturate")
+    parser.add_argument("--overlap", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="tether serve --workers")
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--pg-url", default=os.environ.get("TETHER_TEST_POSTGRES_URL", DEFAULT_PG))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.annotators < 1 or args.annotators > 2000 or args.per_annotator < 1 or args.per_annotator > 1000:
+        raise SystemExit("--annotators must be 1..2000 and --per-annotator 1..1000")
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    print(f"annotate_load: {args.annotators} annotators x {args.per_annotator} items, think {args.think_ms:.0f} ms, overlap {args.overlap}, "
+          f"workers {args.workers}, CPUs {os.cpu_count()}")
+    header = (f"{'db':<9}{'next p50':>10}{'next p99':>10}{'submit p50':>12}{'submit p99':>12}{'req/s':>8}{'judgments':>11}{'errors':>8}"
+              f"{'lost':>6}{'dup':>5}{'over':>6}{'srv CPU/req':>13}{'cli CPU/req':>13}{'load':>6}")
+    print(header)
+    for db in dbs:
+        r = run_one(db, args)
+        print(f"{r['db']:<9}{r['next_p50']:>8.1f}ms{r['next_p99']:>8.1f}ms{r['submit_p50']:>10.1f}ms{r['submit_p99']:>10.1f}ms"
+              f"{r['req_per_s']:>8.0f}{r['judgments']:>11}{r['errors']:>8}{r['lost']:>6}{r['duplicated']:>5}{r['over_overlap']:>6}"
+              f"{r['server_cpu_ms']:>11.1f}ms{r['client_cpu_ms']:>11.1f}ms{r['load']:>6.1f}")
+        if r["error_kinds"]:
+            print(f"  errors: {r['error_kinds']}")
+        if r["unacknowledged"]:
+            print(f"  {r['unacknowledged']} judgments stored whose reply the client did not get (timeouts)")
+
+
+if __name__ == "__main__":
+    main()
