@@ -10,9 +10,8 @@ from tether.app import service
 from tether.store.db import session_scope, upgrade
 
 
-@pytest.fixture
-def env(tmp_path):
-    url = f"sqlite:///{tmp_path / 'roles.db'}"
+def _build(folder):
+    url = f"sqlite:///{folder / 'roles.db'}"
     upgrade(url)
     env = make_env(url)
     pid = env.create_project(name="secret-campaign", overlap=2)
@@ -22,6 +21,12 @@ def env(tmp_path):
     judgment = env.api("POST", f"/assignments/{task['assignment_id']}/judgment", "ann1", json=body).json()
     env.pid, env.item_id, env.judgment_id, env.ann1_assignment = pid, task["item_id"], judgment["judgment_id"], task["assignment_id"]
     return env
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One app for the read-only checks of this module (the checks that change accounts build their own)."""
+    return _build(tmp_path_factory.mktemp("roles"))
 
 
 ADMIN_AND_REVIEW_API = [
@@ -114,7 +119,8 @@ def _csrf(client) -> str:
     return csrf_of(client.get("/login").text)
 
 
-def test_tokens_missing_wrong_revoked_or_inactive_are_401(env):
+def test_tokens_missing_wrong_revoked_or_inactive_are_401(tmp_path):
+    env = _build(tmp_path)
     assert env.api("GET", "/me", None).status_code == 401
     assert env.api("GET", "/me", None, headers={"Authorization": "Bearer tth_not-a-token"}).status_code == 401
     assert env.api("GET", "/me", None, headers={"Authorization": f"Basic {env.tokens['admin']}"}).status_code == 401
