@@ -275,6 +275,14 @@ def test_qc_of_a_missing_set_is_a_clear_error(workspace, cli):
     assert result.code == 2 and "no project or snapshot named 'nope'" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_metric_option_is_checked():
+    assert qc.parse_metrics(["rating:help=interval", "preference=nominal"]) == {"rating:help": "interval", "preference": "nominal"}
+    with pytest.raises(qc.TetherError, match="QUESTION=METRIC"):
+        qc.parse_metrics(["rating:help=ratio"])
+    with pytest.raises(qc.TetherError, match="cannot be interval"):
+        qc.question_agreement(_pairwise(1, "u", "a") + _pairwise(1, "v", "b"), {"choice": "interval"})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Snapshots: --aggregate dawid-skene | bradley-terry, --min-agreement, --exclude-flagged, QC recorded
 

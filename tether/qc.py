@@ -144,6 +144,8 @@ def reliability_matrix(answers: Iterable[Answer], question: str, metric: str) ->
     codebook: list[Any] = []
     if metric == "nominal":
         codebook = sorted({a.value for a in rows}, key=str)
+    elif any(isinstance(a.value, (str, bool)) for a in rows):
+        raise TetherError(f"question {question!r} has labels, not numbers: it cannot be {metric}", fix="leave it nominal")
     code = {v: i for i, v in enumerate(codebook)}
     a_index = {name: i for i, name in enumerate(annotators)}
     u_index = {u: i for i, u in enumerate(units)}
@@ -816,8 +818,21 @@ def find_project(*, session: Any, name: str) -> Any:
     return project
 
 
-def project_qc(url: str, name: str, *, config: QCConfig | None = None) -> dict[str, Any]:
-    """``qc_report`` of a project (or of a snapshot's project) in the store at ``url``."""
+def parse_metrics(values: Sequence[str]) -> dict[str, str]:
+    """``["rating:helpfulness=interval", ...]`` (the ``--metric`` option) as ``{question: metric}``."""
+    out = {}
+    for value in values:
+        question, _, metric = value.partition("=")
+        if not question or metric not in METRICS:
+            raise TetherError(f"--metric takes QUESTION=METRIC with METRIC one of {', '.join(METRICS)}, got {value!r}",
+                              fix="for example --metric rating:helpfulness=interval")
+        out[question] = metric
+    return out
+
+
+def project_qc(url: str, name: str, *, config: QCConfig | None = None, metrics: dict[str, str] | None = None) -> dict[str, Any]:
+    """``qc_report`` of a project (or of a snapshot's project) in the store at ``url``. ``metrics`` overrides
+    the Krippendorff metric of questions (``{"rating:helpfulness": "interval"}``)."""
     from tether.store.db import session_scope
 
     with session_scope(url) as session:
@@ -825,7 +840,7 @@ def project_qc(url: str, name: str, *, config: QCConfig | None = None) -> dict[s
         loaded = load_judgments(session=session, project=project)
     if not loaded.answers:
         raise TetherError(f"project {loaded.project_name!r} has no judgments yet", fix="import or collect judgments first")
-    report = qc_report(loaded.answers, metrics=loaded.metrics, config=config)
+    report = qc_report(loaded.answers, metrics={**loaded.metrics, **(metrics or {})}, config=config)
     report["project"] = loaded.project_name
     return report
 

@@ -22,21 +22,22 @@ def qc_command(
     json_out: JsonFlag = False,
     html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report (plots embedded) to this file.")] = None,
     mace: Annotated[bool, typer.Option("--mace", help="Also estimate each annotator's MACE competence.")] = False,
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="A question's Krippendorff metric: QUESTION=nominal|ordinal|interval (repeatable), e.g. rating:helpfulness=interval.")] = None,
 ) -> None:
     """Annotation quality: agreement per question and per-annotator reliability, bias, speed and flags.
 
-    Per question: Krippendorff's alpha (nominal for choices, ordinal for strengths, rankings and ratings), raw
-    pairwise agreement and how many units had two or more answers. Per annotator: agreement with the
+    Per question: Krippendorff's alpha (nominal for choices, ordinal for strengths, rankings and ratings;
+    --metric makes a question interval), raw pairwise agreement and how many units had two or more answers. Per annotator: agreement with the
     leave-one-out consensus, gold accuracy, Dawid-Skene reliability, how often the first-shown answer wins
     (binomial test), median time, and flags with their reasons.
 
     Example:  tether qc pandalm --html qc-pandalm.html
     """
     from tether.cli.common import emit_json, workspace_url
-    from tether.qc import QCConfig, format_report, project_qc, render_html
+    from tether.qc import QCConfig, format_report, parse_metrics, project_qc, render_html
 
     _, url = workspace_url()
-    report = project_qc(url, name, config=QCConfig(mace=mace))
+    report = project_qc(url, name, config=QCConfig(mace=mace), metrics=parse_metrics(metric or []))
     if html_out is not None:
         html_out.parent.mkdir(parents=True, exist_ok=True)
         html_out.write_text(render_html(report), encoding="utf-8")
