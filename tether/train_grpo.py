@@ -77,7 +77,8 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
     reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16)
     tokenizer = load_tokenizer(cfg.model)
     require_pad_token(tokenizer, cfg.model)
-    policy = load_causal_lm(cfg.model, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing)
+    # fp32 master weights; with bf16 the forward passes run under autocast (the frozen reference is bf16)
+    policy = load_causal_lm(cfg.model, bf16=False, gradient_checkpointing=cfg.gradient_checkpointing)
     disable_dropout(policy)
     policy = apply_lora(policy, cfg)
     reference = None
@@ -142,7 +143,8 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
             vllm.load_weights(unwrapped)
             rollout = vllm.generate(tokenizer, [prompts[i] for i in indices], **sampling)
         else:
-            rollout = generate_hf(unwrapped, tokenizer, [prompts[i] for i in indices], cache=cfg.cache, **sampling)
+            with accelerator.autocast():
+                rollout = generate_hf(unwrapped, tokenizer, [prompts[i] for i in indices], cache=cfg.cache, **sampling)
         generated_s = time.perf_counter() - started
 
         # ---- ALGO: score; a completion cut before EOS may be penalized -------------------------------------

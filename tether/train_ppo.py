@@ -75,7 +75,7 @@ def load_critic(cfg: PPOConfig, policy_tokenizer: Any, reward_model_dirs: list[P
     meta = read_tether_meta(Path(source)) if Path(source).is_dir() else {}
     if meta.get("kind") == "reward":
         same_vocab = load_tokenizer(source).get_vocab() == policy_tokenizer.get_vocab()
-        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32)  # trained: fp32 master weights
         if same_vocab and hasattr(model, "score"):
             norm = meta.get("reward", {}).get("normalization")
             mean = torch.tensor(np.asarray(norm["mean"], dtype=np.float32).reshape(-1)) if norm else None
@@ -91,7 +91,7 @@ def load_critic(cfg: PPOConfig, policy_tokenizer: Any, reward_model_dirs: list[P
     hf_logging.set_verbosity_error()  # the new head is expected
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            _check_model_path(source, "critic"), num_labels=1, dtype=torch.bfloat16 if cfg.bf16 else torch.float32
+            _check_model_path(source, "critic"), num_labels=1, dtype=torch.float32
         )
     except (OSError, ValueError) as exc:
         raise TetherError(f"cannot load a critic from {source}: {exc}", fix="point critic at a Hugging Face model folder") from None
@@ -151,7 +151,8 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
     reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16)
     tokenizer = load_tokenizer(cfg.model)
     require_pad_token(tokenizer, cfg.model)
-    policy = load_causal_lm(cfg.model, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing)
+    # fp32 master weights; with bf16 the forward passes run under autocast (the frozen reference is bf16)
+    policy = load_causal_lm(cfg.model, bf16=False, gradient_checkpointing=cfg.gradient_checkpointing)
     disable_dropout(policy)
     policy = apply_lora(policy, cfg)
     reference = None
@@ -229,7 +230,8 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
             vllm.load_weights(unwrapped)
             rollout = vllm.generate(tokenizer, [prompts[i] for i in indices], **sampling)
         else:
-            rollout = generate_hf(unwrapped, tokenizer, [prompts[i] for i in indices], cache=cfg.cache, **sampling)
+            with accelerator.autocast():
+                rollout = generate_hf(unwrapped, tokenizer, [prompts[i] for i in indices], cache=cfg.cache, **sampling)
         generated_s = time.perf_counter() - started
 
         # ---- ALGO: score prompt+completion; a completion cut before EOS loses missing_eos_penalty ----------

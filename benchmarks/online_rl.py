@@ -1,0 +1,257 @@
+"""Online RL side by side: Tether GRPO against TRL's GRPOTrainer, and Tether PPO, on one tiny task.
+
+Both GRPO runs get the same tiny Llama (built offline by tether.tiny), the same prompts, the same Python reward
+function, group size, completion length, batch, learning rate, KL coefficient and number of optimizer steps, in
+fp32 (TRL: bf16=False, gradient_checkpointing=False), the token-level "dapo" loss with group std scaling on both
+sides. Each run is its own subprocess (so peak memory is its own) with one torch thread; the sides alternate
+over --repeats and the figures are medians.
+
+Reported per side: seconds per optimizer step (median of steps 2..N: the first step pays for warm-up),
+completion tokens generated per second of training, peak resident memory of the process (and its growth after the
+model is loaded), the reward curve (mean reward per step, averaged over repeats) and the final KL.
+
+Run (needs `pip install trl==1.16.0`):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/online_rl.py --steps 30 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS = [
+    "Hello, how", "Your order", "Please reset", "The quick", "Thank you", "I am", "Can you help", "Where is my",
+    "My password", "The account", "Tell me about", "Why did", "What is the", "How do I", "Please send", "I want to",
+]
+REWARD_SOURCE = '''
+import re
+
+
+def has_you(prompts, completions, **kwargs):
+    """1 when the completion contains "you" (any case), else 0: about 30% of the untrained model's samples."""
+    return [1.0 if re.search("you", c, re.IGNORECASE) else 0.0 for c in completions]
+'''
+
+
+def build_task(root: Path, hidden: int, layers: int) -> None:
+    from tether.tiny import build_causal_lm, build_tokenizer
+
+    corpus = [
+        "Hello, how can I help you today?", "Thank you for contacting support. Your order has shipped.",
+        "The quick brown fox jumps over the lazy dog.", "I am sorry, I cannot share personal data.",
+        "Please reset your password from the account page.", "Where is my parcel? It was due on Monday.",
+    ] * 30
+    tokenizer = build_tokenizer(corpus, vocab_size=512)
+    build_causal_lm(tokenizer, root / "lm", hidden_size=hidden, num_layers=layers, num_heads=4, max_positions=256, seed=0)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (root / "reward.py").write_text(REWARD_SOURCE)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workers (one subprocess per run)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_tether(root: Path, args: argparse.Namespace, algo: str) -> dict:
+    import torch
+
+    from tether.config import GRPOConfig, PPOConfig, load_config
+
+    torch.set_num_threads(1)
+    out = Path(tempfile.mkdtemp(prefix=f"tether-{algo}-"))
+    common = dict(
+        model=str(root / "lm"), output_dir=out, prompts=str(root / "prompts.jsonl"), reward=[f"py:{root / 'reward.py'}:has_you"],
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate, lr_schedule="constant",
+        kl_coef=args.beta, logging_steps=1, progress=False, mlflow=False, sample_every=0, seed=args.seed, max_length=128,
+    )
+    if algo == "ppo":
+        cfg = load_config(PPOConfig, None, ["missing_eos_penalty=null"], max_steps=args.steps * 4, ppo_epochs=4, **common)
+        from tether.train_ppo import train_ppo as trainer
+    else:
+        cfg = load_config(GRPOConfig, None, [], algo="grpo", group_size=args.group_size, max_steps=args.steps, kl_estimator="k3", aggregation="token", **common)
+        from tether.train_grpo import train_grpo as trainer
+    rss_start = peak_rss_mb()
+    stamps: list[float] = []
+    started = time.perf_counter()
+    trainer(cfg, on_step=lambda *a: stamps.append(time.perf_counter()))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    updates = 4 if algo == "ppo" else 1  # optimizer steps per rollout
+    return {
+        "step_ends": [s - started for s in stamps][updates - 1 :: updates],  # end of each rollout's updates
+        "updates_per_rollout": updates,
+        "rewards": [h["objective/scores"] for h in history],
+        "kl": [h["objective/kl"] / max(h["completions/mean_length"], 1.0) for h in history],  # per token, as TRL logs it
+        "completion_tokens": [h["completions/mean_length"] * args.batch_size for h in history],
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_at_start_mb": rss_start,
+    }
+
+
+def run_trl(root: Path, args: argparse.Namespace) -> dict:
+    import importlib.util
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    spec = importlib.util.spec_from_file_location("bench_reward", root / "reward.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = Path(tempfile.mkdtemp(prefix="trl-grpo-"))
+    stamps: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    config = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=args.batch_size, num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens, learning_rate=args.learning_rate, lr_scheduler_type="constant",
+        max_steps=args.steps, beta=args.beta, loss_type="dapo", scale_rewards="group", num_iterations=1, epsilon=0.2,
+        temperature=1.0, top_p=1.0, top_k=0, bf16=False, gradient_checkpointing=False, use_cpu=True, logging_steps=1,
+        report_to="none", save_strategy="no", seed=args.seed, disable_tqdm=True, dataloader_num_workers=0,
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(root / "lm")
+    tokenizer = AutoTokenizer.from_pretrained(root / "lm")
+    dataset = Dataset.from_list([{"prompt": p} for p in PROMPTS])
+    trainer = GRPOTrainer(model=model, reward_funcs=[module.has_you], args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
+    rss_start = peak_rss_mb()
+    started = time.perf_counter()
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    return {
+        "step_ends": [s - started for s in stamps],
+        "updates_per_rollout": 1,
+        "rewards": [h["reward"] for h in logs],
+        "kl": [h.get("kl", float("nan")) for h in logs],
+        "completion_tokens": [h["completions/mean_length"] * args.batch_size for h in logs],
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_at_start_mb": rss_start,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def summarize(runs: list[dict]) -> dict:
+    step_times, tokens_per_s = [], []
+    for run in runs:
+        ends = run["step_ends"]
+        durations = [b - a for a, b in zip(ends, ends[1:])]  # rollouts 2..N
+        step_times.append(statistics.median(durations) / run["updates_per_rollout"])
+        tokens_per_s.append(sum(run["completion_tokens"][1:]) / (ends[-1] - ends[0]))
+    n = min(len(r["rewards"]) for r in runs)
+    curve = [statistics.mean(r["rewards"][i] for r in runs) for i in range(n)]
+    return {
+        "s_per_step": statistics.median(step_times),
+        "tokens_per_s": statistics.median(tokens_per_s),
+        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+        "rss_growth_mb": statistics.median(r["peak_rss_mb"] - r["rss_at_start_mb"] for r in runs),
+        "reward_curve": curve,
+        "reward_first5": statistics.mean(curve[:5]),
+        "reward_last5": statistics.mean(curve[-5:]),
+        "final_kl": statistics.median(r["kl"][-1] for r in runs),
+        "runs": len(runs),
+    }
+
+
+def launch(side: str, root: Path, argv: list[str]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", side, "--root", str(root), *argv], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{side} worker failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per GRPO run (PPO: this many rollouts of 4 epochs)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32, help="completions per optimizer step")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient (both sides load a reference model)")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ppo", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--worker", choices=["tether", "trl", "ppo"], help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        if args.worker == "trl":
+            result = run_trl(args.root, args)
+        else:
+            result = run_tether(args.root, args, "grpo" if args.worker == "tether" else "ppo")
+        print(json.dumps(result))
+        return
+
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a != "--no-ppo"]
+    root = Path(tempfile.mkdtemp(prefix="online-rl-bench-"))
+    build_task(root, args.hidden, args.layers)
+    runs: dict[str, list[dict]] = {"tether": [], "trl": [], "ppo": []}
+    for repeat in range(args.repeats):
+        order = ["tether", "trl"] if repeat % 2 == 0 else ["trl", "tether"]
+        for side in order:
+            runs[side].append(launch(side, root, passthrough))
+            print(f"repeat {repeat + 1}/{args.repeats} {side}: {runs[side][-1]['step_ends'][-1]:.1f} s", file=sys.stderr)
+    if not args.no_ppo:
+        runs["ppo"].append(launch("ppo", root, passthrough))
+    summary = {side: summarize(r) for side, r in runs.items() if r}
+    tether, trl = summary["tether"], summary["trl"]
+    print(f"\nOnline RL, tiny Llama (hidden {args.hidden}, {args.layers} layers), batch {args.batch_size} completions "
+          f"= {args.batch_size // args.group_size} prompts x {args.group_size}, {args.max_new_tokens} new tokens, "
+          f"{args.steps} optimizer steps, beta {args.beta}, lr {args.learning_rate}; medians of {args.repeats} runs")
+    header = f"{'':28s}{'Tether GRPO':>14s}{'TRL GRPO':>14s}{'ratio':>10s}"
+    print(header)
+    rows = [
+        ("seconds / step", "s_per_step", "{:.3f}", trl["s_per_step"] / tether["s_per_step"]),
+        ("tokens generated / s", "tokens_per_s", "{:.0f}", tether["tokens_per_s"] / trl["tokens_per_s"]),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", trl["peak_rss_mb"] / tether["peak_rss_mb"]),
+        ("RSS growth in training (MB)", "rss_growth_mb", "{:.0f}", None),
+        ("reward, first 5 steps", "reward_first5", "{:.3f}", None),
+        ("reward, last 5 steps", "reward_last5", "{:.3f}", None),
+        ("final KL per token", "final_kl", "{:.4f}", None),
+    ]
+    for label, key, fmt, ratio in rows:
+        shown = f"{ratio:.2f}x" if ratio is not None else ""
+        print(f"{label:28s}{fmt.format(tether[key]):>14s}{fmt.format(trl[key]):>14s}{shown:>10s}")
+    print("ratios: step throughput and tokens/s are Tether / TRL (higher is better for Tether); memory is TRL / Tether")
+    every = max(1, len(tether["reward_curve"]) // 10)
+    print("reward curve (every", every, "steps)")
+    print("  Tether GRPO:", " ".join(f"{v:.2f}" for v in tether["reward_curve"][::every]))
+    print("  TRL GRPO:   ", " ".join(f"{v:.2f}" for v in trl["reward_curve"][::every]))
+    if "ppo" in summary:
+        ppo = summary["ppo"]
+        print(f"Tether PPO (critic, 4 epochs per rollout of {args.batch_size}): {ppo['s_per_step']:.3f} s / optimizer step, "
+              f"{ppo['tokens_per_s']:.0f} tokens/s, peak RSS {ppo['peak_rss_mb']:.0f} MB, reward first 5 rollouts "
+              f"{ppo['reward_first5']:.3f} -> last 5 {ppo['reward_last5']:.3f}, final KL {ppo['final_kl']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
