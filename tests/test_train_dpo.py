@@ -226,3 +226,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_lm_dir,
     a, b = _history(tmp_path / "one"), _history(tmp_path / "two")
     for key in ("train/loss", "rewards/margins", "logps/chosen"):
         assert [h[key] for h in a] == pytest.approx([h[key] for h in b], rel=1e-4, abs=1e-5), key
+
+
+def test_bf16_flag_runs_the_same_loop_in_mixed_precision(tiny_lm_dir, tmp_path):
+    data = _write(tmp_path / "pairs.jsonl", _pairs(8, seed=8))
+    metrics = train_dpo(_config(tiny_lm_dir, tmp_path, data, "bf16", max_steps=2, batch_size=4, bf16=True))
+    assert 0.0 < metrics["train/loss"] < 2.0
+    meta = json.loads((tmp_path / "bf16" / "tether.json").read_text())
+    assert meta["config"]["bf16"] is True

@@ -1,0 +1,126 @@
+"""Tether SFT vs TRL SFTTrainer, side by side: examples/s, peak memory and the first 20 losses.
+
+Same small Llama (built offline, same initial weights), the same HH-RLHF harmless-base rows (prompt = the dialogue
+up to the last "Assistant:", completion = the chosen answer) in file order (no shuffling on either side), the same
+hyperparameters, loss on completion tokens only on both sides (TRL: completion_only_loss), fp32 on the CPU, no
+gradient checkpointing, no packing on TRL's side (its packing changes what a batch holds). Each measured run is its
+own process (peak memory per run); the sides alternate across repeats. ``--packing`` runs Tether with its packing
+(same examples per step, same loss: rows without padding, no attention across examples).
+
+    pip install trl==1.16.0
+    python benchmarks/sft.py                      # 4 layers x 256 hidden, 20 steps x 8 examples, 3 repeats
+    python benchmarks/sft.py --packing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_bench import peak_rss_mb, prepare, rss_mb, run_worker, summarize  # noqa: E402
+
+
+def tether_worker(a: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from tether.config import SFTConfig
+    from tether.train_sft import train_sft
+
+    base = rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SFTConfig(
+            model=a.model, data=a.data, output_dir=Path(tmp) / "out", max_steps=a.steps, batch_size=a.batch_size,
+            micro_batch_size=a.micro_batch_size, learning_rate=a.learning_rate, lr_schedule="linear",
+            max_length=a.max_length, shuffle=False, group_by_length=False, packing=a.packing, logging_steps=1,
+            mlflow=False, progress=False, seed=0,
+        )
+        started = time.perf_counter()
+        final = train_sft(cfg)
+        total = time.perf_counter() - started
+        losses = [json.loads(line)["train/loss"] for line in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
+    n = a.steps * a.batch_size
+    return {"rate_total": n / total, "rate_train": final["train/examples_per_second"], "peak_rss_mb": peak_rss_mb(),
+            "train_rss_mb": peak_rss_mb() - base, "losses": losses}
+
+
+def trl_worker(a: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    base = rss_mb()
+    rows = [json.loads(line) for line in Path(a.data).read_text().splitlines()]
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(
+            output_dir=tmp, max_steps=a.steps, per_device_train_batch_size=a.micro_batch_size,
+            gradient_accumulation_steps=a.batch_size // a.micro_batch_size, learning_rate=a.learning_rate,
+            lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length,
+            completion_only_loss=True, packing=False, padding_free=False, bf16=False, use_cpu=True,
+            gradient_checkpointing=False, train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
+            report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        )
+        started = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(a.model)
+        tokenizer = AutoTokenizer.from_pretrained(a.model)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        train_started = time.perf_counter()
+        trainer.train()
+        done = time.perf_counter()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    n = a.steps * a.batch_size
+    return {"rate_total": n / (done - started), "rate_train": n / (done - train_started), "peak_rss_mb": peak_rss_mb(),
+            "train_rss_mb": peak_rss_mb() - base, "losses": losses}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", choices=["tether", "trl"])
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--packing", action="store_true", help="Tether side only: pack each micro batch into rows of max_length.")
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tolerance", type=float, default=2e-3)
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "tether-bench-policy"))
+    a = p.parse_args()
+    if a.worker:
+        out = tether_worker(a) if a.worker == "tether" else trl_worker(a)
+        print("RESULT " + json.dumps(out))
+        return
+    setup = prepare(Path(a.workdir), a.steps * a.batch_size, a.max_length, a.vocab, a.hidden, a.layers, answer="completion")
+    print(f"SFT: {a.layers} layers x {a.hidden} hidden, vocab {a.vocab}; {a.steps} steps x {a.batch_size} examples "
+          f"(micro batch {a.micro_batch_size}); max_length {a.max_length}; {a.threads} thread(s); {a.repeats} repeats; "
+          f"tether packing {'on' if a.packing else 'off'}")
+    print(f"data: {setup['data']} (skipped: {setup['skipped_too_long']} too long, {setup['skipped_token_mismatch']} tokenized differently)")
+    forward = ["--model", setup["model"], "--data", setup["data"]] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k in ("steps", "batch_size", "micro_batch_size", "learning_rate", "max_length", "threads")
+    ] + (["--packing"] if a.packing else [])
+    results: dict[str, list[dict]] = {"tether": [], "trl": []}
+    for repeat in range(a.repeats):
+        for side in (("tether", "trl") if repeat % 2 == 0 else ("trl", "tether")):
+            out = run_worker(Path(__file__), side, forward, a.threads)
+            results[side].append(out)
+            print(f"  repeat {repeat + 1} {side:6}: {out['rate_total']:.2f} examples/s end to end, {out['rate_train']:.2f} in the loop, peak {out['peak_rss_mb']:.0f} MB")
+    ok = summarize(results, "examples", a.tolerance)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
