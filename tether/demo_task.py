@@ -120,6 +120,7 @@ REQUESTS: dict[str, list[str]] = {
         "How do I reset my password? My username is {first}{order}.",
         "My account is locked after too many password attempts. Help!",
         "I never got the password reset email. What now?",
+        "I cannot log in since {when}. It says my password is wrong.",
     ],
     "shipping": [
         "How long does shipping take to {city}?",
@@ -131,7 +132,9 @@ REQUESTS: dict[str, list[str]] = {
         "How do I change the email address on my account?",
         "I want to delete my account. How do I do that?",
         "Can I update the phone number on my account?",
-        "How do I change my delivery address in my account?",
+        "How do I change my delivery address in my account? I moved to {city}.",
+        "I got married and need to change the name on my account.",
+        "Can you merge my two accounts? I used one for the {product} order.",
     ],
     "complaint": [
         "Your delivery driver left my {product} in the rain. I am very unhappy.",
@@ -142,8 +145,9 @@ REQUESTS: dict[str, list[str]] = {
     "subscription": [
         "How do I cancel my subscription?",
         "I was charged for a subscription I cancelled {when}.",
-        "Can I pause my subscription for a month?",
+        "Can I pause my subscription for a month? I am away in {city}.",
         "Please stop my monthly plan, I do not need it anymore.",
+        "My subscription renewed {when} but I wanted to cancel it.",
     ],
     "billing": [
         "I was charged twice for order #{order}.",
@@ -302,6 +306,11 @@ def _luhn_card(rng: random.Random) -> str:
     return " ".join(s[i : i + 4] for i in range(0, 16, 4))
 
 
+# Small pools, so that a tiny model can learn to reproduce a leak digit for digit (and the detectors can see it).
+_CARDS = [_luhn_card(random.Random(f"card-{i}")) for i in range(6)]
+_PHONES = [f"+1 415-555-{n:04d}" for n in (132, 147, 160, 171, 185, 199)]
+
+
 def _slots(rng: random.Random) -> dict:
     first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
     other = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
@@ -315,16 +324,16 @@ def _slots(rng: random.Random) -> dict:
         "days": str(rng.choice([3, 5, 8, 12, 19, 26, 35, 42, 60, 90])),
         "city": rng.choice(CITIES),
         "email": f"{first.lower()}.{last.lower()}@example.com",
-        "phone": f"+1 415-555-{rng.randrange(100, 199):04d}",
-        "card": _luhn_card(rng),
+        "phone": rng.choice(_PHONES),
+        "card": rng.choice(_CARDS),
         "address": f"{rng.randrange(2, 199)} {rng.choice(STREETS)}, {rng.choice(CITIES)}",
         "password": f"{rng.choice(PRODUCTS).split()[0]}{rng.randrange(10, 99)}!",
     }
 
 
-def format_prompt(request_text: str, first_name: str) -> str:
-    """The policy's prompt: the customer's message signed with their first name, then the agent's turn."""
-    return f"{PROMPT_PREFIX}{request_text} - {first_name}{PROMPT_SUFFIX}"
+def format_prompt(request_text: str, name: str) -> str:
+    """The policy's prompt: the customer's message signed with their name, then the agent's turn."""
+    return f"{PROMPT_PREFIX}{request_text} - {name}{PROMPT_SUFFIX}"
 
 
 class DemoTask:
@@ -355,13 +364,16 @@ class DemoTask:
         categories = sorted(REQUESTS)
         out = []
         seen: set[str] = set()
+        retries = 0
         while len(out) < n:
             category = categories[len(out) % len(categories)]
             slots = _slots(rng)
             text = rng.choice(REQUESTS[category]).format(**slots)
-            prompt = format_prompt(text, slots["first"])
-            if prompt in seen:
+            prompt = format_prompt(text, f"{slots['first']} {slots['last']}")
+            if prompt in seen and retries < 100:  # a repeat only when a category has run out of new prompts
+                retries += 1
                 continue
+            retries = 0
             seen.add(prompt)
             self._category[prompt] = category
             self._first[prompt] = slots["first"]

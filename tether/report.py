@@ -415,3 +415,14 @@ def write(path: Path, page: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def external_references(page: str) -> list[str]:
+    """Anything in an HTML page that would reach a network or another file: URLs (http, https, protocol-relative,
+    file), scripts, stylesheet imports, font faces, CSS url(). A self-contained report has none."""
+    import re
+
+    found = re.findall(r"(?:https?|ftp|file)://[^\s\"'<>)]*", page)
+    found += re.findall(r"""(?:src|href)\s*=\s*["']//[^"']*""", page)
+    found += [m for m in ("<script", "@import", "@font-face", "url(", "<link") if m in page.lower()]
+    return found

@@ -2,8 +2,53 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from tether.cli.common import JsonFlag
+
+
+def demo_command(
+    workspace: Annotated[Path, typer.Option("--workspace", help="The demo's workspace folder (made if missing; a run adds to it).")] = Path("tether-demo"),
+    fast: Annotated[bool, typer.Option("--fast", help="A smaller run, about a minute (what CI runs).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same data, models and figures.")] = 0,
+    algo: Annotated[str, typer.Option("--algo", help="Policy optimization: ppo (default) or grpo.")] = "ppo",
+    redteam: Annotated[Path | None, typer.Option("--redteam", help="Red-team prompt sets for the evaluation (default: ../shared/data/redteam when present).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the whole RLHF loop on a built-in customer-support task, offline, on a CPU: SFT, candidate replies,
+    simulated annotators, quality control, a snapshot, a reward model, PPO, evaluation, an HTML report and the
+    registry. Prints a summary with the report's path.
+
+    Example:  tether demo --fast
+    """
+    from tether.cli.common import emit_json
+    from tether.demo import run_demo
+
+    out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam)
+    if as_json:
+        emit_json(out)
+        return
+    typer.echo("")
+    typer.echo("Tether demo: done in {:.0f} s".format(out["seconds"]))
+    lo, hi = out["gold_win_rate_ci"]
+    typer.echo(f"  gold win-rate of the policy vs SFT:  {out['gold_win_rate']:.0%}  (95% CI {lo:.0%}-{hi:.0%}; hidden guidelines)")
+    typer.echo(f"  reward-model win-rate vs SFT:        {out['reward_win_rate']:.0%}")
+    typer.echo(f"  rule violations, SFT -> policy:      {out['violation_rate_sft']:.0%} -> {out['violation_rate_policy']:.0%}")
+    typer.echo(f"  good replies, SFT -> policy:         {out['good_style_sft']:.0%} -> {out['good_style_policy']:.0%}")
+    if out.get("kl") is not None:
+        typer.echo(f"  KL(policy || SFT):                   {out['kl']:.2f} nats")
+    typer.echo(f"  QC flagged: {', '.join(out['qc']['flagged']) or 'nobody'};  snapshot {out['snapshot']['name']} sha256 {out['snapshot']['digest'][:16]}...")
+    reg = out["registry"]
+    typer.echo(f"  registered: {reg['reward_model']}, {reg['policy']}" + (" (champion)" if reg["champion"] else " (candidate; promotion refused, see notes)"))
+    for stage in out["stages"]:
+        for note in stage["notes"]:
+            typer.echo(f"  note: {note}")
+    typer.echo(f"  report: {out['report']}")
+    typer.echo(f"  next:   cd {out['workspace']} && tether registry lineage {reg['policy']}")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("demo")(demo_command)

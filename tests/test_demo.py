@@ -1,0 +1,90 @@
+"""The built-in demo task and `tether demo`: the gold preference encodes the guidelines; the whole loop improves
+the policy on the hidden gold preference (slow); the report works offline; lineage reaches the snapshot."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tether.demo_task import STYLES, DemoTask
+
+
+def test_gold_orders_the_styles_as_the_guidelines_say():
+    task = DemoTask(0)
+    rng = random.Random(1)
+    requests = task.requests(160)
+    mean = {style: sum(task.gold_score(r.prompt, task.reply(r, style, rng)) for r in requests) / len(requests) for style in STYLES}
+    assert mean["good"] > mean["verbose"] > mean["unhelpful"]
+    assert mean["good"] > mean["pii_leak"] and mean["good"] > mean["rude"] and mean["good"] > mean["policy_break"]
+    assert max(mean["rude"], mean["policy_break"], mean["pii_leak"]) < 0 < mean["verbose"]
+
+
+def test_gold_score_by_hand():
+    task = DemoTask(0)
+    prompt = "Customer: I forgot my password and cannot log in. - Ana Weber\nAgent:"
+    # helpful (+2: "reset link"), polite (+0.5: "happy to help"), 17 known words: 2.5
+    assert task.gold_score(prompt, "Happy to help, Ana. Use the forgot password link and we will send a reset link.") == 2.5
+    # rude (-2.5) and nothing else: 8 known words
+    assert task.gold_score(prompt, "Not my problem. Read the FAQ like everyone.") == -2.5
+    # polite (+0.5) but breaks a policy (-3): -2.5
+    assert task.gold_score(prompt, "Thanks for writing. Send me your password and I will log in.") == -2.5
+
+
+def test_rules_flag_exactly_the_leaks_and_policy_breaks():
+    import yaml
+
+    from tether.demo_task import RULES_YAML
+    from tether.evaluate_policy import violations
+    from tether.rules import parse_rules
+
+    rules = parse_rules(yaml.safe_load(RULES_YAML))
+    task = DemoTask(3)
+    rng = random.Random(0)
+    requests = task.requests(80)
+    for style in STYLES:
+        flagged, _ = violations(rules, [task.reply(r, style, rng) for r in requests])
+        assert all(flagged) if style in ("pii_leak", "policy_break") else not any(flagged), style
+
+
+def test_task_is_deterministic_and_varied():
+    a, b = DemoTask(5), DemoTask(5)
+    assert a.sft_rows(50) == b.sft_rows(50)
+    assert a.sft_rows(50) != DemoTask(6).sft_rows(50)
+    requests = a.requests(2000, "big")  # more than some categories have templates for: must not hang
+    assert len({r.prompt for r in requests}) == 2000
+    assert {r.category for r in requests} == {"order_status", "refund", "password", "shipping", "account", "complaint", "subscription", "billing"}
+    rng = random.Random(0)
+    for r in requests[:64]:
+        for style in STYLES:
+            assert a.style_of(a.reply(r, style, rng)) == style
+
+
+def test_demo_rejects_an_unknown_algorithm(cli, tmp_path):
+    result = cli("demo", "--workspace", tmp_path / "ws", "--algo", "dqn")
+    assert result.code == 2 and "--algo 'dqn'" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path):
+    from tether.registry import lineage
+    from tether.report import external_references
+    from tether.workspace import open_workspace
+
+    result = cli("demo", "--fast", "--workspace", tmp_path / "demo", "--json")
+    assert result.code == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    # The fast scale is smaller than the default run (which reaches >= 70%); it must still clearly improve.
+    assert out["gold_win_rate"] >= 0.6, out
+    assert out["gold_win_rate_ci"][0] > 0.5
+    assert out["violation_rate_policy"] < out["violation_rate_sft"]
+    assert out["good_style_policy"] > out["good_style_sft"]
+    assert "ann-spammer" in out["qc"]["flagged"]
+    page = Path(out["report"]).read_text(encoding="utf-8")
+    assert external_references(page) == []
+    assert "gold win-rate" in page and "Annotators and quality control" in page
+    info = lineage(open_workspace(Path(out["workspace"])), out["registry"]["policy"])
+    assert info["snapshot_digest"] == out["snapshot"]["digest"]
+    assert info["judgments"]["count"] > 0 and "ann-spammer" in info["judgments"]["annotators"]

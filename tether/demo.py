@@ -1,0 +1,666 @@
+"""`tether demo`: the whole RLHF loop on the built-in customer-support task, offline, on a CPU, in minutes.
+
+Stages (each one is the library function a user would call, on the same store and files):
+
+1. a tokenizer and a tiny base policy are built (tether.tiny) and fine-tuned (tether.train_sft) on generated
+   replies in every style, good and bad mixed (tether.demo_task);
+2. the SFT policy samples two replies per request (tether.rollout) and the pairs are queued as comparison items of
+   a feedback project (tether.store.annotation: the web app's store path);
+3. simulated annotators of different accuracies and one spammer (tether.simulate) take items from the queue and
+   answer through the same store functions as people; they follow the hidden gold preference, with noise;
+4. quality control (tether.qc) flags the spammer; the judgments are aggregated into a frozen snapshot with a digest
+   (tether.store.snapshots), the flagged annotator left out;
+5. a reward model is trained on the snapshot (tether.train_reward); the policy is trained with PPO (or GRPO) against
+   the reward model plus the rule rewards of the guidelines (personal data, forbidden phrases);
+6. the policy is evaluated against the SFT policy (tether.evaluate_policy), by the reward model and by the hidden
+   gold preference, and an HTML report is written (tether.report); the reward model and the policy are registered
+   with lineage (tether.registry), approved by the demo's admin and promoted when the gates pass;
+7. a summary is printed.
+
+Everything is deterministic for a seed (the timings and the MLflow run ids aside).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.errors import TetherError
+
+PROJECT_PREFIX = "support-demo"
+REWARD_NAME = "support-reward"
+POLICY_NAME = "support-policy"
+ADMIN = "demo-admin"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big each stage is. ``default`` aims at ~5 minutes on 2 CPU cores, ``fast`` at ~1 minute."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    sft_requests: int
+    sft_replies_per_request: int
+    sft_epochs: float
+    sft_learning_rate: float
+    annotate_requests: int
+    overlap: int
+    gold_rate: float
+    reward_epochs: float
+    reward_learning_rate: float
+    rl_prompts: int
+    rl_steps: int
+    rl_batch_size: int
+    rl_learning_rate: float
+    kl_coef: float
+    max_new_tokens: int
+    eval_prompts: int
+    redteam_per_set: int
+
+
+SIZES = {
+    "default": DemoSize(
+        vocab_size=1024, hidden_size=128, num_layers=2, sft_requests=800, sft_replies_per_request=2, sft_epochs=5,
+        sft_learning_rate=3e-3, annotate_requests=320, overlap=3, gold_rate=0.1, reward_epochs=2,
+        reward_learning_rate=5e-4, rl_prompts=1024, rl_steps=80, rl_batch_size=32, rl_learning_rate=3e-4, kl_coef=0.05,
+        max_new_tokens=64, eval_prompts=200, redteam_per_set=20,
+    ),
+    "fast": DemoSize(
+        vocab_size=1024, hidden_size=96, num_layers=2, sft_requests=500, sft_replies_per_request=2, sft_epochs=4,
+        sft_learning_rate=4e-3, annotate_requests=200, overlap=3, gold_rate=0.1, reward_epochs=2,
+        reward_learning_rate=1e-3, rl_prompts=512, rl_steps=40, rl_batch_size=32, rl_learning_rate=5e-4, kl_coef=0.05,
+        max_new_tokens=64, eval_prompts=120, redteam_per_set=0,
+    ),
+}
+
+
+@dataclass
+class StageRecord:
+    number: int
+    title: str
+    seconds: float = 0.0
+    detail: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class Stages:
+    """The visible progress display: one line per stage start and end (the trainers add their own bars)."""
+
+    def __init__(self, total: int, enabled: bool):
+        from rich.console import Console
+
+        self.total = total
+        self.console = Console(stderr=True, highlight=False)
+        self.enabled = enabled
+        self.records: list[StageRecord] = []
+
+    @contextmanager
+    def stage(self, title: str):
+        record = StageRecord(len(self.records) + 1, title)
+        self.records.append(record)
+        if self.enabled:
+            self.console.rule(f"[bold]{record.number}/{self.total}  {title}", align="left")
+        started = time.perf_counter()
+        yield record
+        record.seconds = time.perf_counter() - started
+        if self.enabled:
+            self.console.print(f"[green]✓[/green] {title} [dim]({record.seconds:.1f} s)[/dim]  {record.detail}")
+            for note in record.notes:
+                self.console.print(f"  [yellow]note:[/yellow] {note}")
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(f"  {message}")
+
+
+@contextmanager
+def _demo_environment(root: Path):
+    """TETHER_HOME points at the demo's workspace while it runs (the trainers log to its MLflow store and read its
+    snapshots); a TETHER_DATABASE_URL of the user's is set aside so the demo never writes into their database."""
+    saved = {k: os.environ.get(k) for k in ("TETHER_HOME", "TETHER_DATABASE_URL", "MLFLOW_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM")}
+    os.environ["TETHER_HOME"] = str(root)
+    os.environ.pop("TETHER_DATABASE_URL", None)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    return path
+
+
+def _next_project_name(url: str) -> str:
+    from sqlalchemy import select
+
+    from tether.store.db import session_scope
+    from tether.store.tables import Project
+
+    with session_scope(url) as session:
+        taken = set(session.scalars(select(Project.name).where(Project.name.like(f"{PROJECT_PREFIX}-%"))))
+    n = 1
+    while f"{PROJECT_PREFIX}-{n}" in taken:
+        n += 1
+    return f"{PROJECT_PREFIX}-{n}"
+
+
+def find_redteam() -> Path | None:
+    """The shared red-team sets beside the checkout (CI and developer machines), or None."""
+    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "redteam"
+    return here if here.is_dir() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_demo(
+    workspace: Path,
+    *,
+    fast: bool = False,
+    seed: int = 0,
+    algo: str = "ppo",
+    progress: bool = True,
+    redteam: Path | None = None,
+) -> dict[str, Any]:
+    """Run the whole loop in ``workspace`` (made if missing); returns the summary (also written as JSON)."""
+    from tether.workspace import init_workspace
+
+    if algo not in ("ppo", "grpo"):
+        raise TetherError(f"--algo {algo!r} is not one of ppo, grpo", fix="use --algo ppo (default) or --algo grpo")
+    size = SIZES["fast" if fast else "default"]
+    started = time.perf_counter()
+    stages = Stages(7, progress)
+    ws = init_workspace(workspace)
+    with _demo_environment(ws.root):
+        return _run(ws, size, fast=fast, seed=seed, algo=algo, stages=stages, redteam=redteam, started=started)
+
+
+def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: Stages, redteam: Path | None, started: float) -> dict[str, Any]:
+    from tether.demo_task import GUIDELINES, RULES_YAML, DemoTask
+
+    url = ws.database_url
+    task = DemoTask(seed)
+    project = _next_project_name(url)
+    run_dir = ws.artifacts / "demo" / project
+    models = run_dir / "models"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "guidelines.md").write_text(GUIDELINES, encoding="utf-8")
+    rules_path = run_dir / "rules.yaml"
+    rules_path.write_text(RULES_YAML, encoding="utf-8")
+    out: dict[str, Any] = {"workspace": str(ws.root), "project": project, "seed": seed, "fast": fast, "algo": algo}
+    say = stages.say
+
+    # 1 ---------------------------------------------------------------------------------------------------------
+    with stages.stage("tokenizer, tiny base policy, SFT on mixed replies") as st:
+        sft_dir = _stage_sft(task, size, models, run_dir, seed, stages.enabled, say)
+        st.detail = f"{size.sft_requests * size.sft_replies_per_request} demonstrations (all styles) -> {sft_dir}"
+
+    # 2 ---------------------------------------------------------------------------------------------------------
+    with stages.stage("sample candidate replies, queue comparison items") as st:
+        queued = _stage_queue(task, size, sft_dir, url, project, seed, say)
+        st.detail = f"{queued['items']} pairwise items ({queued['gold']} gold) in project {project}; {queued['identical']} identical pairs skipped"
+        out["queue"] = queued
+
+    # 3 ---------------------------------------------------------------------------------------------------------
+    with stages.stage("simulated annotators judge through the store") as st:
+        crew, done = _stage_annotate(url, project, seed)
+        st.detail = ", ".join(f"{name}: {n}" for name, n in sorted(done.items()))
+        out["annotators"] = {a.name: {"accuracy": a.true_accuracy, "spammer": a.spam, "judgments": done.get(a.name, 0)} for a in crew}
+
+    # 4 ---------------------------------------------------------------------------------------------------------
+    with stages.stage("quality control, aggregated snapshot") as st:
+        qc_report, snapshot, notes = _stage_snapshot(ws, url, project)
+        st.notes += notes
+        flagged = sorted(r["annotator"] for r in qc_report["annotators"] if r["flags"])
+        st.detail = f"flagged: {', '.join(flagged) or 'none'}; snapshot {snapshot['name']} ({snapshot['row_count']} pairs, sha256 {snapshot['digest'][:12]}...)"
+        out["qc"] = {"flagged": flagged, "alpha": {q["question"]: q["alpha"] for q in qc_report["questions"]}}
+        out["snapshot"] = {k: snapshot[k] for k in ("name", "digest", "row_count", "aggregate")}
+
+    # 5 ---------------------------------------------------------------------------------------------------------
+    with stages.stage(f"reward model, then {algo.upper()} against it plus the rule rewards") as st:
+        rm_dir, rm_metrics = _stage_reward(size, sft_dir, snapshot["name"], models, seed, stages.enabled)
+        say(f"reward model: held-out accuracy {rm_metrics.get('eval/accuracy', float('nan')):.1%} on the snapshot's pairs")
+        policy_dir, used_algo, notes = _stage_policy(task, size, sft_dir, rm_dir, rules_path, models, run_dir, seed, algo, stages.enabled)
+        st.notes += notes
+        st.detail = f"reward model -> {rm_dir.name}; policy ({used_algo}) -> {policy_dir.name}"
+        out["algo"] = used_algo
+        out["reward_model_metrics"] = rm_metrics
+
+    # 6 ---------------------------------------------------------------------------------------------------------
+    with stages.stage("evaluate, write the report, register with lineage") as st:
+        result = _stage_evaluate(task, size, policy_dir, sft_dir, rm_dir, rules_path, seed, redteam, say)
+        registry, notes = _stage_register(ws, rm_dir, policy_dir, sft_dir, snapshot, rm_metrics, result, used_algo, qc_report)
+        st.notes += notes
+        report_path = ws.reports_dir / f"{project}.html"
+        out.update(_headline(result, task))
+        out["registry"] = registry
+        out["report"] = str(report_path)
+        out["seconds"] = round(time.perf_counter() - started, 1)
+        out["stages"] = [asdict(r) for r in stages.records]
+        from tether.report import read_metrics, write
+
+        write(report_path, demo_report(out, result, qc_report, read_metrics(policy_dir), read_metrics(rm_dir), task))
+        st.detail = f"report -> {report_path}"
+
+    # 7 ---------------------------------------------------------------------------------------------------------
+    with stages.stage("summary") as st:
+        out["seconds"] = round(time.perf_counter() - started, 1)
+        out["stages"] = [asdict(r) for r in stages.records]
+        _write_jsonl(run_dir / "summary.jsonl", [out])
+        st.detail = f"total {out['seconds']:.0f} s"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _stage_sft(task: Any, size: DemoSize, models: Path, run_dir: Path, seed: int, progress: bool, say: Callable[[str], None]) -> Path:
+    from tether.config import SFTConfig
+    from tether.tiny import build_causal_lm, build_tokenizer
+    from tether.train_sft import train_sft
+    from tether.training import set_seed
+
+    set_seed(seed)
+    tokenizer = build_tokenizer(task.corpus(), vocab_size=size.vocab_size)
+    base_dir = models / "base"
+    build_causal_lm(tokenizer, base_dir, hidden_size=size.hidden_size, num_layers=size.num_layers, num_heads=4, max_positions=256, seed=seed)
+    rows = task.sft_rows(size.sft_requests, size.sft_replies_per_request)
+    mix = Counter(r["style"] for r in rows)
+    say("SFT mixture: " + ", ".join(f"{k} {v / len(rows):.0%}" for k, v in mix.most_common()))
+    data = _write_jsonl(run_dir / "sft.jsonl", [{"prompt": r["prompt"], "completion": r["completion"], "style": r["style"]} for r in rows])
+    sft_dir = models / "sft"
+    cfg = SFTConfig(
+        model=str(base_dir), data=str(data), output_dir=sft_dir, epochs=size.sft_epochs, batch_size=32,
+        learning_rate=size.sft_learning_rate, warmup_ratio=0.05, max_length=192, seed=seed, logging_steps=5,
+        progress=progress,
+    )
+    train_sft(cfg)
+    return sft_dir
+
+
+def _stage_queue(task: Any, size: DemoSize, sft_dir: Path, url: str, project: str, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+    from tether.demo_task import GUIDELINES
+    from tether.evaluate_policy import load_policy, sample
+    from tether.store import annotation
+    from tether.store.db import session_scope
+
+    requests = task.requests(size.annotate_requests, "annotate")
+    prompts = [r.prompt for r in requests]
+    model, tokenizer = load_policy(sft_dir)
+    first, _ = sample(model, tokenizer, prompts, max_new_tokens=size.max_new_tokens, temperature=1.0, batch_size=64, seed=seed)
+    second, _ = sample(model, tokenizer, prompts, max_new_tokens=size.max_new_tokens, temperature=1.0, batch_size=64, seed=seed + 1000)
+    rng = random.Random(f"{seed}:gold-items")
+    rows, identical, truths = [], 0, Counter()
+    for i, (prompt, a, b) in enumerate(zip(prompts, first, second)):
+        if a == b:
+            identical += 1
+            continue
+        truth = task.gold_prefers(prompt, a, b)  # hidden: only the simulated annotators read it
+        truths[truth] += 1
+        row: dict[str, Any] = {
+            "prompt": prompt,
+            "completions": [{"text": a, "model": "sft", "gen_settings": {"temperature": 1.0}}, {"text": b, "model": "sft", "gen_settings": {"temperature": 1.0}}],
+            "external_id": f"req-{i}",
+            "meta": {"sim_truth": truth},
+        }
+        if truth != "tie" and rng.random() < size.gold_rate:
+            row["gold"] = {"choice": truth, "strength": 2}
+        rows.append(row)
+    with session_scope(url) as session:
+        proj = annotation.create_project(
+            session, name=project, schema={"kind": "pairwise", "strength": True}, guidelines=GUIDELINES,
+            description="tether demo: which support reply follows the guidelines better?", overlap=size.overlap,
+            gold_rate=size.gold_rate, actor="demo",
+        )
+        counts = annotation.add_items(session, project=proj, rows=rows, actor="demo")
+    say(f"hidden gold over the queued pairs: {truths['a']} A better, {truths['b']} B better, {truths['tie']} ties")
+    return {"items": counts["items"], "gold": counts["gold"], "identical": identical, "truth": dict(truths)}
+
+
+def demo_crew() -> list[Any]:
+    """Annotators of different accuracies and one spammer (answers at random, fast)."""
+    from tether.simulate import SimAnnotator
+
+    return [
+        SimAnnotator("ann-expert", accuracy=0.95, median_time_s=25.0),
+        SimAnnotator("ann-careful", accuracy=0.88, median_time_s=30.0),
+        SimAnnotator("ann-average", accuracy=0.78, median_time_s=18.0),
+        SimAnnotator("ann-spammer", spam=True, median_time_s=3.0),
+    ]
+
+
+def _stage_annotate(url: str, project: str, seed: int) -> tuple[list[Any], dict[str, int]]:
+    from tether.simulate import run_annotators
+
+    crew = demo_crew()
+    done = run_annotators(url, project, crew, seed=seed)
+    return crew, done
+
+
+def _stage_snapshot(ws: Any, url: str, project: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """QC of the project, then a snapshot aggregated from the annotators QC did not flag."""
+    import inspect
+
+    from tether.qc import project_qc, snapshot_qc_record
+    from tether.store import snapshots
+    from tether.store.db import session_scope
+
+    notes: list[str] = []
+    report = project_qc(url, project)
+    flagged = sorted(r["annotator"] for r in report["annotators"] if r["flags"])
+    method = "dawid-skene" if "dawid-skene" in snapshots.AGGREGATES else "majority"
+    params = inspect.signature(snapshots.make_snapshot).parameters
+    kwargs: dict[str, Any] = {}
+    excluded: list[str] = []
+    if flagged:
+        for name in ("exclude_annotators", "exclude", "excluded_annotators"):
+            if name in params:
+                kwargs[name] = flagged
+                excluded = flagged
+                break
+        else:
+            notes.append("this checkout's snapshots cannot leave annotators out yet: the flagged annotators' judgments stay in the majority vote")
+    if method != "dawid-skene":
+        notes.append("Dawid-Skene aggregation is not in this checkout's snapshots yet: majority vote used")
+    qc = snapshot_qc_record(report, method=method, excluded=excluded)
+    with session_scope(url) as session:
+        snap = snapshots.make_snapshot(project, session=session, root=ws.root, aggregate=method, qc=qc, **kwargs)
+    return report, snap, notes
+
+
+def _stage_reward(size: DemoSize, sft_dir: Path, snapshot_name: str, models: Path, seed: int, progress: bool) -> tuple[Path, dict[str, float]]:
+    from tether.config import RewardConfig
+    from tether.train_reward import train_reward
+    from tether.training import read_tether_meta
+
+    rm_dir = models / "reward"
+    cfg = RewardConfig(
+        model=str(sft_dir), data=f"snapshot:{snapshot_name}", output_dir=rm_dir, epochs=size.reward_epochs,
+        batch_size=16, learning_rate=size.reward_learning_rate, max_length=192, eval_fraction=0.1, seed=seed,
+        logging_steps=5, progress=progress,
+    )
+    train_reward(cfg)
+    meta = read_tether_meta(rm_dir)
+    metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    return rm_dir, metrics
+
+
+def _stage_policy(task: Any, size: DemoSize, sft_dir: Path, rm_dir: Path, rules_path: Path, models: Path, run_dir: Path, seed: int, algo: str, progress: bool) -> tuple[Path, str, list[str]]:
+    notes: list[str] = []
+    prompts = _write_jsonl(run_dir / "rl-prompts.jsonl", [{"prompt": r.prompt} for r in task.requests(size.rl_prompts, "rl")])
+    rewards = [str(rm_dir), f"rules:{rules_path}"]
+    common = dict(
+        model=str(sft_dir), prompts=str(prompts), reward=rewards, max_steps=size.rl_steps, batch_size=size.rl_batch_size,
+        learning_rate=size.rl_learning_rate, max_length=192, max_new_tokens=size.max_new_tokens, temperature=1.0,
+        kl_coef=size.kl_coef, seed=seed, logging_steps=1, progress=progress, sample_every=0,
+    )
+    if algo == "ppo":
+        try:
+            from tether.train_ppo import train_ppo
+        except ImportError:
+            notes.append("PPO (tether.train_ppo) is not in this checkout yet: GRPO was used instead")
+            algo = "grpo"
+        else:
+            from tether.config import PPOConfig
+
+            out = models / "policy-ppo"
+            train_ppo(PPOConfig(output_dir=out, **common))
+            return out, "ppo", notes
+    from tether.config import GRPOConfig
+    from tether.train_grpo import train_grpo
+
+    out = models / "policy-grpo"
+    group = 4
+    cfg = GRPOConfig(output_dir=out, group_size=group, **common)
+    train_grpo(cfg)
+    return out, "grpo", notes
+
+
+def _stage_evaluate(task: Any, size: DemoSize, policy_dir: Path, sft_dir: Path, rm_dir: Path, rules_path: Path, seed: int, redteam: Path | None, say: Callable[[str], None]) -> dict[str, Any]:
+    from tether.demo_task import format_prompt
+    from tether.evaluate_policy import evaluate_policy, load_redteam
+
+    prompts = [r.prompt for r in task.requests(size.eval_prompts, "eval")]
+    sets = None
+    source = redteam if redteam is not None else find_redteam()
+    if size.redteam_per_set and source is not None:
+        sets = load_redteam(source)
+    result = evaluate_policy(
+        policy_dir, sft_dir, rm_dir, prompts, rules=rules_path, redteam=sets, template=format_prompt("{prompt}", "Alex"),
+        n_redteam=size.redteam_per_set, max_new_tokens=size.max_new_tokens, temperature=1.0, batch_size=64, seed=seed + 7,
+        gold=task.gold_score, n_pairs=10, say=say,
+    )
+    comp = result["completions"]
+    result["style_mix"] = {
+        "SFT": _mix([task.style_of(t) for t in comp["baseline"]]),
+        "policy": _mix([task.style_of(t) for t in comp["policy"]]),
+    }
+    # How often the proxy (reward model) and the gold agree on which of the two replies is better.
+    scores = result["scores"]
+    agree = total = 0
+    for rp, rb, gp, gb in zip(scores["reward_policy"], scores["reward_baseline"], scores["gold_policy"], scores["gold_baseline"]):
+        if abs(gp - gb) > 1e-9 and abs(rp - rb) > 1e-9:
+            total += 1
+            agree += (rp > rb) == (gp > gb)
+    result["proxy_gold_agreement"] = agree / total if total else None
+    return result
+
+
+def _mix(styles: list[str]) -> dict[str, float]:
+    counts = Counter(styles)
+    return {k: v / max(1, len(styles)) for k, v in counts.items()}
+
+
+def _headline(result: dict[str, Any], task: Any) -> dict[str, Any]:
+    return {
+        "gold_win_rate": result["gold_win_rate"],
+        "gold_win_rate_ci": result["gold_win_rate_ci"],
+        "reward_win_rate": result["win_rate"],
+        "reward_win_rate_ci": result["win_rate_ci"],
+        "violation_rate_sft": result["violation_rate_baseline"],
+        "violation_rate_policy": result["violation_rate_policy"],
+        "gold_score_sft": result["gold_baseline_mean"],
+        "gold_score_policy": result["gold_policy_mean"],
+        "kl": result["kl"],
+        "length_sft": result["length_baseline"],
+        "length_policy": result["length_policy"],
+        "good_style_sft": result["style_mix"]["SFT"].get("good", 0.0),
+        "good_style_policy": result["style_mix"]["policy"].get("good", 0.0),
+        "proxy_gold_agreement": result["proxy_gold_agreement"],
+    }
+
+
+def _stage_register(ws: Any, rm_dir: Path, policy_dir: Path, sft_dir: Path, snapshot: dict[str, Any], rm_metrics: dict[str, float], result: dict[str, Any], algo: str, qc_report: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Register both models with lineage; the demo's admin approves the policy; promotion to champion when the
+    gates of tether.toml pass (a refusal is reported, not hidden)."""
+    from tether.registry import approve, promote, register_model
+
+    notes: list[str] = []
+    annotators = {r["annotator"]: r["n_answers"] for r in qc_report["annotators"]}
+    flagged = sorted(r["annotator"] for r in qc_report["annotators"] if r["flags"])
+    data = {
+        "pairs": snapshot["row_count"],
+        "aggregate": snapshot["aggregate"],
+        "annotators": ", ".join(f"{k} ({v})" for k, v in sorted(annotators.items())),
+        "flagged_by_qc": ", ".join(flagged) or "none",
+        "task": "tether demo: customer-support replies (generated offline)",
+    }
+    rm_figures = {k.split("/", 1)[1]: v for k, v in rm_metrics.items() if k.startswith("eval/")}
+    rm = register_model(
+        ws, rm_dir, name=REWARD_NAME, kind="reward", snapshot_name=snapshot["name"], snapshot_digest=snapshot["digest"],
+        base_model=str(sft_dir), metrics=rm_figures, data_summary=data,
+        method="Bradley-Terry reward model on a tiny Llama initialized from the SFT policy",
+    )
+    figures = {
+        "win_rate": result["win_rate"],
+        "gold_win_rate": result["gold_win_rate"],
+        "violation_rate": result["violation_rate_policy"],
+        "length": result["length_policy"],
+    }
+    if result.get("kl") is not None:
+        figures["kl"] = result["kl"]
+    policy = register_model(
+        ws, policy_dir, name=POLICY_NAME, kind="policy", parent=rm["version"], base_model=str(sft_dir), metrics=figures,
+        data_summary={"prompts": "generated support requests", "reward": f"{rm['version']} + rules (personal data, forbidden phrases)"},
+        method=f"{algo.upper()} from the SFT policy against the reward model plus rule rewards",
+    )
+    _ensure_admin(ws)
+    approve(ws, policy["version"], admin=ADMIN, note="demo: approved after reading the evaluation report")
+    promoted = False
+    try:
+        promote(ws, policy["version"])
+        promoted = True
+    except TetherError as exc:
+        notes.append(exc.message)
+    return {"reward_model": rm["version"], "policy": policy["version"], "champion": promoted}, notes
+
+
+def _ensure_admin(ws: Any) -> None:
+    """The demo's admin (no password: cannot log in to the web app; it only signs the demo's approval)."""
+    from sqlalchemy import select
+
+    from tether.store.db import audit, session_scope
+    from tether.store.tables import User
+
+    with session_scope(ws.database_url) as session:
+        if session.scalar(select(User.id).where(User.name == ADMIN)) is None:
+            user = User(name=ADMIN, role="admin", meta={"demo": True})
+            session.add(user)
+            session.flush()
+            audit(session, "user.create", "user", user.id, actor_name="demo", name=ADMIN, role="admin")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo's report
+# ---------------------------------------------------------------------------------------------------------------
+
+STYLE_ORDER = ["good", "verbose", "unhelpful", "rude", "pii_leak", "policy_break", "other"]
+STYLE_COLORS = {
+    "good": "#2ca02c", "verbose": "#98df8a", "unhelpful": "#bcbd22", "rude": "#ff7f0e", "pii_leak": "#d62728",
+    "policy_break": "#9467bd", "other": "#7f7f7f",
+}
+
+
+def demo_report(out: dict[str, Any], result: dict[str, Any], qc_report: dict[str, Any], policy_metrics: list[dict[str, Any]], rm_metrics: list[dict[str, Any]], task: Any) -> str:
+    """The HTML report of one demo run."""
+    from tether.demo_task import GUIDELINES
+    from tether.report import (
+        Section,
+        esc,
+        pct,
+        plot_bars,
+        plot_stacked_mix,
+        policy_sections,
+        render,
+        table_html,
+    )
+
+    gwr, (glo, ghi) = out["gold_win_rate"], out["gold_win_rate_ci"]
+    cards = [
+        ("gold win-rate vs SFT", pct(gwr), f"95% CI {pct(glo, 0)}-{pct(ghi, 0)}, by the hidden guidelines", "good" if gwr >= 0.7 else "bad"),
+        ("rule violations", f"{pct(out['violation_rate_sft'], 0)} → {pct(out['violation_rate_policy'], 0)}", "SFT → policy (personal data, forbidden phrases)", "good" if out["violation_rate_policy"] < out["violation_rate_sft"] else "bad"),
+        ("good replies", f"{pct(out['good_style_sft'], 0)} → {pct(out['good_style_policy'], 0)}", "share of replies in the good style", "good" if out["good_style_policy"] > out["good_style_sft"] else "bad"),
+        ("reward-model win-rate", pct(out["reward_win_rate"]), "the proxy the policy was trained on", ""),
+        ("KL to SFT", f"{out['kl']:.2f}" if out.get("kl") is not None else "n/a", "nats per reply", ""),
+    ]
+    sections: list[Section] = []
+    stage_rows = [[r["number"], r["title"], f"{r['seconds']:.1f} s", r["detail"], " ".join(r["notes"])] for r in out["stages"]]
+    intro = (
+        "<p>A tiny language model plays a customer-support agent for a fictional shop. Its first version was fine-tuned on "
+        "replies of every kind, good and bad. Simulated annotators then compared pairs of its replies; quality control "
+        "caught the one who clicked at random; their judgments, frozen in a snapshot, trained a reward model; and "
+        f"{esc(out['algo'].upper())} moved the policy toward what the reward model and the rule checks prefer. The annotators "
+        "follow a hidden <em>gold</em> preference written from the guidelines below; it is never shown to the reward model "
+        "or the policy, so the gold win-rate measures whether the loop really moved the model toward the guidelines.</p>"
+    )
+    sections.append(Section("What this run did", [intro, table_html(["#", "stage", "time", "result", "notes"], stage_rows, numeric=(0, 2))]))
+    sections.append(Section("The guidelines (what the annotators are asked to judge)", [f"<pre>{esc(GUIDELINES)}</pre>"]))
+    policy_parts = policy_sections(result, training=policy_metrics, baseline_name="SFT")
+    sections.append(policy_parts[0])
+    mix = result["style_mix"]
+    sections.append(
+        Section(
+            "Reply styles before and after",
+            [
+                plot_stacked_mix({"SFT": mix["SFT"], "policy": mix["policy"]}, STYLE_ORDER, STYLE_COLORS, "reply style mix on held-out requests"),
+                "<p class='small'>Styles read from the reply text with the task's own markers (tether.demo_task.DemoTask.style_of); "
+                "\"other\" is text that matches no style (garbled or mixed).</p>",
+            ],
+        )
+    )
+    sections.extend(policy_parts[1:-1])
+    rows = []
+    truth = out.get("annotators", {})
+    for r in qc_report["annotators"]:
+        hidden = truth.get(r["annotator"], {})
+        rows.append([
+            r["annotator"], r["n_answers"], pct(hidden.get("accuracy")), f"{r['reliability']:.2f}",
+            pct(r["loo_agreement"]) if r["loo_agreement"] is not None else "n/a",
+            pct(r["gold_accuracy"]) if r["gold_accuracy"] is not None else "n/a",
+            "; ".join(f["reason"] for f in r["flags"]) or "-",
+        ])
+    names = [r["annotator"] for r in qc_report["annotators"]]
+    qc_parts = [
+        plot_bars(names, [r["reliability"] for r in qc_report["annotators"]], "Dawid-Skene reliability per annotator (red: flagged)", "reliability", [bool(r["flags"]) for r in qc_report["annotators"]]),
+        table_html(["annotator", "answers", "true accuracy (hidden)", "reliability", "agrees with others", "gold accuracy", "QC flags"], rows, numeric=(1, 2, 3, 4, 5)),
+        f"<p class='small'>Snapshot <code>{esc(out['snapshot']['name'])}</code>: {out['snapshot']['row_count']} pairs, aggregate "
+        f"{esc(out['snapshot']['aggregate'])}, sha256 <code>{esc(out['snapshot']['digest'])}</code>.</p>",
+    ]
+    sections.append(Section("Annotators and quality control", qc_parts))
+    rmm = out.get("reward_model_metrics", {})
+    agreement = result.get("proxy_gold_agreement")
+    rm_parts = [
+        table_html(
+            ["figure", "value"],
+            [
+                ["held-out accuracy on the snapshot's pairs", pct(rmm.get("eval/accuracy"))],
+                ["calibration error (ECE) on them", f"{rmm['eval/ece']:.3f}" if "eval/ece" in rmm else "n/a"],
+                ["agrees with the gold on policy-vs-SFT pairs", pct(agreement)],
+            ],
+            numeric=(1,),
+        )
+    ]
+    sections.append(Section("Reward model", rm_parts))
+    sections.append(policy_parts[-1])
+    reg = out.get("registry", {})
+    sections.append(
+        Section(
+            "Registry and lineage",
+            [
+                table_html(
+                    ["what", "value"],
+                    [
+                        ["reward model", reg.get("reward_model", "")],
+                        ["policy", reg.get("policy", "")],
+                        ["policy promoted to champion", "yes" if reg.get("champion") else "no (see the notes above)"],
+                        ["trace it back", f"tether registry lineage {reg.get('policy', '')}"],
+                    ],
+                )
+            ],
+        )
+    )
+    subtitle = f"workspace {out['workspace']} · project {out['project']} · seed {out['seed']} · {'fast' if out['fast'] else 'default'} size · {out['seconds']:.0f} s"
+    return render("Tether demo: aligning a support assistant with human feedback", subtitle, cards, sections, footer="Generated by tether demo; self-contained, works offline.")
