@@ -58,6 +58,8 @@ def ws(tmp_path_factory):
                 path="artifacts/snapshots/prefs-v1.jsonl",
                 digest="d" * 64,
                 row_count=3,
+                filters={"exclude_annotators": ["carol"]},
+                qc={"flagged": {"carol": ["unreliable"]}, "excluded_annotators": ["carol"]},
                 created_at=datetime.now(timezone.utc) + timedelta(seconds=5),
             )
         )
@@ -166,6 +168,7 @@ def test_lineage_resolves_to_snapshot_digest_and_judgments(ws, model_dir):
     assert info["chain"][2]["name"] == "prefs-v1" and info["chain"][2]["rows"] == 3
     assert info["judgments"]["count"] == 5
     assert info["judgments"]["annotators"] == {"bob": 3, "carol": 2}
+    assert info["judgments"]["flagged"] == ["carol"] and info["judgments"]["excluded"] == ["carol"]
 
 
 def test_gate_checks_by_hand():

@@ -599,17 +599,16 @@ def _snapshot_and_judgments(ws: Any, digest: str, name: str | None) -> tuple[dic
         if snap.created_at is not None:
             base = base.where(Judgment.created_at <= snap.created_at)
         rows = session.execute(base.group_by(User.name, User.role).order_by(User.name)).all()
-        excluded = snap.filters.get("excluded_annotators") or snap.qc.get("flagged") or snap.qc.get("flagged_annotators") or []
-        if isinstance(excluded, dict):
-            excluded = sorted(excluded)
-        excluded_names = sorted({e["name"] if isinstance(e, dict) else str(e) for e in excluded})
+        excluded_names = sorted(set(snap.filters.get("exclude_annotators") or []) | set(snap.qc.get("excluded_annotators") or []))
+        flagged = snap.qc.get("flagged") or {}
         judgments = {
             "type": "judgments",
             "project": project.name if project else None,
             "count": int(sum(r[2] for r in rows)),
             "annotators": {r[0]: int(r[2]) for r in rows},
             "sources": {},
-            "flagged": excluded_names,
+            "excluded": excluded_names,
+            "flagged": sorted(flagged) if isinstance(flagged, (dict, list)) else [],
         }
         src_rows = session.execute(
             select(Judgment.source, func.count(Judgment.id))

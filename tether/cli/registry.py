@@ -182,7 +182,9 @@ def lineage_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
             who = ", ".join(f"{k} ({v})" for k, v in step["annotators"].items())
             typer.echo(f"{indent}{step['count']} judgments in project {step['project']} by {len(step['annotators'])} annotators: {who}")
             if step["flagged"]:
-                typer.echo(f"{indent}  excluded by QC: {', '.join(step['flagged'])}")
+                typer.echo(f"{indent}  flagged by QC: {', '.join(step['flagged'])}")
+            if step["excluded"]:
+                typer.echo(f"{indent}  left out of the snapshot: {', '.join(step['excluded'])}")
 
 
 def register(app: typer.Typer) -> None:
