@@ -596,8 +596,23 @@ def own_assignment(session: Session, *, assignment_id: int, user: User, lock: bo
     return assignment
 
 
-def task_view(session: Session, assignment: Assignment) -> dict[str, Any]:
-    """What the annotator sees: the prompt and the completions in the shown order, with the versions in force."""
+def _in_force(session: Session, project_id: int) -> tuple[int, dict[str, Any], int | None]:
+    """(schema version, schema spec, guideline version) in force, in one statement."""
+    guideline_version = select(func.max(Guideline.version)).where(Guideline.project_id == project_id).scalar_subquery()
+    row = session.execute(
+        select(LabelSchema.version, LabelSchema.spec, guideline_version)
+        .where(LabelSchema.project_id == project_id)
+        .order_by(LabelSchema.version.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        raise TetherError(f"project {project_id} has no label schema", fix="imported feedback sets cannot be annotated; create a project")
+    return row[0], row[1], row[2]
+
+
+def task_view(session: Session, assignment: Assignment, with_guideline: bool = False) -> dict[str, Any]:
+    """What the annotator sees: the prompt and the completions in the shown order, with the versions in force
+    (and the guideline itself under ``"guideline"`` when ``with_guideline``)."""
     item_id, project_id, kind, prompt_text, prompt_messages = session.execute(
         select(Item.id, Item.project_id, Item.kind, Prompt.text, Prompt.messages)
         .join(Prompt, Prompt.id == Item.prompt_id)
@@ -610,8 +625,7 @@ def task_view(session: Session, assignment: Assignment) -> dict[str, Any]:
     ).all()
     by_position = {position: (text, messages) for position, text, messages in rows}
     order = list(assignment.shown_order) or sorted(by_position)
-    guideline = current_guideline(session, project_id)
-    schema = current_schema(session, project_id)
+    schema_version_number, spec, guideline_version = _in_force(session, project_id)
     return {
         "assignment_id": assignment.id,
         "item_id": item_id,
@@ -621,10 +635,10 @@ def task_view(session: Session, assignment: Assignment) -> dict[str, Any]:
         "completions": [{"position": pos, "text": by_position[pos][0], "messages": by_position[pos][1]} for pos in order],
         "shown_order": order,
         "expires_at": _aware(assignment.expires_at),
-        "guideline_version": guideline.version if guideline else None,
-        "schema_version": schema.version,
-        "schema": schema.spec,
-        "guideline": guideline,
+        "guideline_version": guideline_version,
+        "schema_version": schema_version_number,
+        "schema": spec,
+        "guideline": current_guideline(session, project_id) if with_guideline else None,
     }
 
 
@@ -659,12 +673,17 @@ def submit_judgment(
         assignment.state = "expired"
         session.flush()
         raise Conflict(f"assignment {assignment_id} expired and its item went to someone else", fix="ask for your next item")
-    schema = schema_version(session, project.id, schema_version_number)
+    current_version, spec, current_guideline_version = _in_force(session, project.id)
+    if schema_version_number not in (None, current_version):  # answered under an older version of the questions
+        spec = schema_version(session, project.id, schema_version_number).spec
+        current_version = schema_version_number
     n = len(assignment.shown_order) or 1
-    value = check_value(schema.spec, value, n, max_answer_chars)
+    value = check_value(spec, value, n, max_answer_chars)
     if guideline_version is None:
-        guideline_version = session.scalar(select(func.max(Guideline.version)).where(Guideline.project_id == project.id))
-    elif session.scalar(select(Guideline.id).where(Guideline.project_id == project.id, Guideline.version == guideline_version)) is None:
+        guideline_version = current_guideline_version
+    elif guideline_version != current_guideline_version and session.scalar(
+        select(Guideline.id).where(Guideline.project_id == project.id, Guideline.version == guideline_version)
+    ) is None:
         raise TetherError(f"project {project.id} has no guideline version {guideline_version}", fix="leave guideline_version out")
     elapsed_ms = int((now - (_aware(assignment.created_at) or now)).total_seconds() * 1000)
     if time_spent_ms is None or time_spent_ms < 0:
@@ -672,7 +691,7 @@ def submit_judgment(
     time_spent_ms = max(0, min(int(time_spent_ms), max(elapsed_ms, 0)))
     judgment = Judgment(
         item_id=item.id, user_id=user.id, assignment_id=assignment.id, kind=item.kind, value=value,
-        shown_order=list(assignment.shown_order), guideline_version=guideline_version, schema_version=schema.version,
+        shown_order=list(assignment.shown_order), guideline_version=guideline_version, schema_version=current_version,
         time_spent_ms=time_spent_ms, source=source, created_at=now,
     )
     session.add(judgment)

@@ -107,7 +107,7 @@ def task_context(session: Any, project: Project, user: User, assignment: Any) ->
     if assignment is None:
         context["guideline"] = annotation.current_guideline(session, project.id)
         return context
-    task = annotation.task_view(session, assignment)
+    task = annotation.task_view(session, assignment, with_guideline=True)
     context["guideline"] = task["guideline"]
     spec = task["schema"]
     context["task"] = task
