@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from tether.errors import TetherError
@@ -514,6 +514,45 @@ def _slot_free(session: Session, project: Project, assignment: Assignment, now: 
     return item.is_gold or _active_count(session, item.id, now, exclude_id=assignment.id) < project.overlap
 
 
+# The hot statements of the queue, built once: building a statement and computing its cache key cost more CPU than
+# running it on SQLite. Values come as bind parameters at execution.
+_NOW = bindparam("now", type_=Assignment.__table__.c.expires_at.type)
+_LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update()
+_PENDING = (
+    select(Assignment)
+    .where(
+        Assignment.user_id == bindparam("user_id"),
+        Assignment.state == "pending",
+        Assignment.item_id.in_(select(Item.id).where(Item.project_id == bindparam("project_id"))),
+    )
+    .order_by(Assignment.id)
+    .with_for_update()
+)
+_SEEN = (
+    select(func.count(), func.coalesce(func.sum(case((Item.is_gold.is_(True), 1), else_=0)), 0))
+    .select_from(Assignment)
+    .join(Item, Item.id == Assignment.item_id)
+    .where(Assignment.user_id == bindparam("user_id"), Item.project_id == bindparam("project_id"))
+)
+
+
+def _candidates(gold: bool, tried: list[int]) -> Any:
+    """Items this annotator was never given, oldest first; for ordinary items only those below ``overlap``."""
+    never_given = ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == bindparam("user_id"))
+    n_completions = select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == Item.id).correlate(Item).scalar_subquery()
+    query = select(Item.id, n_completions).where(Item.project_id == bindparam("project_id"), Item.is_gold.is_(gold), never_given)
+    if not gold:
+        active = select(func.count()).select_from(Assignment).where(Assignment.item_id == Item.id, _active(_NOW)).correlate(Item).scalar_subquery()
+        query = query.where(active < bindparam("overlap"))
+    if tried:
+        query = query.where(Item.id.not_in(tried))
+    return query.order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item)
+
+
+_CANDIDATE = {gold: _candidates(gold, []) for gold in (True, False)}
+_ACTIVE_COUNT = select(func.count()).select_from(Assignment).where(Assignment.item_id == bindparam("item_id"), _active(_NOW))
+
+
 def next_assignment(
     session: Session, *, project: Project, user: User, now: datetime | None = None, rng: random.Random | None = None
 ) -> Assignment | None:
@@ -521,17 +560,11 @@ def next_assignment(
     now = now or utcnow()
     rng = rng or _rng
     serialized = _serialized(session)
+    params = {"user_id": user.id, "project_id": project.id, "now": now, "overlap": project.overlap}
     if not serialized:
         # Two requests of one annotator (two tabs) queue here, so one person never holds two new items at once.
-        session.execute(select(User.id).where(User.id == user.id).with_for_update())
-    in_project = select(Item.id).where(Item.project_id == project.id)
-    pending = session.scalars(
-        select(Assignment)
-        .where(Assignment.user_id == user.id, Assignment.state == "pending", Assignment.item_id.in_(in_project))
-        .order_by(Assignment.id)
-        .with_for_update()
-    ).all()
-    for assignment in pending:
+        session.execute(_LOCK_USER, params)
+    for assignment in session.scalars(_PENDING, params).all():
         if not _expired(assignment, now):
             return assignment
         if _slot_free(session, project, assignment, now):
@@ -541,31 +574,19 @@ def next_assignment(
 
     want_gold = False
     if project.gold_rate > 0:
-        seen_total, seen_gold = session.execute(
-            select(func.count(), func.coalesce(func.sum(case((Item.is_gold.is_(True), 1), else_=0)), 0))
-            .select_from(Assignment)
-            .join(Item, Item.id == Assignment.item_id)
-            .where(Assignment.user_id == user.id, Item.project_id == project.id)
-        ).one()
+        seen_total, seen_gold = session.execute(_SEEN, params).one()
         want_gold = seen_gold < math.floor((seen_total + 1) * project.gold_rate + 1e-9)
 
-    never_given = ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id)
-    active_count = select(func.count()).select_from(Assignment).where(Assignment.item_id == Item.id, _active(now)).correlate(Item).scalar_subquery()
-    n_completions = select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == Item.id).correlate(Item).scalar_subquery()
     tried: list[int] = []
     for gold in ([True, False] if want_gold else [False]):
         for _attempt in range(50):  # bounded: each round either assigns, or rules one item out
-            query = select(Item.id, n_completions).where(Item.project_id == project.id, Item.is_gold == gold, never_given)
-            if not gold:
-                query = query.where(active_count < project.overlap)
-            if tried:
-                query = query.where(Item.id.not_in(tried))
-            found = session.execute(query.order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item)).first()
+            query = _candidates(gold, tried) if tried else _CANDIDATE[gold]
+            found = session.execute(query, params).first()
             if found is None:
                 break
             item_id, n = found
             # Read again after the lock: the first read may predate another annotator's commit (PostgreSQL).
-            if not gold and not serialized and _active_count(session, item_id, now) >= project.overlap:
+            if not gold and not serialized and (session.scalar(_ACTIVE_COUNT, {"item_id": item_id, "now": now}) or 0) >= project.overlap:
                 tried.append(item_id)
                 continue
             n = n or 1
@@ -585,26 +606,44 @@ def _serialized(session: Session) -> bool:
     return session.get_bind().dialect.name == "sqlite"
 
 
+_ASSIGNMENT = select(Assignment).where(Assignment.id == bindparam("assignment_id"))
+_ASSIGNMENT_LOCKED = _ASSIGNMENT.with_for_update()
+_ITEM_AND_PROJECT = select(Item, Project).join(Project, Project.id == Item.project_id).where(Item.id == bindparam("item_id"))
+
+
 def own_assignment(session: Session, *, assignment_id: int, user: User, lock: bool = False) -> Assignment:
     """The user's assignment; someone else's or a missing one is the same 403 (nothing leaks)."""
-    query = select(Assignment).where(Assignment.id == assignment_id)
-    if lock:
-        query = query.with_for_update()
-    assignment = session.scalar(query)
+    assignment = session.scalar(_ASSIGNMENT_LOCKED if lock else _ASSIGNMENT, {"assignment_id": assignment_id})
     if assignment is None or assignment.user_id != user.id:
         raise Forbidden(f"assignment {assignment_id} is not yours", fix="ask for your next item")
     return assignment
 
 
+_IN_FORCE = (
+    select(
+        LabelSchema.version,
+        LabelSchema.spec,
+        select(func.max(Guideline.version)).where(Guideline.project_id == bindparam("project_id")).scalar_subquery(),
+    )
+    .where(LabelSchema.project_id == bindparam("project_id"))
+    .order_by(LabelSchema.version.desc())
+    .limit(1)
+)
+_TASK_ITEM = (
+    select(Item.id, Item.project_id, Item.kind, Prompt.text, Prompt.messages)
+    .join(Prompt, Prompt.id == Item.prompt_id)
+    .where(Item.id == bindparam("item_id"))
+)
+_TASK_COMPLETIONS = (
+    select(ItemCompletion.position, Completion.text, Completion.messages)
+    .join(Completion, Completion.id == ItemCompletion.completion_id)
+    .where(ItemCompletion.item_id == bindparam("item_id"))
+)
+
+
 def _in_force(session: Session, project_id: int) -> tuple[int, dict[str, Any], int | None]:
     """(schema version, schema spec, guideline version) in force, in one statement."""
-    guideline_version = select(func.max(Guideline.version)).where(Guideline.project_id == project_id).scalar_subquery()
-    row = session.execute(
-        select(LabelSchema.version, LabelSchema.spec, guideline_version)
-        .where(LabelSchema.project_id == project_id)
-        .order_by(LabelSchema.version.desc())
-        .limit(1)
-    ).first()
+    row = session.execute(_IN_FORCE, {"project_id": project_id}).first()
     if row is None:
         raise TetherError(f"project {project_id} has no label schema", fix="imported feedback sets cannot be annotated; create a project")
     return row[0], row[1], row[2]
@@ -613,16 +652,8 @@ def _in_force(session: Session, project_id: int) -> tuple[int, dict[str, Any], i
 def task_view(session: Session, assignment: Assignment, with_guideline: bool = False) -> dict[str, Any]:
     """What the annotator sees: the prompt and the completions in the shown order, with the versions in force
     (and the guideline itself under ``"guideline"`` when ``with_guideline``)."""
-    item_id, project_id, kind, prompt_text, prompt_messages = session.execute(
-        select(Item.id, Item.project_id, Item.kind, Prompt.text, Prompt.messages)
-        .join(Prompt, Prompt.id == Item.prompt_id)
-        .where(Item.id == assignment.item_id)
-    ).one()
-    rows = session.execute(
-        select(ItemCompletion.position, Completion.text, Completion.messages)
-        .join(Completion, Completion.id == ItemCompletion.completion_id)
-        .where(ItemCompletion.item_id == item_id)
-    ).all()
+    item_id, project_id, kind, prompt_text, prompt_messages = session.execute(_TASK_ITEM, {"item_id": assignment.item_id}).one()
+    rows = session.execute(_TASK_COMPLETIONS, {"item_id": item_id}).all()
     by_position = {position: (text, messages) for position, text, messages in rows}
     order = list(assignment.shown_order) or sorted(by_position)
     schema_version_number, spec, guideline_version = _in_force(session, project_id)
@@ -666,9 +697,7 @@ def submit_judgment(
         raise Conflict(f"assignment {assignment_id} was answered already", fix="a correction goes through the judgment's correct call")
     if assignment.state != "pending":
         raise Conflict(f"assignment {assignment_id} is {assignment.state}", fix="ask for your next item")
-    item, project = session.execute(
-        select(Item, Project).join(Project, Project.id == Item.project_id).where(Item.id == assignment.item_id)
-    ).one()
+    item, project = session.execute(_ITEM_AND_PROJECT, {"item_id": assignment.item_id}).one()
     if _expired(assignment, now) and not _slot_free(session, project, assignment, now):
         assignment.state = "expired"
         session.flush()
