@@ -75,9 +75,9 @@ SIZES = {
         max_new_tokens=64, eval_prompts=200, redteam_per_set=20,
     ),
     "fast": DemoSize(
-        vocab_size=1024, hidden_size=96, num_layers=2, sft_requests=500, sft_replies_per_request=2, sft_epochs=4,
-        sft_learning_rate=4e-3, annotate_requests=200, overlap=3, gold_rate=0.1, reward_epochs=2,
-        reward_learning_rate=1e-3, rl_prompts=512, rl_steps=40, rl_batch_size=32, rl_learning_rate=5e-4, kl_coef=0.05,
+        vocab_size=1024, hidden_size=128, num_layers=2, sft_requests=500, sft_replies_per_request=2, sft_epochs=4,
+        sft_learning_rate=3e-3, annotate_requests=240, overlap=3, gold_rate=0.1, reward_epochs=2,
+        reward_learning_rate=5e-4, rl_prompts=512, rl_steps=40, rl_batch_size=32, rl_learning_rate=3e-4, kl_coef=0.05,
         max_new_tokens=64, eval_prompts=120, redteam_per_set=0,
     ),
 }
@@ -131,6 +131,13 @@ def _demo_environment(root: Path):
     os.environ.pop("TETHER_DATABASE_URL", None)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the stages and the trainers show their own progress
+    hf_logging.set_verbosity_error()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         yield
     finally:
@@ -190,10 +197,14 @@ def run_demo(
         raise TetherError(f"--algo {algo!r} is not one of ppo, grpo", fix="use --algo ppo (default) or --algo grpo")
     size = SIZES["fast" if fast else "default"]
     started = time.perf_counter()
+    cpu_started = time.process_time()
     stages = Stages(7, progress)
     ws = init_workspace(workspace)
     with _demo_environment(ws.root):
-        return _run(ws, size, fast=fast, seed=seed, algo=algo, stages=stages, redteam=redteam, started=started)
+        out = _run(ws, size, fast=fast, seed=seed, algo=algo, stages=stages, redteam=redteam, started=started)
+    # CPU seconds of this process (all its threads): the figure to compare with the budget on a shared machine
+    out["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    return out
 
 
 def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: Stages, redteam: Path | None, started: float) -> dict[str, Any]:
@@ -249,6 +260,7 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
 
     # 6 ---------------------------------------------------------------------------------------------------------
     with stages.stage("evaluate, write the report, register with lineage") as st:
+        st_started = time.perf_counter()
         result = _stage_evaluate(task, size, policy_dir, sft_dir, rm_dir, rules_path, seed, redteam, say)
         registry, notes = _stage_register(ws, rm_dir, policy_dir, sft_dir, snapshot, rm_metrics, result, used_algo, qc_report)
         st.notes += notes
@@ -256,12 +268,16 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
         out.update(_headline(result, task))
         out["registry"] = registry
         out["report"] = str(report_path)
+        st.detail = f"registered {registry['reward_model']} and {registry['policy']}" + (" (champion)" if registry["champion"] else "")
+        st.seconds = time.perf_counter() - st_started
         out["seconds"] = round(time.perf_counter() - started, 1)
         out["stages"] = [asdict(r) for r in stages.records]
         from tether.report import read_metrics, write
 
+        # Everything the report shows, kept beside the run so it can be re-read (or re-rendered) later.
+        (run_dir / "evaluation.json").write_text(json.dumps({"summary": out, "evaluation": result, "qc": qc_report}, default=str), encoding="utf-8")
         write(report_path, demo_report(out, result, qc_report, read_metrics(policy_dir), read_metrics(rm_dir), task))
-        st.detail = f"report -> {report_path}"
+        st.detail += f"; report -> {report_path}"
 
     # 7 ---------------------------------------------------------------------------------------------------------
     with stages.stage("summary") as st:

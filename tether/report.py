@@ -140,7 +140,7 @@ def plot_win_rates(rates: Sequence[tuple[str, float, float, float]], title: str 
     y = list(range(len(rates)))[::-1]
     ax.barh(y, values, xerr=errors, color=POLICY_COLOR, alpha=0.85, capsize=4, height=0.55)
     for yi, v, r in zip(y, values, rates):
-        ax.text(min(v, r[3]) + 0.02, yi, f"{v:.0%}  [{r[2]:.0%}, {r[3]:.0%}]", va="center", fontsize=9)
+        ax.text(max(v, r[3]) + 0.02, yi, f"{v:.0%}  [{r[2]:.0%}, {r[3]:.0%}]", va="center", fontsize=9)
     ax.axvline(0.5, color="#555", ls="--", lw=1)
     ax.set_yticks(y, labels)
     ax.set_xlim(0, 1.25)

@@ -27,7 +27,14 @@ def demo_command(
     from tether.cli.common import emit_json
     from tether.demo import run_demo
 
-    out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam)
+    if as_json:  # stdout carries the one JSON object: what the trainers print goes to stderr with the progress
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):
+            out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam)
+    else:
+        out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam)
     if as_json:
         emit_json(out)
         return
