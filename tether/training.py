@@ -41,7 +41,8 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Any, int, int]:
 
     if cfg.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise TetherError("--bf16: this GPU has no bfloat16 support", fix="drop bf16 (train in fp32)")
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # cpu=True without CUDA: `accelerate launch --num_processes 2` then starts gloo processes on a CPU machine.
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     processes = accelerator.num_processes
     if cfg.batch_size % processes:
         raise TetherError(
