@@ -83,8 +83,11 @@ def prepare(url: str, n_annotators: int, n_items: int, overlap: int) -> tuple[in
         return project.id, tokens
 
 
-async def annotator(client, project_id: int, token: str, per_annotator: int, think_ms: float, rng: random.Random, out: dict) -> None:
+async def annotator(client, project_id: int, token: str, per_annotator: int, think_ms: float, rng: random.Random, out: dict,
+                    ramp_s: float = 0.0) -> None:
     headers = {"Authorization": f"Bearer {token}"}
+    if ramp_s > 0:  # people do not all click at the same instant: starts spread over the ramp
+        await asyncio.sleep(rng.uniform(0, ramp_s))
     for _ in range(per_annotator):  # bounded
         start = time.perf_counter()
         try:
@@ -116,7 +119,7 @@ async def annotator(client, project_id: int, token: str, per_annotator: int, thi
             out["errors"].append(f"submit: HTTP {response.status_code}")
 
 
-async def drive(base: str, project_id: int, tokens: list[str], per_annotator: int, think_ms: float, seed: int) -> dict:
+async def drive(base: str, project_id: int, tokens: list[str], per_annotator: int, think_ms: float, seed: int, ramp_s: float = 0.0) -> dict:
     """All annotators at once; each has its own HTTP client (one keep-alive connection), as each person has their
     own browser. One shared client would spend most of the client's CPU managing a pool of hundreds of connections."""
     import httpx
@@ -125,7 +128,7 @@ async def drive(base: str, project_id: int, tokens: list[str], per_annotator: in
 
     async def one(i: int, token: str) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=120) as client:
-            await annotator(client, project_id, token, per_annotator, think_ms, random.Random(seed + i), out)
+            await annotator(client, project_id, token, per_annotator, think_ms, random.Random(seed + i), out, ramp_s)
 
     start = time.perf_counter()
     await asyncio.gather(*(one(i, token) for i, token in enumerate(tokens)))
@@ -203,7 +206,8 @@ def run_one(db: str, args: argparse.Namespace) -> dict:
                 raise SystemExit("tether serve did not start:\n" + (tmp / "serve.log").read_text())
             time.sleep(0.2)
         cpu_before, client_before, load_before = process_cpu_s(server.pid), time.process_time(), os.getloadavg()[0]
-        out = asyncio.run(drive(base, project_id, tokens, args.per_annotator, args.think_ms, args.seed))
+        ramp_s = args.think_ms / 1000 if args.ramp_s is None else args.ramp_s
+        out = asyncio.run(drive(base, project_id, tokens, args.per_annotator, args.think_ms, args.seed, ramp_s))
         out["server_cpu_s"] = process_cpu_s(server.pid) - cpu_before
         out["client_cpu_s"] = time.process_time() - client_before
         out["load"] = (load_before + os.getloadavg()[0]) / 2
@@ -249,6 +253,8 @@ def main() -> None:
     parser.add_argument("--annotators", type=int, default=200, help="concurrent simulated annotators")
     parser.add_argument("--per-annotator", type=int, default=10, help="items each annotator judges (bounded loop)")
     parser.add_argument("--think-ms", type=float, default=2000, help="mean think time between next and submit (uniform 0.5x..1.5x); 0 = saturate")
+    parser.add_argument("--ramp-s", type=float, default=None,
+                        help="spread the annotators' first request over this many seconds (default: the think time; 0 = all at once)")
     parser.add_argument("--overlap", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="tether serve --workers")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
@@ -258,7 +264,8 @@ def main() -> None:
     if args.annotators < 1 or args.annotators > 2000 or args.per_annotator < 1 or args.per_annotator > 1000:
         raise SystemExit("--annotators must be 1..2000 and --per-annotator 1..1000")
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-    print(f"annotate_load: {args.annotators} annotators x {args.per_annotator} items, think {args.think_ms:.0f} ms, overlap {args.overlap}, "
+    ramp = args.think_ms / 1000 if args.ramp_s is None else args.ramp_s
+    print(f"annotate_load: {args.annotators} annotators x {args.per_annotator} items, think {args.think_ms:.0f} ms, ramp {ramp:.0f} s, overlap {args.overlap}, "
           f"workers {args.workers}, CPUs {os.cpu_count()}")
     header = (f"{'db':<9}{'next p50':>10}{'next p99':>10}{'submit p50':>12}{'submit p99':>12}{'req/s':>8}{'judgments':>11}{'errors':>8}"
               f"{'lost':>6}{'dup':>5}{'over':>6}{'srv CPU/req':>13}{'cli CPU/req':>13}{'load':>6}")
