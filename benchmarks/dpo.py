@@ -27,6 +27,8 @@ def tether_worker(a: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (imported before the clock, as on TRL's side)
+
     from tether.config import DPOConfig
     from tether.train_dpo import train_dpo
 

@@ -29,6 +29,8 @@ def tether_worker(a: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (imported before the clock, as on TRL's side)
+
     from tether.config import SFTConfig
     from tether.train_sft import train_sft
 

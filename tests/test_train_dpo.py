@@ -210,6 +210,14 @@ print("world", dist.get_world_size() if dist.is_initialized() else 1)
 """
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow  # two process start-ups with torch imports: ~45 s on the shared 2-core machine
 def test_two_processes_match_one_process_with_the_same_global_batch(tiny_lm_dir, tmp_path):
     data = _write(tmp_path / "pairs.jsonl", _pairs(24, seed=7))
@@ -217,7 +225,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_lm_dir,
     script.write_text(_TWO_PROCESS_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     one = [sys.executable, str(script), str(tiny_lm_dir), str(data), str(tmp_path / "one"), "4"]
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(script), str(tiny_lm_dir), str(data), str(tmp_path / "two"), "2"]
     for cmd, world in ((one, 1), (two, 2)):
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -229,8 +237,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_lm_dir,
 
 
 def test_bf16_flag_runs_the_same_loop_in_mixed_precision(tiny_lm_dir, tmp_path):
+    from accelerate.state import AcceleratorState
+
     data = _write(tmp_path / "pairs.jsonl", _pairs(8, seed=8))
-    metrics = train_dpo(_config(tiny_lm_dir, tmp_path, data, "bf16", max_steps=2, batch_size=4, bf16=True))
+    # Accelerate keeps the precision in a process-wide singleton: reset it around this test (not the process group).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    try:
+        metrics = train_dpo(_config(tiny_lm_dir, tmp_path, data, "bf16", max_steps=2, batch_size=4, bf16=True))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=False)
     assert 0.0 < metrics["train/loss"] < 2.0
     meta = json.loads((tmp_path / "bf16" / "tether.json").read_text())
     assert meta["config"]["bf16"] is True

@@ -107,6 +107,7 @@ def test_lora_saves_an_adapter_or_merged_weights(tiny_lm_dir, tmp_path):
     data = _write(tmp_path / "sft.jsonl", [{"prompt": "Q:", "completion": " yes"}] * 4)
     train_sft(_config(tiny_lm_dir, data, tmp_path / "adapter", max_steps=2, lora_r=4))
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert hasattr(AutoModelForCausalLM.from_pretrained(tmp_path / "adapter"), "peft_config")  # loads base + adapter
     train_sft(_config(tiny_lm_dir, data, tmp_path / "merged", max_steps=2, lora_r=4, merge=True, learning_rate=1e-2))
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
