@@ -596,8 +596,8 @@ def _snapshot_and_judgments(ws: Any, digest: str, name: str | None) -> tuple[dic
             .join(User, User.id == Judgment.user_id)
             .where(Item.project_id == snap.project_id, Judgment.id.not_in(superseded))
         )
-        if snap.created_at is not None:
-            base = base.where(Judgment.created_at <= snap.created_at)
+        # Judgments are immutable, and all of a project's judgments at snapshot time are behind it (minus those its
+        # filters left out). No time filter: clocks differ (simulated annotators stamp their own simulated time).
         rows = session.execute(base.group_by(User.name, User.role).order_by(User.name)).all()
         excluded_names = sorted(set(snap.filters.get("exclude_annotators") or []) | set(snap.qc.get("excluded_annotators") or []))
         flagged = snap.qc.get("flagged") or {}
@@ -605,6 +605,8 @@ def _snapshot_and_judgments(ws: Any, digest: str, name: str | None) -> tuple[dic
             "type": "judgments",
             "project": project.name if project else None,
             "count": int(sum(r[2] for r in rows)),
+            "used": snap.counts.get("judgments"),
+            "excluded_judgments": snap.counts.get("excluded_judgments", 0),
             "annotators": {r[0]: int(r[2]) for r in rows},
             "sources": {},
             "excluded": excluded_names,

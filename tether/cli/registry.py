@@ -11,6 +11,8 @@ from tether.cli.common import JsonFlag, emit_json
 
 registry_app = typer.Typer(help="Model registry: versions, aliases (candidate, champion), approvals, lineage.", no_args_is_help=True)
 
+# The figures `registry list` shows (show VERSION has them all).
+LISTED_FIGURES = ("win_rate", "gold_win_rate", "violation_rate", "kl", "accuracy", "ece")
 VersionArg = Annotated[str, typer.Argument(help="NAME/N (support-policy/2), NAME@ALIAS (support-policy@champion) or NAME (latest).")]
 
 
@@ -44,7 +46,7 @@ def list_cmd(as_json: JsonFlag = False) -> None:
     for col in ("version", "kind", "aliases", "approved by", "figures"):
         table.add_column(col)
     for r in rows:
-        figures = "  ".join(f"{k}={v:.3g}" for k, v in sorted(r["figures"].items()))
+        figures = "  ".join(f"{k}={v:.3g}" for k, v in sorted(r["figures"].items()) if k in LISTED_FIGURES)
         table.add_row(r["version"], r["kind"], ", ".join(r["aliases"]), r["approved_by"] or "", figures)
     console().print(table)
 
@@ -180,11 +182,13 @@ def lineage_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
                 typer.echo(f"{indent}snapshot sha256 {step['digest']}  (not in this workspace's store)")
         elif step["type"] == "judgments":
             who = ", ".join(f"{k} ({v})" for k, v in step["annotators"].items())
-            typer.echo(f"{indent}{step['count']} judgments in project {step['project']} by {len(step['annotators'])} annotators: {who}")
+            used = f", {step['used']} used" if step.get("used") is not None else ""
+            typer.echo(f"{indent}{step['count']} judgments{used} in project {step['project']} by {len(step['annotators'])} annotators: {who}")
+            pad = " " * len(indent)
             if step["flagged"]:
-                typer.echo(f"{indent}  flagged by QC: {', '.join(step['flagged'])}")
+                typer.echo(f"{pad}flagged by QC: {', '.join(step['flagged'])}")
             if step["excluded"]:
-                typer.echo(f"{indent}  left out of the snapshot: {', '.join(step['excluded'])}")
+                typer.echo(f"{pad}left out of the snapshot: {', '.join(step['excluded'])} ({step.get('excluded_judgments') or 0} judgments)")
 
 
 def register(app: typer.Typer) -> None:
