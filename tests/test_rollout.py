@@ -7,7 +7,16 @@ import warnings
 import pytest
 import torch
 
-from tether.rollout import build_rollout, completion_logps, encode_prompts, generate_hf, prompt_indices
+from tether.rollout import (
+    build_rollout,
+    completion_logps,
+    encode_prompts,
+    generate_hf,
+    generate_loop,
+    prompt_indices,
+    sample_rollout,
+    sample_tokens,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +124,126 @@ def test_prompt_stream_is_deterministic_and_covers_every_prompt():
     assert flat[:5] != flat[5:] or flat[:5] != sorted(flat[:5])  # shuffled per pass
     assert prompt_indices(5, 3, 2, seed=7) == passes[3]
     assert prompt_indices(5, 0, 5, seed=8) != prompt_indices(5, 0, 5, seed=7)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tether's sampling loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def greedy_generate(model, tokenizer, prompts, group_size, max_new_tokens, eos):
+    """HF generate's greedy completions, as a Rollout, for the same prompt rows as generate_loop."""
+    from transformers import GenerationConfig
+
+    from tether.training import pad_left
+
+    texts, ids = encode_prompts(tokenizer, prompts, 448)
+    rows = [i for i in range(len(ids)) for _ in range(group_size)]
+    input_ids, attention_mask = pad_left([ids[i] for i in rows], tokenizer.pad_token_id)
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    return build_rollout(tokenizer, [prompts[i] for i in rows], [texts[i] for i in rows], [ids[i] for i in rows], out[:, input_ids.shape[1] :].tolist())
+
+
+PROMPTS = ["Hello, how", "The quick brown fox jumps over the lazy", "Your order", "Please reset your password"]
+
+
+@pytest.mark.parametrize("decoder", ["fast", "hf"])
+def test_loop_greedy_equals_generate_greedy(lm, decoder):
+    """Left-padded prompts of four lengths, two rows per prompt: the loop's greedy tokens, masks and texts equal
+    those of HF generate, with the fast decoder and with the model's own forward."""
+    model, tokenizer = lm
+    ours = generate_loop(model, tokenizer, PROMPTS, group_size=2, max_new_tokens=12, do_sample=False, decoder=decoder)
+    theirs = greedy_generate(model, tokenizer, PROMPTS, 2, 12, tokenizer.eos_token_id)
+    assert torch.equal(ours.prompt_ids, theirs.prompt_ids) and torch.equal(ours.prompt_mask, theirs.prompt_mask)
+    assert torch.equal(ours.completion_ids, theirs.completion_ids)
+    assert torch.equal(ours.completion_mask, theirs.completion_mask)
+    assert ours.completion_texts == theirs.completion_texts and ours.prompts == theirs.prompts
+
+
+def test_loop_stops_rows_at_eos_and_drops_them(lm):
+    """With a token the greedy completions reach at different steps taken as EOS, rows stop at different
+    lengths (finished rows leave the batch): tokens, masks and has_eos still equal HF generate's."""
+    model, tokenizer = lm
+    free = greedy_generate(model, tokenizer, PROMPTS, 1, 12, None).completion_ids
+    first_steps: dict[int, list[int]] = {}  # token -> the step at which each row first emits it
+    for row in free.tolist():
+        for token in set(row):
+            first_steps.setdefault(token, []).append(row.index(token))
+    eos = max(first_steps, key=lambda token: len(set(first_steps[token])))  # ends rows at the most distinct steps
+    original = tokenizer.eos_token_id
+    tokenizer.eos_token_id = eos
+    try:
+        ours = generate_loop(model, tokenizer, PROMPTS, group_size=1, max_new_tokens=12, do_sample=False, decoder="fast")
+        theirs = greedy_generate(model, tokenizer, PROMPTS, 1, 12, eos)
+    finally:
+        tokenizer.eos_token_id = original
+    assert len(set(ours.completion_lengths.tolist())) > 1  # the case under test: rows of several lengths
+    assert ours.has_eos.any()
+    assert torch.equal(ours.completion_ids, theirs.completion_ids)
+    assert torch.equal(ours.completion_mask, theirs.completion_mask)
+    assert torch.equal(ours.has_eos, theirs.has_eos)
+
+
+def test_sampled_tokens_follow_temperature_and_top_p():
+    """logits log([0.5, 0.3, 0.15, 0.05]): 40,000 draws land within 0.01 of those probabilities; top_p = 0.75 keeps
+    only the two most likely tokens (0.05 + 0.15 = 0.2 <= 0.25 dropped), renormalized to 0.625 / 0.375;
+    temperature 2 gives softmax(logits / 2) = sqrt(p) / sum sqrt(p); do_sample=False is the argmax."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(40_000, 4)
+    torch.manual_seed(0)
+
+    def frequencies(**kwargs):
+        return torch.bincount(sample_tokens(logits, **kwargs), minlength=4).float() / len(logits)
+
+    assert torch.allclose(frequencies(), probs, atol=0.01)
+    nucleus = frequencies(top_p=0.75)
+    assert nucleus[2:].sum() == 0
+    assert torch.allclose(nucleus[:2], torch.tensor([0.625, 0.375]), atol=0.01)
+    assert torch.allclose(frequencies(temperature=2.0), probs.sqrt() / probs.sqrt().sum(), atol=0.01)
+    assert sample_tokens(logits[:3], do_sample=False).tolist() == [0, 0, 0]
+
+
+def test_sampled_loop_matches_generate_in_distribution(lm):
+    """Sampling at temperature 1: the mean log-prob of the first sampled token under the model, over 400 rows,
+    is the same for the loop and for generate (both sample the model's distribution; the RNG streams differ)."""
+    model, tokenizer = lm
+    torch.manual_seed(5)
+    ours = generate_loop(model, tokenizer, ["Hello, how"], group_size=400, max_new_tokens=1)
+    theirs = generate_hf(model, tokenizer, ["Hello, how"], group_size=400, max_new_tokens=1, cache="dynamic")
+    with torch.no_grad():
+        ids = ours.prompt_ids[:1]
+        logps = model(ids).logits[0, -1].log_softmax(-1)
+    mean_ours, mean_theirs = logps[ours.completion_ids[:, 0]].mean(), logps[theirs.completion_ids[:, 0]].mean()
+    entropy = -(logps.exp() * logps).sum()
+    assert abs(mean_ours - mean_theirs) < 0.25 and abs(mean_ours + entropy) < 0.25, (mean_ours, mean_theirs, entropy)
+
+
+def test_sample_rollout_picks_the_sampler(lm, monkeypatch):
+    import tether.rollout as rollout_module
+
+    model, tokenizer = lm
+    calls = []
+    monkeypatch.setattr(rollout_module, "generate_loop", lambda *a, **k: calls.append(("loop", k.get("decoder"))))
+    monkeypatch.setattr(rollout_module, "generate_hf", lambda *a, **k: calls.append(("hf", k.get("cache"))))
+    sample_rollout(model, tokenizer, ["a"], max_new_tokens=2)  # auto on a CPU: the loop
+    sample_rollout(model, tokenizer, ["a"], sampler="hf", cache="static", max_new_tokens=2)
+    sample_rollout(model, tokenizer, ["a"], sampler="loop", decoder="hf", max_new_tokens=2)
+    assert calls == [("loop", "auto"), ("hf", "static"), ("loop", "hf")]
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample_rollout(model, tokenizer, ["a"], sampler="beam")
+
+
+def test_loop_falls_back_to_the_model_forward_where_the_decoder_cannot_run(lm, tmp_path):
+    """A GPT-2 policy: auto samples with its own forward and says so once; decoder=fast is a clear error."""
+    from tether.errors import TetherError
+    from tether.tiny import build_causal_lm
+
+    _, tokenizer = lm
+    gpt2 = build_causal_lm(tokenizer, tmp_path / "gpt2", arch="gpt2", hidden_size=32, num_layers=1, num_heads=2).eval()
+    with pytest.warns(UserWarning, match="fast decoder cannot run GPT2LMHeadModel"):
+        rollout = generate_loop(gpt2, tokenizer, PROMPTS[:2], group_size=2, max_new_tokens=5, do_sample=False)
+    theirs = greedy_generate(gpt2, tokenizer, PROMPTS[:2], 2, 5, tokenizer.eos_token_id)
+    assert torch.equal(rollout.completion_ids, theirs.completion_ids)
+    with pytest.raises(TetherError, match="fast decoder cannot run"):
+        generate_loop(gpt2, tokenizer, PROMPTS[:1], max_new_tokens=2, decoder="fast")

@@ -177,11 +177,16 @@ class OnlineRLConfig(TrainConfig):
     kl_estimator: str = Field("k1", pattern="^(k1|k2|k3)$", description="Per-token KL estimator (Schulman 2020): k1 = log ratio, k2 = its square / 2, k3 = exp(-log ratio) - 1 + log ratio.")
     aggregation: str = Field("token", pattern="^(token|sequence)$", description="Loss over tokens: token = mean over all completion tokens of the batch (DAPO); sequence = mean of per-completion means (GRPO paper).")
     missing_eos_penalty: float | None = Field(None, ge=0, description="Subtracted from the score of a completion that reached max_new_tokens without EOS (None: no penalty).")
-    sampler: str = Field("hf", pattern="^(hf|vllm)$", description="hf: transformers generate; vllm: vLLM (GPU, `pip install vllm`), with truncated importance-sampling correction.")
+    sampler: str = Field(
+        "auto",
+        pattern="^(auto|loop|hf|vllm)$",
+        description="auto: loop on a CPU, hf on a GPU; loop: Tether's own sampling loop (tether.rollout.generate_loop: each prompt prefilled once per group, a fast KV-cached decoder for Llama-family models); hf: transformers generate; vllm: vLLM (GPU, `pip install vllm`), with truncated importance-sampling correction.",
+    )
+    decoder: str = Field("auto", pattern="^(auto|fast|hf)$", description="sampler=loop: the forward per new token. auto: the fast decoder (tether.decoder) where it supports the model, else the model's own forward; fast: require it; hf: always the model's forward.")
     cache: str = Field(
         "auto",
         pattern="^(auto|static|dynamic)$",
-        description="KV cache of HF generate: static (preallocated; ~6x faster on GPU), dynamic, or auto = static on a GPU and dynamic on a CPU (where static is slower). Static falls back to dynamic, with a warning, where it fails.",
+        description="KV cache of HF generate (sampler=hf): static (preallocated; ~6x faster on GPU), dynamic, or auto = static on a GPU and dynamic on a CPU (where static is slower). Static falls back to dynamic, with a warning, where it fails.",
     )
     is_cap: float = Field(2.0, gt=0, description="vLLM only: cap of the per-token importance weights exp(trainer - sampler log-prob).")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="vLLM only: fraction of GPU memory vLLM may take.")

@@ -51,9 +51,9 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         VLLMSampler,
         completion_logps,
         disable_dropout,
-        generate_hf,
         mean_over_processes,
         prompt_indices,
+        sample_rollout,
         write_samples,
     )
     from tether.store.formats import load_rows, rows_digest
@@ -144,7 +144,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
             rollout = vllm.generate(tokenizer, [prompts[i] for i in indices], **sampling)
         else:
             with accelerator.autocast():
-                rollout = generate_hf(unwrapped, tokenizer, [prompts[i] for i in indices], cache=cfg.cache, **sampling)
+                rollout = sample_rollout(unwrapped, tokenizer, [prompts[i] for i in indices], sampler=cfg.sampler, cache=cfg.cache, decoder=cfg.decoder, **sampling)
         generated_s = time.perf_counter() - started
 
         # ---- ALGO: score; a completion cut before EOS may be penalized -------------------------------------
@@ -169,7 +169,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
             if cfg.kl_coef > 0:
                 ref_logps = torch.zeros_like(mask, dtype=torch.float32)
                 adapter_off = unwrapped.disable_adapter() if cfg.lora_r else contextlib.nullcontext()
-                with adapter_off:
+                with adapter_off, torch.inference_mode():
                     for chunk in micro_chunks:
                         ref_logps[chunk] = policy_forward(reference if reference is not None else policy, chunk, False)[0]
 

@@ -124,10 +124,10 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         VLLMSampler,
         completion_logps,
         disable_dropout,
-        generate_hf,
         mean_over_processes,
         position_ids,
         prompt_indices,
+        sample_rollout,
         write_samples,
     )
     from tether.store.formats import load_rows, rows_digest
@@ -231,7 +231,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
             rollout = vllm.generate(tokenizer, [prompts[i] for i in indices], **sampling)
         else:
             with accelerator.autocast():
-                rollout = generate_hf(unwrapped, tokenizer, [prompts[i] for i in indices], cache=cfg.cache, **sampling)
+                rollout = sample_rollout(unwrapped, tokenizer, [prompts[i] for i in indices], sampler=cfg.sampler, cache=cfg.cache, decoder=cfg.decoder, **sampling)
         generated_s = time.perf_counter() - started
 
         # ---- ALGO: score prompt+completion; a completion cut before EOS loses missing_eos_penalty ----------
@@ -255,7 +255,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
                 old_logps[chunk] = policy_forward(policy, chunk, False)[0]
                 old_values[chunk] = value_forward(chunk)
             if cfg.kl_coef > 0:
-                with unwrapped.disable_adapter() if cfg.lora_r else contextlib.nullcontext():
+                with unwrapped.disable_adapter() if cfg.lora_r else contextlib.nullcontext(), torch.inference_mode():
                     for chunk in micro_chunks:
                         ref_logps[chunk] = policy_forward(reference if reference is not None else policy, chunk, False)[0]
             else:
