@@ -100,6 +100,10 @@ def summarize(results: dict[str, list[dict[str, Any]]], unit: str, tolerance: fl
         print(f"{label:28}{a:12.2f}{b:12.2f}{a / b:10.2f}x")
     for side, runs in results.items():
         print(f"  {side} repeats, {unit}/s end to end: " + ", ".join(f"{r['rate_total']:.2f}" for r in runs))
+    # The machine's load drifts: the ratio within each repeat (the two runs back to back) is the steadier figure.
+    for key, label in (("rate_total", "end to end"), ("rate_train", "training loop")):
+        ratios = [a[key] / b[key] for a, b in zip(results["tether"], results["trl"])]
+        print(f"  per-repeat speed-up, {label}: " + ", ".join(f"{x:.2f}x" for x in ratios) + f"  (median {statistics.median(ratios):.2f}x)")
     ours, theirs = results["tether"][0]["losses"], results["trl"][0]["losses"]
     print("\nstep   tether loss   trl loss    |diff|")
     worst = 0.0

@@ -234,6 +234,11 @@ class TokenLogProbs(torch.nn.Module):
         reference: bool = False,
     ) -> torch.Tensor:
         core = self._core[0]
+        if attention_mask is not None and attention_mask.dim() == 4 and core.config._attn_implementation not in ("sdpa", "eager"):
+            raise TetherError(
+                f"one-row-per-pair batches need a custom attention mask, which {core.config._attn_implementation} does not take",
+                fix="load the model with attn_implementation='sdpa' (the default)",
+            )
         if attention_mask is not None and attention_mask.dim() == 4 and core.config._attn_implementation == "eager":
             attention_mask = torch.zeros(attention_mask.shape, dtype=torch.float32, device=attention_mask.device).masked_fill(
                 ~attention_mask, torch.finfo(torch.float32).min
