@@ -83,6 +83,15 @@ def prepare(url: str, n_annotators: int, n_items: int, overlap: int) -> tuple[in
         return project.id, tokens
 
 
+def app_ms(response) -> float:
+    """The server's own time for a request (its Server-Timing header), in ms."""
+    timing = response.headers.get("server-timing", "")
+    try:
+        return float(timing.split("dur=", 1)[1])
+    except (IndexError, ValueError):
+        return float("nan")
+
+
 async def annotator(client, project_id: int, token: str, per_annotator: int, think_ms: float, rng: random.Random, out: dict,
                     ramp_s: float = 0.0) -> None:
     headers = {"Authorization": f"Bearer {token}"}
@@ -96,6 +105,7 @@ async def annotator(client, project_id: int, token: str, per_annotator: int, thi
             out["errors"].append(f"next: {type(exc).__name__}")
             return
         out["next_ms"].append((time.perf_counter() - start) * 1000)
+        out["next_app_ms"].append(app_ms(response))
         if response.status_code == 204:
             return
         if response.status_code != 200:
@@ -113,6 +123,7 @@ async def annotator(client, project_id: int, token: str, per_annotator: int, thi
             out["errors"].append(f"submit: {type(exc).__name__}")
             continue
         out["submit_ms"].append((time.perf_counter() - start) * 1000)
+        out["submit_app_ms"].append(app_ms(response))
         if response.status_code == 201:
             out["acked"].append(response.json()["judgment_id"])
         else:
@@ -124,7 +135,7 @@ async def drive(base: str, project_id: int, tokens: list[str], per_annotator: in
     own browser. One shared client would spend most of the client's CPU managing a pool of hundreds of connections."""
     import httpx
 
-    out: dict = {"next_ms": [], "submit_ms": [], "acked": [], "errors": []}
+    out: dict = {"next_ms": [], "submit_ms": [], "next_app_ms": [], "submit_app_ms": [], "acked": [], "errors": []}
 
     async def one(i: int, token: str) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=120) as client:
@@ -236,6 +247,8 @@ def run_one(db: str, args: argparse.Namespace) -> dict:
         "next_p99": percentile(out["next_ms"], 99),
         "submit_p50": statistics.median(out["submit_ms"]) if out["submit_ms"] else float("nan"),
         "submit_p99": percentile(out["submit_ms"], 99),
+        "app_p99": percentile(out["next_app_ms"] + out["submit_app_ms"], 99),
+        "app_p50": statistics.median(out["next_app_ms"] + out["submit_app_ms"]) if out["next_app_ms"] else float("nan"),
         "requests": requests,
         "req_per_s": requests / out["wall_s"],
         "judgments": len(out["acked"]),
@@ -268,13 +281,13 @@ def main() -> None:
     print(f"annotate_load: {args.annotators} annotators x {args.per_annotator} items, think {args.think_ms:.0f} ms, ramp {ramp:.0f} s, overlap {args.overlap}, "
           f"workers {args.workers}, CPUs {os.cpu_count()}")
     header = (f"{'db':<9}{'next p50':>10}{'next p99':>10}{'submit p50':>12}{'submit p99':>12}{'req/s':>8}{'judgments':>11}{'errors':>8}"
-              f"{'lost':>6}{'dup':>5}{'over':>6}{'srv CPU/req':>13}{'cli CPU/req':>13}{'load':>6}")
+              f"{'lost':>6}{'dup':>5}{'over':>6}{'srv CPU/req':>13}{'cli CPU/req':>13}{'load':>6}{'app p50':>10}{'app p99':>10}")
     print(header)
     for db in dbs:
         r = run_one(db, args)
         print(f"{r['db']:<9}{r['next_p50']:>8.1f}ms{r['next_p99']:>8.1f}ms{r['submit_p50']:>10.1f}ms{r['submit_p99']:>10.1f}ms"
               f"{r['req_per_s']:>8.0f}{r['judgments']:>11}{r['errors']:>8}{r['lost']:>6}{r['duplicated']:>5}{r['over_overlap']:>6}"
-              f"{r['server_cpu_ms']:>11.1f}ms{r['client_cpu_ms']:>11.1f}ms{r['load']:>6.1f}")
+              f"{r['server_cpu_ms']:>11.1f}ms{r['client_cpu_ms']:>11.1f}ms{r['load']:>6.1f}{r['app_p50']:>8.1f}ms{r['app_p99']:>8.1f}ms")
         if r["error_kinds"]:
             print(f"  errors: {r['error_kinds']}")
         if r["unacknowledged"]:

@@ -5,12 +5,14 @@
 - Every response carries a strict Content-Security-Policy (scripts and styles from this origin only, no inline
   script, no plugins, no framing), ``nosniff`` and a same-origin referrer policy.
 - A visitor without a ``tether_csrf`` cookie gets one (HttpOnly, SameSite=Lax); forms carry its HMAC.
+- ``Server-Timing: app;dur=<ms>`` tells how long the app held the request.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -87,9 +89,13 @@ class WebMiddleware:
                     raise HTTPException(413, detail=too_large_message(limit, upload))
             return message
 
+        started = time.perf_counter()
+
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 extra = list(SECURITY_HEADERS)
+                # How long the app took, for operators and the load benchmark (queueing inside the app included).
+                extra.append((b"server-timing", f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()))
                 if new_csrf and not path.startswith(("/api/", "/static/")):
                     flags = "; Path=/; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
                     extra.append((b"set-cookie", f"{security.CSRF_COOKIE}={new_csrf}{flags}".encode()))
