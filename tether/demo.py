@@ -471,8 +471,8 @@ def _stage_evaluate(task: Any, size: DemoSize, policy_dir: Path, sft_dir: Path, 
     )
     comp = result["completions"]
     result["style_mix"] = {
-        "SFT": _mix([task.style_of(t) for t in comp["baseline"]]),
-        "policy": _mix([task.style_of(t) for t in comp["policy"]]),
+        "SFT": _mix([task.style_of(t, p) for p, t in zip(comp["prompts"], comp["baseline"])]),
+        "policy": _mix([task.style_of(t, p) for p, t in zip(comp["prompts"], comp["policy"])]),
     }
     # How often the proxy (reward model) and the gold agree on which of the two replies is better.
     scores = result["scores"]
@@ -573,10 +573,10 @@ def _ensure_admin(ws: Any) -> None:
 # The demo's report
 # ---------------------------------------------------------------------------------------------------------------
 
-STYLE_ORDER = ["good", "verbose", "unhelpful", "rude", "pii_leak", "policy_break", "other"]
+STYLE_ORDER = ["good", "verbose", "off_topic", "unhelpful", "rude", "pii_leak", "policy_break", "other"]
 STYLE_COLORS = {
-    "good": "#2ca02c", "verbose": "#98df8a", "unhelpful": "#bcbd22", "rude": "#ff7f0e", "pii_leak": "#d62728",
-    "policy_break": "#9467bd", "other": "#7f7f7f",
+    "good": "#2ca02c", "verbose": "#98df8a", "off_topic": "#17becf", "unhelpful": "#bcbd22", "rude": "#ff7f0e",
+    "pii_leak": "#d62728", "policy_break": "#9467bd", "other": "#7f7f7f",
 }
 
 
@@ -622,8 +622,10 @@ def demo_report(out: dict[str, Any], result: dict[str, Any], qc_report: dict[str
             "Reply styles before and after",
             [
                 plot_stacked_mix({"SFT": mix["SFT"], "policy": mix["policy"]}, STYLE_ORDER, STYLE_COLORS, "reply style mix on held-out requests"),
-                "<p class='small'>Styles read from the reply text with the task's own markers (tether.demo_task.DemoTask.style_of); "
-                "\"other\" is text that matches no style (garbled or mixed).</p>",
+                "<p class='small'>Styles read from the reply text with the task's own markers (tether.demo_task.DemoTask.style_of): "
+                "\"good\" gives the next step of <em>this</em> request; \"off_topic\" is polite and concrete but answers another "
+                "kind of request (a policy that collapses onto one safe-looking reply shows here); \"other\" matches no style "
+                "(garbled or mixed).</p>",
             ],
         )
     )

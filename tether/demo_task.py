@@ -475,8 +475,9 @@ class DemoTask:
             return "tie"
         return "a" if diff > 0 else "b"
 
-    def style_of(self, reply: str) -> str:
-        """The style a reply reads as (for the report's style mix); "other" for garbled or mixed text."""
+    def style_of(self, reply: str, prompt: str | None = None) -> str:
+        """The style a reply reads as (for the report's style mix); "other" for garbled or mixed text. With the
+        prompt, a polite reply that gives the next step of another kind of request is "off_topic", not "good"."""
         lower = reply.lower()
         if any(m in lower for m in POLICY_MARKERS):
             return "policy_break"
@@ -488,6 +489,10 @@ class DemoTask:
             return "unhelpful"
         if len(_words(reply)) > 45:
             return "verbose"
+        if prompt is not None:
+            if any(a in lower for a in ACTIONS[self.category_of(prompt)]):
+                return "good"
+            return "off_topic" if any(a in lower for acts in ACTIONS.values() for a in acts) else "other"
         if any(a in lower for acts in ACTIONS.values() for a in acts):
             return "good"
         return "other"
