@@ -6,12 +6,16 @@ fp32 (TRL: bf16=False, gradient_checkpointing=False), the token-level "dapo" los
 sides. Each run is its own subprocess (so peak memory is its own) with one torch thread; the sides alternate
 over --repeats and the figures are medians.
 
-Reported per side: seconds per optimizer step (median of steps 2..N: the first step pays for warm-up),
-completion tokens generated per second of training, peak resident memory of the process (and its growth after the
-model is loaded), the reward curve (mean reward per step, averaged over repeats) and the final KL.
+Reported per side: seconds per optimizer step (median of steps 2..N: the first step pays for warm-up), both wall
+clock and CPU time of the process (on a shared machine the CPU time is the steadier figure: it does not count the
+time the process waits for a core), completion tokens generated per second of training, peak resident memory of
+the process (and its growth after the model is loaded), the reward curve (mean reward per step, averaged over
+repeats) and the final KL. ``--compare-hf`` adds Tether with ``sampler=hf`` (HF generate, as before Tether had
+its own sampling loop), to show what the loop is worth; Tether's split of a step into sampling and update is
+printed from its own metrics.
 
 Run (needs `pip install trl==1.16.0`):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/online_rl.py --steps 30 --repeats 3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/online_rl.py --steps 25 --repeats 5 --compare-hf
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_tether(root: Path, args: argparse.Namespace, algo: str) -> dict:
+def run_tether(root: Path, args: argparse.Namespace, algo: str, sets: list[str] | None = None) -> dict:
     import torch
 
     from tether.config import GRPOConfig, PPOConfig, load_config
@@ -80,16 +84,19 @@ def run_tether(root: Path, args: argparse.Namespace, algo: str) -> dict:
         cfg = load_config(PPOConfig, None, ["missing_eos_penalty=null"], max_steps=args.steps * 4, ppo_epochs=4, **common)
         from tether.train_ppo import train_ppo as trainer
     else:
-        cfg = load_config(GRPOConfig, None, [], algo="grpo", group_size=args.group_size, max_steps=args.steps, kl_estimator="k3", aggregation="token", **common)
+        cfg = load_config(GRPOConfig, None, sets or [], algo="grpo", group_size=args.group_size, max_steps=args.steps, kl_estimator="k3", aggregation="token", **common)
         from tether.train_grpo import train_grpo as trainer
     rss_start = peak_rss_mb()
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     started = time.perf_counter()
-    trainer(cfg, on_step=lambda *a: stamps.append(time.perf_counter()))
+    trainer(cfg, on_step=lambda *a: stamps.append((time.perf_counter(), time.process_time())))
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     updates = 4 if algo == "ppo" else 1  # optimizer steps per rollout
     return {
-        "step_ends": [s - started for s in stamps][updates - 1 :: updates],  # end of each rollout's updates
+        "step_ends": [wall - started for wall, _ in stamps][updates - 1 :: updates],  # end of each rollout's updates
+        "step_cpu_ends": [cpu for _, cpu in stamps][updates - 1 :: updates],
+        "rollout_s": [h["time/rollout_s"] for h in history],
+        "update_s": [h["time/update_s"] for h in history],
         "updates_per_rollout": updates,
         "rewards": [h["objective/scores"] for h in history],
         "kl": [h["objective/kl"] / max(h["completions/mean_length"], 1.0) for h in history],  # per token, as TRL logs it
@@ -113,11 +120,11 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = Path(tempfile.mkdtemp(prefix="trl-grpo-"))
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
 
     class Timer(TrainerCallback):
         def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
+            stamps.append((time.perf_counter(), time.process_time()))
 
     config = GRPOConfig(
         output_dir=str(out), per_device_train_batch_size=args.batch_size, num_generations=args.group_size,
@@ -136,7 +143,8 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
     return {
-        "step_ends": [s - started for s in stamps],
+        "step_ends": [wall - started for wall, _ in stamps],
+        "step_cpu_ends": [cpu for _, cpu in stamps],
         "updates_per_rollout": 1,
         "rewards": [h["reward"] for h in logs],
         "kl": [h.get("kl", float("nan")) for h in logs],
@@ -152,16 +160,20 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    step_times, tokens_per_s = [], []
+    step_times, cpu_times, tokens_per_s = [], [], []
     for run in runs:
-        ends = run["step_ends"]
+        ends, cpu_ends = run["step_ends"], run["step_cpu_ends"]
         durations = [b - a for a, b in zip(ends, ends[1:])]  # rollouts 2..N
         step_times.append(statistics.median(durations) / run["updates_per_rollout"])
+        cpu_times.append(statistics.median(b - a for a, b in zip(cpu_ends, cpu_ends[1:])) / run["updates_per_rollout"])
         tokens_per_s.append(sum(run["completion_tokens"][1:]) / (ends[-1] - ends[0]))
     n = min(len(r["rewards"]) for r in runs)
     curve = [statistics.mean(r["rewards"][i] for r in runs) for i in range(n)]
     return {
         "s_per_step": statistics.median(step_times),
+        "cpu_s_per_step": statistics.median(cpu_times),
+        "rollout_s": statistics.median(v for r in runs for v in r.get("rollout_s", [float("nan")])[1:]) if "rollout_s" in runs[0] else None,
+        "update_s": statistics.median(v for r in runs for v in r.get("update_s", [float("nan")])[1:]) if "update_s" in runs[0] else None,
         "tokens_per_s": statistics.median(tokens_per_s),
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
         "rss_growth_mb": statistics.median(r["peak_rss_mb"] - r["rss_at_start_mb"] for r in runs),
@@ -196,25 +208,30 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ppo", action="store_true")
+    parser.add_argument("--compare-hf", action="store_true", help="also run Tether with sampler=hf (HF generate) in every repeat")
     parser.add_argument("--json", type=Path, help="also write the summary here")
-    parser.add_argument("--worker", choices=["tether", "trl", "ppo"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["tether", "tether-hf", "trl", "ppo"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         if args.worker == "trl":
             result = run_trl(args.root, args)
+        elif args.worker == "tether-hf":
+            result = run_tether(args.root, args, "grpo", ["sampler=hf"])
         else:
             result = run_tether(args.root, args, "grpo" if args.worker == "tether" else "ppo")
         print(json.dumps(result))
         return
 
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a != "--no-ppo"]
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a not in ("--no-ppo", "--compare-hf")]
+    load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="online-rl-bench-"))
     build_task(root, args.hidden, args.layers)
-    runs: dict[str, list[dict]] = {"tether": [], "trl": [], "ppo": []}
+    runs: dict[str, list[dict]] = {"tether": [], "tether-hf": [], "trl": [], "ppo": []}
+    sides = ["tether", "trl", "tether-hf"] if args.compare_hf else ["tether", "trl"]
     for repeat in range(args.repeats):
-        order = ["tether", "trl"] if repeat % 2 == 0 else ["trl", "tether"]
+        order = sides[repeat % len(sides) :] + sides[: repeat % len(sides)]  # rotate who goes first
         for side in order:
             runs[side].append(launch(side, root, passthrough))
             print(f"repeat {repeat + 1}/{args.repeats} {side}: {runs[side][-1]['step_ends'][-1]:.1f} s", file=sys.stderr)
@@ -228,7 +245,8 @@ def main() -> None:
     header = f"{'':28s}{'Tether GRPO':>14s}{'TRL GRPO':>14s}{'ratio':>10s}"
     print(header)
     rows = [
-        ("seconds / step", "s_per_step", "{:.3f}", trl["s_per_step"] / tether["s_per_step"]),
+        ("seconds / step (wall)", "s_per_step", "{:.3f}", trl["s_per_step"] / tether["s_per_step"]),
+        ("CPU seconds / step", "cpu_s_per_step", "{:.3f}", trl["cpu_s_per_step"] / tether["cpu_s_per_step"]),
         ("tokens generated / s", "tokens_per_s", "{:.0f}", tether["tokens_per_s"] / trl["tokens_per_s"]),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", trl["peak_rss_mb"] / tether["peak_rss_mb"]),
         ("RSS growth in training (MB)", "rss_growth_mb", "{:.0f}", None),
@@ -240,13 +258,23 @@ def main() -> None:
         shown = f"{ratio:.2f}x" if ratio is not None else ""
         print(f"{label:28s}{fmt.format(tether[key]):>14s}{fmt.format(trl[key]):>14s}{shown:>10s}")
     print("ratios: step throughput and tokens/s are Tether / TRL (higher is better for Tether); memory is TRL / Tether")
+    print(f"load average (1, 5, 15 min) before: {' '.join(f'{v:.1f}' for v in load_before)}; after: {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs")
     every = max(1, len(tether["reward_curve"]) // 10)
     print("reward curve (every", every, "steps)")
     print("  Tether GRPO:", " ".join(f"{v:.2f}" for v in tether["reward_curve"][::every]))
     print("  TRL GRPO:   ", " ".join(f"{v:.2f}" for v in trl["reward_curve"][::every]))
+    print(f"Tether GRPO step split (wall, medians): sampling {tether['rollout_s']:.3f} s, scoring + update "
+          f"{tether['s_per_step'] - tether['rollout_s']:.3f} s (of which the update {tether['update_s']:.3f} s)")
+    if "tether-hf" in summary:
+        hf = summary["tether-hf"]
+        print(f"Tether GRPO with sampler=hf (HF generate): {hf['s_per_step']:.3f} s / step wall ({trl['s_per_step'] / hf['s_per_step']:.2f}x TRL), "
+              f"{hf['cpu_s_per_step']:.3f} CPU s / step ({trl['cpu_s_per_step'] / hf['cpu_s_per_step']:.2f}x TRL), sampling "
+              f"{hf['rollout_s']:.3f} s; reward first 5 {hf['reward_first5']:.3f} -> last 5 {hf['reward_last5']:.3f}")
     if "ppo" in summary:
         ppo = summary["ppo"]
-        print(f"Tether PPO (critic, 4 epochs per rollout of {args.batch_size}): {ppo['s_per_step']:.3f} s / optimizer step, "
+        print(f"Tether PPO (critic, 4 epochs per rollout of {args.batch_size}): {ppo['s_per_step']:.3f} s / optimizer step "
+              f"({ppo['cpu_s_per_step']:.3f} CPU s), "
               f"{ppo['tokens_per_s']:.0f} tokens/s, peak RSS {ppo['peak_rss_mb']:.0f} MB, reward first 5 rollouts "
               f"{ppo['reward_first5']:.3f} -> last 5 {ppo['reward_last5']:.3f}, final KL {ppo['final_kl']:.3f}")
     if args.json:

@@ -94,14 +94,15 @@ class KVDecoder:
             self.layers.append(
                 dict(
                     in_norm=(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
-                    qkv=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                    # weights stored transposed, (in, out), for x @ W without a transpose per call
+                    qkv=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).t().contiguous(),
                     qkv_bias=qkv_bias,
                     q_norm=(attn.q_norm.weight, attn.q_norm.variance_epsilon) if hasattr(attn, "q_norm") else None,
                     k_norm=(attn.k_norm.weight, attn.k_norm.variance_epsilon) if hasattr(attn, "k_norm") else None,
-                    o=attn.o_proj.weight,
+                    o=attn.o_proj.weight.t().contiguous(),
                     post_norm=(layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon),
-                    gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                    down=mlp.down_proj.weight,
+                    gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
+                    down=mlp.down_proj.weight.t().contiguous(),
                 )
             )
         self.embed = inner.embed_tokens.weight
@@ -124,7 +125,10 @@ class KVDecoder:
         b, t, _ = h.shape
         heads, kv_heads = self.heads, self.kv_heads
         x = _rms_norm(h, *weights["in_norm"])
-        qkv = F.linear(x, weights["qkv"], weights["qkv_bias"]).view(b, t, heads + 2 * kv_heads, self.head_dim)
+        qkv = torch.matmul(x, weights["qkv"])
+        if weights["qkv_bias"] is not None:
+            qkv = qkv + weights["qkv_bias"]
+        qkv = qkv.view(b, t, heads + 2 * kv_heads, self.head_dim)
         if weights["q_norm"] is not None:  # qwen3: RMSNorm of each query and key head before the rotation
             qk = torch.cat([_rms_norm(qkv[:, :, :heads], *weights["q_norm"]), _rms_norm(qkv[:, :, heads : heads + kv_heads], *weights["k_norm"])], dim=2)
         else:
@@ -138,10 +142,39 @@ class KVDecoder:
             keys = keys.repeat_interleave(heads // kv_heads, dim=1)
             values = values.repeat_interleave(heads // kv_heads, dim=1)
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype), scale=self.scaling)  # (B, heads, T, D)
-        h = h + F.linear(attn.transpose(1, 2).reshape(b, t, -1), weights["o"])
+        h = h + torch.matmul(attn.transpose(1, 2).reshape(b, t, -1), weights["o"])
         x = _rms_norm(h, *weights["post_norm"])
-        gate, up = F.linear(x, weights["gate_up"]).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, weights["down"])
+        gate, up = torch.matmul(x, weights["gate_up"]).chunk(2, dim=-1)
+        return h + torch.matmul(F.silu(gate) * up, weights["down"])
+
+    def _step_layer(self, h: torch.Tensor, weights: dict, index: int, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, column: int) -> torch.Tensor:
+        """``_layer`` for one new token per row, on 2-D hidden states with the residual adds fused into the
+        matrix products (fewer, larger ops: the per-op cost dominates at this size). shape: h (B, H); rope: cos,
+        signed sin (B, 1, D); mask (B, 1, 1, S)."""
+        b = h.shape[0]
+        heads, kv_heads = self.heads, self.kv_heads
+        x = _rms_norm(h, *weights["in_norm"])
+        if weights["qkv_bias"] is not None:
+            qkv = torch.addmm(weights["qkv_bias"], x, weights["qkv"])
+        else:
+            qkv = torch.mm(x, weights["qkv"])
+        qkv = qkv.view(b, heads + 2 * kv_heads, self.head_dim)
+        if weights["q_norm"] is not None:
+            qk = torch.cat([_rms_norm(qkv[:, :heads], *weights["q_norm"]), _rms_norm(qkv[:, heads : heads + kv_heads], *weights["k_norm"])], dim=1)
+        else:
+            qk = qkv[:, : heads + kv_heads]
+        qk = _rotate(qk, *rope)  # (B, heads + kv_heads, D)
+        self.k_cache[index][:, :, column] = qk[:, heads:]
+        self.v_cache[index][:, :, column] = qkv[:, heads + kv_heads :]
+        keys, values = self.k_cache[index][:, :, : column + 1], self.v_cache[index][:, :, : column + 1]
+        if kv_heads != heads:
+            keys = keys.repeat_interleave(heads // kv_heads, dim=1)
+            values = values.repeat_interleave(heads // kv_heads, dim=1)
+        attn = F.scaled_dot_product_attention(qk[:, :heads].unsqueeze(2), keys, values, attn_mask=mask, scale=self.scaling)  # (B, heads, 1, D)
+        h = torch.addmm(h, attn.view(b, heads * self.head_dim), weights["o"])
+        x = _rms_norm(h, *weights["post_norm"])
+        gate, up = torch.mm(x, weights["gate_up"]).chunk(2, dim=-1)
+        return torch.addmm(h, F.silu(gate).mul_(up), weights["down"])
 
     def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin (see ``_rotate``) at positions ``pos`` (B, T), shaped (B, T, 1, D) for the heads."""
@@ -149,7 +182,7 @@ class KVDecoder:
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, H) last hidden states -> (B, V) fp32 logits."""
-        return F.linear(_rms_norm(h, *self.norm), self.lm_head, self.lm_head_bias).float()
+        return F.linear(_rms_norm(h, *self.norm), self.lm_head, self.lm_head_bias).float()  # lm_head as stored (tied)
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int = 1) -> torch.Tensor:
@@ -192,15 +225,21 @@ class KVDecoder:
         """Append one token per row and return the logits for the next. shape: tokens (B,) -> (B, V)."""
         if self.length >= self.max_len:
             raise ValueError(f"the cache of {self.max_len} positions is full")
-        write = slice(self.length, self.length + 1)
-        mask = self.key_mask[:, None, None, : write.stop]  # (B, 1, 1, S)
-        rope = self._rope(self.positions.unsqueeze(1))
-        h = self.embed[tokens].unsqueeze(1)  # (B, 1, H)
-        for index, weights in enumerate(self.layers):
-            h = self._layer(h, weights, index, rope, mask, write)
+        column = self.length
+        mask = self.key_mask[:, None, None, : column + 1]  # (B, 1, 1, S)
+        cos, sin = self._rope(self.positions.unsqueeze(1))  # (B, 1, 1, D)
+        h = self.embed[tokens]  # (B, H)
+        if torch.is_autocast_enabled(h.device.type):  # keep the residual stream in fp32 as HF does: no fused adds
+            h = h.unsqueeze(1)
+            for index, weights in enumerate(self.layers):
+                h = self._layer(h, weights, index, (cos, sin), mask, slice(column, column + 1))
+            h = h[:, 0]
+        else:
+            for index, weights in enumerate(self.layers):
+                h = self._step_layer(h, weights, index, (cos[:, 0], sin[:, 0]), mask, column)
         self.length += 1
         self.positions = self.positions + 1
-        return self._logits(h[:, -1])
+        return self._logits(h)
 
     @torch.no_grad()
     def select(self, rows: torch.Tensor) -> None:
