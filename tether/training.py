@@ -41,6 +41,11 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Any, int, int]:
 
     if cfg.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise TetherError("--bf16: this GPU has no bfloat16 support", fix="drop bf16 (train in fp32)")
+    # Accelerate keeps the precision in a process-wide singleton; forget it (not the process group) so one process
+    # can run several trainings (the demo: SFT, reward model, PPO) with their own settings.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True without CUDA: `accelerate launch --num_processes 2` then starts gloo processes on a CPU machine.
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     processes = accelerator.num_processes
