@@ -75,8 +75,8 @@ SIZES = {
         max_new_tokens=64, eval_prompts=200, redteam_per_set=20,
     ),
     "fast": DemoSize(
-        vocab_size=1024, hidden_size=128, num_layers=2, sft_requests=500, sft_replies_per_request=2, sft_epochs=4,
-        sft_learning_rate=3e-3, annotate_requests=240, overlap=3, gold_rate=0.1, reward_epochs=2,
+        vocab_size=1024, hidden_size=128, num_layers=2, sft_requests=500, sft_replies_per_request=2, sft_epochs=6,
+        sft_learning_rate=3e-3, annotate_requests=320, overlap=3, gold_rate=0.1, reward_epochs=2,
         reward_learning_rate=5e-4, rl_prompts=512, rl_steps=40, rl_batch_size=32, rl_learning_rate=3e-4, kl_coef=0.05,
         max_new_tokens=64, eval_prompts=120, redteam_per_set=0,
     ),
