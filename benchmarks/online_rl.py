@@ -4,7 +4,7 @@ Both GRPO runs get the same tiny Llama (built offline by tether.tiny), the same 
 function, group size, completion length, batch, learning rate, KL coefficient and number of optimizer steps, in
 fp32 (TRL: bf16=False, gradient_checkpointing=False), the token-level "dapo" loss with group std scaling on both
 sides. Each run is its own subprocess (so peak memory is its own) with one torch thread; the sides alternate
-over --repeats and the figures are medians.
+over --repeats (repeat i uses seed --seed + i on every side) and the figures are medians.
 
 Reported per side: seconds per optimizer step (median of steps 2..N: the first step pays for warm-up), both wall
 clock and CPU time of the process (on a shared machine the CPU time is the steadier figure: it does not count the
@@ -180,6 +180,8 @@ def summarize(runs: list[dict]) -> dict:
         "reward_curve": curve,
         "reward_first5": statistics.mean(curve[:5]),
         "reward_last5": statistics.mean(curve[-5:]),
+        # spread over the runs (one seed each) of the mean reward of their last 5 steps: the noise to judge curves by
+        "reward_last5_sd": statistics.stdev([statistics.mean(r["rewards"][n - 5 : n]) for r in runs]) if len(runs) > 1 else 0.0,
         "final_kl": statistics.median(r["kl"][-1] for r in runs),
         "runs": len(runs),
     }
@@ -233,7 +235,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = sides[repeat % len(sides) :] + sides[: repeat % len(sides)]  # rotate who goes first
         for side in order:
-            runs[side].append(launch(side, root, passthrough))
+            runs[side].append(launch(side, root, [*passthrough, "--seed", str(args.seed + repeat)]))  # one seed per repeat
             print(f"repeat {repeat + 1}/{args.repeats} {side}: {runs[side][-1]['step_ends'][-1]:.1f} s", file=sys.stderr)
     if not args.no_ppo:
         runs["ppo"].append(launch("ppo", root, passthrough))
@@ -264,6 +266,8 @@ def main() -> None:
     print("reward curve (every", every, "steps)")
     print("  Tether GRPO:", " ".join(f"{v:.2f}" for v in tether["reward_curve"][::every]))
     print("  TRL GRPO:   ", " ".join(f"{v:.2f}" for v in trl["reward_curve"][::every]))
+    print(f"reward over the last 5 steps, mean of the runs (one seed each) +- their standard deviation: Tether "
+          f"{tether['reward_last5']:.3f} +- {tether['reward_last5_sd']:.3f}, TRL {trl['reward_last5']:.3f} +- {trl['reward_last5_sd']:.3f}")
     print(f"Tether GRPO step split (wall, medians): sampling {tether['rollout_s']:.3f} s, scoring + update "
           f"{tether['s_per_step'] - tether['rollout_s']:.3f} s (of which the update {tether['update_s']:.3f} s)")
     if "tether-hf" in summary:

@@ -214,7 +214,7 @@ class KVDecoder:
         for index in range(len(self.layers)):
             self.k_cache[index][:, :, :width] = prompt_k[index].repeat_interleave(repeats, dim=0)
             self.v_cache[index][:, :, :width] = prompt_v[index].repeat_interleave(repeats, dim=0)
-        self.key_mask = torch.zeros(rows, self.max_len, device=device)  # additive: -inf on left padding
+        self.key_mask = torch.zeros(rows, self.max_len, dtype=dtype, device=device)  # additive: -inf on left padding
         self.key_mask[:, :width].masked_fill_(~valid.repeat_interleave(repeats, dim=0), float("-inf"))
         self.positions = pos[:, -1].repeat_interleave(repeats) + 1  # (B,) position of the next token
         self.length = width
@@ -226,7 +226,8 @@ class KVDecoder:
         if self.length >= self.max_len:
             raise ValueError(f"the cache of {self.max_len} positions is full")
         column = self.length
-        mask = self.key_mask[:, None, None, : column + 1]  # (B, 1, 1, S)
+        # (B, 1, 1, S), contiguous: a strided view of the mask gave wrong attention on a GPU (bf16, H200)
+        mask = self.key_mask[:, : column + 1].contiguous()[:, None, None, :]
         cos, sin = self._rope(self.positions.unsqueeze(1))  # (B, 1, 1, D)
         h = self.embed[tokens]  # (B, H)
         if torch.is_autocast_enabled(h.device.type):  # keep the residual stream in fp32 as HF does: no fused adds

@@ -313,7 +313,7 @@ def _stepper(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         if key not in _DECODER_CHECKED:
             exact = not autocast and model.model.embed_tokens.weight.dtype == torch.float32
             try:
-                KVDecoder(model, input_ids.shape[1] + 3).verify(input_ids[:4], attention_mask[:4], rtol=1e-3 if exact else 3e-2)
+                KVDecoder(model, input_ids.shape[1] + 3).verify(input_ids[:4], attention_mask[:4], rtol=1e-3 if exact else 5e-2)
                 _DECODER_CHECKED[key] = None
             except AssertionError as exc:
                 _DECODER_CHECKED[key] = str(exc)
