@@ -1,16 +1,20 @@
 """A small KV-cached decoder for Llama-family causal LMs, for sampling rollouts without per-token framework overhead.
 
-Why: for the small policies RL runs on CPUs, a Hugging Face forward of one new token spends most of its time in
-Python (decorators, mask building, cache bookkeeping), not in matrix products: measured on the benchmark's tiny
-Llama (hidden 128, 4 layers) at batch 32, 4.1 ms of CPU per HF forward against 0.4 ms for its matrix products.
-This decoder runs the same arithmetic as the HF modules, op for op (RMSNorm in fp32, rotary embeddings from the
-model's own rotary module, SDPA attention, SiLU-gated MLP), on the model's current weights, with a preallocated
-key/value cache and q/k/v and gate/up projections fused into one matrix each.
+Why: a Hugging Face forward of one new token pays a fixed cost in Python and small ops (decorators, mask building,
+cache bookkeeping, separate q/k/v and gate/up products) that dominates whenever the arithmetic per token is small:
+small models, and GPUs at RL batch sizes. This decoder runs the same arithmetic as the HF modules (RMSNorm in fp32,
+rotary embeddings from the model's own rotary module, SDPA attention, SiLU-gated MLP) on the model's current
+weights, with a preallocated key/value cache, q/k/v and gate/up projections fused into one matrix each, and, for
+one new token, the residual adds fused into the matrix products. Measured with ``benchmarks/sampling.py``: on an
+H200 with a 0.44B Llama, 64 rows x 128 new tokens, fp32 weights under bf16 autocast (how the trainers sample),
+6.1k new tokens/s against 2.9k for HF generate with its static cache and 3.1k with the dynamic one; on the online
+RL benchmark's tiny Llama on one shared CPU core, 0.150 s per rollout of 32 x 32 tokens against 0.198 s.
 
 Supported: ``llama``, ``mistral``, ``qwen2`` and ``qwen3`` models with plain ``nn.Linear`` projections (no LoRA
 wrapper), SiLU, no sliding window and a static rotary scheme (default, linear, llama3). ``unsupported_reason``
 says why another model is not; the sampler then runs the HF forward instead. ``verify`` compares the decoder's
-logits with the HF forward on real prompts before a model is trusted with it.
+logits with the HF forward on real prompts before a model is trusted with it (it caught a wrong attention mask
+layout on the H200 that the CPU tests did not show).
 """
 
 from __future__ import annotations

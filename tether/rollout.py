@@ -5,14 +5,16 @@ Three samplers (``sampler=auto`` takes ``loop`` on a CPU and ``hf`` on a GPU):
   values are shared by the ``group_size`` rows that sample from it; then one forward per new token, temperature /
   top-p sampling, a stop at EOS, finished rows leaving the batch. For Llama-family models the forward is
   ``tether.decoder.KVDecoder`` (plain torch ops on the model's weights, preallocated cache), checked against the
-  model's own forward the first time; other models (and LoRA) run their own forward with a dynamic cache. On the
-  benchmark's tiny Llama on one CPU thread it takes 0.12 s of CPU per rollout of 32 x 32 tokens against 0.20 s for
-  ``generate`` (medians of 10, interleaved). Greedy output equals ``generate``'s.
+  model's own forward the first time; other models (and LoRA) run their own forward with a dynamic cache.
+  ``benchmarks/sampling.py``: 0.150 s against 0.198 s for ``generate`` (dynamic cache) per rollout of 32 x 32
+  tokens of the online-RL benchmark's tiny Llama on one CPU thread; 6.1k against 2.9k new tokens/s (static cache)
+  for a 0.44B Llama on an H200 (64 x 128 tokens, bf16 autocast). Greedy output equals ``generate``'s.
 - ``hf``: ``transformers`` ``generate`` with a KV cache, left-padded prompts, temperature / top-p, a stop at EOS.
-  The cache is *static* on a GPU (preallocated; several times faster than the dynamic cache there: 17.2k against
-  2.9k new tokens/s for a 0.44B Llama at batch 64 on an H200) and *dynamic* on a CPU, where the static cache works
-  but is slower (measured: 0.100 s against 0.066 s for 16 x 32 tokens of a 64-wide tiny Llama, medians of 6): that
-  is ``cache="auto"``; ``static`` / ``dynamic`` force one. Where the static cache fails (an architecture without
+  The cache is *static* on a GPU (preallocated; reported several times faster than the dynamic cache there: 17.2k
+  against 2.9k new tokens/s for a 0.44B Llama at batch 64 on an H200, in NOTES.md; ``benchmarks/sampling.py`` did
+  not reproduce that gap: 2.9k-3.0k against 3.1k-3.2k at 64 x 128 tokens, transformers 5.17, torch 2.11) and
+  *dynamic* on a CPU, where the static cache works but is slower (measured: 0.100 s against 0.066 s for 16 x 32
+  tokens of a 64-wide tiny Llama, medians of 6): that is ``cache="auto"``; ``static`` / ``dynamic`` force one. Where the static cache fails (an architecture without
   support) we fall back to the dynamic cache once, with a warning.
 - ``vllm``: vLLM when it is installed (GPU). Its probabilities differ slightly from the trainer's (other kernels,
   other precision), so it returns its own per-token log-probs (``Rollout.sampler_logps``) and the trainers weight
