@@ -277,12 +277,7 @@ def train_ppo_command(
 
     Example:  tether train ppo --model ./sft --reward ./rm --reward rules:policy.yaml@0.5 --prompts prompts.jsonl --output-dir ppo --batch-size 64 --max-new-tokens 128
     """
-    _online_rl(
-        "PPOConfig", None, model=model, reward=reward, prompts=prompts, output_dir=output_dir, group_size=group_size,
-        max_new_tokens=max_new_tokens, kl_coef=kl_coef, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, bf16=bf16, resume=resume,
-        config=config, set_values=set_values,
-    )
+    _online_rl("PPOConfig", None, **locals())  # first statement: locals() holds exactly the options
 
 
 @train_app.command("grpo")
@@ -313,12 +308,7 @@ def train_grpo_command(
 
     Example:  tether train grpo --model ./sft --reward py:checks.py:passes --prompts snapshot:prompts --output-dir grpo --group-size 8 --batch-size 64
     """
-    _online_rl(
-        "GRPOConfig", "grpo", model=model, reward=reward, prompts=prompts, output_dir=output_dir, group_size=group_size,
-        max_new_tokens=max_new_tokens, kl_coef=kl_coef, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, bf16=bf16, resume=resume,
-        config=config, set_values=set_values,
-    )
+    _online_rl("GRPOConfig", "grpo", **locals())  # first statement: locals() holds exactly the options
 
 
 @train_app.command("rloo")
@@ -348,9 +338,4 @@ def train_rloo_command(
 
     Example:  tether train rloo --model ./sft --reward ./rm --prompts prompts.jsonl --output-dir rloo --group-size 4 --batch-size 32
     """
-    _online_rl(
-        "GRPOConfig", "rloo", model=model, reward=reward, prompts=prompts, output_dir=output_dir, group_size=group_size,
-        max_new_tokens=max_new_tokens, kl_coef=kl_coef, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, bf16=bf16, resume=resume,
-        config=config, set_values=set_values,
-    )
+    _online_rl("GRPOConfig", "rloo", **locals())  # first statement: locals() holds exactly the options
