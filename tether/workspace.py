@@ -152,7 +152,12 @@ def configure_mlflow(root: Path) -> Any:
     only commands that track or register call this.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import logging
+
     import mlflow
+
+    # MLflow announces its own table migrations at INFO on every first use; keep the CLI's output to our messages.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     mlflow.set_tracking_uri(f"sqlite:///{Path(root) / 'mlflow.db'}")
     if mlflow.get_experiment_by_name("tether") is None:

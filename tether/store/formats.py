@@ -619,7 +619,7 @@ def load_rows(spec: str | Path, kind: str = "preference") -> list[dict[str, Any]
         path = Path(spec_text)
         records = list(read_records(path))
     if not records:
-        raise TetherError(f"{path}: no records", fix="the file is empty; point --data at a file with rows")
+        raise TetherError(f"{path}: no records", fix="the file is empty; point at a file with rows")
     if kind in ("preference", "sft") and not spec_text.startswith("snapshot:") and detect_format(records[0][1]) in ("pandalm", "ranking"):
         pairs = _judged_preference_rows(path, records)
         return pairs if kind == "preference" else [{"prompt": r["prompt"], "completion": r["chosen"]} for r in pairs]
