@@ -2,16 +2,21 @@
 queue, immutable judgments, progress. The web app, the JSON API and the CLI all write through these functions.
 
 Queue rules (``next_assignment``):
-- an annotator with a pending assignment in the project gets it back (resume), renewed if its time ran out and
-  nobody took its slot;
-- otherwise a new item they have never been given, whose *active* assignments (done, or pending and not expired)
-  number fewer than the project's ``overlap``; items closest to full come first only by id order (oldest first);
+- each item keeps ``open_slots`` = overlap minus its pending and done assignments, changed in the same transaction
+  as the assignment (made, answered late, skipped, expired, taken back) and when the overlap changes (migration
+  0002 computed it for existing data); "next item" is then one lookup in a partial index of items with open slots;
+- an annotator with a pending assignment in the project gets it back (resume), renewed if its time ran out: a
+  pending assignment holds its slot until a "next item" request of anyone marks it expired (``release_overdue``),
+  which gives the slot back to the queue; an annotator whose assignment expired takes it back (next item or a late
+  answer) while its item still has a free slot, else the late answer is refused;
+- otherwise a new item they have never been given, with a free slot, oldest (lowest id) first;
 - gold items ignore overlap and are mixed in deterministically: the n-th item an annotator receives is gold when
   ``gold_seen < floor(n * gold_rate)``;
 - race-free: SQLite runs every transaction under ``BEGIN IMMEDIATE`` (one writer at a time); on PostgreSQL the
   annotator's row is locked first (two tabs of one person queue), candidate items are taken with
-  ``FOR UPDATE SKIP LOCKED`` and their active count is read again after the lock (a fresh snapshot under READ
-  COMMITTED), so an item never exceeds ``overlap`` and ``unique(item_id, user_id)`` backs "never twice to one".
+  ``FOR UPDATE SKIP LOCKED`` and a slot is taken by ``UPDATE ... SET open_slots = open_slots - 1 WHERE
+  open_slots > 0`` (atomic on the row), so an item never exceeds ``overlap``; ``unique(item_id, user_id)`` backs
+  "never twice to one".
 
 A judgment's ``value`` is stored in item positions (see tether.feedback); the order the annotator saw is stored
 beside it as ``shown_order`` so that position bias can be measured and removed.
@@ -25,7 +30,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, exists, func, or_, select
+from sqlalchemy import bindparam, case, exists, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from tether.errors import TetherError
@@ -240,6 +245,11 @@ def update_project(
     changed = {k: v for k, v in new.items() if getattr(project, k) != v}
     if description is not None and description != project.description:
         changed["description"] = description
+    if "overlap" in changed:  # every item's free slots move with the overlap (an item may go below zero: full)
+        session.execute(
+            update(Item.__table__).where(Item.__table__.c.project_id == project.id)
+            .values(open_slots=Item.__table__.c.open_slots + (changed["overlap"] - project.overlap))
+        )
     for key, value in changed.items():
         setattr(project, key, value)
     if changed:
@@ -464,7 +474,7 @@ def add_items(
         seen.add(key)
         item = Item(
             project_id=project.id, prompt_id=pid, kind=kind, is_gold=row["gold"] is not None, gold_value=row["gold"],
-            external_id=row["external_id"], meta=row["meta"],
+            external_id=row["external_id"], meta=row["meta"], open_slots=project.overlap,
         )
         item.completions = [ItemCompletion(position=i, completion_id=cid) for i, cid in enumerate(cids)]
         new_items.append(item)
@@ -488,34 +498,15 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt
 
 
-def _active(now: datetime) -> Any:
-    """Assignments that hold a slot of their item: done, or pending and not expired."""
-    return or_(
-        Assignment.state == "done",
-        and_(Assignment.state == "pending", or_(Assignment.expires_at.is_(None), Assignment.expires_at > now)),
-    )
-
-
-def _active_count(session: Session, item_id: int, now: datetime, exclude_id: int | None = None) -> int:
-    query = select(func.count()).select_from(Assignment).where(Assignment.item_id == item_id, _active(now))
-    if exclude_id is not None:
-        query = query.where(Assignment.id != exclude_id)
-    return session.scalar(query) or 0
-
-
 def _expired(assignment: Assignment, now: datetime) -> bool:
     expires = _aware(assignment.expires_at)
     return expires is not None and expires <= now
 
 
-def _slot_free(session: Session, project: Project, assignment: Assignment, now: datetime) -> bool:
-    """Whether an expired assignment may still count: its item (locked here) is not full without it."""
-    item = session.scalar(select(Item).where(Item.id == assignment.item_id).with_for_update())
-    return item.is_gold or _active_count(session, item.id, now, exclude_id=assignment.id) < project.overlap
-
-
 # The hot statements of the queue, built once: building a statement and computing its cache key cost more CPU than
-# running it on SQLite. Values come as bind parameters at execution.
+# running it on SQLite. Values come as bind parameters at execution. Slot counts change through Core statements on
+# the item table (no ORM bookkeeping); nothing here reads ``Item.open_slots`` back from a loaded object.
+_ITEMS = Item.__table__
 _NOW = bindparam("now", type_=Assignment.__table__.c.expires_at.type)
 _LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update()
 _PENDING = (
@@ -526,7 +517,22 @@ _PENDING = (
         Assignment.item_id.in_(select(Item.id).where(Item.project_id == bindparam("project_id"))),
     )
     .order_by(Assignment.id)
+    .limit(1)
     .with_for_update()
+)
+# One of the annotator's expired assignments in the project whose item has a free slot again (or is gold).
+_LAPSED = (
+    select(Assignment, Item.is_gold)
+    .join(Item, Item.id == Assignment.item_id)
+    .where(
+        Assignment.user_id == bindparam("user_id"),
+        Assignment.state == "expired",
+        Item.project_id == bindparam("project_id"),
+        or_(Item.is_gold.is_(True), Item.open_slots > 0),
+    )
+    .order_by(Assignment.id)
+    .limit(1)
+    .with_for_update(of=Assignment)
 )
 _SEEN = (
     select(func.count(), func.coalesce(func.sum(case((Item.is_gold.is_(True), 1), else_=0)), 0))
@@ -534,23 +540,85 @@ _SEEN = (
     .join(Item, Item.id == Assignment.item_id)
     .where(Assignment.user_id == bindparam("user_id"), Item.project_id == bindparam("project_id"))
 )
+# Pending assignments whose time ran out, any project (index on state, expires_at); skipped when another
+# transaction holds them (their owner is submitting).
+_OVERDUE = (
+    select(Assignment.id, Assignment.item_id)
+    .where(Assignment.state == "pending", Assignment.expires_at <= _NOW)
+    .limit(200)
+    .with_for_update(skip_locked=True)
+)
+# Take a free slot (ordinary items: only if one is left, atomically), hold one (gold items ignore overlap), give back.
+_TAKE_SLOT = update(_ITEMS).where(_ITEMS.c.id == bindparam("item_id"), _ITEMS.c.open_slots > 0).values(open_slots=_ITEMS.c.open_slots - 1)
+_HOLD_SLOT = update(_ITEMS).where(_ITEMS.c.id == bindparam("item_id")).values(open_slots=_ITEMS.c.open_slots - 1)
+_FREE_SLOTS = update(_ITEMS).where(_ITEMS.c.id == bindparam("item_id")).values(open_slots=_ITEMS.c.open_slots + bindparam("n"))
+
+
+def _take_slot(session: Session, item_id: int, gold: bool) -> bool:
+    """Count one more holder of the item's slots; False (nothing changed) when an ordinary item is full."""
+    result = session.execute(_HOLD_SLOT if gold else _TAKE_SLOT, {"item_id": item_id})
+    return result.rowcount == 1
+
+
+def _free_slot(session: Session, item_id: int, n: int = 1) -> None:
+    session.execute(_FREE_SLOTS, {"item_id": item_id, "n": n})
+
+
+def release_overdue(session: Session, *, now: datetime | None = None) -> int:
+    """Mark pending assignments whose time ran out as expired and give their slots back; returns how many.
+
+    A pending assignment holds its slot until this runs (on every "next item" request), so its owner can come back
+    to it until someone else needs the slot. At most 200 per call (the rest on the next calls); items are updated in
+    id order so that two sweeping transactions on PostgreSQL never wait on each other in a cycle.
+    """
+    rows = session.execute(_OVERDUE, {"now": now or utcnow()}).all()
+    if not rows:
+        return 0
+    session.execute(update(Assignment.__table__).where(Assignment.__table__.c.id.in_([r.id for r in rows])).values(state="expired"))
+    per_item: dict[int, int] = {}
+    for row in rows:
+        per_item[row.item_id] = per_item.get(row.item_id, 0) + 1
+    for item_id in sorted(per_item):
+        _free_slot(session, item_id, per_item[item_id])
+    return len(rows)
+
+
+def recount_open_slots(session: Session, *, project_id: int | None = None) -> None:
+    """Compute ``Item.open_slots`` from the assignments as stored (all items, or one project's).
+
+    The queue keeps the count itself; call this after changing assignments by other means (e.g. deleting a
+    user's assignments when purging their data).
+    """
+    holders = (
+        select(func.count()).select_from(Assignment)
+        .where(Assignment.item_id == _ITEMS.c.id, Assignment.state.in_(("pending", "done")))
+        .scalar_subquery()
+    )
+    overlap = select(Project.overlap).where(Project.id == _ITEMS.c.project_id).scalar_subquery()
+    statement = update(_ITEMS).values(open_slots=overlap - holders)
+    if project_id is not None:
+        statement = statement.where(_ITEMS.c.project_id == project_id)
+    session.execute(statement)
 
 
 def _candidates(gold: bool, tried: list[int]) -> Any:
-    """Items this annotator was never given, oldest first; for ordinary items only those below ``overlap``."""
+    """Items this annotator was never given, oldest first; ordinary ones only with a free slot.
+
+    Ordinary items are read from the partial index ``ix_item_open`` (items with open slots), so the lookup does
+    not grow with the number of full items. The condition is written as the index's literal ``open_slots > 0``:
+    SQLite and PostgreSQL use a partial index only when the query states its condition, not a bound parameter.
+    """
     never_given = ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == bindparam("user_id"))
     n_completions = select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == Item.id).correlate(Item).scalar_subquery()
-    query = select(Item.id, n_completions).where(Item.project_id == bindparam("project_id"), Item.is_gold.is_(gold), never_given)
+    query = select(Item.id, n_completions).where(Item.project_id == bindparam("project_id"), Item.is_gold == gold, never_given)
     if not gold:
-        active = select(func.count()).select_from(Assignment).where(Assignment.item_id == Item.id, _active(_NOW)).correlate(Item).scalar_subquery()
-        query = query.where(active < bindparam("overlap"))
+        query = query.where(Item.open_slots > literal_column("0"))
     if tried:
         query = query.where(Item.id.not_in(tried))
     return query.order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item)
 
 
 _CANDIDATE = {gold: _candidates(gold, []) for gold in (True, False)}
-_ACTIVE_COUNT = select(func.count()).select_from(Assignment).where(Assignment.item_id == bindparam("item_id"), _active(_NOW))
 
 
 def next_assignment(
@@ -559,18 +627,24 @@ def next_assignment(
     """The annotator's next assignment in ``project`` (their pending one, or a new one); None when done."""
     now = now or utcnow()
     rng = rng or _rng
-    serialized = _serialized(session)
-    params = {"user_id": user.id, "project_id": project.id, "now": now, "overlap": project.overlap}
-    if not serialized:
+    params = {"user_id": user.id, "project_id": project.id, "now": now}
+    renewed = now + timedelta(seconds=project.assignment_ttl_s)
+    if not _serialized(session):
         # Two requests of one annotator (two tabs) queue here, so one person never holds two new items at once.
         session.execute(_LOCK_USER, params)
-    for assignment in session.scalars(_PENDING, params).all():
-        if not _expired(assignment, now):
-            return assignment
-        if _slot_free(session, project, assignment, now):
-            assignment.expires_at = now + timedelta(seconds=project.assignment_ttl_s)
-            return assignment
-        assignment.state = "expired"
+    # ALGO LOGIC: resume the pending assignment (it holds its slot until swept), else take back an expired one whose
+    # slot is free, else release overdue assignments and take the oldest open item never given to this annotator.
+    assignment = session.scalars(_PENDING, params).first()
+    if assignment is not None:
+        if _expired(assignment, now):
+            assignment.expires_at = renewed
+        return assignment
+    lapsed = session.execute(_LAPSED, params).first()
+    if lapsed is not None and _take_slot(session, lapsed[0].item_id, lapsed[1]):
+        assignment = lapsed[0]
+        assignment.state, assignment.expires_at = "pending", renewed
+        return assignment
+    release_overdue(session, now=now)
 
     want_gold = False
     if project.gold_rate > 0:
@@ -585,14 +659,13 @@ def next_assignment(
             if found is None:
                 break
             item_id, n = found
-            # Read again after the lock: the first read may predate another annotator's commit (PostgreSQL).
-            if not gold and not serialized and (session.scalar(_ACTIVE_COUNT, {"item_id": item_id, "now": now}) or 0) >= project.overlap:
+            # Atomic: on PostgreSQL the row may have filled up since the candidate was read.
+            if not _take_slot(session, item_id, gold):
                 tried.append(item_id)
                 continue
             n = n or 1
             assignment = Assignment(
-                item_id=item_id, user_id=user.id, state="pending", shown_order=rng.sample(range(n), n),
-                created_at=now, expires_at=now + timedelta(seconds=project.assignment_ttl_s),
+                item_id=item_id, user_id=user.id, state="pending", shown_order=rng.sample(range(n), n), created_at=now, expires_at=renewed,
             )
             session.add(assignment)
             session.flush()
@@ -601,8 +674,7 @@ def next_assignment(
 
 
 def _serialized(session: Session) -> bool:
-    """True on SQLite, where every transaction holds the write lock from its start (BEGIN IMMEDIATE, see db.py):
-    reads cannot go stale within it, so the row locks and re-reads that PostgreSQL needs are skipped."""
+    """True on SQLite, where every transaction holds the write lock from its start (BEGIN IMMEDIATE, see db.py)."""
     return session.get_bind().dialect.name == "sqlite"
 
 
@@ -695,12 +767,11 @@ def submit_judgment(
     assignment = own_assignment(session, assignment_id=assignment_id, user=user, lock=True)
     if assignment.state == "done":
         raise Conflict(f"assignment {assignment_id} was answered already", fix="a correction goes through the judgment's correct call")
-    if assignment.state != "pending":
+    if assignment.state not in ("pending", "expired"):
         raise Conflict(f"assignment {assignment_id} is {assignment.state}", fix="ask for your next item")
     item, project = session.execute(_ITEM_AND_PROJECT, {"item_id": assignment.item_id}).one()
-    if _expired(assignment, now) and not _slot_free(session, project, assignment, now):
-        assignment.state = "expired"
-        session.flush()
+    # A pending assignment holds its slot even past its time; an expired one gave it back and takes it again if free.
+    if assignment.state == "expired" and not _take_slot(session, item.id, item.is_gold):
         raise Conflict(f"assignment {assignment_id} expired and its item went to someone else", fix="ask for your next item")
     current_version, spec, current_guideline_version = _in_force(session, project.id)
     if schema_version_number not in (None, current_version):  # answered under an older version of the questions
@@ -744,6 +815,7 @@ def skip_assignment(
     if assignment.state != "pending":
         raise Conflict(f"assignment {assignment_id} is {assignment.state}", fix="ask for your next item")
     assignment.state = "skipped"
+    _free_slot(session, assignment.item_id)
     assignment.skip_reason = reason
     assignment.completed_at = now or utcnow()
     audit(session, "assignment.skip", "assignment", assignment.id, actor_name=actor, item_id=assignment.item_id, reason=reason)

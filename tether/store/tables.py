@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -140,6 +141,11 @@ class Item(Base):
     """What an annotator sees: a prompt with 1..k completions (in ``ItemCompletion`` order)."""
 
     __tablename__ = "item"
+    __table_args__ = (
+        # The queue's lookups (migration 0002): open ordinary items, and gold items, of a project in id order.
+        Index("ix_item_open", "project_id", "is_gold", "id", sqlite_where=text("open_slots > 0"), postgresql_where=text("open_slots > 0")),
+        Index("ix_item_project_gold", "project_id", "is_gold", "id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), index=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompt.id", ondelete="CASCADE"), index=True)
@@ -149,6 +155,9 @@ class Item(Base):
     external_id: Mapped[str | None] = mapped_column(String(200), default=None)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The project's overlap minus the item's pending and done assignments, kept by tether.store.annotation in the
+    # transaction that changes either (gold items keep it too, though the queue ignores it for them).
+    open_slots: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     completions: Mapped[list[ItemCompletion]] = relationship(
         order_by="ItemCompletion.position", cascade="all, delete-orphan", passive_deletes=True
@@ -168,7 +177,11 @@ class Assignment(Base):
     """An item given to one annotator. Never twice to the same annotator; blind to others' answers."""
 
     __tablename__ = "assignment"
-    __table_args__ = (UniqueConstraint("item_id", "user_id"), Index("ix_assignment_user_state", "user_id", "state"))
+    __table_args__ = (
+        UniqueConstraint("item_id", "user_id"),
+        Index("ix_assignment_user_state", "user_id", "state"),
+        Index("ix_assignment_state_expires", "state", "expires_at"),  # pending assignments whose time ran out
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
