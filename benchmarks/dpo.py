@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from policy_bench import peak_rss_mb, prepare, rss_mb, run_worker, summarize  # noqa: E402
+from policy_bench import (  # noqa: E402
+    matmul_params,
+    peak_memory,
+    peak_rss_mb,
+    prepare,
+    print_mfu,
+    rss_mb,
+    run_worker,
+    summarize,
+)
 
 
 def tether_worker(a: argparse.Namespace) -> dict:
@@ -38,14 +48,14 @@ def tether_worker(a: argparse.Namespace) -> dict:
             model=a.model, data=a.data, output_dir=Path(tmp) / "out", loss="dpo", beta=a.beta, max_steps=a.steps,
             batch_size=a.batch_size, micro_batch_size=a.micro_batch_size, learning_rate=a.learning_rate,
             lr_schedule="linear", max_length=a.max_length, shuffle=False, group_by_length=False, logging_steps=1,
-            mlflow=False, progress=False, ref_cache_dir=Path(tmp) / "cache", seed=0,
+            mlflow=False, progress=False, ref_cache_dir=Path(tmp) / "cache", seed=0, bf16=a.gpu,
         )
         started = time.perf_counter()
         final = train_dpo(cfg)
         total = time.perf_counter() - started
         losses = [json.loads(line)["train/loss"] for line in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
     pairs = a.steps * a.batch_size
-    return {"rate_total": pairs / total, "rate_train": final["train/pairs_per_second"], "peak_rss_mb": peak_rss_mb(),
+    return {"rate_total": pairs / total, "rate_train": final["train/pairs_per_second"], **peak_memory(a.gpu),
             "train_rss_mb": peak_rss_mb() - base, "losses": losses}
 
 
@@ -64,7 +74,7 @@ def trl_worker(a: argparse.Namespace) -> dict:
             output_dir=tmp, loss_type="sigmoid", beta=a.beta, max_steps=a.steps, per_device_train_batch_size=a.micro_batch_size,
             gradient_accumulation_steps=a.batch_size // a.micro_batch_size, learning_rate=a.learning_rate,
             lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length,
-            precompute_ref_log_probs=True, bf16=False, use_cpu=True, gradient_checkpointing=False,
+            precompute_ref_log_probs=True, bf16=a.gpu, use_cpu=not a.gpu, gradient_checkpointing=False,
             train_sampling_strategy="sequential", logging_steps=1, save_strategy="no", report_to="none",
             disable_tqdm=True, dataloader_num_workers=0, seed=0,
         )
@@ -77,7 +87,7 @@ def trl_worker(a: argparse.Namespace) -> dict:
         done = time.perf_counter()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     pairs = a.steps * a.batch_size
-    return {"rate_total": pairs / (done - started), "rate_train": pairs / (done - train_started), "peak_rss_mb": peak_rss_mb(),
+    return {"rate_total": pairs / (done - started), "rate_train": pairs / (done - train_started), **peak_memory(a.gpu),
             "train_rss_mb": peak_rss_mb() - base, "losses": losses}
 
 
@@ -97,9 +107,11 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--tolerance", type=float, default=2e-3)
+    p.add_argument("--tolerance", type=float, help="largest |loss difference| allowed over the first 20 steps (default 2e-3 in fp32, 2e-2 with --gpu: bf16 autocast)")
+    p.add_argument("--gpu", action="store_true", help="both sides on the CUDA device in bf16 mixed precision (fp32 weights, autocast); also prints GPU memory and MFU")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "tether-bench-policy"))
     a = p.parse_args()
+    a.tolerance = a.tolerance if a.tolerance is not None else (2e-2 if a.gpu else 2e-3)
     if a.worker:
         out = tether_worker(a) if a.worker == "tether" else trl_worker(a)
         print("RESULT " + json.dumps(out))
@@ -110,7 +122,7 @@ def main() -> None:
     print(f"data: {setup['data']} (skipped: {setup['skipped_too_long']} too long, {setup['skipped_token_mismatch']} tokenized differently)")
     forward = ["--model", setup["model"], "--data", setup["data"]] + [
         f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k in ("steps", "batch_size", "micro_batch_size", "learning_rate", "beta", "max_length", "threads")
-    ]
+    ] + (["--gpu"] if a.gpu else [])
     results: dict[str, list[dict]] = {"tether": [], "trl": []}
     for repeat in range(a.repeats):
         for side in (("tether", "trl") if repeat % 2 == 0 else ("trl", "tether")):
@@ -118,6 +130,9 @@ def main() -> None:
             results[side].append(out)
             print(f"  repeat {repeat + 1} {side:6}: {out['rate_total']:.2f} pairs/s end to end, {out['rate_train']:.2f} in the loop, peak {out['peak_rss_mb']:.0f} MB")
     ok = summarize(results, "pairs", a.tolerance)
+    if a.gpu:  # training loop: forward + backward of the policy, 6 FLOPs per matmul parameter per token
+        flops = 6 * matmul_params(setup["model"]) * setup["tokens_per_row"]
+        print_mfu("training loop", {side: statistics.median(r["rate_train"] for r in runs) for side, runs in results.items()}, flops)
     sys.exit(0 if ok else 1)
 
 

@@ -54,13 +54,19 @@ def build_task(root: Path, hidden: int, layers: int) -> None:
         "Please reset your password from the account page.", "Where is my parcel? It was due on Monday.",
     ] * 30
     tokenizer = build_tokenizer(corpus, vocab_size=512)
-    build_causal_lm(tokenizer, root / "lm", hidden_size=hidden, num_layers=layers, num_heads=4, max_positions=256, seed=0)
+    build_causal_lm(tokenizer, root / "lm", hidden_size=hidden, num_layers=layers, num_heads=max(4, hidden // 64), max_positions=256, seed=0)
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     (root / "reward.py").write_text(REWARD_SOURCE)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_gpu_mb(args: argparse.Namespace) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if args.gpu else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -79,6 +85,7 @@ def run_tether(root: Path, args: argparse.Namespace, algo: str, sets: list[str] 
         model=str(root / "lm"), output_dir=out, prompts=str(root / "prompts.jsonl"), reward=[f"py:{root / 'reward.py'}:has_you"],
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate, lr_schedule="constant",
         kl_coef=args.beta, logging_steps=1, progress=False, mlflow=False, sample_every=0, seed=args.seed, max_length=128,
+        bf16=args.gpu,
     )
     if algo == "ppo":
         cfg = load_config(PPOConfig, None, ["missing_eos_penalty=null"], max_steps=args.steps * 4, ppo_epochs=4, **common)
@@ -102,6 +109,8 @@ def run_tether(root: Path, args: argparse.Namespace, algo: str, sets: list[str] 
         "kl": [h["objective/kl"] / max(h["completions/mean_length"], 1.0) for h in history],  # per token, as TRL logs it
         "completion_tokens": [h["completions/mean_length"] * args.batch_size for h in history],
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": peak_gpu_mb(args),
+        "batch_size": args.batch_size,
         "rss_at_start_mb": rss_start,
     }
 
@@ -130,7 +139,7 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
         output_dir=str(out), per_device_train_batch_size=args.batch_size, num_generations=args.group_size,
         max_completion_length=args.max_new_tokens, learning_rate=args.learning_rate, lr_scheduler_type="constant",
         max_steps=args.steps, beta=args.beta, loss_type="dapo", scale_rewards="group", num_iterations=1, epsilon=0.2,
-        temperature=1.0, top_p=1.0, top_k=0, bf16=False, gradient_checkpointing=False, use_cpu=True, logging_steps=1,
+        temperature=1.0, top_p=1.0, top_k=0, bf16=args.gpu, gradient_checkpointing=False, use_cpu=not args.gpu, logging_steps=1,
         report_to="none", save_strategy="no", seed=args.seed, disable_tqdm=True, dataloader_num_workers=0,
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
     )
@@ -150,6 +159,8 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
         "kl": [h.get("kl", float("nan")) for h in logs],
         "completion_tokens": [h["completions/mean_length"] * args.batch_size for h in logs],
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": peak_gpu_mb(args),
+        "batch_size": args.batch_size,
         "rss_at_start_mb": rss_start,
     }
 
@@ -176,8 +187,10 @@ def summarize(runs: list[dict]) -> dict:
         "update_s": statistics.median(v for r in runs for v in r.get("update_s", [float("nan")])[1:]) if "update_s" in runs[0] else None,
         "tokens_per_s": statistics.median(tokens_per_s),
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+        "peak_gpu_mb": statistics.median(r["peak_gpu_mb"] for r in runs) if runs[0].get("peak_gpu_mb") else None,
         "rss_growth_mb": statistics.median(r["peak_rss_mb"] - r["rss_at_start_mb"] for r in runs),
         "reward_curve": curve,
+        "completion_tokens_per_seq": [statistics.mean(r["completion_tokens"]) / r["batch_size"] for r in runs],
         "reward_first5": statistics.mean(curve[:5]),
         "reward_last5": statistics.mean(curve[-5:]),
         # spread over the runs (one seed each) of the mean reward of their last 5 steps: the noise to judge curves by
@@ -185,6 +198,25 @@ def summarize(runs: list[dict]) -> dict:
         "final_kl": statistics.median(r["kl"][-1] for r in runs),
         "runs": len(runs),
     }
+
+
+def print_gpu_mfu(root: Path, summary: dict) -> None:
+    """Model FLOPs utilization per side. Every prompt and completion token costs 2N FLOPs to sample (prefill or
+    decode), 2N in the reference forward and 6N in the policy's forward and backward: 10N in all (N = matmul
+    parameters; attention's own FLOPs, small at these lengths, left out), over the card's dense bf16 peak."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from policy_bench import matmul_params, print_mfu
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "lm")
+    prompt_tokens = statistics.mean(len(tokenizer(p)["input_ids"]) for p in PROMPTS)
+    n = matmul_params(root / "lm")
+    rates = {}
+    for side, s in summary.items():
+        completion = statistics.mean(s["completion_tokens_per_seq"])
+        rates[side] = s["tokens_per_s"] * (1 + prompt_tokens / completion)  # prompt + completion tokens per second
+    print_mfu("GRPO step (sampling, reference, update)", rates, 10 * n)
 
 
 def launch(side: str, root: Path, argv: list[str]) -> dict:
@@ -211,27 +243,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ppo", action="store_true")
     parser.add_argument("--compare-hf", action="store_true", help="also run Tether with sampler=hf (HF generate) in every repeat")
+    parser.add_argument("--compare-loop", action="store_true", help="also run Tether with sampler=loop (its own sampling loop) in every repeat")
+    parser.add_argument("--gpu", action="store_true", help="every side on the CUDA device in bf16 mixed precision (fp32 weights, autocast); also prints GPU memory and MFU")
     parser.add_argument("--json", type=Path, help="also write the summary here")
-    parser.add_argument("--worker", choices=["tether", "tether-hf", "trl", "ppo"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["tether", "tether-hf", "tether-loop", "trl", "ppo"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         if args.worker == "trl":
             result = run_trl(args.root, args)
-        elif args.worker == "tether-hf":
-            result = run_tether(args.root, args, "grpo", ["sampler=hf"])
+        elif args.worker in ("tether-hf", "tether-loop"):
+            result = run_tether(args.root, args, "grpo", [f"sampler={args.worker.split('-')[1]}"])
         else:
             result = run_tether(args.root, args, "grpo" if args.worker == "tether" else "ppo")
         print(json.dumps(result))
         return
 
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a not in ("--no-ppo", "--compare-hf")]
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a not in ("--no-ppo", "--compare-hf", "--compare-loop")]
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="online-rl-bench-"))
     build_task(root, args.hidden, args.layers)
-    runs: dict[str, list[dict]] = {"tether": [], "tether-hf": [], "trl": [], "ppo": []}
-    sides = ["tether", "trl", "tether-hf"] if args.compare_hf else ["tether", "trl"]
+    runs: dict[str, list[dict]] = {"tether": [], "tether-hf": [], "tether-loop": [], "trl": [], "ppo": []}
+    sides = ["tether", "trl"] + (["tether-hf"] if args.compare_hf else []) + (["tether-loop"] if args.compare_loop else [])
     for repeat in range(args.repeats):
         order = sides[repeat % len(sides) :] + sides[: repeat % len(sides)]  # rotate who goes first
         for side in order:
@@ -251,6 +285,7 @@ def main() -> None:
         ("CPU seconds / step", "cpu_s_per_step", "{:.3f}", trl["cpu_s_per_step"] / tether["cpu_s_per_step"]),
         ("tokens generated / s", "tokens_per_s", "{:.0f}", tether["tokens_per_s"] / trl["tokens_per_s"]),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", trl["peak_rss_mb"] / tether["peak_rss_mb"]),
+        *([("peak GPU memory (MB)", "peak_gpu_mb", "{:.0f}", trl["peak_gpu_mb"] / tether["peak_gpu_mb"])] if args.gpu else []),
         ("RSS growth in training (MB)", "rss_growth_mb", "{:.0f}", None),
         ("reward, first 5 steps", "reward_first5", "{:.3f}", None),
         ("reward, last 5 steps", "reward_last5", "{:.3f}", None),
@@ -275,6 +310,14 @@ def main() -> None:
         print(f"Tether GRPO with sampler=hf (HF generate): {hf['s_per_step']:.3f} s / step wall ({trl['s_per_step'] / hf['s_per_step']:.2f}x TRL), "
               f"{hf['cpu_s_per_step']:.3f} CPU s / step ({trl['cpu_s_per_step'] / hf['cpu_s_per_step']:.2f}x TRL), sampling "
               f"{hf['rollout_s']:.3f} s; reward first 5 {hf['reward_first5']:.3f} -> last 5 {hf['reward_last5']:.3f}")
+    if "tether-loop" in summary:
+        loop = summary["tether-loop"]
+        print(f"Tether GRPO with sampler=loop (its own loop): {loop['s_per_step']:.3f} s / step wall ({trl['s_per_step'] / loop['s_per_step']:.2f}x TRL), "
+              f"{loop['tokens_per_s']:.0f} tokens/s, sampling {loop['rollout_s']:.3f} s, update {loop['update_s']:.3f} s"
+              + (f", peak GPU {loop['peak_gpu_mb']:.0f} MB" if args.gpu else "")
+              + f"; reward first 5 {loop['reward_first5']:.3f} -> last 5 {loop['reward_last5']:.3f}")
+    if args.gpu:
+        print_gpu_mfu(root, summary)
     if "ppo" in summary:
         ppo = summary["ppo"]
         print(f"Tether PPO (critic, 4 epochs per rollout of {args.batch_size}): {ppo['s_per_step']:.3f} s / optimizer step "

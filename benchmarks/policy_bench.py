@@ -33,6 +33,56 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# GPU runs (--gpu): both sides in bf16 mixed precision on the CUDA device; memory from the CUDA allocator; MFU
+# ---------------------------------------------------------------------------------------------------------------
+
+# Dense bf16 tensor-core peak of the card (FLOP/s), from the vendors' data sheets (SXM parts).
+PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_memory(gpu: bool) -> dict[str, float]:
+    """The peak memory figures of this process: RSS always, the CUDA allocator's high-water mark on a GPU run."""
+    out = {"peak_rss_mb": peak_rss_mb()}
+    if gpu:
+        import torch
+
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def gpu_peak_flops() -> tuple[str, float | None]:
+    import torch
+
+    name = torch.cuda.get_device_name()
+    return name, next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def matmul_params(model_dir: str | Path, kind: str = "causal") -> int:
+    """Parameters that cost 2 FLOPs per token in a forward pass: all of them except an untied input embedding
+    (a lookup). With tied embeddings the one matrix is the LM head's matmul and is counted once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir, **({} if kind == "causal" else {"num_labels": 1}))
+    cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    tied = kind == "causal" and getattr(config, "tie_word_embeddings", False)
+    return total if tied else total - model.get_input_embeddings().weight.numel()
+
+
+def print_mfu(label: str, rates: dict[str, float], flops_per_unit: float) -> None:
+    """Model FLOPs utilization of each side: useful model FLOPs per second over the card's dense bf16 peak."""
+    name, peak = gpu_peak_flops()
+    cells = []
+    for side, rate in rates.items():
+        achieved = rate * flops_per_unit
+        cells.append(f"{side} {achieved / 1e12:.1f} TFLOP/s" + (f" = {100 * achieved / peak:.1f}% MFU" if peak else ""))
+    print(f"{label} on {name} (peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s): " + "; ".join(cells))
+
+
 def prepare(workdir: Path, n_rows: int, max_length: int, vocab: int, hidden: int, layers: int, answer: str) -> dict[str, Any]:
     """Build (once) the tokenizer and model in ``workdir`` and write the first ``n_rows`` usable HH pairs."""
     from tether.store.formats import load_rows
@@ -73,7 +123,14 @@ def prepare(workdir: Path, n_rows: int, max_length: int, vocab: int, hidden: int
         sys.exit(f"only {len(kept)} usable rows; lower the steps or batch size")
     data = workdir / f"{answer}-{n_rows}-{max_length}.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in kept), encoding="utf-8")
-    return {"model": str(model_dir), "data": str(data), "skipped_too_long": too_long, "skipped_token_mismatch": mismatched}
+    # Tokens the policy processes per row (prompt + answer + EOS, once per answer): the MFU's token count.
+    tokens = 0
+    for row in kept:
+        prompt = len(tokenizer(row["prompt"])["input_ids"])
+        answers = [row["chosen"], row["rejected"]] if answer == "pair" else [row["completion"]]
+        tokens += sum(prompt + len(tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for x in answers)
+    return {"model": str(model_dir), "data": str(data), "skipped_too_long": too_long, "skipped_token_mismatch": mismatched,
+            "tokens_per_row": tokens / len(kept)}
 
 
 def run_worker(script: Path, side: str, args: list[str], threads: int) -> dict[str, Any]:
@@ -92,10 +149,13 @@ def run_worker(script: Path, side: str, args: list[str], threads: int) -> dict[s
 
 def summarize(results: dict[str, list[dict[str, Any]]], unit: str, tolerance: float) -> bool:
     """Print medians, ratios and the first 20 losses; return whether the losses agree within ``tolerance``."""
-    med = {side: {k: statistics.median(r[k] for r in runs) for k in ("rate_total", "rate_train", "peak_rss_mb", "train_rss_mb")} for side, runs in results.items()}
+    keys = [("rate_total", f"{unit}/s end to end"), ("rate_train", f"{unit}/s training loop"),
+            ("peak_rss_mb", "peak RSS (MB)"), ("train_rss_mb", "peak RSS - start (MB)")]
+    if "peak_gpu_mb" in results["tether"][0]:
+        keys.append(("peak_gpu_mb", "peak GPU memory (MB)"))
+    med = {side: {k: statistics.median(r[k] for r in runs) for k, _ in keys} for side, runs in results.items()}
     print(f"\n{'':28}{'tether':>12}{'trl':>12}{'ratio':>10}")
-    for key, label in (("rate_total", f"{unit}/s end to end"), ("rate_train", f"{unit}/s training loop"),
-                       ("peak_rss_mb", "peak RSS (MB)"), ("train_rss_mb", "peak RSS - start (MB)")):
+    for key, label in keys:
         a, b = med["tether"][key], med["trl"][key]
         print(f"{label:28}{a:12.2f}{b:12.2f}{a / b:10.2f}x")
     for side, runs in results.items():

