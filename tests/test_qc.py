@@ -145,6 +145,48 @@ def test_dawid_skene_recovers_a_spammer_and_beats_majority():
     assert competence[:3].min() > 0.7 and competence[3:].max() < 0.3
 
 
+def test_mace_competence_is_twice_accuracy_minus_one_and_catches_a_constant_spammer():
+    """MACE: P(label = truth) = competence + (1 - competence) * spam[truth]. With two classes and a spam
+    distribution near uniform, an annotator right with probability q has competence 2q - 1: 0.9 -> 0.8. One that
+    always answers class 0 knows nothing: its answers are all explained by its spam distribution (competence ~0)."""
+    rng = np.random.default_rng(1)
+    n = 600
+    truth = rng.integers(0, 2, n)
+    unit, ann, lab = [], [], []
+    for i in range(n):
+        for w in range(3):
+            unit.append(i)
+            ann.append(w)
+            lab.append(truth[i] if rng.random() < 0.9 else 1 - truth[i])
+        unit.append(i)
+        ann.append(3)
+        lab.append(0)  # the constant spammer
+    posteriors, competence = qc.mace(np.array(unit), np.array(ann), np.array(lab), n, 4, 2)
+    assert competence[:3] == pytest.approx([0.8] * 3, abs=0.06)
+    assert competence[3] < 0.05
+    assert np.allclose(posteriors.sum(1), 1) and (posteriors.argmax(1) == truth).mean() > 0.95
+
+
+def test_mace_option_adds_competence_to_each_annotator():
+    """`tether qc --mace` (QCConfig(mace=True)): each annotator row gets ``mace_competence``; off by default.
+    Two careful annotators (always right) and a random one on 200 pairs: the careful ones near 1, the random one
+    near 0, in the same order as the Dawid-Skene reliability."""
+    rng = np.random.default_rng(0)
+    answers = []
+    for item in range(200):
+        truth = "ab"[rng.integers(0, 2)]
+        answers += _pairwise(item, "careful1", truth) + _pairwise(item, "careful2", truth)
+        answers += _pairwise(item, "random", "ab"[rng.integers(0, 2)])
+    default = qc.annotator_figures(answers)
+    assert all(row["mace_competence"] is None for row in default)
+    rows = {row["annotator"]: row for row in qc.annotator_figures(answers, qc.QCConfig(mace=True))}
+    assert rows["careful1"]["mace_competence"] > 0.95 and rows["careful2"]["mace_competence"] > 0.95
+    assert rows["random"]["mace_competence"] < 0.15
+    assert rows["random"]["reliability"] < min(rows["careful1"]["reliability"], rows["careful2"]["reliability"])
+    report = qc.qc_report(answers, config=qc.QCConfig(mace=True))
+    assert "mace" in qc.format_report(report)
+
+
 def test_unanimous_answers_give_full_reliability():
     unit = np.repeat(np.arange(6), 2)
     ann = np.tile([0, 1], 6)

@@ -506,12 +506,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"{q['question']:<22}{q['metric']:<10}{f(q['alpha']):>8}{f(q['pairwise_agreement']):>8}{q['n_units_overlap']:>9}{q['n_units']:>7}"
         )
     lines += ["", f"annotators (on '{report['primary_question']}'):"]
-    lines.append(f"{'annotator':<20}{'n':>6}{'reliab':>8}{'loo':>7}{'gold':>7}{'first%':>8}{'p':>9}{'med s':>7}  flags")
+    with_mace = any(r.get("mace_competence") is not None for r in report["annotators"])  # `tether qc --mace`
+    lines.append(f"{'annotator':<20}{'n':>6}{'reliab':>8}{'mace' if with_mace else '':>{6 if with_mace else 0}}{'loo':>7}{'gold':>7}{'first%':>8}{'p':>9}{'med s':>7}  flags")
     for r in report["annotators"]:
         med = None if r["median_time_ms"] is None else r["median_time_ms"] / 1000
         flags = "; ".join(fl["reason"] for fl in r["flags"])
+        mace_cell = f"{f(r.get('mace_competence'), '.2f'):>6}" if with_mace else ""
         lines.append(
-            f"{r['annotator'][:19]:<20}{r['n_answers']:>6}{f(r['reliability'], '.2f'):>8}{f(r['loo_agreement'], '.2f'):>7}"
+            f"{r['annotator'][:19]:<20}{r['n_answers']:>6}{f(r['reliability'], '.2f'):>8}{mace_cell}{f(r['loo_agreement'], '.2f'):>7}"
             f"{f(r['gold_accuracy'], '.2f'):>7}{f(r['first_shown_win_rate'], '.2f'):>8}{f(r['position_pvalue'], '.1e'):>9}"
             f"{f(med, '.1f'):>7}  {flags}"
         )
