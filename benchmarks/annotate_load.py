@@ -136,14 +136,19 @@ async def drive(base: str, project_id: int, tokens: list[str], per_annotator: in
     import httpx
 
     out: dict = {"next_ms": [], "submit_ms": [], "next_app_ms": [], "submit_app_ms": [], "acked": [], "errors": []}
-
-    async def one(i: int, token: str) -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
-            await annotator(client, project_id, token, per_annotator, think_ms, random.Random(seed + i), out, ramp_s)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i, token) for i, token in enumerate(tokens)))
-    out["wall_s"] = time.perf_counter() - start
+    # Made before the clock and the ramp start: making one costs 20 to 50 ms of CPU (its TLS context), and made
+    # inside the annotators' tasks they held the event loop for the whole ramp, so that most first requests left
+    # together when it was done: a burst that the server had to queue (first "next" p50 0.5 s, p99 1.1 s).
+    clients = [httpx.AsyncClient(base_url=base, timeout=120) for _ in tokens]
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(
+            annotator(client, project_id, token, per_annotator, think_ms, random.Random(seed + i), out, ramp_s)
+            for i, (client, token) in enumerate(zip(clients, tokens))
+        ))
+        out["wall_s"] = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
     return out
 
 
