@@ -574,7 +574,8 @@ def release_overdue(session: Session, *, now: datetime | None = None) -> int:
     rows = session.execute(_OVERDUE, {"now": now or utcnow()}).all()
     if not rows:
         return 0
-    session.execute(update(Assignment.__table__).where(Assignment.__table__.c.id.in_([r.id for r in rows])).values(state="expired"))
+    # An ORM update: assignments already loaded in this session see their new state too.
+    session.execute(update(Assignment).where(Assignment.id.in_([r.id for r in rows])).values(state="expired"))
     per_item: dict[int, int] = {}
     for row in rows:
         per_item[row.item_id] = per_item.get(row.item_id, 0) + 1

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
 
 from tether.app.deps import DbSession, Settings, WebReviewer, actor_of, csrf_protect, page
 from tether.store import annotation
@@ -14,37 +15,72 @@ from tether.store.tables import Item, Judgment, Project
 
 router = APIRouter(prefix="/review", dependencies=[Depends(csrf_protect)])
 PAGE_SIZE = 50
+SCAN_CHUNK = 500  # items read at once when filtering by disagreement
 
 
 @router.get("")
 def review_index(request: Request, session: DbSession, user: WebReviewer, project_id: int | None = None, disagree: bool = False, offset: int = 0) -> Response:
     projects = session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all()
     project = session.get(Project, project_id) if project_id else (projects[0] if projects else None)
-    rows = []
+    offset = max(0, offset)
+    rows: list[dict] = []
+    total: int | None = 0
+    has_older = False
     if project is not None:
-        # One query for every judgment of the project; a corrected judgment counts by its newest version only.
-        found = session.execute(
-            select(Item, Judgment.id, Judgment.value, Judgment.supersedes_id)
-            .join(Judgment, Judgment.item_id == Item.id)
-            .where(Item.project_id == project.id)
-            .order_by(Item.id.desc(), Judgment.id)
-        ).all()
-        superseded = {old for *_, old in found if old is not None}
-        by_item: dict[int, dict] = {}
-        for item, judgment_id, value, _old in found:
-            row = by_item.setdefault(item.id, {"item": item, "judgments": 0, "answers": set()})
-            row["judgments"] += 1
-            if judgment_id not in superseded:
-                row["answers"].add(_headline(item.kind, value))
-        for row in by_item.values():
-            row["answers"] = sorted(row["answers"])
-            row["disagree"] = len(row["answers"]) > 1
-            if not disagree or row["disagree"]:
-                rows.append(row)
-    total = len(rows)
-    rows = rows[offset : offset + PAGE_SIZE]
+        rows, total, has_older = review_page(session, project.id, disagree=disagree, offset=offset, limit=PAGE_SIZE)
     return page(request, "review_index.html", user=user, projects=projects, project=project, rows=rows, disagree=disagree,
-                offset=offset, total=total, page_size=PAGE_SIZE)
+                offset=offset, total=total, has_older=has_older, page_size=PAGE_SIZE)
+
+
+def review_page(session: Session, project_id: int, *, disagree: bool, offset: int, limit: int) -> tuple[list[dict], int | None, bool]:
+    """One page of a project's judged items, newest first: (rows, total or None, whether older rows exist).
+
+    Only the page's judgments are read. With ``disagree`` the filter needs the answers, so items are read in
+    chunks of ``SCAN_CHUNK`` until the page is full (the total is then unknown: None).
+    """
+    judged = exists().where(Judgment.item_id == Item.id)
+    newest_first = select(Item).where(Item.project_id == project_id, judged).order_by(Item.id.desc())
+    if not disagree:
+        total = session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project_id, judged)) or 0
+        items = session.scalars(newest_first.offset(offset).limit(limit)).all()
+        return _summaries(session, items), total, offset + limit < total
+    found: list[dict] = []
+    skipped = 0
+    before: int | None = None
+    while len(found) <= limit:  # one row past the page says whether an older page exists
+        query = newest_first.limit(SCAN_CHUNK) if before is None else newest_first.where(Item.id < before).limit(SCAN_CHUNK)
+        items = session.scalars(query).all()
+        if not items:
+            break
+        before = items[-1].id
+        for row in _summaries(session, items):
+            if not row["disagree"]:
+                continue
+            if skipped < offset:
+                skipped += 1
+            else:
+                found.append(row)
+    return found[:limit], None, len(found) > limit
+
+
+def _summaries(session: Session, items: list[Item]) -> list[dict]:
+    """Per item: how many judgments, the distinct answers (a corrected judgment counts by its newest version only)."""
+    found = session.execute(
+        select(Judgment.item_id, Judgment.id, Judgment.value, Judgment.supersedes_id)
+        .where(Judgment.item_id.in_([item.id for item in items]))
+        .order_by(Judgment.id)
+    ).all() if items else []
+    superseded = {old for *_, old in found if old is not None}
+    by_item = {item.id: {"item": item, "judgments": 0, "answers": set()} for item in items}
+    for item_id, judgment_id, value, _old in found:
+        row = by_item[item_id]
+        row["judgments"] += 1
+        if judgment_id not in superseded:
+            row["answers"].add(_headline(row["item"].kind, value))
+    for row in by_item.values():
+        row["answers"] = sorted(row["answers"])
+        row["disagree"] = len(row["answers"]) > 1
+    return list(by_item.values())
 
 
 def _headline(kind: str, value: dict) -> str:

@@ -43,5 +43,6 @@ def downgrade() -> None:
     op.drop_index("ix_assignment_state_expires", table_name="assignment")
     op.drop_index("ix_item_project_gold", table_name="item")
     op.drop_index("ix_item_open", table_name="item")
-    with op.batch_alter_table("item", schema=None) as batch_op:
-        batch_op.drop_column("open_slots")
+    # Not a batch (copy-and-rename) operation: with foreign keys on, dropping the old item table would cascade to
+    # every assignment, judgment and item_completion row. SQLite 3.35+ drops a plain column in place.
+    op.execute("ALTER TABLE item DROP COLUMN open_slots")
