@@ -171,13 +171,14 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens
     """One completion per prompt (texts) and the rollouts (for KL), batch by batch, seeded."""
     import torch
 
-    from tether.rollout import generate_hf
+    from tether.rollout import sample_rollout
 
     torch.manual_seed(seed)
     texts: list[str] = []
     rollouts = []
     for start in range(0, len(prompts), batch_size):
-        rollout = generate_hf(model, tokenizer, list(prompts[start : start + batch_size]), max_new_tokens=max_new_tokens, temperature=temperature)
+        # the trainers' default sampler (Tether's loop), so evaluation samples as training did
+        rollout = sample_rollout(model, tokenizer, list(prompts[start : start + batch_size]), max_new_tokens=max_new_tokens, temperature=temperature)
         texts += [t.strip() for t in rollout.completion_texts]
         rollouts.append(rollout)
     return texts, rollouts
