@@ -426,3 +426,20 @@ def test_yaml_config_and_mlflow_metrics(cli, workspace, tiny_lm_dir, pair_files,
     mlflow = configure_mlflow(workspace.root)
     runs = mlflow.search_runs(experiment_names=["tether"], output_format="list")
     assert runs and {"reward/accuracy", "reward/margin", "train/loss"} <= set(runs[0].data.metrics)
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_batches_cover_every_row_once_per_epoch(group_by_length):
+    from tether.train_reward import _batches
+
+    lengths = [random.Random(i).randint(5, 300) for i in range(103)]
+    cfg = RewardConfig(model="m", data="d.jsonl", output_dir="o", batch_size=8, seed=3, group_by_length=group_by_length)
+    batches = _batches(lengths, cfg, epoch=0)
+    flat = [i for b in batches for i in b]
+    assert all(len(b) == 8 for b in batches) and len(batches) == 103 // 8
+    assert len(set(flat)) == len(flat)  # no row twice in an epoch
+    assert _batches(lengths, cfg, epoch=0) == batches  # deterministic for (seed, epoch)
+    assert _batches(lengths, cfg, epoch=1) != batches  # reshuffled every epoch
+    # Bucketed batches have little spread of lengths inside a batch; plain shuffled batches are as mixed as the data.
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert (spread < 60) if group_by_length else (spread > 150)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -294,10 +295,17 @@ def _report_skipped(skipped: int, total: int, cfg: RewardConfig, say: Any) -> No
 
 
 def _batches(lengths: list[int], cfg: RewardConfig, epoch: int) -> list[list[int]]:
-    """This epoch's full global batches, bucketed by length (a partial last batch is left out)."""
+    """This epoch's full global batches, bucketed by length unless ``group_by_length`` is off (a partial last batch
+    is left out)."""
     from tether.training import length_bucketed_batches
 
-    return [b for b in length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch) if len(b) == cfg.batch_size]
+    if cfg.group_by_length:
+        batches = length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+    else:
+        order = list(range(len(lengths)))
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    return [b for b in batches if len(b) == cfg.batch_size]
 
 
 def _shard(batch: list[int], accelerator: Any) -> list[int]:
