@@ -169,3 +169,34 @@ def test_cli_bad_inputs_are_clear_errors(cli, tiny_lm_dir, task, tmp_path, setup
     assert result.code == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_same_schedule(tiny_lm_dir, task, tmp_path):
+    """`accelerate launch` on 2 CPU processes (gloo): each process samples its own share of the prompts (whole
+    groups), the metrics are averaged over processes, and the learning-rate schedule advances once per global
+    step, as with 1 process (Accelerate's scheduler wrapper would step it once per process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tether.train_grpo import train_grpo
+
+    train_grpo(config(tiny_lm_dir, task, tmp_path / "one", max_steps=4, lr_schedule="linear", learning_rate=1e-3))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "0", "-m", "tether", "train", "grpo", "--model", str(tiny_lm_dir),
+           "--prompts", str(task / "prompts.jsonl"), "--reward", f"rules:{task / 'rules.yaml'}", "--output-dir", str(tmp_path / "two"),
+           "--group-size", "8", "--batch-size", "32", "--max-new-tokens", "8", "--max-steps", "4", "--learning-rate", "1e-3",
+           "--set", "lr_schedule=linear", "--set", "progress=false", "--set", "mlflow=false", "--set", "logging_steps=1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = history(tmp_path / "one"), history(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    assert [s["train/learning_rate"] for s in two] == pytest.approx([s["train/learning_rate"] for s in one])
+    assert [s["train/learning_rate"] for s in two] == pytest.approx([1e-3 * (1 - k / 4) for k in range(1, 5)])
+    for step in two:
+        assert 0.0 <= step["rules/has_e"] <= 1.0 and step["completions/mean_length"] > 0
+    assert json.loads((tmp_path / "two" / "tether.json").read_text())["kind"] == "policy"

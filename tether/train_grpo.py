@@ -103,7 +103,9 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
 
     optimizer = make_optimizer(policy, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    # Not prepare(): Accelerate's scheduler wrapper steps once per process, and total_steps already counts global steps.
+    accelerator.register_for_checkpointing(scheduler)
     vllm = None
     if cfg.sampler == "vllm":
         vllm = VLLMSampler(cfg.model, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=cfg.max_length, seed=cfg.seed, bf16=cfg.bf16)

@@ -182,9 +182,10 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
 
     optimizer, critic_optimizer = make_optimizer(policy, cfg), make_optimizer(critic, cfg)
     scheduler, critic_scheduler = make_scheduler(optimizer, cfg, total_steps), make_scheduler(critic_optimizer, cfg, total_steps)
-    policy, critic, optimizer, critic_optimizer, scheduler, critic_scheduler = accelerator.prepare(
-        policy, critic, optimizer, critic_optimizer, scheduler, critic_scheduler
-    )
+    policy, critic, optimizer, critic_optimizer = accelerator.prepare(policy, critic, optimizer, critic_optimizer)
+    # Not prepare(): Accelerate's scheduler wrapper steps once per process, and total_steps already counts global steps.
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(critic_scheduler)
     vllm = None
     if cfg.sampler == "vllm":
         vllm = VLLMSampler(cfg.model, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=cfg.max_length, seed=cfg.seed, bf16=cfg.bf16)
