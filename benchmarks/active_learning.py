@@ -11,16 +11,22 @@ Pool-based and simulated: the "human" label is the data set's own. Each round do
 3. a batch chosen by ``tether.qc.select_candidates`` with the same diversity guard as `tether collect select`
    (at most one pair per prompt per batch), then "labeled" and added.
 
+Strategies (``tether.qc.SELECT_STRATEGIES``): random (a seeded shuffle: the peer, no active learning), uncertainty
+(ensemble-mean P nearest 0.5), disagreement (largest spread of the members' P), certainty (P farthest from 0.5).
 Every strategy starts from the same random seed set (a warm start) on the same fixed test set; test accuracy is the
-ensemble mean's. Data (`--data`): PandaLM items with a majority of three annotators (default: the cleanest labels
-here), HH-RLHF helpful-/harmless-base test pairs (one crowdworker each), or FineGrainedRLHF QA feedback (four
-answers per question, so the per-prompt guard matters). Pool and test are split by prompt.
+ensemble mean's. Data (`--data`): HH-RLHF helpful-base test pairs (default; one crowdworker label each; the one
+set here a response-embedding model learns from), harmless-base, PandaLM items with a majority of three
+annotators, or FineGrainedRLHF QA feedback (four answers per question, so the per-prompt guard matters). Pool and
+test are split by prompt. `--labels teacher` keeps the pairs and features but draws the labels from a
+Bradley-Terry teacher (the full-data ensemble) with a set mean agreement: a control where the model can represent
+the truth and all label noise is the Bradley-Terry kind.
 
 It prints the test accuracy after each round (mean ± sd over seeds), the labels each strategy needs to reach a
-target accuracy (median over seeds) and the mean accuracy over the rounds minus random's, paired by seed.
+target accuracy (median over seeds), the mean accuracy over the rounds minus random's (paired by seed), and how
+often the full-pool ensemble agrees with the labels each strategy bought.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/active_learning.py --data pandalm
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/active_learning.py --data hh-helpful
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/active_learning.py --data hh-helpful --labels teacher --teacher-agreement 0.75
 """
 
 from __future__ import annotations
@@ -208,11 +214,7 @@ def run(strategy: str, seed: int, pool: tuple[np.ndarray, np.ndarray, np.ndarray
             return curve, float(np.mean(agree))
         unlabeled = np.setdiff1d(np.arange(len(y)), idx)
         p_mean, p_spread = preference_stats(heads @ e1[unlabeled].T, heads @ e2[unlabeled].T)  # (U,), (U,)
-        if strategy == "confident":  # not a product strategy: the pairs farthest from 0.5, for the write-up's "why"
-            strategy_used, p_mean = "uncertainty", 1 - np.abs(p_mean - 0.5)  # |p' - 0.5| = 0.5 - |p - 0.5|
-        else:
-            strategy_used = strategy
-        picks = select_candidates(strategy_used, min(batch, budget - len(labeled)), p_mean=p_mean, p_spread=p_spread,
+        picks = select_candidates(strategy, min(batch, budget - len(labeled)), p_mean=p_mean, p_spread=p_spread,
                                   groups=[groups[i] for i in unlabeled], max_per_group=1, seed=int(rng.integers(1 << 31)))
         labeled += [int(unlabeled[i]) for i in picks]
         agree += [bool(full_agrees[unlabeled[i]]) for i in picks]
@@ -232,7 +234,7 @@ DEFAULTS = {  # start, batch, budget, test pairs, l2
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="pandalm", choices=list(DEFAULTS))
+    parser.add_argument("--data", default="hh-helpful", choices=list(DEFAULTS))
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--start", type=int, default=None, help="random labels before the first selection (warm start)")
     parser.add_argument("--batch", type=int, default=None, help="labels asked per round")
@@ -242,8 +244,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5, help="ensemble size K")
     parser.add_argument("--target", type=float, default=None,
                         help="target test accuracy (default: 0.5 + 90%% of the full-pool ensemble's gain over chance)")
-    parser.add_argument("--strategies", default="random,uncertainty,disagreement",
-                        help=f"of: {', '.join(SELECT_STRATEGIES)}, and confident (farthest from 0.5; not a product strategy)")
+    parser.add_argument("--strategies", default="random,uncertainty,disagreement,certainty", help=f"of: {', '.join(SELECT_STRATEGIES)}")
     parser.add_argument("--labels", default="human", choices=["human", "teacher"],
                         help="human: the data set's own labels; teacher: sampled from a Bradley-Terry teacher (the full-data ensemble), "
                              "test accuracy against the teacher's preferred answer")

@@ -40,6 +40,19 @@ def test_uncertainty_picks_nearest_half_with_a_per_prompt_cap():
     assert qc.select_candidates("uncertainty", 10, p_mean=p_mean, groups=groups, max_per_group=1) == [4, 1, 3]
 
 
+def test_certainty_picks_farthest_from_half_with_the_same_guard():
+    """|p - 0.5| = 0.4, 0.02, 0.05, 0.1, 0: largest first is 0, 3, 2, 1, 4. Candidates 0-2 share prompt g1:
+    with a cap of one per prompt, 2 and 1 are skipped after 0, so the picks are 0, 3, 4."""
+    p_mean = [0.9, 0.52, 0.45, 0.6, 0.5]
+    groups = ["g1", "g1", "g1", "g2", "g3"]
+    assert qc.select_candidates("certainty", 3, p_mean=p_mean, groups=groups, max_per_group=1) == [0, 3, 4]
+    assert qc.select_candidates("certainty", 3, p_mean=p_mean, groups=groups, max_per_group=None) == [0, 3, 2]
+    # A pair predicted at 0.1 is as certain as one at 0.9: ties keep the candidates' order.
+    assert qc.select_candidates("certainty", 2, p_mean=[0.1, 0.5, 0.9]) == [0, 2]
+    with pytest.raises(ValueError, match="needs p_mean"):
+        qc.select_candidates("certainty", 2, p_spread=[0.1, 0.2])
+
+
 def test_disagreement_picks_the_largest_spread():
     assert qc.select_candidates("disagreement", 3, p_spread=[0.1, 0.3, 0.2, 0.0]) == [1, 2, 0]
     assert qc.select_candidates("disagreement", 2, p_spread=[0.1, 0.3, 0.2, 0.0], groups=["x", "y", "y", "z"]) == [1, 0]
@@ -122,7 +135,7 @@ def test_collect_select_queues_the_most_disputed_pairs(al_project, ensemble_dir,
 
     # Independently: each candidate pair's ensemble spread of sigmoid(r_a - r_b), from the members' scores.
     rm = RewardModel.load(ensemble_dir, device="cpu")
-    spread = {}
+    spread, p_mean = {}, {}
     for line in lines:
         for a, b in combinations(line["completions"], 2):
             if (a, b) == ("c0 thank you", "c1 sorry"):
@@ -130,6 +143,7 @@ def test_collect_select_queues_the_most_disputed_pairs(al_project, ensemble_dir,
             ra, rb = rm.score_members([line["prompt"]] * 2, [a, b])
             p = 1 / (1 + np.exp(-(ra - rb)))
             spread[(line["prompt"], a, b)] = float(p.std())
+            p_mean[(line["prompt"], a, b)] = float(p.mean())
     best_per_prompt = {}
     for (prompt, a, b), s in spread.items():
         if s > best_per_prompt.get(prompt, (None, -1))[1]:
@@ -141,6 +155,17 @@ def test_collect_select_queues_the_most_disputed_pairs(al_project, ensemble_dir,
         metas = [it.meta for it in items]
     assert got == [(prompt, pair) for prompt, (pair, _) in expected]
     assert all(m["selected_by"] == "disagreement" and m["p_spread"] > 0 for m in metas)
+
+    # By certainty (a dry run): of the pairs left, per prompt the one whose predicted preference is farthest from
+    # 0.5, those prompts in that order.
+    left = {key: p for key, p in p_mean.items() if (key[0], (key[1], key[2])) not in got}
+    surest: dict[str, float] = {}
+    for (prompt, _, _), p in left.items():
+        surest[prompt] = max(surest.get(prompt, 0.0), abs(p - 0.5))
+    sure = json.loads(cli("collect", "select", "--project", "al", "--reward-model", ensemble_dir, "--strategy", "certainty",
+                          "--n", "100", "--candidates", candidates, "--dry-run", "--json").stdout)
+    assert sure["queued"] == 0 and sure["selected"] == 4
+    assert [abs(pick["p_pref"] - 0.5) for pick in sure["picks"]] == pytest.approx(sorted(surest.values(), reverse=True), abs=1e-5)
 
     # Again, by uncertainty: the three queued pairs are no longer candidates; one pick per prompt at most.
     again = json.loads(cli("collect", "select", "--project", "al", "--reward-model", ensemble_dir, "--strategy", "uncertainty",

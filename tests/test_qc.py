@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tether import qc
+from tether.errors import TetherError
 from tether.store.snapshots import Vote
 
 nan = np.nan
@@ -319,9 +320,9 @@ def test_qc_of_a_missing_set_is_a_clear_error(workspace, cli):
 
 def test_metric_option_is_checked():
     assert qc.parse_metrics(["rating:help=interval", "preference=nominal"]) == {"rating:help": "interval", "preference": "nominal"}
-    with pytest.raises(qc.TetherError, match="QUESTION=METRIC"):
+    with pytest.raises(TetherError, match="QUESTION=METRIC"):
         qc.parse_metrics(["rating:help=ratio"])
-    with pytest.raises(qc.TetherError, match="cannot be interval"):
+    with pytest.raises(TetherError, match="cannot be interval"):
         qc.question_agreement(_pairwise(1, "u", "a") + _pairwise(1, "v", "b"), {"choice": "interval"})
 
 

@@ -52,7 +52,7 @@ def qc_command(
 @collect_app.command("select")
 def select_command(
     project: Annotated[str, typer.Option("--project", help="The annotation project whose unjudged pairs are candidates.")],
-    strategy: Annotated[str, typer.Option("--strategy", help="uncertainty (predicted preference nearest 0.5), disagreement (ensemble spread) or random.")] = "uncertainty",
+    strategy: Annotated[str, typer.Option("--strategy", help="certainty (predicted preference farthest from 0.5), uncertainty (nearest 0.5), disagreement (ensemble spread) or random. See docs/benchmarks.md, Active learning.")] = "certainty",
     n: Annotated[int, typer.Option("--n", help="How many pairs to queue.")] = 100,
     reward_model: Annotated[str | None, typer.Option("--reward-model", help="A reward model folder from `tether train reward` (an ensemble for disagreement).")] = None,
     candidates: Annotated[Path | None, typer.Option("--candidates", help="More candidates: JSONL of {\"prompt\", \"completions\": [...]} (e.g. a policy's samples).")] = None,
@@ -64,11 +64,14 @@ def select_command(
     """Choose which prompt/completion pairs humans judge next and queue them as items of the project.
 
     Candidates are the pairs of completions of one prompt (in the project, or in --candidates) that are not
-    items yet. The reward model scores both sides; uncertainty picks the pairs whose predicted preference is
-    nearest 0.5, disagreement those where the ensemble's members disagree most; the diversity guard takes at
-    most --max-per-prompt pairs per prompt. The picks become new items at the end of the project's queue.
+    items yet. The reward model scores both sides; certainty (the default) picks the pairs whose predicted
+    preference is farthest from 0.5, uncertainty those nearest 0.5, disagreement those where the ensemble's
+    members disagree most; the diversity guard takes at most --max-per-prompt pairs per prompt. The picks become
+    new items at the end of the project's queue. On noisy human preferences (HH-RLHF) certainty reached a set
+    reward-model accuracy with fewer labels than random, and uncertainty and disagreement with more: the pairs
+    nearest 0.5 are mostly coin flips (docs/benchmarks.md, Active learning).
 
-    Example:  tether collect select --project helpfulness --reward-model artifacts/models/rm-1 --strategy uncertainty --n 200
+    Example:  tether collect select --project helpfulness --reward-model artifacts/models/rm-1 --n 200
     """
     from tether.cli.common import emit_json, require_file, workspace_url
     from tether.qc import select_for_labeling

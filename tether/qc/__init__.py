@@ -1,0 +1,81 @@
+"""Annotation quality control, aggregation and active-learning selection.
+
+Three parts, each pure functions over plain records and numpy arrays (the store is read in ``load_*`` only):
+
+- **Agreement and annotators.** Judgments become ``Answer`` records (one per question per unit). Per question:
+  Krippendorff's alpha (the ``krippendorff`` package; nominal for choices, ordinal for strengths, rankings and
+  Likert ratings, interval where the label schema says so), raw pairwise agreement and how many units had two or
+  more answers. Per annotator: agreement with the leave-one-out consensus, accuracy on gold items, a reliability
+  estimate from Dawid-Skene (Dawid & Skene 1979), optionally MACE competence (Hovy et al. 2013), position bias
+  (how often the first-shown answer wins, binomial test), speed, and flags with the reason.
+- **Aggregation into pairs.** Every judgment becomes votes on unordered position pairs of its item;
+  ``dawid-skene`` and ``bradley-terry`` turn the votes into ``AggregatedPair`` rows (ties kept, rankings become
+  all k(k-1)/2 pairs). ``tether.store.snapshots.aggregate_pairs`` calls them beside its own ``majority``.
+- **Active learning.** ``select_candidates`` picks which candidate pairs humans judge next: predicted preference
+  nearest 0.5 (uncertainty), the reward ensemble's spread (disagreement) or random, with a per-prompt cap and an
+  optional embedding-distance dedupe as the diversity guard.
+
+One module per part, everything re-exported here (``from tether.qc import ...``): ``agreement`` (answers,
+Krippendorff's alpha), ``annotators`` (Dawid-Skene, MACE, per-annotator figures and flags), ``aggregate`` (votes
+into pairs), ``select`` (active learning) and ``report`` (the report from the store, as text, JSON and HTML).
+"""
+
+from tether.qc.aggregate import (
+    AGGREGATE_METHODS,
+    OUTCOMES,
+    AggregatedPair,
+    PairVote,
+    bradley_terry_pairs,
+    bradley_terry_strengths,
+    dawid_skene_pairs,
+    pair_votes,
+)
+from tether.qc.agreement import (
+    METRICS,
+    Answer,
+    answers_from_judgment,
+    default_metric,
+    krippendorff_alpha,
+    pairwise_agreement,
+    question_agreement,
+    reliability_matrix,
+)
+from tether.qc.annotators import (
+    DawidSkeneResult,
+    QCConfig,
+    annotator_figures,
+    dawid_skene,
+    leave_one_out_agreement,
+    mace,
+    primary_question,
+)
+from tether.qc.report import (
+    LoadedJudgments,
+    find_project,
+    format_report,
+    load_judgments,
+    parse_metrics,
+    project_qc,
+    qc_report,
+    render_html,
+    report_figures,
+    snapshot_qc,
+    snapshot_qc_record,
+)
+from tether.qc.select import (
+    SELECT_STRATEGIES,
+    candidate_pairs,
+    preference_stats,
+    select_candidates,
+    select_for_labeling,
+)
+
+__all__ = [
+    "AGGREGATE_METHODS", "METRICS", "OUTCOMES", "SELECT_STRATEGIES",
+    "AggregatedPair", "Answer", "DawidSkeneResult", "LoadedJudgments", "PairVote", "QCConfig",
+    "annotator_figures", "answers_from_judgment", "bradley_terry_pairs", "bradley_terry_strengths", "candidate_pairs",
+    "dawid_skene", "dawid_skene_pairs", "default_metric", "find_project", "format_report", "krippendorff_alpha",
+    "leave_one_out_agreement", "load_judgments", "mace", "pair_votes", "pairwise_agreement", "parse_metrics",
+    "preference_stats", "primary_question", "project_qc", "qc_report", "question_agreement", "reliability_matrix",
+    "render_html", "report_figures", "select_candidates", "select_for_labeling", "snapshot_qc", "snapshot_qc_record",
+]
