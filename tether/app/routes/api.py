@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tether.app import service
-from tether.app.deps import ApiAdmin, ApiReviewer, ApiUser, DbSession, Settings, actor_of
+from tether.app.deps import ApiAdmin, ApiReviewer, ApiUser, DbSession, Settings, actor_of, as_token_holder
 from tether.app.schemas import (
     CorrectionIn,
     GoldIn,
@@ -138,25 +139,33 @@ def progress(project_id: int, session: DbSession, user: ApiReviewer) -> dict:
     return annotation.project_progress(session, project=_web_project(session, project_id))
 
 
+# The annotators' two hot calls run their store work in one hop (see deps.as_token_holder); the rest use the
+# DbSession and ApiUser dependencies.
 @router.post("/projects/{project_id}/next", response_model=TaskPublic, responses={204: {"description": "nothing left for you"}})
-def next_item(project_id: int, session: DbSession, user: ApiUser) -> TaskPublic | Response:
-    project = _web_project(session, project_id)
-    task = _task_public(session, annotation.next_assignment(session, project=project, user=user))
+async def next_item(project_id: int, request: Request) -> TaskPublic | Response:
+    def work(session: Session, user: User) -> TaskPublic | None:
+        project = _web_project(session, project_id)
+        return _task_public(session, annotation.next_assignment(session, project=project, user=user))
+
+    task = await as_token_holder(request, work)
     return task if task is not None else Response(status_code=204)
 
 
 @router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentCreated, status_code=201)
-def submit(assignment_id: int, body: JudgmentIn, session: DbSession, user: ApiUser, settings: Settings, next: bool = False) -> JudgmentCreated:
-    judgment = annotation.submit_judgment(
-        session, assignment_id=assignment_id, user=user, value=body.value, time_spent_ms=body.time_spent_ms,
-        guideline_version=body.guideline_version, schema_version_number=body.schema_version, source="api",
-        max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"),
-    )
-    upcoming = None
-    if next:  # the next item in the same request
-        project = session.get(Project, session.scalar(select(Item.project_id).where(Item.id == judgment.item_id)))
-        upcoming = _task_public(session, annotation.next_assignment(session, project=project, user=user))
-    return JudgmentCreated(judgment_id=judgment.id, next=upcoming)
+async def submit(assignment_id: int, body: JudgmentIn, request: Request, settings: Settings, next: bool = False) -> JudgmentCreated:
+    def work(session: Session, user: User) -> JudgmentCreated:
+        judgment = annotation.submit_judgment(
+            session, assignment_id=assignment_id, user=user, value=body.value, time_spent_ms=body.time_spent_ms,
+            guideline_version=body.guideline_version, schema_version_number=body.schema_version, source="api",
+            max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"),
+        )
+        upcoming = None
+        if next:  # the next item in the same request
+            project = session.get(Project, session.scalar(select(Item.project_id).where(Item.id == judgment.item_id)))
+            upcoming = _task_public(session, annotation.next_assignment(session, project=project, user=user))
+        return JudgmentCreated(judgment_id=judgment.id, next=upcoming)
+
+    return await as_token_holder(request, work)
 
 
 @router.post("/assignments/{assignment_id}/skip", status_code=204)
