@@ -616,7 +616,9 @@ def _candidates(gold: bool, tried: list[int]) -> Any:
         query = query.where(Item.open_slots > literal_column("0"))
     if tried:
         query = query.where(Item.id.not_in(tried))
-    return query.order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item)
+    # Ordered by the index's own columns (the same order as by id, the first two being fixed): ordered by id alone,
+    # PostgreSQL walked the primary key past every full item (15,000 full of 20,000: 17 ms against 0.5 ms).
+    return query.order_by(Item.project_id, Item.is_gold, Item.id).limit(1).with_for_update(skip_locked=True, of=Item)
 
 
 _CANDIDATE = {gold: _candidates(gold, []) for gold in (True, False)}
