@@ -28,6 +28,17 @@ def test_bucketed_batches_cover_every_index_once_and_are_deterministic():
     assert batches != length_bucketed_batches(lengths, 3, seed=1, epoch=1)
 
 
+def test_the_longest_example_is_in_the_first_batch():
+    import random
+
+    for seed in range(5):
+        lengths = [random.Random(seed * 100 + i).randint(1, 500) for i in range(257)]
+        for epoch in range(3):
+            batches = length_bucketed_batches(lengths, 8, seed=seed, epoch=epoch)
+            assert lengths.index(max(lengths)) in batches[0]
+            assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+
+
 def test_bucketing_reduces_padding():
     lengths = [1, 100, 2, 99, 3, 98, 4, 97]
     batches = length_bucketed_batches(lengths, 2, seed=0, epoch=0)

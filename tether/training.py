@@ -82,7 +82,9 @@ def length_bucketed_batches(
     """Batches of indices with similar lengths (little padding), in a deterministic order for (seed, epoch).
 
     The indices are shuffled, cut into chunks of ``chunk_batches`` batches, sorted by length inside each chunk and
-    batched; then the batch order is shuffled. The last batch may be smaller.
+    batched; then the batch order is shuffled, except that the batch holding the longest example goes first: a batch
+    that does not fit in memory fails at step 1, not hours in, and on a GPU the caching allocator reserves the
+    largest blocks once instead of growing step by step. The last batch may be smaller.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
@@ -95,6 +97,8 @@ def length_bucketed_batches(
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
     if shuffle:
         rng.shuffle(batches)
+        longest = max(range(len(batches)), key=lambda k: max(lengths[i] for i in batches[k]), default=0)
+        batches.insert(0, batches.pop(longest))
     return batches
 
 
