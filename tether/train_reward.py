@@ -13,6 +13,7 @@ so that the averaged gradient is the gradient of the global batch's mean loss.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -110,6 +111,8 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if accelerator.device.type == "cpu":
+                _return_freed_memory()
 
             reduced = accelerator.reduce(torch.stack(list(step_stats.values())), reduction="mean").tolist()
             for key, value in zip(step_stats, reduced):
@@ -198,6 +201,30 @@ def _loss(forward: Any, chunk: list[int], data: dict[str, Any], boot: torch.Tens
     if cfg.center_rewards_coef:
         loss = loss + cfg.center_rewards_coef * losses.reward_centering_loss(chosen_rewards, rejected_rewards)
     return loss, stats
+
+
+def _return_freed_memory() -> None:
+    """Give the memory freed during the step back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    On the CPU, torch takes activations from malloc. glibc raises its mmap threshold to the size of the first large
+    block freed (up to 32 MB), so later activations come from the heap; length-bucketed batches change every
+    tensor's size each step, the heap fragments and freed blocks stay resident. With MiniLM at batch 16 x 256 tokens
+    the RSS after a step crept from 0.6 GB to 2.2 GB in 25 steps and peaked at 3.5 GB over an epoch, when the live
+    tensors between steps are 0.3 GB (weights and AdamW state). Trimming once per step keeps it near the live size.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only (not musl, macOS or Windows)
+    except (OSError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
