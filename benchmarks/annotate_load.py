@@ -10,6 +10,9 @@ There is no peer here (TRL has no annotation server); the figures stand alone. T
 the machine, so on a small machine the client's own CPU shows up in the latencies.
 
     .venv/bin/python benchmarks/annotate_load.py --annotators 200 --per-annotator 10 --think-ms 2000 --db both
+
+``--lookup N`` times the next-item lookup alone on a project of N items whose first three quarters are full: the
+open-slots index (schema 0002) against the id-order scan of schema 0001, which it replaced.
 """
 
 from __future__ import annotations
@@ -266,6 +269,88 @@ def run_one(db: str, args: argparse.Namespace) -> dict:
     }
 
 
+def _scan_candidate():
+    """The next-item lookup of schema 0001, kept here as the peer: items in id order, each with a count of its
+    active assignments, until one is below the overlap."""
+    from sqlalchemy import and_, bindparam, exists, func, or_, select
+
+    from tether.store.tables import Assignment, Item, ItemCompletion
+
+    now = bindparam("now", type_=Assignment.__table__.c.expires_at.type)
+    holds = or_(Assignment.state == "done", and_(Assignment.state == "pending", or_(Assignment.expires_at.is_(None), Assignment.expires_at > now)))
+    never_given = ~exists().where(Assignment.item_id == Item.id, Assignment.user_id == bindparam("user_id"))
+    n_completions = select(func.count()).select_from(ItemCompletion).where(ItemCompletion.item_id == Item.id).correlate(Item).scalar_subquery()
+    active = select(func.count()).select_from(Assignment).where(Assignment.item_id == Item.id, holds).correlate(Item).scalar_subquery()
+    return (select(Item.id, n_completions)
+            .where(Item.project_id == bindparam("project_id"), Item.is_gold.is_(False), never_given, active < bindparam("overlap"))
+            .order_by(Item.id).limit(1).with_for_update(skip_locked=True, of=Item))
+
+
+def lookup_run(db: str, args: argparse.Namespace) -> dict:
+    """Time the next-item lookup alone on a big project whose first ``--lookup-full`` items are full (overlap 3):
+    the open-slots index (schema 0002) against the id-order scan of schema 0001. Median of 30, in ms."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import insert, select
+
+    from tether.store import annotation
+    from tether.store.db import dispose_engine, session_scope, upgrade
+    from tether.store.tables import Assignment, Item, User
+
+    url, cleanup = fresh_database(db, args)
+    try:
+        upgrade(url)
+        with session_scope(url) as session:
+            project = annotation.create_project(session, name="lookup", schema={"kind": "pairwise"}, overlap=3)
+            rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(args.lookup)]
+            annotation.add_items(session, project=project, rows=rows, max_items=args.lookup)
+            users = [User(name=f"u{i}", role="annotator") for i in range(4)]
+            session.add_all(users)
+            session.flush()
+            ids = session.scalars(select(Item.id).where(Item.project_id == project.id).order_by(Item.id)).all()
+            at = datetime.now(timezone.utc)
+            session.execute(insert(Assignment), [
+                {"item_id": i, "user_id": u.id, "state": "done", "shown_order": [0, 1], "created_at": at} for i in ids[: args.lookup_full] for u in users[:3]
+            ])
+            annotation.recount_open_slots(session, project_id=project.id)
+            params = {"project_id": project.id, "user_id": users[3].id, "overlap": 3}
+        with session_scope(url) as session:
+            session.connection().exec_driver_sql("ANALYZE")
+        out = {"db": db}
+        for name, statement in (("scan", _scan_candidate()), ("index", annotation._CANDIDATE[False])):
+            times = []
+            with session_scope(url) as session:
+                for _ in range(30):  # bounded
+                    start = time.perf_counter()
+                    found = session.execute(statement, {**params, "now": datetime.now(timezone.utc)}).first()
+                    times.append((time.perf_counter() - start) * 1000)
+            assert found[0] == ids[args.lookup_full], (name, found)
+            out[name] = statistics.median(times)
+        return out
+    finally:
+        dispose_engine(url)
+        cleanup()
+
+
+def fresh_database(db: str, args: argparse.Namespace):
+    """(URL of an empty database, cleanup): a SQLite file, or a new schema on the PostgreSQL server."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"tether-lookup-{db}-"))
+    if db == "sqlite":
+        return f"sqlite:///{tmp / 'tether.db'}", lambda: None
+    import psycopg
+
+    schema = f"lookup_{uuid.uuid4().hex[:10]}"
+    raw = args.pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(raw, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+    def cleanup() -> None:
+        with psycopg.connect(raw, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+    return f"{args.pg_url}{'&' if '?' in args.pg_url else '?'}options=-csearch_path%3D{schema}", cleanup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotators", type=int, default=200, help="concurrent simulated annotators")
@@ -278,10 +363,23 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--pg-url", default=os.environ.get("TETHER_TEST_POSTGRES_URL", DEFAULT_PG))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lookup", type=int, default=0,
+                        help="instead of the load test: time the next-item lookup alone on a project of this many items")
+    parser.add_argument("--lookup-full", type=int, default=None, help="with --lookup: how many of the first items are full (default 3/4)")
     args = parser.parse_args()
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    if args.lookup:
+        if args.lookup_full is None:
+            args.lookup_full = args.lookup * 3 // 4
+        if not 0 <= args.lookup_full < args.lookup <= 200_000:
+            raise SystemExit("--lookup must be 1..200000 and --lookup-full below it")
+        print(f"next-item lookup: {args.lookup} items, the first {args.lookup_full} full (overlap 3), median of 30; load {os.getloadavg()[0]:.1f}")
+        for db in dbs:
+            r = lookup_run(db, args)
+            print(f"{db:<9} id-order scan (0001) {r['scan']:8.2f} ms   open-slots index (0002) {r['index']:8.3f} ms   ratio {r['scan'] / r['index']:.0f}x")
+        return
     if args.annotators < 1 or args.annotators > 2000 or args.per_annotator < 1 or args.per_annotator > 1000:
         raise SystemExit("--annotators must be 1..2000 and --per-annotator 1..1000")
-    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     ramp = args.think_ms / 1000 if args.ramp_s is None else args.ramp_s
     print(f"annotate_load: {args.annotators} annotators x {args.per_annotator} items, think {args.think_ms:.0f} ms, ramp {ramp:.0f} s, overlap {args.overlap}, "
           f"workers {args.workers}, CPUs {os.cpu_count()}")
