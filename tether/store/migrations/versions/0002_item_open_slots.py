@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-28
+Create Date: 2026-11-27
 
 ``open_slots = project.overlap - (assignments of the item that are pending or done)``. Pending assignments hold
 their slot until the queue marks them expired (see tether.store.annotation), so the count is exact for the rows as
