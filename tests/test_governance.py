@@ -89,6 +89,9 @@ def test_purge_annotator_from_every_table(cli, any_workspace, tmp_path):
         item_id = session.scalar(select(Item.id).join(Judgment, Judgment.item_id == Item.id).where(Judgment.user_id == user.id).limit(1))
         session.add(ApiToken(user_id=user.id, token_hash="f" * 64, label="laptop"))
         session.add(Assignment(item_id=item_id, user_id=user.id, state="done"))
+        item = session.get(Item, item_id)
+        slots_before = item.open_slots
+        item.open_slots -= 1  # as the queue counts a taken slot
         session.add(AuditEvent(actor=f"user:{name}", action="judgment.submit", object_type="item", object_id=str(item_id), detail={"by": name}))
         before = session.scalar(select(func.count()).select_from(Judgment))
         mine = session.scalar(select(func.count()).select_from(Judgment).where(Judgment.user_id == user.id))
@@ -113,6 +116,7 @@ def test_purge_annotator_from_every_table(cli, any_workspace, tmp_path):
         assert event.detail["subject_sha256"] == hashlib.sha256(name.encode()).hexdigest()
         assert event.detail["deleted"] == {"judgment": 6, "assignment": 1, "api_token": 1, "user": 1}
         assert event.detail["audit_events_pseudonymized"] == 2  # our audit event and the QC figures of panda-v1
+        assert session.get(Item, item_id).open_slots == slots_before  # the purged assignment's slot is free again
     # a purged snapshot cannot be trained on; a new one can be made from what is left
     from tether.errors import TetherError
     from tether.store.formats import resolve_snapshot

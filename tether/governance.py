@@ -234,8 +234,12 @@ def purge_annotator(
         return result
     # Corrections by others that superseded this annotator's judgments keep standing (supersedes_id -> NULL).
     session.execute(update(Judgment).where(Judgment.supersedes_id.in_(select(Judgment.id).where(Judgment.user_id == user.id))).values(supersedes_id=None))
+    # The queue's per-item slot counts: each pending or done assignment deleted here gives its slot back.
+    held = list(session.scalars(select(Assignment.item_id).where(Assignment.user_id == user.id, Assignment.state.in_(("pending", "done")))))
     session.execute(delete(Judgment).where(Judgment.user_id == user.id))
     session.execute(delete(Assignment).where(Assignment.user_id == user.id))
+    for item_id in held:  # one assignment per (item, user), so one slot per item
+        session.execute(update(Item).where(Item.id == item_id).values(open_slots=Item.open_slots + 1))
     session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
     session.execute(delete(User).where(User.id == user.id))
     audit(session, "data.purge", "user", alias, subject="annotator", subject_sha256=digest, reason=reason, deleted=result.deleted,
