@@ -53,6 +53,40 @@ def test_certainty_picks_farthest_from_half_with_the_same_guard():
         qc.select_candidates("certainty", 2, p_spread=[0.1, 0.2])
 
 
+def test_auto_picks_by_measured_agreement():
+    """Below AUTO_AGREEMENT = 0.70 (noisy annotators) certainty; at or above it, or not measured, disagreement,
+    or random when the reward model has a single head."""
+    assert qc.AUTO_AGREEMENT == 0.70
+    assert qc.auto_strategy(0.63, ensemble=5) == "certainty"
+    assert qc.auto_strategy(0.63, ensemble=1) == "certainty"
+    assert qc.auto_strategy(0.70, ensemble=5) == "disagreement"
+    assert qc.auto_strategy(0.91, ensemble=1) == "random"
+    assert qc.auto_strategy(None, ensemble=4) == "disagreement"
+
+
+@pytest.mark.parametrize(("accuracy", "expected"), [(1.0, 1.0), (0.5, None)])
+def test_project_agreement_through_the_store(tmp_path, accuracy, expected):
+    """Two simulated annotators judge 30 items each through the store. Always right: they always agree (1.0).
+    Coin flips: they agree about half the time, below 0.70, so auto picks certainty."""
+    from sqlalchemy import select
+
+    from tether import simulate
+    from tether.store.db import session_scope, upgrade
+    from tether.store.tables import Project
+
+    url = f"sqlite:///{tmp_path / 'tether.db'}"
+    upgrade(url)
+    crew = [simulate.SimAnnotator(f"sim-{i}", accuracy=accuracy) for i in range(2)]
+    simulate.simulate(url, name="sim", n_items=30, overlap=2, gold_rate=0.0, annotators=crew, seed=1)
+    with session_scope(url) as session:
+        project = session.scalars(select(Project).where(Project.name == "sim")).one()
+        agreement = qc.project_agreement(session=session, project=project)
+    if expected is not None:
+        assert agreement == pytest.approx(expected)
+    else:
+        assert 0.25 < agreement < qc.AUTO_AGREEMENT and qc.auto_strategy(agreement, ensemble=2) == "certainty"
+
+
 def test_disagreement_picks_the_largest_spread():
     assert qc.select_candidates("disagreement", 3, p_spread=[0.1, 0.3, 0.2, 0.0]) == [1, 2, 0]
     assert qc.select_candidates("disagreement", 2, p_spread=[0.1, 0.3, 0.2, 0.0], groups=["x", "y", "y", "z"]) == [1, 0]
@@ -166,6 +200,11 @@ def test_collect_select_queues_the_most_disputed_pairs(al_project, ensemble_dir,
                           "--n", "100", "--candidates", candidates, "--dry-run", "--json").stdout)
     assert sure["queued"] == 0 and sure["selected"] == 4
     assert [abs(pick["p_pref"] - 0.5) for pick in sure["picks"]] == pytest.approx(sorted(surest.values(), reverse=True), abs=1e-5)
+
+    # auto on a project with no overlapping judgments: agreement not measured, so disagreement (a dry run).
+    auto = json.loads(cli("collect", "select", "--project", "al", "--reward-model", ensemble_dir, "--n", "2",
+                          "--candidates", candidates, "--dry-run", "--json").stdout)
+    assert (auto["requested"], auto["strategy"], auto["agreement"], auto["selected"]) == ("auto", "disagreement", None, 2)
 
     # Again, by uncertainty: the three queued pairs are no longer candidates; one pick per prompt at most.
     again = json.loads(cli("collect", "select", "--project", "al", "--reward-model", ensemble_dir, "--strategy", "uncertainty",

@@ -52,7 +52,7 @@ def qc_command(
 @collect_app.command("select")
 def select_command(
     project: Annotated[str, typer.Option("--project", help="The annotation project whose unjudged pairs are candidates.")],
-    strategy: Annotated[str, typer.Option("--strategy", help="certainty (predicted preference farthest from 0.5), uncertainty (nearest 0.5), disagreement (ensemble spread) or random. See docs/benchmarks.md, Active learning.")] = "certainty",
+    strategy: Annotated[str, typer.Option("--strategy", help="auto (certainty when the project's annotators agree less than 70% of the time, else disagreement), certainty (predicted preference farthest from 0.5), uncertainty (nearest 0.5), disagreement (ensemble spread) or random. See docs/benchmarks.md, Active learning.")] = "auto",
     n: Annotated[int, typer.Option("--n", help="How many pairs to queue.")] = 100,
     reward_model: Annotated[str | None, typer.Option("--reward-model", help="A reward model folder from `tether train reward` (an ensemble for disagreement).")] = None,
     candidates: Annotated[Path | None, typer.Option("--candidates", help="More candidates: JSONL of {\"prompt\", \"completions\": [...]} (e.g. a policy's samples).")] = None,
@@ -64,12 +64,14 @@ def select_command(
     """Choose which prompt/completion pairs humans judge next and queue them as items of the project.
 
     Candidates are the pairs of completions of one prompt (in the project, or in --candidates) that are not
-    items yet. The reward model scores both sides; certainty (the default) picks the pairs whose predicted
-    preference is farthest from 0.5, uncertainty those nearest 0.5, disagreement those where the ensemble's
-    members disagree most; the diversity guard takes at most --max-per-prompt pairs per prompt. The picks become
-    new items at the end of the project's queue. On noisy human preferences (HH-RLHF) certainty reached a set
-    reward-model accuracy with fewer labels than random, and uncertainty and disagreement with more: the pairs
-    nearest 0.5 are mostly coin flips (docs/benchmarks.md, Active learning).
+    items yet. The reward model scores both sides; certainty picks the pairs whose predicted preference is
+    farthest from 0.5, uncertainty those nearest 0.5, disagreement those where the ensemble's members disagree
+    most; the diversity guard takes at most --max-per-prompt pairs per prompt. The picks become new items at the
+    end of the project's queue. Which strategy pays depends on label noise (docs/benchmarks.md, Active
+    learning): with noisy labels (HH-RLHF's) certainty reached a set reward-model accuracy with fewer labels than
+    random while uncertainty and disagreement needed more (the pairs nearest 0.5 are mostly coin flips); with
+    clean labels disagreement and uncertainty led and certainty lost. auto (the default) picks by the project's
+    measured agreement (items judged by two or more annotators), disagreement when it is not measured yet.
 
     Example:  tether collect select --project helpfulness --reward-model artifacts/models/rm-1 --n 200
     """
@@ -88,8 +90,12 @@ def select_command(
         emit_json(summary)
         return
     verb = "would queue" if dry_run else "queued"
+    how = summary["strategy"]
+    if summary["requested"] == "auto":
+        measured = "not measured" if summary["agreement"] is None else f"{summary['agreement']:.2f}"
+        how += f" (auto: annotator agreement {measured})"
     typer.echo(f"{verb} {summary['selected'] if dry_run else summary['queued']} of {summary['candidates']} candidate pairs "
-               f"in project {project!r} by {strategy}")
+               f"in project {project!r} by {how}")
     for pick in summary["picks"][:10]:
         extra = "" if pick["p_pref"] is None else f"p(a>b)={pick['p_pref']:.3f} spread={pick['p_spread']:.3f}  "
         typer.echo(f"  {extra}{pick['prompt']!r}: {pick['a']!r} vs {pick['b']!r}")

@@ -63,19 +63,23 @@ from tether.qc.report import (
     snapshot_qc_record,
 )
 from tether.qc.select import (
+    AUTO_AGREEMENT,
+    CLI_STRATEGIES,
     SELECT_STRATEGIES,
+    auto_strategy,
     candidate_pairs,
     preference_stats,
+    project_agreement,
     select_candidates,
     select_for_labeling,
 )
 
 __all__ = [
-    "AGGREGATE_METHODS", "METRICS", "OUTCOMES", "SELECT_STRATEGIES",
+    "AGGREGATE_METHODS", "AUTO_AGREEMENT", "CLI_STRATEGIES", "METRICS", "OUTCOMES", "SELECT_STRATEGIES",
     "AggregatedPair", "Answer", "DawidSkeneResult", "LoadedJudgments", "PairVote", "QCConfig",
-    "annotator_figures", "answers_from_judgment", "bradley_terry_pairs", "bradley_terry_strengths", "candidate_pairs",
+    "annotator_figures", "answers_from_judgment", "auto_strategy", "bradley_terry_pairs", "bradley_terry_strengths", "candidate_pairs",
     "dawid_skene", "dawid_skene_pairs", "default_metric", "find_project", "format_report", "krippendorff_alpha",
     "leave_one_out_agreement", "load_judgments", "mace", "pair_votes", "pairwise_agreement", "parse_metrics",
-    "preference_stats", "primary_question", "project_qc", "qc_report", "question_agreement", "reliability_matrix",
+    "preference_stats", "primary_question", "project_agreement", "project_qc", "qc_report", "question_agreement", "reliability_matrix",
     "render_html", "report_figures", "select_candidates", "select_for_labeling", "snapshot_qc", "snapshot_qc_record",
 ]

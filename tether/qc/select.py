@@ -12,8 +12,37 @@ import numpy as np
 
 from tether.errors import TetherError
 
-# certainty first: the one that beat random on real and simulated noisy labels (docs/benchmarks.md, Active learning).
 SELECT_STRATEGIES = ("certainty", "uncertainty", "disagreement", "random")
+CLI_STRATEGIES = ("auto", *SELECT_STRATEGIES)
+# `--strategy auto`: below this raw pairwise agreement of the project's annotators, labels are noisy enough that
+# certainty beats random; above it, it loses and disagreement leads. Measured (docs/benchmarks.md, Active
+# learning): certainty won at agreement 0.63 (teacher accuracy 0.75, and on HH-RLHF's human labels) and lost
+# at 0.745 (0.85) and 0.905 (0.95). The crossover lies between; 0.70 splits the difference.
+AUTO_AGREEMENT = 0.70
+AUTO_MIN_OVERLAP = 20  # items judged by two or more annotators before their agreement is trusted
+
+
+def auto_strategy(agreement: float | None, ensemble: int) -> str:
+    """The strategy ``auto`` picks: ``certainty`` when the annotators' measured pairwise agreement is below
+    ``AUTO_AGREEMENT`` (noisy labels); otherwise (clean, or not measured) ``disagreement``, or ``random`` for a
+    single-head reward model (uncertainty lost to random at agreement 0.745)."""
+    if agreement is not None and agreement < AUTO_AGREEMENT:
+        return "certainty"
+    return "disagreement" if ensemble >= 2 else "random"
+
+
+def project_agreement(*, session: Any, project: Any) -> float | None:
+    """Raw pairwise agreement of a project's annotators on its pairwise choice, or None with fewer than
+    ``AUTO_MIN_OVERLAP`` items judged by two or more of them."""
+    from tether.qc.agreement import question_agreement
+    from tether.qc.report import load_judgments
+
+    loaded = load_judgments(session=session, project=project)
+    choice = [a for a in loaded.answers if a.question == "choice"]
+    if not choice:
+        return None
+    (row,) = question_agreement(choice)
+    return row["pairwise_agreement"] if row["n_units_overlap"] >= AUTO_MIN_OVERLAP else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,8 +209,8 @@ def select_for_labeling(
     from tether.store.db import session_scope
     from tether.store.tables import Project
 
-    if strategy not in SELECT_STRATEGIES:
-        raise TetherError(f"unknown selection strategy {strategy!r}", fix=f"use one of: {', '.join(SELECT_STRATEGIES)}")
+    if strategy not in CLI_STRATEGIES:
+        raise TetherError(f"unknown selection strategy {strategy!r}", fix=f"use one of: {', '.join(CLI_STRATEGIES)}")
     if n < 1:
         raise TetherError(f"--n must be at least 1, got {n}", fix="how many pairs to queue, e.g. --n 100")
     if strategy != "random" and not reward_model:
@@ -201,16 +230,19 @@ def select_for_labeling(
         if kind != "pairwise":
             raise TetherError(f"project {project_name!r} asks for {kind} judgments; selection queues pairs", fix="use a pairwise project")
         candidates = candidate_pairs(session=session, project=project, extra=extra)
+        agreement = project_agreement(session=session, project=project) if strategy == "auto" else None
     if not candidates:
         raise TetherError(f"project {project_name!r} has no pair of completions that is not queued already",
                           fix="pass --candidates FILE with prompts and two or more completions each (e.g. a policy's samples)")
     p_mean = p_spread = None
     ensemble = 0
+    requested = strategy
     if strategy != "random":
         from tether.reward import RewardModel
 
         rm = RewardModel.load(reward_model)
         ensemble = rm.ensemble
+        requested, strategy = strategy, auto_strategy(agreement, ensemble) if strategy == "auto" else strategy
         if strategy == "disagreement" and rm.ensemble < 2:
             raise TetherError(f"{reward_model} has a single reward head: disagreement needs an ensemble",
                               fix="train with `tether train reward --ensemble 4`, or use --strategy certainty")
@@ -237,6 +269,8 @@ def select_for_labeling(
     return {
         "project": project_name,
         "strategy": strategy,
+        "requested": requested,
+        "agreement": agreement,
         "candidates": len(candidates),
         "selected": len(picked),
         "queued": counts["items"],
