@@ -131,7 +131,7 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
         model=a.backbone_path, bf16=a.bf16, data=str(work / "train.jsonl"), output_dir=work / f"tether-{os.getpid()}", max_steps=a.steps,
         batch_size=a.batch_size, learning_rate=a.learning_rate, lr_schedule="linear", max_length=a.max_length,
         seed=a.seed, logging_steps=10, mlflow=False, progress=False, max_tokens_per_forward=a.max_tokens_per_forward,
-        group_by_length=not a.no_bucketing,
+        group_by_length=a.bucketing,
     )
     base = rss_mb()
     started = time.perf_counter()
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--max-tokens-per-forward", type=int, default=4096,
                         help="Tether only: cap on padded tokens per forward pass (long batches take two passes; same math)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-bucketing", action="store_true", help="Tether side: batches in plain shuffled order (group_by_length=false), as TRL's")
+    parser.add_argument("--bucketing", action="store_true", help="Tether side: length-bucketed batches (group_by_length=true; faster, but it cost accuracy on HH); default: plain shuffled batches, as TRL's")
     parser.add_argument("--only", choices=["tether", "trl"], help="run one side only (repeats still apply)")
     parser.add_argument("--write-split", type=Path, help="write the fixed 80/20 HH-RLHF split as train.jsonl/test.jsonl and exit")
     parser.add_argument("--backbone", default="minilm", help="minilm (the packaged encoder), llama (a decoder built offline from a config: --hidden, --layers, --vocab; random weights), or a model folder")
@@ -260,7 +260,7 @@ def main() -> None:
                        "--batch-size", str(a.batch_size), "--learning-rate", str(a.learning_rate),
                        "--max-length", str(a.max_length), "--seed", str(a.seed), "--threads", str(a.threads),
                        "--max-tokens-per-forward", str(a.max_tokens_per_forward), "--backbone", a.backbone_path,
-                       "--device", a.device] + (["--bf16"] if a.bf16 else []) + (["--no-bucketing"] if a.no_bucketing else [])
+                       "--device", a.device] + (["--bf16"] if a.bf16 else []) + (["--bucketing"] if a.bucketing else [])
                 env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MLFLOW_DISABLE_TELEMETRY": "true",
                        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -114,10 +114,12 @@ def test_saved_folder_is_plain_hf_and_scores_match(trained, pair_files):
     ids, mask = pad_right(encode_many(rm.tokenizer, prompts, completions, rm.max_length), rm.tokenizer.pad_token_id)
     with torch.no_grad():
         plain = hf(input_ids=ids, attention_mask=mask).logits[:, 0].numpy()
-    np.testing.assert_allclose(raw, plain, rtol=1e-5, atol=1e-5)
+    # fp32 noise only: the two batch the rows differently (other padded widths); reading a wrong token moves a
+    # reward by ~0.1
+    np.testing.assert_allclose(raw, plain, rtol=1e-4, atol=1e-4)
     # Load again, other batch sizes: identical rewards (padding is never read).
     again = RewardModel.load(out, device="cpu")
-    np.testing.assert_allclose(again.score(prompts, completions, batch_size=1), rm.score(prompts, completions, batch_size=12), atol=1e-5)
+    np.testing.assert_allclose(again.score(prompts, completions, batch_size=1), rm.score(prompts, completions, batch_size=12), atol=1e-4)
 
 
 def test_rewards_are_normalized_on_training_chosen(trained, pair_files):
@@ -209,8 +211,9 @@ def test_two_processes_match_one(tiny_lm_dir, pair_files, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+    for name in a:  # each process pads its own length-sorted shard: fp32 summation differs a little over 6 steps
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=5e-4)
+        assert (a[name] - b[name]).norm() <= 1e-3 * a[name].norm() + 1e-6
     one, two = (json.loads((tmp_path / d / "tether.json").read_text())["reward"]["normalization"] for d in ("one", "two"))
     assert two["n"] == one["n"] == 320
     assert two["mean"] == pytest.approx(one["mean"], abs=1e-4) and two["std"] == pytest.approx(one["std"], rel=1e-3)

@@ -342,9 +342,11 @@ def _shard(batch: list[int], accelerator: Any) -> list[int]:
 
 def _micro_batches(batch: list[int], lengths: list[int], micro_batch: int, max_tokens: int | None, accelerator: Any) -> list[list[int]]:
     """This process's shard cut into forward passes of at most ``micro_batch`` rows and (when set) ``max_tokens``
-    padded tokens (chosen + rejected). Every process makes the same number of passes (DDP syncs on the last)."""
+    padded tokens (chosen + rejected). Every process makes the same number of passes (DDP syncs on the last). The
+    shard is sorted by length first, so each pass pads to its own longest pair; the step's gradient is the mean
+    over the whole batch either way."""
     world = accelerator.num_processes
-    shards = [batch[rank::world] for rank in range(world)]
+    shards = [sorted(batch[rank::world], key=lambda i: lengths[i]) for rank in range(world)]
 
     def passes(shard: list[int]) -> int:
         rows = micro_batch
