@@ -212,7 +212,7 @@ def test_two_processes_match_one(tiny_lm_dir, pair_files, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     for name in a:  # each process pads its own length-sorted shard: fp32 summation differs a little over 6 steps
-        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=5e-4)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-3)
         assert (a[name] - b[name]).norm() <= 1e-3 * a[name].norm() + 1e-6
     one, two = (json.loads((tmp_path / d / "tether.json").read_text())["reward"]["normalization"] for d in ("one", "two"))
     assert two["n"] == one["n"] == 320
@@ -392,8 +392,12 @@ def test_token_budget_splits_passes_without_changing_the_result(tiny_lm_dir, pai
     tr.train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "split", max_steps=3, batch_size=8, max_tokens_per_forward=64))
     assert len(passes) > 3 and sum(passes) == 3 * 8
     a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
-    for name in a:  # Adam at lr 3e-3 moves weights ~1e-2 in 3 steps; summation order changes only float noise
-        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+    # Adam at lr 3e-3 moves weights ~1e-2 in 3 steps; summation order changes only float noise. Adam turns a
+    # near-zero gradient's noise into a step of up to lr, so single elements may differ by a fraction of lr; the
+    # norm of the difference stays tiny. A wrong loss scaling would move whole tensors.
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-3)
+        assert (a[name] - b[name]).norm() <= 1e-3 * a[name].norm() + 1e-6
 
 
 def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_files, tmp_path):
