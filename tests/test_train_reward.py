@@ -400,6 +400,38 @@ def test_token_budget_splits_passes_without_changing_the_result(tiny_lm_dir, pai
         assert (a[name] - b[name]).norm() <= 1e-3 * a[name].norm() + 1e-6
 
 
+def test_sorted_passes_give_the_rewards_and_gradients_of_one_pass(tiny_lm_dir):
+    """The batch's sequences are cut into several length-sorted forward passes; each reward and every gradient must
+    equal those of one pass over the whole batch padded to its longest sequence."""
+    import tether.train_reward as tr
+    from tether.models import load_tokenizer
+    from tether.reward import RewardForward, disable_dropout, load_reward_backbone
+    from tether.training import pad_right
+
+    tokenizer = load_tokenizer(str(tiny_lm_dir))
+    torch.manual_seed(0)
+    forward = RewardForward(load_reward_backbone(str(tiny_lm_dir), 2, tokenizer.pad_token_id))
+    disable_dropout(forward)
+    rng = random.Random(0)
+    seqs = [[rng.randrange(3, 200) for _ in range(rng.choice([3, 4, 5, 40, 41, 90]))] for _ in range(12)]
+
+    ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+    whole = forward(ids, mask).float()
+    whole.sum().backward()
+    expected = {n: p.grad.clone() for n, p in forward.named_parameters()}
+    forward.zero_grad()
+
+    calls = []
+    original = forward.forward
+    forward.forward = lambda i, m: calls.append(len(i) if isinstance(i, list) else 0) or original(i, m)
+    split = tr._rewards(forward, seqs, tokenizer.pad_token_id, "cpu")
+    split.sum().backward()
+    assert calls[0] >= 2 and calls[1:] == [0] * calls[0]  # one call (what DDP wraps) that runs several passes
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    for name, param in forward.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-5)
+
+
 def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_files, tmp_path):
     from safetensors.torch import load_file
 
@@ -452,9 +484,9 @@ def test_batches_cover_every_row_once_per_epoch(group_by_length):
     assert (spread < 60) if group_by_length else (spread > 150)
 
 
-def test_freed_memory_goes_back_to_the_os_after_every_cpu_step(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
+def test_freed_memory_is_checked_after_every_cpu_step(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
     """glibc keeps freed activations resident in a fragmented heap (RSS crept to 3.5 GB on MiniLM over an epoch):
-    the loop trims once per optimizer step on the CPU, through glibc's malloc_trim where the C library has it."""
+    the loop checks once per optimizer step on the CPU, and trims through glibc's malloc_trim where the C library has it."""
     import platform
 
     import tether.train_reward as tr
@@ -465,3 +497,27 @@ def test_freed_memory_goes_back_to_the_os_after_every_cpu_step(tiny_lm_dir, pair
     monkeypatch.setattr(tr, "_return_freed_memory", lambda: calls.append(1))
     tr.train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "m", max_steps=3, batch_size=8))
     assert len(calls) == 3
+
+
+def test_heap_is_trimmed_only_after_it_has_grown(monkeypatch):
+    """Trimming every step cost 7-10% of a MiniLM step (the pages fault back in), so the loop trims once the RSS
+    after a step has grown by a quarter (at least 256 MB) over the first step's since the last trim."""
+    import tether.train_reward as tr
+
+    mb = 2**20
+    trims = []
+    readings = iter([1000, 1200, 1255, 1300, 1100, 1200, 1500])
+    monkeypatch.setattr(tr, "_TRIM_STATE", {"baseline": None})
+    monkeypatch.setattr(tr, "_malloc_trim", lambda: trims.append)
+    monkeypatch.setattr(tr, "_rss_bytes", lambda: next(readings) * mb)
+    seen = []
+    for _ in range(7):
+        tr._return_freed_memory()
+        seen.append(len(trims))
+    # 1000 is the baseline; 1200 and 1255 stay within +256 MB; 1300 trims; 1100 is the new baseline (the working set
+    # faulted back in); 1200 is within; 1500 trims.
+    assert seen == [0, 0, 0, 1, 1, 1, 2] and trims == [0, 0]
+    monkeypatch.setattr(tr, "_TRIM_STATE", {"baseline": 3000 * mb})  # a big process: the threshold is a quarter
+    monkeypatch.setattr(tr, "_rss_bytes", lambda: 3700 * mb)
+    tr._return_freed_memory()
+    assert trims == [0, 0]

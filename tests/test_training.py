@@ -15,6 +15,7 @@ from tether.training import (
     make_scheduler,
     pad_left,
     pad_right,
+    padded_passes,
     total_optimizer_steps,
     truncate_keep_end,
 )
@@ -44,6 +45,34 @@ def test_bucketing_reduces_padding():
     batches = length_bucketed_batches(lengths, 2, seed=0, epoch=0)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded == 2 * (2 + 4 + 98 + 100)  # pairs of neighbours in sorted order
+
+
+def _pass_cost(lengths: list[int], passes: list[list[int]], overhead: int) -> float:
+    return sum(len(p) * max(lengths[i] for i in p) * (1 + max(lengths[i] for i in p) / 512) + overhead for p in passes)
+
+
+def test_padded_passes_cover_every_sequence_once_at_the_least_cost():
+    import itertools
+    import random
+
+    for seed in range(20):
+        rng = random.Random(seed)
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 9))]
+        overhead = rng.choice([0, 50, 500, 10**6])
+        passes = padded_passes(lengths, overhead)
+        assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+        # Brute force over every way to cut the sorted order into contiguous runs.
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = min(
+            _pass_cost(lengths, [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], overhead)
+            for k in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), k)
+        )
+        assert _pass_cost(lengths, passes, overhead) == pytest.approx(best)
+    assert padded_passes([7, 300, 5, 290], 0) == [[2], [0], [3], [1]]  # passes are free: no padding at all
+    assert padded_passes([7, 300, 5, 290], 50) == [[2, 0], [3, 1]]  # short with short, long with long
+    assert padded_passes([7, 300, 5, 290], 10**6) == [[2, 0, 3, 1]]  # a pass costs more than any padding: one pass
+    assert padded_passes([], 96) == []
 
 
 def test_truncation_keeps_the_completion_and_the_prompt_end():

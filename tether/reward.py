@@ -122,7 +122,8 @@ def reads_last_token(model: Any) -> bool:
 
 
 class RewardForward(torch.nn.Module):
-    """``(input_ids, attention_mask) -> rewards (B, num_labels)``; right padding.
+    """``(input_ids, attention_mask) -> rewards (B, num_labels)``; right padding. Lists of tensors run one pass
+    each and give the rows of all passes in order.
 
     Decoders: the head is applied to the hidden state of the last real token (index ``mask.sum(-1) - 1``), so a
     pad token equal to EOS cannot move it. Encoders: the model's own classifier over its pooled first token.
@@ -134,7 +135,9 @@ class RewardForward(torch.nn.Module):
         self.model = model
         self.last_token = reads_last_token(model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | list[torch.Tensor], attention_mask: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        if isinstance(input_ids, list):  # several forward passes, one call (what DDP sees), outputs concatenated
+            return torch.cat([self(ids, mask) for ids, mask in zip(input_ids, attention_mask)])
         if not self.last_token:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         hf = unwrap_peft(self.model)
