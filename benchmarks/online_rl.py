@@ -45,7 +45,21 @@ def has_you(prompts, completions, **kwargs):
 '''
 
 
-def build_task(root: Path, hidden: int, layers: int) -> None:
+def hh_prompts(tokenizer, count: int, max_tokens: int) -> list[str]:
+    """Conversation prompts from the shared HH-RLHF data (helpful-base test), each cut to its last ``max_tokens``
+    tokens of the benchmark's tokenizer (the end of a conversation is what the answer follows), as RLHF prompts are:
+    a few hundred tokens of dialogue before a short answer."""
+    from tether.store.formats import load_rows
+
+    rows = load_rows(Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", "preference")
+    prompts = []
+    for row in rows[:count]:
+        ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"][-max_tokens:]
+        prompts.append(tokenizer.decode(ids))
+    return prompts
+
+
+def build_task(root: Path, hidden: int, layers: int, prompts: str = "short", prompt_tokens: int = 128) -> None:
     from tether.tiny import build_causal_lm, build_tokenizer
 
     corpus = [
@@ -55,7 +69,8 @@ def build_task(root: Path, hidden: int, layers: int) -> None:
     ] * 30
     tokenizer = build_tokenizer(corpus, vocab_size=512)
     build_causal_lm(tokenizer, root / "lm", hidden_size=hidden, num_layers=layers, num_heads=max(4, hidden // 64), max_positions=256, seed=0)
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    chosen = PROMPTS if prompts == "short" else hh_prompts(tokenizer, 64, prompt_tokens)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in chosen))
     (root / "reward.py").write_text(REWARD_SOURCE)
 
 
@@ -84,7 +99,8 @@ def run_tether(root: Path, args: argparse.Namespace, algo: str, sets: list[str] 
     common = dict(
         model=str(root / "lm"), output_dir=out, prompts=str(root / "prompts.jsonl"), reward=[f"py:{root / 'reward.py'}:has_you"],
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, learning_rate=args.learning_rate, lr_schedule="constant",
-        kl_coef=args.beta, logging_steps=1, progress=False, mlflow=False, sample_every=0, seed=args.seed, max_length=128,
+        kl_coef=args.beta, logging_steps=1, progress=False, mlflow=False, sample_every=0, seed=args.seed,
+        max_length=max(128, args.prompt_tokens + 8 + args.max_new_tokens),  # never cuts a prompt: both sides see it whole
         bf16=args.gpu,
     )
     if algo == "ppo":
@@ -145,7 +161,7 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
     )
     model = AutoModelForCausalLM.from_pretrained(root / "lm")
     tokenizer = AutoTokenizer.from_pretrained(root / "lm")
-    dataset = Dataset.from_list([{"prompt": p} for p in PROMPTS])
+    dataset = Dataset.from_list([json.loads(line) for line in (root / "prompts.jsonl").read_text().splitlines()])
     trainer = GRPOTrainer(model=model, reward_funcs=[module.has_you], args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
     rss_start = peak_rss_mb()
     started = time.perf_counter()
@@ -210,7 +226,8 @@ def print_gpu_mfu(root: Path, summary: dict) -> None:
     from policy_bench import matmul_params, print_mfu
 
     tokenizer = AutoTokenizer.from_pretrained(root / "lm")
-    prompt_tokens = statistics.mean(len(tokenizer(p)["input_ids"]) for p in PROMPTS)
+    prompts = [json.loads(line)["prompt"] for line in (root / "prompts.jsonl").read_text().splitlines()]
+    prompt_tokens = statistics.mean(len(tokenizer(p)["input_ids"]) for p in prompts)
     n = matmul_params(root / "lm")
     rates = {}
     for side, s in summary.items():
@@ -241,12 +258,16 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", choices=["short", "hh"], default="short",
+                        help="short: 16 prompts of 2-3 words (default); hh: 64 HH-RLHF conversation prompts, cut to their last --prompt-tokens tokens")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="--prompts hh: tokens kept from the end of each conversation")
     parser.add_argument("--no-ppo", action="store_true")
     parser.add_argument("--compare-hf", action="store_true", help="also run Tether with sampler=hf (HF generate) in every repeat")
     parser.add_argument("--compare-loop", action="store_true", help="also run Tether with sampler=loop (its own sampling loop) in every repeat")
+    parser.add_argument("--compare-unshared", action="store_true", help="also run Tether with share_prompts=false (one forward per whole row in the update and the reference pass)")
     parser.add_argument("--gpu", action="store_true", help="every side on the CUDA device in bf16 mixed precision (fp32 weights, autocast); also prints GPU memory and MFU")
     parser.add_argument("--json", type=Path, help="also write the summary here")
-    parser.add_argument("--worker", choices=["tether", "tether-hf", "tether-loop", "trl", "ppo"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["tether", "tether-hf", "tether-loop", "tether-unshared", "trl", "ppo"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -255,17 +276,20 @@ def main() -> None:
             result = run_trl(args.root, args)
         elif args.worker in ("tether-hf", "tether-loop"):
             result = run_tether(args.root, args, "grpo", [f"sampler={args.worker.split('-')[1]}"])
+        elif args.worker == "tether-unshared":
+            result = run_tether(args.root, args, "grpo", ["share_prompts=false"])
         else:
             result = run_tether(args.root, args, "grpo" if args.worker == "tether" else "ppo")
         print(json.dumps(result))
         return
 
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a not in ("--no-ppo", "--compare-hf", "--compare-loop")]
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a not in ("--no-ppo", "--compare-hf", "--compare-loop", "--compare-unshared")]
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="online-rl-bench-"))
-    build_task(root, args.hidden, args.layers)
-    runs: dict[str, list[dict]] = {"tether": [], "tether-hf": [], "tether-loop": [], "trl": [], "ppo": []}
-    sides = ["tether", "trl"] + (["tether-hf"] if args.compare_hf else []) + (["tether-loop"] if args.compare_loop else [])
+    build_task(root, args.hidden, args.layers, args.prompts, args.prompt_tokens)
+    runs: dict[str, list[dict]] = {"tether": [], "tether-hf": [], "tether-loop": [], "tether-unshared": [], "trl": [], "ppo": []}
+    sides = (["tether", "trl"] + (["tether-hf"] if args.compare_hf else []) + (["tether-loop"] if args.compare_loop else [])
+             + (["tether-unshared"] if args.compare_unshared else []))
     for repeat in range(args.repeats):
         order = sides[repeat % len(sides) :] + sides[: repeat % len(sides)]  # rotate who goes first
         for side in order:
@@ -275,7 +299,9 @@ def main() -> None:
         runs["ppo"].append(launch("ppo", root, passthrough))
     summary = {side: summarize(r) for side, r in runs.items() if r}
     tether, trl = summary["tether"], summary["trl"]
-    print(f"\nOnline RL, tiny Llama (hidden {args.hidden}, {args.layers} layers), batch {args.batch_size} completions "
+    print(f"\nOnline RL, tiny Llama (hidden {args.hidden}, {args.layers} layers), "
+          + ("short prompts" if args.prompts == "short" else f"HH prompts of up to {args.prompt_tokens} tokens")
+          + f", batch {args.batch_size} completions "
           f"= {args.batch_size // args.group_size} prompts x {args.group_size}, {args.max_new_tokens} new tokens, "
           f"{args.steps} optimizer steps, beta {args.beta}, lr {args.learning_rate}; medians of {args.repeats} runs")
     header = f"{'':28s}{'Tether GRPO':>14s}{'TRL GRPO':>14s}{'ratio':>10s}"
@@ -316,6 +342,11 @@ def main() -> None:
               f"{loop['tokens_per_s']:.0f} tokens/s, sampling {loop['rollout_s']:.3f} s, update {loop['update_s']:.3f} s"
               + (f", peak GPU {loop['peak_gpu_mb']:.0f} MB" if args.gpu else "")
               + f"; reward first 5 {loop['reward_first5']:.3f} -> last 5 {loop['reward_last5']:.3f}")
+    if "tether-unshared" in summary:
+        plain = summary["tether-unshared"]
+        print(f"Tether GRPO with share_prompts=false (one forward per whole row): {plain['s_per_step']:.3f} s / step wall "
+              f"({trl['s_per_step'] / plain['s_per_step']:.2f}x TRL), update {plain['update_s']:.3f} s against {tether['update_s']:.3f} s shared; "
+              f"reward first 5 {plain['reward_first5']:.3f} -> last 5 {plain['reward_last5']:.3f}")
     if args.gpu:
         print_gpu_mfu(root, summary)
     if "ppo" in summary:

@@ -247,3 +247,71 @@ def test_loop_falls_back_to_the_model_forward_where_the_decoder_cannot_run(lm, t
     assert torch.equal(rollout.completion_ids, theirs.completion_ids)
     with pytest.raises(TetherError, match="fast decoder cannot run"):
         generate_loop(gpt2, tokenizer, PROMPTS[:1], max_new_tokens=2, decoder="fast")
+
+
+def test_shared_prompt_forward_gives_the_log_probs_and_gradients_of_whole_rows(tiny_lm_dir):
+    """Rows that share a prompt (a group) run the prompt once and the completions on its gathered KV cache; the
+    log-probs, the entropy and every parameter's gradient equal those of one forward over each whole row, with
+    left-padded prompts of different lengths."""
+    import tether.rollout as ro
+    from tether.models import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(tiny_lm_dir), load_tokenizer(tiny_lm_dir)
+    model.train()
+    for module in model.modules():  # dropout off: the two paths must see the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    torch.manual_seed(0)
+    rollout = generate_hf(model, tokenizer, ["Hi", "Your order has shipped and", "Please"], group_size=3, max_new_tokens=6, cache="dynamic")
+    ids, mask, width = rollout.input_ids, rollout.attention_mask, rollout.completion_ids.shape[1]
+    assert mask[:, 0].min() == 0  # left padding is present
+
+    def run(share: bool):
+        model.zero_grad()
+        logps, entropy = completion_logps(model, ids, mask, width, temperature=0.7, with_entropy=True, share_prompts=share)
+        (logps * rollout.completion_mask).sum().backward()
+        return logps.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    original = ro._shared_prompt_logits
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ro, "_shared_prompt_logits", lambda *a: calls.append(1) or original(*a))
+        shared, shared_entropy, shared_grads = run(True)
+    assert calls and original(model, ids, mask, width) is not None  # the shared path really ran
+    whole, whole_entropy, whole_grads = run(False)
+    m = rollout.completion_mask.bool()
+    torch.testing.assert_close(shared[m], whole[m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared_entropy[m], whole_entropy[m], rtol=1e-5, atol=1e-5)
+    assert shared_grads.keys() == whole_grads.keys() and len(whole_grads) == len(list(model.parameters()))
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6)
+    # Nothing to share (every prompt distinct) and gradient checkpointing fall back to the plain forward.
+    distinct = [0, 3, 6]
+    assert original(model, ids[distinct], mask[distinct], width) is None
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        assert original(model, ids, mask, width) is None
+    finally:
+        model.gradient_checkpointing_disable()
+
+
+@pytest.mark.slow
+def test_shared_prompt_forward_under_ddp_averages_the_whole_batch_gradient(tiny_lm_dir):
+    """Two model calls before one backward under DistributedDataParallel (2 gloo processes, half the rows each):
+    every process ends with the gradient of the whole batch, as with one call per step."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    worker = Path(__file__).with_name("ddp_shared_prompt_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(worker), str(tiny_lm_dir), str(rank), "2", port], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+        assert "max gradient difference" in out

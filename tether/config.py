@@ -192,6 +192,10 @@ class OnlineRLConfig(TrainConfig):
         pattern="^(auto|static|dynamic)$",
         description="KV cache of HF generate (sampler=hf): static (preallocated; ~6x faster on GPU), dynamic, or auto = static on a GPU and dynamic on a CPU (where static is slower). Static falls back to dynamic, with a warning, where it fails.",
     )
+    share_prompts: bool = Field(
+        True,
+        description="Policy and reference forward passes run each distinct prompt once and share its keys/values with the rows of its group (same log-probs and gradients, less work: U x P + B x R tokens instead of B x (P + R)). Off: one forward per whole row.",
+    )
     is_cap: float = Field(2.0, gt=0, description="vLLM only: cap of the per-token importance weights exp(trainer - sampler log-prob).")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="vLLM only: fraction of GPU memory vLLM may take.")
     reward_batch_size: int = Field(32, ge=1, description="Completions per forward pass of a reward model.")

@@ -89,28 +89,66 @@ def completion_logps(
     completion_width: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the completion tokens under ``model`` (logits divided by the sampling temperature), and the
     entropy of each next-token distribution when asked.
 
-    Only the last ``completion_width + 1`` positions go through the LM head. shape: input_ids, attention_mask
-    (B, P + R) -> logps (B, R), entropy (B, R) or None.
+    Rows whose prompt columns are identical (a group's completions of one prompt) share ONE forward pass over
+    the prompt (``share_prompts``, see ``_shared_prompt_logits``); the result is the same as a forward over each
+    whole row. Only the completion positions go through the LM head. shape: input_ids, attention_mask (B, P + R)
+    -> logps (B, R), entropy (B, R) or None.
     """
     from tether.losses import entropy_from_logits
 
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-        logits_to_keep=completion_width + 1,
-    ).logits[:, :-1, :]  # (B, R, V): position t predicts completion token t
+    logits = _shared_prompt_logits(model, input_ids, attention_mask, completion_width) if share_prompts else None
+    if logits is None:
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+            logits_to_keep=completion_width + 1,
+        ).logits[:, :-1, :]  # (B, R, V): position t predicts completion token t
     logits = logits.float() / temperature
     targets = input_ids[:, -completion_width:]
     # log_softmax at the target only: the target's logit minus the logsumexp (no second (B, R, V) tensor)
     logps = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
     entropy = entropy_from_logits(logits.detach()) if with_entropy else None
     return logps, entropy
+
+
+def _shared_prompt_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int) -> torch.Tensor | None:
+    """Logits (B, R, V) predicting the completion tokens, with each distinct prompt computed once; None when no
+    prompt repeats (or the model cannot take a cache: gradient checkpointing turns caching off).
+
+    Pass 1 runs the U distinct prompts (U, P) with a KV cache; the cache rows are gathered to the B rows (a
+    differentiable index, so the prompt's share of the gradient flows back through it) and pass 2 runs the
+    completions (B, R) on top. In GRPO every prompt has ``group_size`` rows: the policy and reference passes do
+    U x P + B x R tokens of work instead of B x (P + R). With the online-RL benchmark's prompts (~8 of ~40 tokens)
+    that saves a sixth; with conversation prompts of 200 tokens and 32-token completions in groups of 8, about 70%.
+    """
+    prompt_width = input_ids.shape[1] - completion_width
+    base = getattr(model, "module", model)  # DDP
+    checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.2x; before: is_gradient_...
+    if prompt_width < 1 or (checkpointing if checkpointing is not None else getattr(base, "is_gradient_checkpointing", False)):
+        return None
+    prefix = torch.cat([input_ids[:, :prompt_width], attention_mask[:, :prompt_width]], dim=1)
+    distinct, rows = torch.unique(prefix, dim=0, return_inverse=True)  # (U, 2P), (B,): row b's prompt is distinct[rows[b]]
+    if len(distinct) == len(input_ids):
+        return None
+    prompt_ids, prompt_mask = distinct[:, :prompt_width], distinct[:, prompt_width:]
+    from transformers import DynamicCache
+
+    cache, kwarg = DynamicCache(), _cache_kwarg(model)
+    first = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), use_cache=True, logits_to_keep=1, **{kwarg: cache})
+    if cache.get_seq_length() != prompt_width:  # the model did not fill the cache (a model that ignores use_cache)
+        return None
+    cache.reorder_cache(rows)  # (U, ...) -> (B, ...), index_select per layer
+    positions = position_ids(attention_mask)[:, prompt_width:]
+    rest = model(input_ids=input_ids[:, prompt_width:], attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=completion_width, **{kwarg: cache})
+    # The last prompt position predicts completion token 0; completion position t predicts token t + 1.
+    return torch.cat([first.logits[:, -1:, :][rows], rest.logits[:, :-1, :]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,19 +301,24 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_p: float =
     return torch.searchsorted(cdf, x, right=True).squeeze(1)
 
 
+def _cache_kwarg(model: Any) -> str:
+    """The name the model's forward takes its KV cache by: transformers 5 renamed ``past_key_values`` to ``cache``."""
+    import inspect
+
+    base = getattr(model, "module", model)  # DDP
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 class _HFStepper:
     """The same prefill / step / select interface as ``KVDecoder``, over the model's own forward and its dynamic
     cache: any causal LM, LoRA included."""
 
     def __init__(self, model: Any):
-        import inspect
-
         from transformers import DynamicCache
 
         self.model = model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        # transformers 5 renamed past_key_values to cache
-        self.cache_kwarg = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+        self.cache_kwarg = _cache_kwarg(model)
         self.cache = DynamicCache()
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int = 1) -> torch.Tensor:

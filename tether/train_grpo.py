@@ -123,7 +123,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
 
     def policy_forward(model: Any, rows_: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         with accelerator.autocast():
-            return completion_logps(model, input_ids[rows_], attention_mask[rows_], width, cfg.temperature, with_entropy)
+            return completion_logps(model, input_ids[rows_], attention_mask[rows_], width, cfg.temperature, with_entropy, cfg.share_prompts)
 
     def crossed(step: int, every: int) -> bool:
         """True when this rollout's updates passed a multiple of ``every`` optimizer steps."""

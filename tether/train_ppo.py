@@ -203,7 +203,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
 
     def policy_forward(model: Any, rows_: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         with accelerator.autocast():
-            return completion_logps(model, input_ids[rows_], attention_mask[rows_], width, cfg.temperature, with_entropy)
+            return completion_logps(model, input_ids[rows_], attention_mask[rows_], width, cfg.temperature, with_entropy, cfg.share_prompts)
 
     def value_forward(rows_: torch.Tensor) -> torch.Tensor:
         """Values of the states before each completion token: (b, R)."""
