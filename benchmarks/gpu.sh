@@ -4,7 +4,7 @@
 # MiniLM reward model's real-data accuracy in fp32. Each part has its own time limit, so one failure leaves the
 # others' figures; every log is written to $OUT (default /tmp/tether-gpu-bench).
 #
-#   bash benchmarks/gpu.sh [PART ...]     PART: reward dpo sft grpo minilm (default: all of them, in that order)
+#   bash benchmarks/gpu.sh [PART ...]     PART: reward dpo sft grpo grpo-hh minilm (default: all of them, in that order)
 #   SEED=1 bash benchmarks/gpu.sh minilm    the real-data accuracy run with another seed (data order, head init; the split stays)
 #
 # Needs torch with CUDA, transformers, accelerate, peft, and `pip install -e ".[bench]"` (trl, datasets). On a bare
@@ -55,20 +55,23 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAM
     timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
     echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s" | tee -a "$OUT/$name.log"
 }
-for p in ${@:-reward dpo sft grpo minilm}; do
+for p in ${@:-reward dpo sft grpo grpo-hh minilm}; do
     case $p in
-    reward) part reward 150 python3 benchmarks/reward.py --backbone llama $LLAMA --device cuda --bf16 \
-                --train-pairs 960 --test-pairs 256 --batch-size 32 --learning-rate 1e-5 --repeats 1 \
-                --max-tokens-per-forward 1000000 ;;  # one forward per batch, as TRL (the CPU default, 4096, splits it in 4)
+    reward) part reward 200 python3 benchmarks/reward.py --backbone llama $LLAMA --device cuda --bf16 \
+                --train-pairs 1920 --test-pairs 256 --batch-size 32 --learning-rate 1e-5 --repeats 1 \
+                --max-tokens-per-forward 1000000 ;;  # no cap on a batch's tokens (the CPU benchmark's 4096 would split it in 4)
     dpo) part dpo 150 python3 benchmarks/dpo.py --gpu $LLAMA --steps 30 --batch-size 32 --micro-batch-size 16 \
                 --learning-rate 1e-5 --repeats 1 --workdir /tmp/tether-bench-policy ;;
     sft) part sft 120 python3 benchmarks/sft.py --gpu $LLAMA --steps 30 --batch-size 32 --micro-batch-size 16 \
                 --learning-rate 1e-5 --repeats 1 --workdir /tmp/tether-bench-policy ;;
     grpo) part grpo 180 python3 benchmarks/online_rl.py --gpu $LLAMA --steps 8 --batch-size 64 --group-size 8 \
                 --max-new-tokens 64 --learning-rate 1e-5 --repeats 1 --no-ppo --compare-loop ;;
+    grpo-hh) part grpo-hh 200 python3 benchmarks/online_rl.py --gpu $LLAMA --steps 8 --batch-size 64 --group-size 8 \
+                --max-new-tokens 64 --learning-rate 1e-5 --repeats 1 --no-ppo --prompts hh --prompt-tokens 256 \
+                --compare-unshared ;;  # conversation prompts: what sharing each prompt's forward is worth
     minilm) part minilm 150 python3 benchmarks/reward.py --backbone $MINILM --device cuda --train-pairs 100000 \
                 --test-pairs 100000 --epochs 2 --batch-size 16 --learning-rate 5e-5 --repeats 1 --seed ${SEED:-0} \
                 --max-tokens-per-forward 1000000 ;;
-    *) echo "unknown part $p (reward dpo sft grpo minilm)"; exit 2 ;;
+    *) echo "unknown part $p (reward dpo sft grpo grpo-hh minilm)"; exit 2 ;;
     esac
 done

@@ -59,7 +59,7 @@ def hh_prompts(tokenizer, count: int, max_tokens: int) -> list[str]:
     return prompts
 
 
-def build_task(root: Path, hidden: int, layers: int, prompts: str = "short", prompt_tokens: int = 128) -> None:
+def build_task(root: Path, hidden: int, layers: int, prompts: str = "short", prompt_tokens: int = 128, max_positions: int = 256) -> None:
     from tether.tiny import build_causal_lm, build_tokenizer
 
     corpus = [
@@ -68,7 +68,7 @@ def build_task(root: Path, hidden: int, layers: int, prompts: str = "short", pro
         "Please reset your password from the account page.", "Where is my parcel? It was due on Monday.",
     ] * 30
     tokenizer = build_tokenizer(corpus, vocab_size=512)
-    build_causal_lm(tokenizer, root / "lm", hidden_size=hidden, num_layers=layers, num_heads=max(4, hidden // 64), max_positions=256, seed=0)
+    build_causal_lm(tokenizer, root / "lm", hidden_size=hidden, num_layers=layers, num_heads=max(4, hidden // 64), max_positions=max_positions, seed=0)
     chosen = PROMPTS if prompts == "short" else hh_prompts(tokenizer, 64, prompt_tokens)
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in chosen))
     (root / "reward.py").write_text(REWARD_SOURCE)
@@ -286,7 +286,7 @@ def main() -> None:
     passthrough = [a for a in sys.argv[1:] if not a.startswith("--json") and a != str(args.json) and a not in ("--no-ppo", "--compare-hf", "--compare-loop", "--compare-unshared")]
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="online-rl-bench-"))
-    build_task(root, args.hidden, args.layers, args.prompts, args.prompt_tokens)
+    build_task(root, args.hidden, args.layers, args.prompts, args.prompt_tokens, max(256, args.prompt_tokens + args.max_new_tokens + 16))
     runs: dict[str, list[dict]] = {"tether": [], "tether-hf": [], "tether-loop": [], "tether-unshared": [], "trl": [], "ppo": []}
     sides = (["tether", "trl"] + (["tether-hf"] if args.compare_hf else []) + (["tether-loop"] if args.compare_loop else [])
              + (["tether-unshared"] if args.compare_unshared else []))
