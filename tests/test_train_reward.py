@@ -423,13 +423,60 @@ def test_sorted_passes_give_the_rewards_and_gradients_of_one_pass(tiny_lm_dir):
 
     calls = []
     original = forward.forward
-    forward.forward = lambda i, m: calls.append(len(i) if isinstance(i, list) else 0) or original(i, m)
+    original_pass = forward._one_pass
+    forward.forward = lambda i, m, *rest: calls.append(len(i)) or original(i, m, *rest)
+    forward._one_pass = lambda *a: calls.append(0) or original_pass(*a)
     split = tr._rewards(forward, seqs, tokenizer.pad_token_id, "cpu")
     split.sum().backward()
     assert calls[0] >= 2 and calls[1:] == [0] * calls[0]  # one call (what DDP wraps) that runs several passes
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
     for name, param in forward.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny_lm_dir, attention):
+    """Decoders: one row per pair (the common start once, each answer attending to it alone, positions restarting)
+    gives each reward and every gradient of two separate rows, including pairs where one answer is a prefix of the
+    other and pairs with nothing in common."""
+    import tether.train_reward as tr
+    from tether.models import load_tokenizer
+    from tether.reward import RewardForward, disable_dropout, load_reward_backbone
+
+    tokenizer = load_tokenizer(str(tiny_lm_dir))
+    torch.manual_seed(0)
+    model = load_reward_backbone(str(tiny_lm_dir), 2, tokenizer.pad_token_id)
+    model.config._attn_implementation = attention
+    forward = RewardForward(model)
+    disable_dropout(forward)
+    assert forward.takes_branch_masks()
+    rng = random.Random(1)
+    chosen, rejected = [], []
+    for k in range(10):
+        prompt = [rng.randrange(3, 200) for _ in range(rng.choice([1, 5, 30, 60]))]
+        a = [rng.randrange(3, 200) for _ in range(rng.choice([1, 4, 20]))]
+        b = [rng.randrange(3, 200) for _ in range(rng.choice([2, 9, 25]))]
+        if k == 0:
+            b = a + b  # the chosen answer is a prefix of the rejected one
+        if k == 1:
+            prompt = []  # nothing shared
+            b[0] = a[0] + 1
+        chosen.append(prompt + a)
+        rejected.append(prompt + b)
+
+    def run(fn):
+        forward.zero_grad()
+        rewards = fn()
+        (rewards * torch.linspace(-1, 1, rewards.numel()).view_as(rewards)).sum().backward()
+        return rewards.detach(), {n: p.grad.clone() for n, p in forward.named_parameters()}
+
+    separate, expected = run(lambda: tr._rewards(forward, chosen + rejected, tokenizer.pad_token_id, "cpu"))
+    shared, grads = run(lambda: tr._branch_rewards(forward, chosen, rejected, tokenizer.pad_token_id, "cpu"))
+    torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5)
+    model.config._attn_implementation = "flash_attention_2"
+    assert not forward.takes_branch_masks()  # no custom masks there: two rows per pair
 
 
 def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_files, tmp_path):
@@ -444,13 +491,14 @@ def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_file
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # one process, two precisions: Accelerate's state is global
+    AcceleratorState._reset_state(reset_partial_state=False)  # one process, two precisions: Accelerate's state is global
     try:
         metrics = train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "bf16", max_steps=1, batch_size=8, bf16=True))
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        AcceleratorState._reset_state(reset_partial_state=False)
     assert np.isfinite(metrics["train/loss"])
     assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["score.weight"].dtype == torch.float32
+    assert not torch.is_autocast_enabled("cpu")  # bf16 stays inside the run (it once leaked into the next training)
 
 
 def test_yaml_config_and_mlflow_metrics(cli, workspace, tiny_lm_dir, pair_files, tmp_path):

@@ -127,6 +127,8 @@ class RewardForward(torch.nn.Module):
 
     Decoders: the head is applied to the hidden state of the last real token (index ``mask.sum(-1) - 1``), so a
     pad token equal to EOS cannot move it. Encoders: the model's own classifier over its pooled first token.
+    Decoders also take rows that hold several sequences (``position_ids``, a (B, 1, T, T) ``attention_mask`` and
+    ``read_at`` (B, k), the positions whose rewards to return: (B * k, num_labels), row by row).
     This module is what Accelerate wraps (DDP needs one forward over all trainable parameters).
     """
 
@@ -135,15 +137,29 @@ class RewardForward(torch.nn.Module):
         self.model = model
         self.last_token = reads_last_token(model)
 
-    def forward(self, input_ids: torch.Tensor | list[torch.Tensor], attention_mask: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any = None, read_at: Any = None) -> torch.Tensor:
         if isinstance(input_ids, list):  # several forward passes, one call (what DDP sees), outputs concatenated
-            return torch.cat([self(ids, mask) for ids, mask in zip(input_ids, attention_mask)])
+            n = len(input_ids)
+            # _one_pass, not self(...): Accelerate wraps this forward in ONE autocast object, and re-entering it
+            # from inside left bf16 autocast switched on for the rest of the process.
+            return torch.cat([self._one_pass(*args) for args in zip(input_ids, attention_mask, position_ids or [None] * n, read_at or [None] * n)])
+        return self._one_pass(input_ids, attention_mask, position_ids, read_at)
+
+    def _one_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: Any, read_at: Any) -> torch.Tensor:
         if not self.last_token:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         hf = unwrap_peft(self.model)
-        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B, T, H)
-        last = attention_mask.sum(-1) - 1  # (B,)
-        return hf.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        if attention_mask.dim() == 4 and hf.config._attn_implementation == "eager":
+            attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill(~attention_mask, torch.finfo(torch.float32).min)
+        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)
+        if read_at is None:
+            read_at = (attention_mask.sum(-1) - 1).unsqueeze(1)  # (B, 1): the last real token
+        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1).expand_as(read_at)
+        return hf.score(hidden[rows.reshape(-1), read_at.reshape(-1)])
+
+    def takes_branch_masks(self) -> bool:
+        """True for decoders whose attention takes a custom (B, 1, T, T) mask (sdpa, eager)."""
+        return self.last_token and unwrap_peft(self.model).config._attn_implementation in ("sdpa", "eager")
 
 
 @torch.no_grad()

@@ -98,13 +98,12 @@ def collate_pairs(triples: list[Triple], pad_id: int) -> ScoredBatch:
             targets.append(b[j])
             segments.append(n + r)
         lengths[r], lengths[n + r] = A, B
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_part = part.unsqueeze(2) == part.unsqueeze(1)  # (B, T, T): query part == key part
-    mask = causal & (same_part | (part == 0).unsqueeze(1))  # or the key is a prompt token
+    from tether.training import branch_attention_mask
+
     return ScoredBatch(
         input_ids=input_ids,
         position_ids=position_ids,
-        attention_mask=mask.unsqueeze(1),
+        attention_mask=branch_attention_mask(part),
         gather_index=torch.tensor(gather, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
         segments=torch.tensor(segments, dtype=torch.long),

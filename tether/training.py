@@ -102,6 +102,17 @@ def length_bucketed_batches(
     return batches
 
 
+def branch_attention_mask(part: torch.Tensor) -> torch.Tensor:
+    """Boolean attention mask (B, 1, T, T) for rows that hold one shared prefix and the branches that follow it:
+    ``part`` (B, T) is 0 on the prefix, 1, 2, ... on each branch and any other id on padding. A token sees the
+    tokens before it in its own part and the prefix, never another branch: each branch is computed as if it
+    followed the prefix alone (its positions restart where the prefix ends)."""
+    width = part.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=part.device).tril()
+    same_part = part.unsqueeze(2) == part.unsqueeze(1)  # (B, T, T): query part == key part
+    return (causal & (same_part | (part == 0).unsqueeze(1))).unsqueeze(1)
+
+
 def padded_passes(lengths: list[int], overhead_tokens: int, attention_width: int = 512) -> list[list[int]]:
     """Cut sequences into forward passes that waste the least work on padding: indices sorted by length, then the
     contiguous runs that minimize the estimated cost (exact dynamic program over the sorted order).
