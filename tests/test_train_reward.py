@@ -342,8 +342,8 @@ def test_cli_trains(cli, tiny_lm_dir, pair_files, tmp_path):
     [
         (["--batch-size", "0"], ["--batch-size"]),
         (["--learning-rate", "3"], ["--learning-rate"]),
-        (["--set", "ensemble=0"], ["--ensemble"]),
-        (["--set", "ties=maybe"], ["--ties"]),
+        (["--set", "ensemble=0"], ["--set ensemble=0"]),
+        (["--set", "ties=maybe"], ["--set ties=maybe"]),
         (["--set", "no_such_field=1"], ["unknown config field", "no_such_field"]),
         (["--max-length", "8", "--set", "max_length=4"], ["--max-length"]),
     ],

@@ -124,7 +124,7 @@ def test_cli_sft_runs_and_refuses_bad_input(cli, tiny_lm_dir, tmp_path):
         (["--data", tmp_path / "missing.jsonl"], "not found"),
         (["--data", data, "--batch-size", "0"], "--batch-size"),
         (["--data", data, "--learning-rate", "5"], "--learning-rate"),
-        (["--data", data, "--set", "packing=maybe"], "--packing"),
+        (["--data", data, "--set", "packing=maybe"], "--set packing=maybe"),
         (["--data", _write(tmp_path / "bad.jsonl", [{"text": "no prompt"}])], "record 1"),
     ]:
         res = cli("train", "sft", "--model", tiny_lm_dir, "--output-dir", tmp_path / "o2", *map(str, args))

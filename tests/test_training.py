@@ -121,8 +121,14 @@ def test_config_layers_and_errors(tmp_path):
     yaml_file.write_text("learning_rate: 0.001\nbatch-size: 16\n")
     cfg = load_config(TrainConfig, yaml_file, ["batch_size=32"], model="m", output_dir=tmp_path, seed=3)
     assert (cfg.learning_rate, cfg.batch_size, cfg.seed) == (0.001, 32, 3)
-    with pytest.raises(TetherError, match="--learning-rate"):
+    # Each bad value is named the way the user wrote it: the --set pair, the flag, or the key in the YAML file.
+    with pytest.raises(TetherError, match="--set learning_rate=-1"):
         load_config(TrainConfig, None, ["learning_rate=-1"], model="m", output_dir=tmp_path)
+    with pytest.raises(TetherError, match="--learning-rate"):
+        load_config(TrainConfig, None, None, model="m", output_dir=tmp_path, learning_rate=-1)
+    yaml_file.write_text("batch-size: 0\n")
+    with pytest.raises(TetherError, match=r"batch-size \(in .*c\.yaml\)"):
+        load_config(TrainConfig, yaml_file, None, model="m", output_dir=tmp_path)
     with pytest.raises(TetherError, match="unknown config field"):
         load_config(TrainConfig, None, ["learnin_rate=1"], model="m", output_dir=tmp_path)
     with pytest.raises(TetherError, match="key=value"):

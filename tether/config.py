@@ -279,6 +279,7 @@ def load_config(cls: type[C], config_file: Path | None = None, sets: list[str] |
     import yaml
 
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # how to name each value in an error: where the user wrote it
     if config_file is not None:
         if not Path(config_file).is_file():
             raise TetherError(f"config file not found: {config_file}", fix="check the --config path")
@@ -289,12 +290,15 @@ def load_config(cls: type[C], config_file: Path | None = None, sets: list[str] |
         if not isinstance(loaded, dict):
             raise TetherError(f"{config_file} must hold a mapping of field: value", fix="write one `field: value` per line")
         values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        origin.update({str(k).replace("-", "_"): f"{k} (in {config_file})" for k in loaded})
     for pair in sets or []:
         if "=" not in pair:
             raise TetherError(f"--set {pair!r} is not key=value", fix="write --set learning_rate=1e-5")
         key, raw = pair.split("=", 1)
         values[key.strip().replace("-", "_")] = _parse_scalar(raw.strip())
+        origin[key.strip().replace("-", "_")] = f"--set {key.strip()}={raw.strip()}"
     values.update({k: v for k, v in flags.items() if v is not None})
+    origin.update({k: option_name(k) for k, v in flags.items() if v is not None})
     unknown = sorted(set(values) - set(cls.model_fields))
     if unknown:
         valid = ", ".join(sorted(cls.model_fields))
@@ -305,6 +309,6 @@ def load_config(cls: type[C], config_file: Path | None = None, sets: list[str] |
         problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "config"
-            name = option_name(where) if where in cls.model_fields else where
+            name = origin.get(where, option_name(where) if where in cls.model_fields else where)
             problems.append(f"{name}: {error['msg']}")
         raise TetherError("invalid settings: " + "; ".join(problems), fix="correct the value(s) named above") from None
