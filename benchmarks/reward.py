@@ -147,6 +147,21 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
             "train_rss_mb": peak["peak_rss_mb"] - base, "accuracy": accuracy, "final_loss": final["train/loss"]}
 
 
+def tether_order(a: argparse.Namespace, n: int) -> list[int]:
+    """The training rows in the order Tether's trainer visits them over the run (its batches, epoch after epoch)."""
+    from tether.config import RewardConfig
+    from tether.train_reward import _batches
+
+    cfg = RewardConfig(model="m", data="d.jsonl", output_dir="o", batch_size=a.batch_size, seed=a.seed, group_by_length=a.bucketing)
+    if a.bucketing:
+        sys.exit("--same-order needs the lengths Tether buckets by; use it without --bucketing")
+    steps_per_epoch = n // a.batch_size
+    order: list[int] = []
+    for epoch in range(-(-a.steps // steps_per_epoch)):
+        order += [i for batch in _batches([0] * n, cfg, epoch) for i in batch]
+    return order[: a.steps * a.batch_size]
+
+
 def trl_worker(a: argparse.Namespace, work: Path) -> dict:
     import torch
 
@@ -162,6 +177,15 @@ def trl_worker(a: argparse.Namespace, work: Path) -> dict:
     started = time.perf_counter()
     torch.manual_seed(a.seed)  # the same new-head initialization as Tether's (set_seed before from_pretrained)
     model = AutoModelForSequenceClassification.from_pretrained(a.backbone_path, num_labels=1)
+    trainer_class = RewardTrainer
+    if a.same_order:  # TRL sees Tether's batches in Tether's order: only the implementations differ
+        rows = [rows[i] for i in tether_order(a, len(rows))]
+
+        class InOrder(RewardTrainer):
+            def _get_train_sampler(self, *args, **kwargs):
+                return torch.utils.data.SequentialSampler(self.train_dataset)
+
+        trainer_class = InOrder
     dataset = Dataset.from_dict({"chosen_ids": [r["chosen_ids"] for r in rows], "rejected_ids": [r["rejected_ids"] for r in rows]})
     args = RewardConfig(
         output_dir=str(work / f"trl-{os.getpid()}"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
@@ -170,7 +194,7 @@ def trl_worker(a: argparse.Namespace, work: Path) -> dict:
         use_cpu=a.device == "cpu", disable_dropout=True, seed=a.seed, logging_steps=10, save_strategy="no", report_to=[],
         eos_token=tokenizer.sep_token if tokenizer.sep_token else tokenizer.eos_token, dataloader_num_workers=0,
     )
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     assert len(trainer.train_dataset) == len(rows), "TRL dropped pairs: lower --max-length filtering mismatch"
     train_started = time.perf_counter()
     result = trainer.train()
@@ -208,6 +232,9 @@ def main() -> None:
     parser.add_argument("--test-pairs", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--same-order", action="store_true",
+                        help="TRL trains on Tether's batches in Tether's order (a sequential sampler over the rows as Tether visits "
+                             "them), so the two runs differ only in their implementations; default: each side shuffles with its own RNG")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -260,7 +287,8 @@ def main() -> None:
                        "--batch-size", str(a.batch_size), "--learning-rate", str(a.learning_rate),
                        "--max-length", str(a.max_length), "--seed", str(a.seed), "--threads", str(a.threads),
                        "--max-tokens-per-forward", str(a.max_tokens_per_forward), "--backbone", a.backbone_path,
-                       "--device", a.device] + (["--bf16"] if a.bf16 else []) + (["--bucketing"] if a.bucketing else [])
+                       "--device", a.device] + (["--bf16"] if a.bf16 else []) + (["--bucketing"] if a.bucketing else []) \
+                      + (["--same-order"] if a.same_order else [])
                 env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MLFLOW_DISABLE_TELEMETRY": "true",
                        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
