@@ -24,8 +24,10 @@ Three samplers (``sampler=auto`` takes ``loop``, on a CPU and on a GPU):
   copied from the policy into vLLM before every rollout. This path needs a GPU and was not exercised on the
   CPU-only machines this was written on.
 
-Log-probs are always recomputed by the trainer with one forward pass (``completion_logps``), with the logits divided
-by the sampling temperature, so the ratio of new to old probabilities is exact on the first update.
+Log-probs are always recomputed by the trainer (``completion_logps``), with the logits divided by the sampling
+temperature, so the ratio of new to old probabilities is exact on the first update. The rows of one prompt share
+one forward over it: its keys and values are gathered to the group's rows and only the completions run per row
+(same log-probs and gradients as a forward over each whole row, tested, DDP included).
 """
 
 from __future__ import annotations
