@@ -315,3 +315,17 @@ def test_shared_prompt_forward_under_ddp_averages_the_whole_batch_gradient(tiny_
     for proc, out in zip(procs, outputs):
         assert proc.returncode == 0, out[-3000:]
         assert "max gradient difference" in out
+
+
+def test_update_order_keeps_groups_together_inside_random_minibatches():
+    """Each minibatch holds a random set of rows (as before), in rollout order, so a prompt's consecutive rows stay
+    together when the minibatch is cut into micro-batches."""
+    from tether.rollout import update_order
+
+    order = update_order(32, 8, seed=5)
+    assert sorted(order.tolist()) == list(range(32))
+    parts = order.split(8)
+    assert all(part.tolist() == sorted(part.tolist()) for part in parts)
+    assert [sorted(p.tolist()) for p in parts] != [list(range(k, k + 8)) for k in range(0, 32, 8)]  # still shuffled across minibatches
+    assert torch.equal(update_order(32, 8, seed=5), order) and not torch.equal(update_order(32, 8, seed=6), order)
+    assert update_order(32, 32, seed=5).tolist() == list(range(32))  # one minibatch: the rollout's own order

@@ -79,6 +79,15 @@ class Rollout:
         return self.prompt_ids.shape[0]
 
 
+def update_order(rows: int, minibatch: int, seed: int) -> torch.Tensor:
+    """The order in which one pass of updates visits a rollout's rows: a seeded shuffle cut into minibatches, each
+    minibatch's rows then put back in rollout order. Which rows share a minibatch stays random; inside it a prompt's
+    group stays together, so when a minibatch is split into micro-batches (gradient accumulation) the rows of one
+    prompt still share one forward over it (``completion_logps``)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([part.sort().values for part in torch.randperm(rows, generator=generator).split(minibatch)])
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as ``generate`` assigns them. shape: (B, T) -> (B, T)."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)

@@ -54,6 +54,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         mean_over_processes,
         prompt_indices,
         sample_rollout,
+        update_order,
         write_samples,
     )
     from tether.store.formats import load_rows, rows_digest
@@ -131,8 +132,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
 
     def pass_order(epoch: int) -> torch.Tensor:
         """This pass's row order over the rollout, fixed by (seed, rollout, epoch)."""
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rollout_index * 1_009 + epoch)
-        return torch.randperm(len(rollout), generator=generator).to(device)
+        return update_order(len(rollout), minibatch, cfg.seed * 1_000_003 + rollout_index * 1_009 + epoch).to(device)
 
     progress = Progress(total_steps, cfg.algo.upper(), enabled=cfg.progress and accelerator.is_main_process, completed=global_step)
     for rollout_index in range(start_rollout, total_rollouts):
