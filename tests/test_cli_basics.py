@@ -36,3 +36,21 @@ def test_no_workspace_is_a_clear_error(cli, tmp_path, monkeypatch):
     assert result.code == 2
     assert "no Tether workspace" in result.stderr and "tether init" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_train_fields_lists_every_config_field(cli):
+    """`tether train fields NAME` is where --config and --set point: every field, its default, its description."""
+    import json
+
+    from tether.config import GRPOConfig, RewardConfig
+
+    result = cli("train", "fields", "reward", "--json")
+    assert result.code == 0, result.stderr
+    fields = json.loads(result.stdout)
+    assert set(fields) == set(RewardConfig.model_fields)
+    assert fields["group_by_length"]["default"] is False and "accuracy" in fields["group_by_length"]["description"]
+    assert fields["model"]["required"] is True
+    table = cli("train", "fields", "grpo")
+    assert table.code == 0 and "share_prompts" in table.stdout and set(GRPOConfig.model_fields) > {"share_prompts", "group_size"}
+    bad = cli("train", "fields", "nope")
+    assert bad.code == 2 and "reward, sft, dpo" in bad.stderr and "Traceback" not in bad.stderr

@@ -25,7 +25,7 @@ LearningRate = Annotated[float | None, typer.Option("--learning-rate", help="Pea
 MaxLength = Annotated[int | None, typer.Option("--max-length", help="Max tokens of prompt+completion; the prompt's start is cut first.")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (data order, initialization, sampling).")]
 OutputDir = Annotated[Path, typer.Option("--output-dir", "-o", help="Where the trained model and its metadata are written.")]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="A YAML file of config fields (see the fields list in the docs).")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="A YAML file of config fields, one `field: value` per line (list them: tether train fields NAME).")]
 SetValues = Annotated[list[str] | None, typer.Option("--set", help="Override one config field: --set key=value (repeatable).")]
 
 

@@ -339,3 +339,39 @@ def train_rloo_command(
     Example:  tether train rloo --model ./sft --reward ./rm --prompts prompts.jsonl --output-dir rloo --group-size 4 --batch-size 32
     """
     _online_rl("GRPOConfig", "rloo", **locals())  # first statement: locals() holds exactly the options
+
+
+@train_app.command("fields")
+def train_fields_command(
+    kind: Annotated[str, typer.Argument(help="reward, sft, dpo, kto, ppo, grpo or rloo.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
+) -> None:
+    """Every config field of one `tether train` command: its default and what it does.
+
+    Any field can be set in a --config YAML file (`field: value`, one per line) or with --set field=value; the
+    command's flags (--batch-size, ...) set the same fields and win over both.
+
+    Example: tether train fields grpo
+    """
+    from tether.cli.common import console, emit_json
+    from tether.config import DPOConfig, GRPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
+    from tether.errors import TetherError
+
+    classes = {"reward": RewardConfig, "sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "rloo": GRPOConfig}
+    if kind not in classes:
+        raise TetherError(f"no training command {kind!r}", fix=f"use one of: {', '.join(classes)}")
+    fields = {
+        name: {"default": None if info.is_required() else info.get_default(call_default_factory=True), "required": info.is_required(), "description": info.description or ""}
+        for name, info in classes[kind].model_fields.items()
+    }
+    if as_json:
+        emit_json(fields)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"tether train {kind}: config fields (--set field=value, or field: value in --config)", show_lines=False)
+    for column in ("field", "default", "what it does"):
+        table.add_column(column, overflow="fold")
+    for name, info in fields.items():
+        table.add_row(name, "(required)" if info["required"] else repr(info["default"]), info["description"])
+    console().print(table)
