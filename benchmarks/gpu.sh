@@ -70,7 +70,7 @@ for p in ${@:-reward dpo sft grpo grpo-hh minilm}; do
                 --max-new-tokens 64 --learning-rate 1e-5 --repeats 1 --no-ppo --prompts hh --prompt-tokens 256 \
                 --compare-unshared ;;  # conversation prompts: what sharing each prompt's forward is worth
     minilm) part minilm 150 python3 benchmarks/reward.py --backbone $MINILM --device cuda --train-pairs 100000 \
-                --test-pairs 100000 --epochs 2 --batch-size 16 --learning-rate 5e-5 --repeats 1 --seed ${SEED:-0} \
+                --test-pairs 100000 --epochs 2 --batch-size 16 --learning-rate 5e-5 --repeats 1 --seed ${SEED:-0} --same-order \
                 --max-tokens-per-forward 1000000 ;;
     *) echo "unknown part $p (reward dpo sft grpo grpo-hh minilm)"; exit 2 ;;
     esac
