@@ -127,7 +127,10 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     from tether.train_reward import train_reward
 
     test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
-    cfg = RewardConfig(
+    from tether.config import load_config
+
+    cfg = load_config(
+        RewardConfig, None, a.tether_set,
         model=a.backbone_path, bf16=a.bf16, data=str(work / "train.jsonl"), output_dir=work / f"tether-{os.getpid()}", max_steps=a.steps,
         batch_size=a.batch_size, learning_rate=a.learning_rate, lr_schedule="linear", max_length=a.max_length,
         seed=a.seed, logging_steps=10, mlflow=False, progress=False, max_tokens_per_forward=a.max_tokens_per_forward,
@@ -232,6 +235,8 @@ def main() -> None:
     parser.add_argument("--test-pairs", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--tether-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="Tether side: one more config field, as `tether train reward --set` (e.g. share_prompts=false); repeatable")
     parser.add_argument("--same-order", action="store_true",
                         help="TRL trains on Tether's batches in Tether's order (a sequential sampler over the rows as Tether visits "
                              "them), so the two runs differ only in their implementations; default: each side shuffles with its own RNG")
@@ -288,7 +293,7 @@ def main() -> None:
                        "--max-length", str(a.max_length), "--seed", str(a.seed), "--threads", str(a.threads),
                        "--max-tokens-per-forward", str(a.max_tokens_per_forward), "--backbone", a.backbone_path,
                        "--device", a.device] + (["--bf16"] if a.bf16 else []) + (["--bucketing"] if a.bucketing else []) \
-                      + (["--same-order"] if a.same_order else [])
+                      + (["--same-order"] if a.same_order else []) + [x for kv in a.tether_set for x in ("--tether-set", kv)]
                 env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MLFLOW_DISABLE_TELEMETRY": "true",
                        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
