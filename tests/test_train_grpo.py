@@ -200,3 +200,81 @@ def test_two_processes_run_the_same_schedule(tiny_lm_dir, task, tmp_path):
     for step in two:
         assert 0.0 <= step["rules/has_e"] <= 1.0 and step["completions/mean_length"] > 0
     assert json.loads((tmp_path / "two" / "tether.json").read_text())["kind"] == "policy"
+
+
+class _StandInVLLM:
+    """A stand-in for vLLM's ``LLM``, enough of its interface for ``VLLMSampler``: the model at the given path,
+    weights loaded through ``llm_engine...model_runner.model.load_weights``, ``generate`` sampling token by token
+    and returning each sampled token's log-prob as vLLM does. vLLM itself needs a GPU; this exercises Tether's side
+    of the path (engine options, weight copy, rollout record, importance weights, metrics) on the CPU."""
+
+    instances: list = []
+
+    def __init__(self, model, logprobs_mode=None, **kwargs):
+        from types import SimpleNamespace
+
+        from tether.models import load_causal_lm, load_tokenizer
+
+        self.kwargs = dict(kwargs, model=model, logprobs_mode=logprobs_mode)
+        self.model = load_causal_lm(model).eval()
+        self.eos = load_tokenizer(model).eos_token_id
+        self.loads = 0
+        runner = SimpleNamespace(model=SimpleNamespace(load_weights=self.load_weights))
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))))
+        _StandInVLLM.instances.append(self)
+
+    def load_weights(self, weights):
+        self.model.load_state_dict(dict(weights))
+        self.loads += 1
+
+    def generate(self, requests, params, use_tqdm=False):
+        from types import SimpleNamespace
+
+        outputs = []
+        for request in requests:
+            samples = []
+            for _ in range(params.n):
+                seq, tokens, logprobs = torch.tensor([request["prompt_token_ids"]]), [], []
+                for _ in range(params.max_tokens):
+                    with torch.no_grad():
+                        logp = torch.log_softmax(self.model(seq).logits[0, -1].float() / params.temperature, -1)
+                    token = int(torch.multinomial(logp.exp(), 1))
+                    tokens.append(token)
+                    logprobs.append({token: SimpleNamespace(logprob=float(logp[token]))})
+                    seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
+                    if token == self.eos:
+                        break
+                samples.append(SimpleNamespace(token_ids=tokens, logprobs=logprobs))
+            outputs.append(SimpleNamespace(outputs=samples))
+        return outputs
+
+
+@pytest.mark.parametrize("copy_weights", [True, False])
+def test_vllm_sampler_path_with_a_stand_in_engine(tiny_lm_dir, task, tmp_path, monkeypatch, copy_weights):
+    """sampler=vllm: the policy's weights reach the engine before every rollout, its log-probs come back with the
+    rollout, and the trainer's importance weights are 1 when the engine holds the current policy. Without the copy
+    the engine samples from a stale policy and the logged gap shows it."""
+    import sys
+    import types
+
+    from tether.train_grpo import train_grpo
+
+    fake = types.ModuleType("vllm")
+    fake.LLM = _StandInVLLM
+    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    if not copy_weights:
+        monkeypatch.setattr(_StandInVLLM, "load_weights", lambda self, weights: None)
+    out = tmp_path / "vllm"
+    train_grpo(config(tiny_lm_dir, task, out, sampler="vllm", max_steps=3, learning_rate=3e-2))
+    engine = _StandInVLLM.instances[-1]
+    assert engine.kwargs["logprobs_mode"] == "processed_logprobs" and engine.kwargs["model"] == str(tiny_lm_dir)
+    steps = history(out)
+    assert len(steps) == 3 and all("sampler/is_weight_mean" in s for s in steps)
+    if copy_weights:
+        assert engine.loads == 3  # once per rollout
+        for s in steps:  # same weights, other batching: the log-probs agree to float noise
+            assert s["sampler/logp_gap"] < 1e-4 and s["sampler/is_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    else:
+        assert steps[0]["sampler/logp_gap"] < 1e-4  # before the first update the stale copy is still current
+        assert steps[-1]["sampler/logp_gap"] > 1e-2  # then the policy moved and the engine did not

@@ -21,8 +21,10 @@ Three samplers (``sampler=auto`` takes ``loop``, on a CPU and on a GPU):
 - ``vllm``: vLLM when it is installed (GPU). Its probabilities differ slightly from the trainer's (other kernels,
   other precision), so it returns its own per-token log-probs (``Rollout.sampler_logps``) and the trainers weight
   each token's loss by ``min(exp(trainer - sampler), is_cap)`` (truncated importance sampling). The weights are
-  copied from the policy into vLLM before every rollout. This path needs a GPU and was not exercised on the
-  CPU-only machines this was written on.
+  copied from the policy into vLLM before every rollout, and ``sampler/logp_gap`` / ``sampler/is_weight_mean``
+  log how far the two disagree. vLLM itself needs a GPU and has not been run with Tether yet; Tether's side of the
+  path (engine options, the weight copy, the rollout record, the weights, the metrics) is tested on the CPU with a
+  stand-in engine (tests/test_train_grpo.py).
 
 Log-probs are always recomputed by the trainer (``completion_logps``), with the logits divided by the sampling
 temperature, so the ratio of new to old probabilities is exact on the first update. The rows of one prompt share
@@ -534,6 +536,20 @@ class VLLMSampler:
                 completions.append(list(sample.token_ids))
                 logps.append([step[tok].logprob for tok, step in zip(sample.token_ids, sample.logprobs)])
         return build_rollout(tokenizer, [prompts[i] for i in rows], [texts[i] for i in rows], [ids[i] for i in rows], completions, logps)
+
+
+def sampler_gap_metrics(trainer_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, cap: float) -> dict[str, float]:
+    """How far the sampler's (vLLM's) token log-probs are from the trainer's for the same policy, over the completion
+    tokens: the mean importance weight (1 when they agree), the mean absolute log-prob gap, and the share of
+    tokens whose weight hit ``cap``. A growing gap means the weights did not reach the sampler or its numerics
+    drift. shape: (B, R) each."""
+    real = mask.bool()
+    weights = torch.exp(trainer_logps.detach() - sampler_logps.detach())[real]
+    return {
+        "sampler/is_weight_mean": float(weights.clamp(max=cap).mean()) if weights.numel() else 1.0,
+        "sampler/logp_gap": float((trainer_logps.detach() - sampler_logps.detach())[real].abs().mean()) if weights.numel() else 0.0,
+        "sampler/capped_fraction": float((weights >= cap).float().mean()) if weights.numel() else 0.0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         position_ids,
         prompt_indices,
         sample_rollout,
+        sampler_gap_metrics,
         update_order,
         write_samples,
     )
@@ -340,6 +341,8 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
             "time/step_s": time.perf_counter() - started,
             "time/tokens_per_s": new_tokens / max(generated_s, 1e-9),
         }
+        if rollout.sampler_logps is not None:  # vLLM: how far its log-probs are from the trainer's
+            metrics.update(sampler_gap_metrics(old_logps, rollout.sampler_logps.to(device), mask, cfg.is_cap))
         metrics = mean_over_processes(accelerator, metrics)
         metrics["train/rollout"] = rollout_index + 1
         last = rollout_index + 1 == total_rollouts
