@@ -52,5 +52,7 @@ def test_train_fields_lists_every_config_field(cli):
     assert fields["model"]["required"] is True
     table = cli("train", "fields", "grpo")
     assert table.code == 0 and "share_prompts" in table.stdout and set(GRPOConfig.model_fields) > {"share_prompts", "group_size"}
+    rloo = cli("train", "fields", "rloo", "--json")
+    assert rloo.code == 0 and json.loads(rloo.stdout)["algo"]["default"] == "rloo"
     bad = cli("train", "fields", "nope")
     assert bad.code == 2 and "reward, sft, dpo" in bad.stderr and "Traceback" not in bad.stderr

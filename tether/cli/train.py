@@ -364,6 +364,8 @@ def train_fields_command(
         name: {"default": None if info.is_required() else info.get_default(call_default_factory=True), "required": info.is_required(), "description": info.description or ""}
         for name, info in classes[kind].model_fields.items()
     }
+    if kind == "rloo":  # the same fields as grpo; `tether train rloo` sets the algorithm
+        fields["algo"]["default"] = "rloo"
     if as_json:
         emit_json(fields)
         return
