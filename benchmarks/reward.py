@@ -306,6 +306,8 @@ def main() -> None:
                       f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['train_rss_mb']:.0f}), accuracy {r['accuracy']:.4f}", flush=True)
         summarize(results)
         if a.device == "cuda" and len(results) == 2:  # forward + backward: 6 FLOPs per matmul parameter per token
+            # tokens_per_pair counts both sequences whole: the work the task asks for. A decoder on Tether's side runs
+            # the shared prompt once (share_prompts), so its figure is an effective MFU: the same pairs/s ratio.
             flops = 6 * matmul_params(a.backbone_path, kind="reward") * a.tokens_per_pair
             print_mfu("training loop", {s: statistics.median(r["rate_train"] for r in runs) for s, runs in results.items()}, flops)
 
