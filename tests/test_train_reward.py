@@ -434,8 +434,8 @@ def test_sorted_passes_give_the_rewards_and_gradients_of_one_pass(tiny_lm_dir):
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny_lm_dir, attention):
+@pytest.mark.parametrize(("arch", "attention"), [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa")])
+def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny_lm_dir, tmp_path, arch, attention):
     """Decoders: one row per pair (the common start once, each answer attending to it alone, positions restarting)
     gives each reward and every gradient of two separate rows, including pairs where one answer is a prefix of the
     other and pairs with nothing in common."""
@@ -443,9 +443,15 @@ def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny
     from tether.models import load_tokenizer
     from tether.reward import RewardForward, disable_dropout, load_reward_backbone
 
-    tokenizer = load_tokenizer(str(tiny_lm_dir))
+    model_dir = tiny_lm_dir
+    if arch == "gpt2":
+        from tether.tiny import build_causal_lm
+
+        model_dir = tmp_path / "gpt2"
+        build_causal_lm(load_tokenizer(str(tiny_lm_dir)), model_dir, hidden_size=32, num_layers=2, num_heads=2, max_positions=256, seed=0, arch="gpt2")
+    tokenizer = load_tokenizer(str(model_dir))
     torch.manual_seed(0)
-    model = load_reward_backbone(str(tiny_lm_dir), 2, tokenizer.pad_token_id)
+    model = load_reward_backbone(str(model_dir), 2, tokenizer.pad_token_id)
     model.config._attn_implementation = attention
     forward = RewardForward(model)
     disable_dropout(forward)
