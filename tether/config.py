@@ -88,7 +88,7 @@ class RewardConfig(TrainConfig):
     )
     group_by_length: bool = Field(
         False,
-        description="Batch pairs of similar length together: less padding, but on HH-RLHF it cost 4.4 points of held-out accuracy (docs/benchmarks.md). Off: plain shuffled batches, each cut into length-sorted forward passes (same gradient).",
+        description="Batch pairs of similar length together: a little less padding than the default, but each step then sees pairs of one length, and on HH-RLHF it looked like it cost held-out accuracy (docs/benchmarks.md; not settled). Off: plain shuffled batches, each cut into length-sorted forward passes (same gradient).",
     )
 
     @model_validator(mode="after")
