@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_version_and_help_answer(cli):
     result = cli("--version")
@@ -56,3 +58,12 @@ def test_train_fields_lists_every_config_field(cli):
     assert rloo.code == 0 and json.loads(rloo.stdout)["algo"]["default"] == "rloo"
     bad = cli("train", "fields", "nope")
     assert bad.code == 2 and "reward, sft, dpo" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "fields"], ["registry", "lineage"], ["train", "reward", "--model", "x", "--bogus", "1"]])
+def test_usage_mistakes_are_one_message_without_traceback(args):
+    """A missing argument or an unknown option, through the real entry point: click's usage message and exit code 2.
+    (typer's bundled click raises its own exception class; it once fell through to a traceback.)"""
+    done = subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Error:" in done.stderr and "Traceback" not in done.stderr

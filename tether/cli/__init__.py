@@ -101,6 +101,18 @@ def _register_groups() -> None:
 _register_groups()
 
 
+def _click_exceptions() -> tuple[type, ...]:
+    """click's usage-error class, and the copy newer typer releases bundle as ``typer._click`` (its errors are not
+    instances of click's own, so a missing argument used to end in a traceback)."""
+    classes: list[type] = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            classes.append(__import__(module, fromlist=["ClickException"]).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(classes)
+
+
 def main() -> None:
     """Entry point: user mistakes print a clear message, never a traceback."""
     try:
@@ -118,10 +130,8 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted (work saved so far is kept)\n")
         sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # click's usage errors (a missing option, a bad value)
+        if isinstance(exc, _click_exceptions()):
             exc.show()
             sys.exit(exc.exit_code)
         raise
