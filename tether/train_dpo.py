@@ -76,18 +76,14 @@ def collate_pairs(triples: list[Triple], pad_id: int) -> ScoredBatch:
     The attention mask (B, 1, T, T) is causal, and a token may attend to the prompt and to its own answer only;
     b's positions restart at len(prompt). So log p(b | prompt) is what a separate ``prompt + b`` row would give.
     """
+    from tether.training import branch_rows
+
     n = len(triples)
-    width = max(len(p) + len(a) + len(b) for p, a, b in triples)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((n, width), dtype=torch.long)
-    part = torch.full((n, width), 3, dtype=torch.long)  # 0 prompt, 1 answer a, 2 answer b, 3 padding
+    input_ids, position_ids, mask = branch_rows(triples, pad_id)
+    width = input_ids.shape[1]
     gather, targets, segments, lengths = [], [], [], [0] * (2 * n)
     for r, (p, a, b) in enumerate(triples):
         P, A, B = len(p), len(a), len(b)
-        input_ids[r, : P + A + B] = torch.tensor(p + a + b)
-        position_ids[r, : P + A] = torch.arange(P + A)
-        position_ids[r, P + A : P + A + B] = torch.arange(P, P + B)
-        part[r, :P], part[r, P : P + A], part[r, P + A : P + A + B] = 0, 1, 2
         base = r * width
         for j in range(A):  # a_j sits at P + j and is predicted from the position before it
             gather.append(base + P + j - 1)
@@ -98,12 +94,10 @@ def collate_pairs(triples: list[Triple], pad_id: int) -> ScoredBatch:
             targets.append(b[j])
             segments.append(n + r)
         lengths[r], lengths[n + r] = A, B
-    from tether.training import branch_attention_mask
-
     return ScoredBatch(
         input_ids=input_ids,
         position_ids=position_ids,
-        attention_mask=branch_attention_mask(part),
+        attention_mask=mask,
         gather_index=torch.tensor(gather, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
         segments=torch.tensor(segments, dtype=torch.long),

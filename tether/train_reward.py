@@ -239,32 +239,20 @@ def _branch_rewards(forward: Any, chosen: list[list[int]], rejected: list[list[i
     reward is the one a row of its own would give. On the HH-RLHF split (pairs within 256 tokens) this computes
     1.48x fewer tokens than two rows per pair. The rows are then cut into length-sorted passes as in ``_rewards``.
     """
-    from tether.training import branch_attention_mask, padded_passes
+    from tether.training import branch_rows, padded_passes
 
     rows = []
     for c, r in zip(chosen, rejected):
         shared = next((k for k, (x, y) in enumerate(zip(c, r)) if x != y), min(len(c), len(r)))
         rows.append((c[:shared], c[shared:], r[shared:]))
-    lengths = [len(p) + len(a) + len(b) for p, a, b in rows]
     overhead = _PASS_OVERHEAD_TOKENS.get(torch.device(device).type, _PASS_OVERHEAD_TOKENS_ACCELERATOR)
-    passes = padded_passes(lengths, overhead)
+    passes = padded_passes([len(p) + len(a) + len(b) for p, a, b in rows], overhead)
     inputs: list[list[torch.Tensor]] = [[], [], [], []]  # input_ids, attention_mask, position_ids, read_at per pass
     for members in passes:
-        n, width = len(members), max(lengths[i] for i in members)
-        ids = torch.full((n, width), pad_id, dtype=torch.long)
-        positions = torch.zeros((n, width), dtype=torch.long)
-        part = torch.full((n, width), 3, dtype=torch.long)  # 0 prefix, 1 chosen rest, 2 rejected rest, 3 padding
-        read_at = torch.zeros((n, 2), dtype=torch.long)
-        for k, i in enumerate(members):
-            p, a, b = rows[i]
-            P, A, B = len(p), len(a), len(b)
-            ids[k, : P + A + B] = torch.tensor(p + a + b, dtype=torch.long)
-            positions[k, : P + A] = torch.arange(P + A)
-            positions[k, P + A : P + A + B] = torch.arange(P, P + B)
-            part[k, :P], part[k, P : P + A], part[k, P + A : P + A + B] = 0, 1, 2
-            read_at[k, 0] = P + A - 1  # the chosen sequence's last token (in the prefix when it has no rest)
-            read_at[k, 1] = P + A + B - 1 if B else P - 1
-        for store, tensor in zip(inputs, (ids, branch_attention_mask(part), positions, read_at)):
+        ids, positions, mask = branch_rows([rows[i] for i in members], pad_id)
+        # The chosen sequence's last token (in the prefix when it has no rest of its own), and the rejected one's.
+        read_at = torch.tensor([[len(p) + len(a) - 1, len(p) + len(a) + len(b) - 1 if b else len(p) - 1] for p, a, b in (rows[i] for i in members)])
+        for store, tensor in zip(inputs, (ids, mask, positions, read_at)):
             store.append(tensor.to(device))
     out = forward(*inputs).float()  # (2b, K): chosen, rejected of each row, in pass order
     order = torch.tensor([i for members in passes for i in members], device=out.device)

@@ -102,6 +102,23 @@ def length_bucketed_batches(
     return batches
 
 
+def branch_rows(triples: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row ``prefix + a + b`` per triple, right-padded: input_ids, position_ids (b's restart where the prefix
+    ends, as if b followed the prefix alone) and the (B, 1, T, T) ``branch_attention_mask``. DPO scores both answers
+    of a pair this way, decoder reward models read both rewards. shape: -> (B, T), (B, T), (B, 1, T, T)."""
+    width = max(len(p) + len(a) + len(b) for p, a, b in triples)
+    input_ids = torch.full((len(triples), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(triples), width), dtype=torch.long)
+    part = torch.full((len(triples), width), 3, dtype=torch.long)  # 0 prefix, 1 answer a, 2 answer b, 3 padding
+    for r, (p, a, b) in enumerate(triples):
+        P, A, B = len(p), len(a), len(b)
+        input_ids[r, : P + A + B] = torch.tensor(p + a + b, dtype=torch.long)
+        position_ids[r, : P + A] = torch.arange(P + A)
+        position_ids[r, P + A : P + A + B] = torch.arange(P, P + B)
+        part[r, :P], part[r, P : P + A], part[r, P + A : P + A + B] = 0, 1, 2
+    return input_ids, position_ids, branch_attention_mask(part)
+
+
 def branch_attention_mask(part: torch.Tensor) -> torch.Tensor:
     """Boolean attention mask (B, 1, T, T) for rows that hold one shared prefix and the branches that follow it:
     ``part`` (B, T) is 0 on the prefix, 1, 2, ... on each branch and any other id on padding. A token sees the
