@@ -207,8 +207,8 @@ def _loss(
 
 # What one more forward pass costs, in padded tokens: on one CPU thread a MiniLM pass is about 80 tokens' worth of
 # fixed work (measured), on a GPU a pass of a 0.5B model is worth thousands (an estimate, not measured).
-_PASS_OVERHEAD_TOKENS = {"cpu": 96}
-_PASS_OVERHEAD_TOKENS_ACCELERATOR = 2048
+def _pass_overhead(device: Any) -> int:
+    return 96 if torch.device(device).type == "cpu" else 2048
 
 
 def _rewards(forward: Any, seqs: list[list[int]], pad_id: int, device: Any) -> torch.Tensor:
@@ -222,8 +222,7 @@ def _rewards(forward: Any, seqs: list[list[int]], pad_id: int, device: Any) -> t
     """
     from tether.training import pad_right, padded_passes
 
-    overhead = _PASS_OVERHEAD_TOKENS.get(torch.device(device).type, _PASS_OVERHEAD_TOKENS_ACCELERATOR)
-    passes = padded_passes([len(s) for s in seqs], overhead)
+    passes = padded_passes([len(s) for s in seqs], _pass_overhead(device))
     padded = [pad_right([seqs[i] for i in part], pad_id) for part in passes]
     rewards = forward([ids.to(device) for ids, _ in padded], [mask.to(device) for _, mask in padded]).float()
     order = torch.tensor([i for part in passes for i in part], device=rewards.device)
@@ -245,8 +244,7 @@ def _branch_rewards(forward: Any, chosen: list[list[int]], rejected: list[list[i
     for c, r in zip(chosen, rejected):
         shared = next((k for k, (x, y) in enumerate(zip(c, r)) if x != y), min(len(c), len(r)))
         rows.append((c[:shared], c[shared:], r[shared:]))
-    overhead = _PASS_OVERHEAD_TOKENS.get(torch.device(device).type, _PASS_OVERHEAD_TOKENS_ACCELERATOR)
-    passes = padded_passes([len(p) + len(a) + len(b) for p, a, b in rows], overhead)
+    passes = padded_passes([len(p) + len(a) + len(b) for p, a, b in rows], _pass_overhead(device))
     inputs: list[list[torch.Tensor]] = [[], [], [], []]  # input_ids, attention_mask, position_ids, read_at per pass
     for members in passes:
         ids, positions, mask = branch_rows([rows[i] for i in members], pad_id)
