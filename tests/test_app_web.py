@@ -223,3 +223,34 @@ def test_oversize_form_refused_with_a_clear_message(url):
     assert long.status_code == 400 and "the critique has 500 characters; the limit is 100" in long.text
     huge = _submit(client, page, pid, {"pick": "T", "critique": "x" * 20_000})
     assert huge.status_code == 413 and "the limit for this request is 8 KB" in huge.text
+
+
+LINKS = "See [the docs](https://example.org/docs?a=1&b=2), <https://example.org/auto> or <mailto:help@example.org>."
+
+
+def test_links_render_as_safe_anchors_on_every_page_and_answers_are_kept(env):
+    """A markdown link in a prompt, a completion, the guidelines or a rewrite used to raise in the render rule: the
+    annotate, admin and review pages answered 500 and an HTMX submit whose next item held a link lost its answer."""
+    pid = env.create_project(guidelines=f"# Rules\n\n{LINKS}", label_schema={"kind": "pairwise", "rewrite": True})
+    env.push(pid, [{"prompt": f"q0 {LINKS}", "chosen": "plain", "rejected": "text"},
+                   {"prompt": "q1", "chosen": f"answer {LINKS}", "rejected": "[bad](javascript:alert(1)) [rel](/logout)"}])
+    client = env.login("ann1")
+    page = client.get(f"/annotate/{pid}")
+    assert page.status_code == 200, page.text
+    anchor = '<a href="https://example.org/docs?a=1&amp;b=2" rel="nofollow noopener noreferrer" target="_blank">the docs</a>'
+    assert page.text.count(anchor) == 2  # the prompt and the guidelines
+    assert 'href="mailto:help@example.org"' in page.text and 'href="https://example.org/auto"' in page.text
+    # The next item holds links too: the answer to this one is kept and the next task comes back.
+    reply = _submit(client, page.text, pid, {"pick": "A1", "rewrite": f"better: {LINKS}"}, htmx=True)
+    assert reply.status_code == 200 and anchor in reply.text
+    assert 'href="javascript:' not in reply.text and 'href="/logout"' not in reply.text
+    assert "[bad](javascript:alert(1))" in reply.text  # an unsafe target stays text
+    with session_scope(env.url) as session:
+        (judgment,) = session.scalars(select(Judgment)).all()
+        item_id = judgment.item_id
+    assert judgment.value["rewrite"].startswith("better: See [the docs]")
+    admin = env.login("admin")
+    for path in (f"/admin/projects/{pid}", f"/review/items/{item_id}", "/review"):
+        response = admin.get(path)
+        assert response.status_code == 200, (path, response.text)
+    assert anchor in admin.get(f"/admin/projects/{pid}").text and anchor in admin.get(f"/review/items/{item_id}").text

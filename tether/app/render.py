@@ -2,17 +2,28 @@
 
 markdown-it-py with ``html=False`` escapes every raw HTML tag, so ``<script>`` and ``<img onerror=...>`` in a
 completion show as text and never run. Images are disabled (a completion could otherwise make the annotator's
-browser fetch any URL), and links get ``rel="nofollow noopener noreferrer"``; markdown-it already refuses
-``javascript:``, ``vbscript:`` and ``data:`` link targets. The Content-Security-Policy set in main.py is a
-second wall: no inline script runs on any page.
+browser fetch any URL). A link becomes an anchor only when its target is an absolute ``http``, ``https`` or
+``mailto`` URL; any other target (``javascript:``, ``data:``, a relative path, ``//host``) stays plain text. Anchors
+open in a new tab (the task underneath stays as it was) with ``rel="nofollow noopener noreferrer"``. The
+Content-Security-Policy set in middleware.py is a second wall: no inline script runs on any page.
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
 from markupsafe import Markup
+
+# The link targets that become anchors (checked on markdown-it's normalized, percent-encoded URL).
+SAFE_LINK = re.compile(r"^(?:https?://[^/?#\s]|mailto:[^\s])", re.IGNORECASE)
+LINK_REL = "nofollow noopener noreferrer"
+
+
+def safe_link(url: str) -> bool:
+    """Whether ``url`` may be the target of an anchor: an absolute http(s) URL with a host, or a mailto."""
+    return bool(SAFE_LINK.match(url))
 
 
 @lru_cache(maxsize=2)
@@ -22,14 +33,13 @@ def _markdown(breaks: bool) -> Any:
     md = MarkdownIt("commonmark", {"html": False, "breaks": breaks, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
     md.disable("image")
+    md.validateLink = safe_link  # the parser asks this for every link and autolink target
 
-    default_link_open = md.renderer.rules.get("link_open")
-
-    def link_open(tokens: list, idx: int, options: Any, env: Any) -> str:
-        tokens[idx].attrSet("rel", "nofollow noopener noreferrer")
-        if default_link_open is not None:
-            return default_link_open(tokens, idx, options, env)
-        return md.renderer.renderToken(tokens, idx, options, env)
+    # markdown-it binds render rules to the renderer: the rule receives the renderer first.
+    def link_open(renderer: Any, tokens: list, idx: int, options: Any, env: Any) -> str:
+        tokens[idx].attrSet("rel", LINK_REL)
+        tokens[idx].attrSet("target", "_blank")
+        return renderer.renderToken(tokens, idx, options, env)
 
     md.add_render_rule("link_open", link_open)
     return md

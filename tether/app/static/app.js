@@ -150,6 +150,8 @@
       if (e.key === "Escape") { target.blur(); e.preventDefault(); }
       return;
     }
+    // Enter on a focused link, button or summary does what it does anywhere (a link in a completion opens).
+    if (e.key === "Enter" && target && target.closest && target.closest("a[href], button, summary")) return;
     const skipBox = document.getElementById("skip-box");
     const digit = digitOf(e);
     if (skipBox && skipBox.open) {  // the skip box has its own keys
