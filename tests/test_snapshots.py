@@ -261,3 +261,86 @@ def test_export_rows_by_format():
     assert export_rows(rows, "preference", "jsonl") == (rows, 0)
     with pytest.raises(TetherError, match="unknown export format 'csv'"):
         export_rows(rows, "preference", "csv")
+
+
+def test_keep_ties_reports_the_ties_it_kept(any_workspace, cli, shared_data):
+    """`--json` says how many ties a snapshot kept and how many it dropped (it said ties_dropped 0 for --keep-ties)."""
+    assert cli("data", "import", shared_data / PANDALM, "--name", "pandalm").code == 0
+    kept = json.loads(cli("data", "snapshot", "pandalm", "--keep-ties", "--snapshot-name", "with-ties", "--json").stdout)
+    dropped = json.loads(cli("data", "snapshot", "pandalm", "--snapshot-name", "without-ties", "--json").stdout)
+    assert (kept["counts"]["ties_kept"], kept["counts"]["ties_dropped"], kept["row_count"]) == (105, 0, 999)
+    assert (dropped["counts"]["ties_kept"], dropped["counts"]["ties_dropped"], dropped["row_count"]) == (0, 105, 894)
+    rows = load_rows("snapshot:with-ties")
+    assert sum(bool(r.get("tie")) for r in rows) == 105
+    shown = cli("data", "snapshot", "pandalm", "--keep-ties", "--snapshot-name", "shown")
+    assert "ties_kept 105 · ties_dropped 0" in shown.stdout
+
+
+def test_a_snapshot_records_the_judgments_it_used(any_workspace, cli, shared_data):
+    """The lineage judgments -> snapshot: one snapshot_judgment row per judgment behind the rows."""
+    from sqlalchemy import func
+
+    from tether.store.tables import SnapshotJudgment
+
+    assert cli("data", "import", shared_data / PANDALM, "--name", "pandalm").code == 0
+    summary = json.loads(cli("data", "snapshot", "pandalm", "--json").stdout)
+    with session_scope(any_workspace.database_url) as session:
+        snap = session.scalar(select(Snapshot).where(Snapshot.name == summary["name"]))
+        linked = set(session.scalars(select(SnapshotJudgment.judgment_id).where(SnapshotJudgment.snapshot_id == snap.id)))
+        assert snap.judgments_recorded and len(linked) == summary["counts"]["judgments"] == 2997
+        assert linked == set(session.scalars(select(Judgment.id)))
+        # one annotator's 999 judgments are the ones a purge of them follows
+        mine = session.scalar(
+            select(func.count()).select_from(SnapshotJudgment).join(Judgment, Judgment.id == SnapshotJudgment.judgment_id)
+            .join(User, User.id == Judgment.user_id).where(User.name == "pandalm/annotator2")
+        )
+        assert mine == 999
+
+
+def _campaign(url):
+    """A campaign of 12 pairwise items judged by 3 simulated annotators through the store (3 votes each)."""
+    from tether.simulate import SimAnnotator, simulate
+
+    crew = [SimAnnotator(f"ann-{n}", accuracy=0.9) for n in (1, 2, 3)]
+    simulate(url, name="camp", n_items=12, overlap=3, gold_rate=0.0, annotators=crew, seed=3)
+    with session_scope(url) as session:
+        votes: dict[int, list[str]] = {}
+        for item_id, value in session.execute(select(Judgment.item_id, Judgment.value).order_by(Judgment.id)):
+            votes.setdefault(item_id, []).append(value["choice"])
+    return votes
+
+
+def test_gold_answers_and_reviewer_decisions_set_the_labels(any_workspace, cli):
+    """A reviewer's decision sets the item's label (it was one more vote, outvoted 3 to 1); a gold item's answer is
+    its label over the aggregate; the snapshot counts both."""
+    from tether.store import annotation
+    from tether.store.tables import Item, Prompt
+
+    url = any_workspace.database_url
+    votes = _campaign(url)
+    unanimous = [item_id for item_id, v in sorted(votes.items()) if len(set(v)) == 1 and len(v) == 3]
+    decided, gold = unanimous[0], unanimous[1]
+    flip = {"a": "b", "b": "a"}
+    with session_scope(url) as session:
+        reviewer = User(name="rev", role="reviewer")
+        session.add(reviewer)
+        session.flush()
+        # two decisions on one item: the latest counts
+        annotation.adjudicate(session, item_id=decided, reviewer=reviewer, value={"choice": votes[decided][0], "strength": 2})
+        annotation.adjudicate(session, item_id=decided, reviewer=reviewer, value={"choice": flip[votes[decided][0]], "strength": 2})
+        annotation.mark_gold(session, item_id=gold, value={"choice": flip[votes[gold][0]], "strength": 3})
+        prompts = dict(session.execute(select(Item.id, Prompt.text).join(Prompt, Prompt.id == Item.prompt_id)).all())
+    result = cli("data", "snapshot", "camp", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["labels_from_adjudication"] == 1 and summary["counts"]["labels_from_gold"] == 1
+    assert summary["counts"]["judgments"] == 36 + 1  # the votes and the decision that counts
+    rows = {row["prompt"]: row for row in load_rows("snapshot:camp-v1")}
+    assert len(rows) == 12
+    for item_id, expected in ((decided, flip[votes[decided][0]]), (gold, flip[votes[gold][0]])):
+        i = prompts[item_id].rsplit(" ", 1)[1]
+        assert rows[prompts[item_id]]["chosen"] == f"Answer {expected.upper()} to prompt {i}", item_id
+    others = [item_id for item_id in unanimous[2:]]
+    for item_id in others:  # undecided items keep their aggregate
+        i = prompts[item_id].rsplit(" ", 1)[1]
+        assert rows[prompts[item_id]]["chosen"] == f"Answer {votes[item_id][0].upper()} to prompt {i}"

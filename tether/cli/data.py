@@ -117,8 +117,9 @@ def snapshot(
     Preference pairs are aggregated (majority: the outcome with the most votes; split votes and ties are left
     out and counted; dawid-skene: weighted by each annotator's estimated reliability; bradley-terry: strengths
     per item, rankings become all pairs with margins); ratings are averaged per aspect; thumbs take the
-    majority label. The QC figures (tether qc) and the method are recorded with the snapshot. Trainers read
-    the snapshot as snapshot:NAME.
+    majority label. A gold item's answer, else a reviewer's decision (adjudication), is the item's label over
+    the aggregate (counted as labels_from_gold and labels_from_adjudication). The QC figures (tether qc), the
+    method and the judgments used are recorded with the snapshot. Trainers read the snapshot as snapshot:NAME.
 
     Example:  tether data snapshot pandalm --aggregate majority --snapshot-name pandalm-maj
     """

@@ -14,11 +14,17 @@ Which rows a set gives (its row kind follows its items):
 Rows come in item order (the import order), and within an item in order of the pair's positions. Superseded
 judgments are left out.
 
+Who decides a label: a gold item's answer (``Item.gold_value``) is its label; else a reviewer's decision (a
+judgment with source ``review``, from the review page's "adjudicate"; the latest one counts) is; else the
+aggregate of the annotators' votes below. Reviewers' decisions are never votes. Gold and decided items are not
+filtered by ``min_agreement``; their votes still feed the aggregation (Dawid-Skene learns each annotator's
+reliability from them). ``counts`` says how many labels came from gold and from adjudication.
+
 Majority (``--aggregate majority``): for each pair of completions an item's judgments compared, each judgment
 votes for one of three outcomes: the first better, the second better, or a tie. The outcome with strictly the
 most votes wins; when two outcomes share the top count (a 1-1 split, or a-b-tie 1-1-1) the pair has no majority
 and is dropped (counted as ``no_majority``). A winning tie gives a tie row, which is dropped unless ``keep_ties``
-(counted as ``ties_dropped``); kept tie rows carry ``"tie": true``. A row's ``margin`` is the mean of the margins
+(counted as ``ties_dropped``); kept tie rows carry ``"tie": true`` (counted as ``ties_kept``). A row's ``margin`` is the mean of the margins
 of the winning votes when every one of them has a margin.
 
 Dawid-Skene and Bradley-Terry (``--aggregate dawid-skene | bradley-terry``, in tether.qc): Dawid-Skene weighs
@@ -39,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from tether.errors import TetherError
@@ -47,12 +53,24 @@ from tether.feedback import to_pairs
 from tether.store.db import audit
 from tether.store.formats import HH_ASSISTANT, canonical_line, read_snapshot_rows
 from tether.store.importer import check_name
-from tether.store.tables import Completion, Item, ItemCompletion, Judgment, Project, Prompt, Snapshot, User
+from tether.store.tables import (
+    Completion,
+    Item,
+    ItemCompletion,
+    Judgment,
+    Project,
+    Prompt,
+    Snapshot,
+    SnapshotJudgment,
+    User,
+)
 
 # The aggregation methods of aggregate_pairs. To add one: add its name here and an elif in aggregate_pairs.
 AGGREGATES = ("majority", "dawid-skene", "bradley-terry")
 EXPORT_FORMATS = ("trl", "hh", "jsonl")
 SNAPSHOT_DIR = Path("artifacts") / "snapshots"
+# Judgments with this source are a reviewer's decisions (tether.store.annotation.adjudicate), not votes.
+REVIEW_SOURCE = "review"
 
 
 @dataclass(frozen=True)
@@ -156,13 +174,14 @@ def row_kind_of(session: Session, project_id: int) -> str:
 
 def set_rows(
     session: Session, project_id: int, *, aggregate: str = "majority", keep_ties: bool = False, qc: dict[str, Any] | None = None,
-    min_agreement: float | None = None, exclude_annotators: Collection[str] = (),
+    min_agreement: float | None = None, exclude_annotators: Collection[str] = (), used: list[int] | None = None,
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """``(row_kind, rows, counts)``: the canonical training rows of a set, as the module doc describes.
 
     ``exclude_annotators`` (user names): their judgments are left out before aggregation (counted as
     ``excluded_judgments``). ``min_agreement``: aggregated pairs whose share of agreeing votes is below it are
-    left out (counted as ``low_agreement``).
+    left out (counted as ``low_agreement``). ``used``, when given, receives the ids of the judgments the rows rest
+    on (the aggregation's votes and the reviewers' decisions): a snapshot's lineage.
     """
     if aggregate not in AGGREGATES:
         raise TetherError(f"unknown aggregation method {aggregate!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
@@ -178,9 +197,10 @@ def set_rows(
         return kind, rows, {"row_kind": kind, "rows": len(rows), "prompts": len(prompts)}
     item_kinds = {"preference": ("pairwise", "ranking"), "rating": ("rating",), "unpaired": ("thumbs",)}[kind]
     items = {
-        item_id: (prompt_id, meta or {})
-        for item_id, prompt_id, meta in session.execute(
-            select(Item.id, Item.prompt_id, Item.meta).where(Item.project_id == project_id, Item.kind.in_(item_kinds))
+        item_id: (prompt_id, meta or {}, item_kind, gold_value if is_gold else None)
+        for item_id, prompt_id, meta, item_kind, is_gold, gold_value in session.execute(
+            select(Item.id, Item.prompt_id, Item.meta, Item.kind, Item.is_gold, Item.gold_value)
+            .where(Item.project_id == project_id, Item.kind.in_(item_kinds))
         )
     }
     positions: dict[tuple[int, int], int] = {}
@@ -202,15 +222,29 @@ def set_rows(
         if cid in completion_ids
     }
     judged = session.execute(
-        select(Judgment.id, Judgment.item_id, Judgment.user_id, Judgment.kind, Judgment.value, Judgment.supersedes_id)
+        select(Judgment.id, Judgment.item_id, Judgment.user_id, Judgment.kind, Judgment.value, Judgment.supersedes_id, Judgment.source)
         .join(Item, Item.id == Judgment.item_id)
         .where(Item.project_id == project_id, Item.kind.in_(item_kinds))
         .order_by(Judgment.id)
     ).all()
     superseded = {j.supersedes_id for j in judged if j.supersedes_id is not None}
     excluded_ids = set(session.scalars(select(User.id).where(User.name.in_(list(exclude_annotators))))) if exclude_annotators else set()
-    votes = [Vote(j.item_id, j.user_id, j.kind, j.value) for j in judged if j.id not in superseded and j.user_id not in excluded_ids]
-    counts: dict[str, Any] = {"row_kind": kind, "items": len(items), "judgments": len(votes), "superseded": len(superseded)}
+    live = [j for j in judged if j.id not in superseded and j.user_id not in excluded_ids]
+    voted = [j for j in live if j.source != REVIEW_SOURCE]
+    votes = [Vote(j.item_id, j.user_id, j.kind, j.value) for j in voted]
+    # Who decides an item's label, above the aggregate: its gold answer, else a reviewer's latest decision.
+    reviewed = {j.item_id: j for j in live if j.source == REVIEW_SOURCE}  # in id order: the latest stays
+    decided: dict[int, dict[str, Any]] = {item_id: dict(j.value) for item_id, j in reviewed.items()}
+    gold = {item_id: value for item_id, (_, _, _, value) in items.items() if value is not None}
+    decided.update(gold)
+    from_review = set(reviewed) - set(gold)
+    if used is not None:
+        used.extend(j.id for j in voted)
+        used.extend(reviewed[item_id].id for item_id in sorted(from_review))
+    counts: dict[str, Any] = {
+        "row_kind": kind, "items": len(items), "judgments": len(voted) + len(from_review), "superseded": len(superseded),
+        "labels_from_gold": len(gold), "labels_from_adjudication": len(from_review),
+    }
     if excluded_ids:
         counts["excluded_judgments"] = sum(j.user_id in excluded_ids and j.id not in superseded for j in judged)
 
@@ -219,18 +253,20 @@ def set_rows(
 
     rows: list[dict[str, Any]] = []
     if kind == "preference":
-        ties_dropped = 0
+        ties_kept = ties_dropped = 0
         figures = qc if qc is not None else {}
-        pairs = aggregate_pairs(aggregate, votes, qc=figures)
+        pairs = [pair for pair in aggregate_pairs(aggregate, votes, qc=figures) if pair.item_id not in decided]
         if min_agreement is not None:
             agreed = [pair for pair in pairs if pair.agreement >= min_agreement]
             counts["low_agreement"] = len(pairs) - len(agreed)
             pairs = agreed
+        pairs = sorted(pairs + decided_pairs(items, decided), key=lambda p: (p.item_id, min(p.chosen, p.rejected), max(p.chosen, p.rejected)))
         for pair in pairs:
             if pair.tie and not keep_ties:
                 ties_dropped += 1
                 continue
-            prompt_id, meta = items[pair.item_id]
+            ties_kept += pair.tie
+            prompt_id, meta, _, _ = items[pair.item_id]
             row = {"prompt": prompts[prompt_id], "chosen": text_of(pair.item_id, pair.chosen), "rejected": text_of(pair.item_id, pair.rejected)}
             if pair.margin is not None:
                 row["margin"] = float(pair.margin)
@@ -239,15 +275,15 @@ def set_rows(
             if isinstance(meta.get("subset"), str):
                 row["subset"] = meta["subset"]
             rows.append(row)
-        counts.update({"pairs": len(pairs), "ties_dropped": ties_dropped, "no_majority": figures.get("aggregate/no_majority")})
+        counts.update({"pairs": len(pairs), "ties_kept": ties_kept, "ties_dropped": ties_dropped, "no_majority": figures.get("aggregate/no_majority")})
     else:
         by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for vote in votes:
             by_item[vote.item_id].append(vote.value)
         split = 0
-        for item_id in sorted(by_item):
-            prompt_id, _ = items[item_id]
-            values = by_item[item_id]
+        for item_id in sorted(set(by_item) | set(decided)):
+            prompt_id = items[item_id][0]
+            values = [decided[item_id]] if item_id in decided else by_item[item_id]
             if kind == "rating":
                 rows.append({"prompt": prompts[prompt_id], "completion": text_of(item_id, 0), "ratings": _mean_ratings(values)})
             else:
@@ -261,6 +297,16 @@ def set_rows(
             counts["no_majority"] = split
     counts["rows"] = len(rows)
     return kind, rows, counts
+
+
+def decided_pairs(items: dict[int, tuple[Any, ...]], decided: dict[int, dict[str, Any]]) -> list[AggregatedPair]:
+    """The pairs of the items whose label a gold answer or a reviewer decided (``items``: id -> (.., .., kind, ..))."""
+    pairs = []
+    for item_id, value in decided.items():
+        for pair in to_pairs(items[item_id][2], value):
+            chosen, rejected = (min(pair.chosen, pair.rejected), max(pair.chosen, pair.rejected)) if pair.tie else (pair.chosen, pair.rejected)
+            pairs.append(AggregatedPair(item_id, chosen, rejected, pair.tie, votes=1, agreement=1.0, margin=pair.margin))
+    return pairs
 
 
 def _mean_ratings(values: list[dict[str, Any]]) -> dict[str, Any]:
@@ -325,9 +371,10 @@ def make_snapshot(
     if session.scalar(select(Snapshot.id).where(Snapshot.name == snapshot_name)) is not None:
         raise TetherError(f"a snapshot named {snapshot_name!r} already exists", fix="pass another --snapshot-name (snapshots are frozen)")
     figures = dict(qc or {})
+    used: list[int] = []
     kind, rows, counts = set_rows(
         session, project.id, aggregate=aggregate, keep_ties=keep_ties, qc=figures,
-        min_agreement=min_agreement, exclude_annotators=exclude_annotators,
+        min_agreement=min_agreement, exclude_annotators=exclude_annotators, used=used,
     )
     if not rows:
         raise TetherError(
@@ -351,12 +398,26 @@ def make_snapshot(
         path=relative.as_posix(),
         digest=digest,
         row_count=len(rows),
+        judgments_recorded=True,
     )
     session.add(snapshot)
     session.flush()
+    record_judgments(session, snapshot.id, used)
     os.replace(tmp, path)
     audit(session, "data.snapshot", "snapshot", snapshot.id, name=snapshot_name, set=set_name, digest=digest, rows=len(rows))
     return snapshot_summary(snapshot, set_name)
+
+
+def record_judgments(session: Session, snapshot_id: int, judgment_ids: Iterable[int]) -> None:
+    """The snapshot's lineage rows (``snapshot_judgment``), in batches: one executemany per 10,000."""
+    batch: list[dict[str, int]] = []
+    for judgment_id in judgment_ids:
+        batch.append({"snapshot_id": snapshot_id, "judgment_id": judgment_id})
+        if len(batch) == 10_000:
+            session.execute(insert(SnapshotJudgment), batch)
+            batch = []
+    if batch:
+        session.execute(insert(SnapshotJudgment), batch)
 
 
 def snapshot_summary(snapshot: Snapshot, set_name: str | None) -> dict[str, Any]:

@@ -235,7 +235,22 @@ class Snapshot(Base):
     # Set when data behind the snapshot was purged (governance): the file may no longer be used for training.
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     purge_note: Mapped[str | None] = mapped_column(Text, default=None)
+    # True when the judgments it used are recorded in ``snapshot_judgment`` (every snapshot made since migration
+    # 0003); older snapshots have no record, and a purge marks them whenever their set lost judgments.
+    judgments_recorded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SnapshotJudgment(Base):
+    """One judgment a snapshot used (migration 0003): the lineage judgments -> snapshots -> models.
+
+    A purge follows it from a person's judgments to the snapshots they shaped, whatever their timestamps say. The
+    rows go when either side is deleted; a snapshot's ``counts["judgments"]`` keeps how many it used.
+    """
+
+    __tablename__ = "snapshot_judgment"
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshot.id", ondelete="CASCADE"), primary_key=True)
+    judgment_id: Mapped[int] = mapped_column(ForeignKey("judgment.id", ondelete="CASCADE"), primary_key=True, index=True)
 
 
 class AuditEvent(Base):
