@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 from datetime import datetime, timedelta, timezone
@@ -92,7 +93,7 @@ def test_purge_annotator_from_every_table(cli, any_workspace, tmp_path):
         item = session.get(Item, item_id)
         slots_before = item.open_slots
         item.open_slots -= 1  # as the queue counts a taken slot
-        session.add(AuditEvent(actor=f"user:{name}", action="judgment.submit", object_type="item", object_id=str(item_id), detail={"by": name}))
+        session.add(AuditEvent(actor=f"user:{name}", action="judgment.create", object_type="judgment", object_id="1", detail={"item_id": item_id}))
         before = session.scalar(select(func.count()).select_from(Judgment))
         mine = session.scalar(select(func.count()).select_from(Judgment).where(Judgment.user_id == user.id))
     assert mine == 6
@@ -113,7 +114,9 @@ def test_purge_annotator_from_every_table(cli, any_workspace, tmp_path):
         assert snaps["panda-v1"].purged_at is not None and "GDPR request 17" in snaps["panda-v1"].purge_note
         assert snaps["other-v1"].purged_at is None
         event = session.scalar(select(AuditEvent).where(AuditEvent.action == "data.purge"))
-        assert event.detail["subject_sha256"] == hashlib.sha256(name.encode()).hexdigest()
+        key = any_workspace.pseudonym_key()
+        assert event.detail["subject_key"] == hmac.new(key, name.encode(), hashlib.sha256).hexdigest()
+        assert event.object_id == f"purged-{event.detail['subject_key'][:12]}"
         assert event.detail["deleted"] == {"judgment": 6, "assignment": 1, "api_token": 1, "user": 1}
         assert event.detail["audit_events_pseudonymized"] == 2  # our audit event and the QC figures of panda-v1
         assert session.get(Item, item_id).open_slots == slots_before  # the purged assignment's slot is free again
@@ -203,3 +206,90 @@ def test_audit_export_jsonl_and_csv(cli, workspace, tmp_path):
     assert cli("audit", "export", "--since", future).stdout == ""
     result = cli("audit", "export", "--since", "last tuesday")
     assert result.code == 2 and "--since" in result.stderr
+
+
+def _aware(dt):
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def test_purge_follows_lineage_not_timestamps(cli, any_workspace):
+    """Simulated annotators stamp their judgments with their own clock, ahead of the wall clock (as in the demo's
+    workspace), so a snapshot made at once is older than the judgments it holds: marking by timestamps missed it.
+    A snapshot that left the annotator out is not marked."""
+    from tether.simulate import SimAnnotator, simulate
+    from tether.store.snapshots import make_snapshot
+
+    url = any_workspace.database_url
+    simulate(url, name="camp", n_items=10, overlap=3, gold_rate=0.0, seed=1,
+             annotators=[SimAnnotator(f"ann-{n}", median_time_s=120.0) for n in (1, 2, 3)])
+    assert cli("data", "snapshot", "camp").code == 0
+    with session_scope(url) as session:
+        make_snapshot("camp", session=session, root=any_workspace.root, snapshot_name="camp-without-2", exclude_annotators=["ann-2"])
+        made = session.scalar(select(Snapshot.created_at).where(Snapshot.name == "camp-v1"))
+        first = session.scalar(select(func.min(Judgment.created_at)).join(User).where(User.name == "ann-2"))
+    assert _aware(first) > _aware(made)  # the premise: the judgments are stamped after the snapshot
+
+    preview = json.loads(cli("data", "purge", "--annotator", "ann-2", "--json").stdout)
+    assert preview["dry_run"] and preview["snapshots_marked"] == ["camp-v1"]
+    result = cli("data", "purge", "--annotator", "ann-2", "--yes", "--json")
+    assert result.code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["snapshots_marked"] == ["camp-v1"] and out["snapshot_judgments"] == {"camp-v1": 10}
+    with session_scope(url) as session:
+        purged = {s.name: s.purged_at is not None for s in session.scalars(select(Snapshot))}
+    assert purged == {"camp-v1": True, "camp-without-2": False}
+
+
+def test_a_snapshot_made_before_lineage_was_recorded_is_marked(cli, any_workspace, tmp_path):
+    """Snapshots from before migration 0003 have no judgment record: any purge of their set marks them."""
+    url = any_workspace.database_url
+    assert cli("data", "import", panda_file(tmp_path), "--name", "panda").code == 0
+    assert cli("data", "snapshot", "panda").code == 0
+    with session_scope(url) as session:  # as migration 0003 leaves an older snapshot
+        snap = session.scalar(select(Snapshot))
+        snap.judgments_recorded = False
+        session.execute(text("DELETE FROM snapshot_judgment"))
+    result = cli("data", "purge", "--annotator", "panda/annotator3", "--yes")
+    assert result.code == 0, result.stderr
+    assert "marked 1 snapshot(s) as purged: panda-v1" in result.stdout and "made before snapshots recorded" in result.stdout
+
+
+def test_pseudonyms_are_keyed_and_rewrite_only_person_fields(cli, workspace):
+    """Purging user `annotator` leaves other users' role "annotator" alone; purging user `a` leaves a gold choice
+    "a" alone. The pseudonym is keyed with the workspace's secret, not sha256(name) that anyone can recompute."""
+    from tether.app import service
+    from tether.simulate import SimAnnotator, simulate
+    from tether.store import annotation
+
+    url = workspace.database_url
+    simulate(url, name="camp", n_items=4, overlap=1, gold_rate=0.0, seed=2, annotators=[SimAnnotator("a")])
+    with session_scope(url) as session:
+        boss = service.create_user(session, name="boss", role="admin", password="a-long-password-1", password_profile="cheapest", actor="cli:root")
+        for name in ("annotator", "carol", "dave"):
+            service.create_user(session, name=name, role="annotator", password="a-long-password-1", password_profile="cheapest", actor="user:boss")
+        item_id = session.scalar(select(Item.id).order_by(Item.id))
+        annotation.mark_gold(session, item_id=item_id, value={"choice": "a", "strength": 2}, actor=f"user:{boss.name}")
+
+    def events():
+        with session_scope(url) as session:
+            return [(e.actor, e.action, e.object_id, e.detail) for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+
+    before = events()
+    assert cli("data", "purge", "--annotator", "annotator", "--yes").code == 0
+    assert cli("data", "purge", "--annotator", "a", "--yes").code == 0
+    after = events()[: len(before)]
+    changed = [(b, a) for b, a in zip(before, after) if b != a]
+    key = workspace.pseudonym_key()
+    alias = {n: "purged-" + hmac.new(key, n.encode(), hashlib.sha256).hexdigest()[:12] for n in ("annotator", "a")}
+    assert alias["a"] != "purged-" + hashlib.sha256(b"a").hexdigest()[:12]
+    # what changed: the two users' own creation events (their subject) and the actor of `a`'s judgments
+    assert {a[3]["name"] for b, a in changed if b[1] == "user.create"} == {alias["annotator"], alias["a"]}
+    assert {a[0] for b, a in changed if b[1] != "user.create"} == {f"sim:{alias['a']}"}
+    assert all(b[3].get("role") == a[3].get("role") for b, a in changed)
+    # what did not: the other users' role "annotator", the gold choice "a"
+    roles = [e[3]["role"] for e in events() if e[1] == "user.create"]
+    assert roles == ["annotator", "admin", "annotator", "annotator", "annotator"]
+    gold = [e[3] for e in events() if e[1] == "item.gold"]
+    assert gold == [{"value": {"choice": "a", "strength": 2, "flags": []}}]
+    dump = everything(url)
+    assert "sim:a'" not in dump and alias["a"] in dump and alias["annotator"] in dump

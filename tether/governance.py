@@ -5,22 +5,31 @@
 - ``purge_annotator`` deletes one annotator's judgments, assignments, API tokens and account;
   ``purge_user_ref`` deletes one end user's production records and the review items made from them;
   ``purge_expired`` applies ``[governance] retention_days`` to production records. Each marks the snapshots
-  that may hold the purged data (``purged_at``, ``purge_note``; trainers refuse them), pseudonymizes the person's
-  name in earlier audit events, and writes one ``data.purge`` audit event that names the person only by the
-  sha256 of the name (so a later request "was X purged?" can be answered without keeping X).
+  that used the purged judgments (``purged_at``, ``purge_note``; trainers refuse them), pseudonymizes the person's
+  name where earlier audit events and QC figures name a person, and writes one ``data.purge`` audit event that
+  names the person only by a keyed hash of the name (``subject_key``).
 - ``export_audit`` streams the audit log as JSONL or CSV.
 
-A snapshot is marked when it belongs to a feedback set the person contributed to and was made at or after their
-first contribution there: it may hold their data. Its file is kept unless ``delete_snapshot_files``; models
-trained on it carry its digest in the registry (``tether registry lineage``) and need retraining on a new one.
+Snapshots are marked by lineage: every snapshot made since migration 0003 records the judgments it used
+(``snapshot_judgment``), and a purge marks those that used any of the deleted judgments, whatever the judgments'
+timestamps say (simulated annotators stamp their own clock). A snapshot made before that record existed is marked
+whenever its set lost judgments: it may hold them. Its file is kept unless ``delete_snapshot_files``; models
+trained on it, directly or through a parent, are flagged by ``tether registry lineage`` and cannot be approved or
+promoted (tether.registry).
+
+Pseudonyms are ``purged-`` + the first 12 hex digits of HMAC-SHA256(workspace key, name): without the key (a file
+in the workspace, or ``TETHER_PSEUDONYM_KEY``) a guessed name cannot be checked against them. Only fields that
+name a person are rewritten: an audit event's actor (``user:NAME``, ``api:NAME``, ...), the name of a ``user``
+object, and the JSON fields of ``PERSON_FIELDS`` / ``PERSON_MAPS``; the same word elsewhere (a role, a choice
+``"a"``) is left alone.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -44,6 +53,7 @@ from tether.store.tables import (
     Project,
     Prompt,
     Snapshot,
+    SnapshotJudgment,
     User,
 )
 
@@ -98,10 +108,13 @@ class PurgeResult:
     """What a purge deleted (or, with ``dry_run``, would delete)."""
 
     subject: str  # "annotator", "user_ref" or "expired"
-    subject_sha256: str | None
+    subject_key: str | None  # HMAC-SHA256(workspace key, name): answers "was X purged?" only with the key
     dry_run: bool
+    pseudonym: str | None = None  # what the name became where it was kept (audit events, QC figures)
     deleted: dict[str, int] = field(default_factory=dict)
     snapshots_marked: list[str] = field(default_factory=list)
+    # How many of the purged judgments each marked snapshot used (None: made before snapshots recorded theirs).
+    snapshot_judgments: dict[str, int | None] = field(default_factory=dict)
     snapshot_files_deleted: list[str] = field(default_factory=list)
     audit_events_pseudonymized: int = 0  # audit events and other rows whose mention of the name was replaced
 
@@ -109,8 +122,15 @@ class PurgeResult:
         return asdict(self)
 
 
-def subject_hash(name: str) -> str:
-    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+def subject_key(name: str, key: bytes) -> str:
+    """HMAC-SHA256 of ``name`` under the workspace's pseudonym key (hex). Unkeyed, anyone could hash guesses."""
+    if len(key) < 16:
+        raise ValueError("the pseudonym key must have at least 16 bytes")
+    return hmac.new(key, name.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonym(name: str, key: bytes) -> str:
+    return f"purged-{subject_key(name, key)[:12]}"
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -119,18 +139,35 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
 
 
+def _dependent_snapshots(session: Session, doomed_judgments: Any, project_ids: Iterable[int]) -> dict[int, int | None]:
+    """``{snapshot id: how many of the doomed judgments it used}`` by lineage (``snapshot_judgment``), plus
+    ``{id: None}`` for the snapshots of ``project_ids`` that recorded no lineage (made before migration 0003) or
+    hold prompts (no judgments behind their rows). ``doomed_judgments``: a select of judgment ids."""
+    out: dict[int, int | None] = dict(
+        session.execute(
+            select(SnapshotJudgment.snapshot_id, func.count())
+            .where(SnapshotJudgment.judgment_id.in_(doomed_judgments))
+            .group_by(SnapshotJudgment.snapshot_id)
+        ).all()
+    )
+    project_ids = list(project_ids)
+    if project_ids:
+        for snap in session.scalars(select(Snapshot).where(Snapshot.project_id.in_(project_ids))):
+            if snap.id not in out and (not snap.judgments_recorded or snap.filters.get("row_kind") == "prompt"):
+                out[snap.id] = None
+    return out
+
+
 def _mark_snapshots(
-    session: Session, first_by_project: dict[int, datetime], note: str, root: Path | None, delete_files: bool, result: PurgeResult
+    session: Session, dependent: dict[int, int | None], note: str, root: Path | None, delete_files: bool, result: PurgeResult
 ) -> None:
-    """Mark the snapshots of the affected sets made at or after the purged data's first row there."""
-    if not first_by_project:
+    """Mark the snapshots in ``dependent`` (see _dependent_snapshots) as built from purged data."""
+    if not dependent:
         return
     now = datetime.now(timezone.utc)
-    snaps = session.scalars(select(Snapshot).where(Snapshot.project_id.in_(list(first_by_project))).order_by(Snapshot.id))
-    for snap in snaps:
-        if _aware(snap.created_at) < _aware(first_by_project[snap.project_id]) - timedelta(seconds=1):
-            continue
+    for snap in session.scalars(select(Snapshot).where(Snapshot.id.in_(list(dependent))).order_by(Snapshot.id)):
         result.snapshots_marked.append(snap.name)
+        result.snapshot_judgments[snap.name] = dependent[snap.id]
         if result.dry_run:
             continue
         if snap.purged_at is None:
@@ -145,25 +182,57 @@ def _mark_snapshots(
                 result.snapshot_files_deleted.append(str(snap.path))
 
 
-def _scrub(value: Any, pattern: re.Pattern[str], alias: str) -> Any:
-    """``value`` (JSON) with the name replaced by ``alias`` in strings and keys, where it stands as a whole."""
-    if isinstance(value, str):
-        return pattern.sub(alias, value)
+# JSON fields whose value names a person (a string, or a list of strings), and maps keyed by person. Only these
+# are rewritten: "annotator" as a role or "a" as a pairwise choice elsewhere stays as it is.
+PERSON_FIELDS = frozenset({
+    "actor", "admin", "annotator", "approved_by", "promoted_by", "reviewer", "user", "excluded", "excluded_annotators",
+    "exclude_annotators", "qc/excluded_annotators", "flagged", "flagged_by_qc",
+})
+PERSON_MAPS = frozenset({"annotators", "qc/reliability", "qc/flagged", "flagged", "reliability"})
+
+
+def scrub_json(value: Any, name: str, alias: str, *, subject: bool = False) -> Any:
+    """``value`` (JSON) with ``name`` replaced by ``alias`` where a field names a person (``PERSON_FIELDS``,
+    ``PERSON_MAPS``; with ``subject``, also the top level's ``name``: a user event's subject). Exact matches only."""
+
+    def person(v: Any) -> Any:
+        if v == name:
+            return alias
+        if isinstance(v, list):
+            return [alias if x == name else x for x in v]
+        return v
+
     if isinstance(value, list):
-        return [_scrub(v, pattern, alias) for v in value]
-    if isinstance(value, dict):
-        return {_scrub(k, pattern, alias): _scrub(v, pattern, alias) for k, v in value.items()}
-    return value
+        return [scrub_json(v, name, alias) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, v in value.items():
+        if key in PERSON_MAPS and isinstance(v, dict):
+            v = {alias if k == name else k: scrub_json(x, name, alias) for k, x in v.items()}
+        elif key in PERSON_FIELDS or (subject and key == "name"):
+            v = person(v)
+        else:
+            v = scrub_json(v, name, alias)
+        out[key] = v
+    return out
 
 
-# JSON columns that may name a person: QC figures per annotator on snapshots, metadata, audit details.
+def scrub_actor(actor: str, name: str, alias: str) -> str:
+    """An audit actor (``NAME`` or ``CHANNEL:NAME``: user:, api:, sim:, cli:) with the person replaced."""
+    if actor == name:
+        return alias
+    channel, sep, who = actor.rpartition(":")
+    return f"{channel}{sep}{alias}" if sep and who == name else actor
+
+
+# JSON columns that may name a person: QC figures per annotator on snapshots, metadata.
 _JSON_COLUMNS = ((Snapshot, ("qc", "counts", "filters")), (Project, ("meta",)), (Item, ("meta",)), (Prompt, ("meta",)), (Completion, ("meta",)))
 
 
 def _pseudonymize(session: Session, name: str, alias: str, dry_run: bool) -> int:
-    """Replace ``name`` by ``alias`` in earlier audit events (actor, object id, detail) and in the JSON columns
-    above; returns the number of rows changed. Only whole occurrences count (not "bob" inside "bobby")."""
-    pattern = re.compile(r"(?<![\w/.@-])" + re.escape(name) + r"(?![\w/.@-])")
+    """Replace ``name`` by ``alias`` in earlier audit events (actor, a user object's id, the detail's person
+    fields) and in the JSON columns above; returns the number of rows changed."""
     like = f"%{_like_escape(name)}%"
     changed = 0
     events = session.scalars(
@@ -172,8 +241,10 @@ def _pseudonymize(session: Session, name: str, alias: str, dry_run: bool) -> int
         )
     ).all()
     for event in events:
-        new_actor, new_detail = pattern.sub(alias, event.actor), _scrub(event.detail, pattern, alias)
-        new_object = alias if event.object_id == name else event.object_id
+        is_user = event.object_type == "user"
+        new_actor = scrub_actor(event.actor, name, alias)
+        new_detail = scrub_json(event.detail, name, alias, subject=is_user)
+        new_object = alias if is_user and event.object_id == name else event.object_id
         if (new_actor, new_detail, new_object) == (event.actor, event.detail, event.object_id):
             continue
         changed += 1
@@ -182,7 +253,7 @@ def _pseudonymize(session: Session, name: str, alias: str, dry_run: bool) -> int
     for table, columns in _JSON_COLUMNS:
         condition = or_(*(cast(getattr(table, c), String).like(like, escape="\\") for c in columns))
         for row in session.scalars(select(table).where(condition)).all():
-            updates = {c: _scrub(getattr(row, c), pattern, alias) for c in columns}
+            updates = {c: scrub_json(getattr(row, c), name, alias) for c in columns}
             updates = {c: v for c, v in updates.items() if v != getattr(row, c)}
             if updates:
                 changed += 1
@@ -200,12 +271,15 @@ def purge_annotator(
     name: str,
     *,
     session: Session,
+    key: bytes,
     root: Path | None = None,
     reason: str = "",
     dry_run: bool = False,
     delete_snapshot_files: bool = False,
 ) -> PurgeResult:
-    """Delete annotator ``name``: judgments, assignments, API tokens and the account; mark dependent snapshots."""
+    """Delete annotator ``name``: judgments, assignments, API tokens and the account; mark dependent snapshots.
+
+    ``key``: the workspace's pseudonym key (``Workspace.pseudonym_key()``)."""
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
         like = session.scalars(select(User.name).where(User.name.like(f"%{_like_escape(name)}%", escape="\\")).limit(5)).all()
@@ -213,22 +287,19 @@ def purge_annotator(
             f"no annotator named {name!r}",
             fix=f"names that contain it: {', '.join(like)}" if like else "annotator names are exact; imported ones are <set>/annotator1, <set>/annotator2, ... or <set>/import",
         )
-    digest = subject_hash(name)
-    result = PurgeResult(subject="annotator", subject_sha256=digest, dry_run=dry_run)
-    first_by_project = dict(
-        session.execute(
-            select(Item.project_id, func.min(Judgment.created_at)).join(Item, Item.id == Judgment.item_id).where(Judgment.user_id == user.id).group_by(Item.project_id)
-        ).all()
-    )
+    digest = subject_key(name, key)
+    alias = pseudonym(name, key)
+    result = PurgeResult(subject="annotator", subject_key=digest, dry_run=dry_run, pseudonym=alias)
+    projects = session.scalars(select(Item.project_id).join(Judgment, Judgment.item_id == Item.id).where(Judgment.user_id == user.id).distinct())
+    dependent = _dependent_snapshots(session, select(Judgment.id).where(Judgment.user_id == user.id), projects.all())
     result.deleted = {
         "judgment": session.scalar(select(func.count()).select_from(Judgment).where(Judgment.user_id == user.id)) or 0,
         "assignment": session.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) or 0,
         "api_token": session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.user_id == user.id)) or 0,
         "user": 1,
     }
-    note = f"annotator data purged (sha256 {digest[:12]}){': ' + reason if reason else ''}"
-    _mark_snapshots(session, first_by_project, note, root, delete_snapshot_files, result)
-    alias = f"purged-{digest[:12]}"
+    note = f"annotator data purged ({alias}){': ' + reason if reason else ''}"
+    _mark_snapshots(session, dependent, note, root, delete_snapshot_files, result)
     result.audit_events_pseudonymized = _pseudonymize(session, name, alias, dry_run)
     if dry_run:
         return result
@@ -242,16 +313,16 @@ def purge_annotator(
         session.execute(update(Item).where(Item.id == item_id).values(open_slots=Item.open_slots + 1))
     session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
     session.execute(delete(User).where(User.id == user.id))
-    audit(session, "data.purge", "user", alias, subject="annotator", subject_sha256=digest, reason=reason, deleted=result.deleted,
+    audit(session, "data.purge", "user", alias, subject="annotator", subject_key=digest, reason=reason, deleted=result.deleted,
           snapshots_marked=result.snapshots_marked, snapshot_files_deleted=result.snapshot_files_deleted,
           audit_events_pseudonymized=result.audit_events_pseudonymized)
     return result
 
 
-def _purge_production(session: Session, condition: Any, result: PurgeResult) -> dict[int, datetime]:
+def _purge_production(session: Session, condition: Any, result: PurgeResult) -> dict[int, int | None]:
     """Delete the production records matching ``condition`` and the review items made from them.
 
-    Returns ``{review project id: first review item's time}`` for the snapshots to mark.
+    Returns the snapshots to mark (see _dependent_snapshots): those that used a judgment of a deleted item.
     """
     result.deleted["production_record"] = session.scalar(select(func.count()).select_from(ProductionRecord).where(condition)) or 0
     review = session.execute(
@@ -264,17 +335,18 @@ def _purge_production(session: Session, condition: Any, result: PurgeResult) -> 
             chunk = ref_ids[start : start + 900]
             doomed_ids.update(session.scalars(select(ProductionRecord.id).where(ProductionRecord.id.in_(chunk), condition)))
     items = [r for r in review if int(r.external_id.split(":", 1)[1]) in doomed_ids]
-    first_by_project: dict[int, datetime] = {}
-    for r in items:
-        if r.project_id not in first_by_project or r.created_at < first_by_project[r.project_id]:
-            first_by_project[r.project_id] = r.created_at
     item_ids = [r.id for r in items]
     result.deleted["review_item"] = len(item_ids)
     result.deleted["judgment"] = 0
-    if item_ids:
-        result.deleted["judgment"] = session.scalar(select(func.count()).select_from(Judgment).where(Judgment.item_id.in_(item_ids))) or 0
+    dependent: dict[int, int | None] = {}
+    projects = {r.project_id for r in items}
+    for start in range(0, len(item_ids), 900):
+        chunk = item_ids[start : start + 900]
+        result.deleted["judgment"] += session.scalar(select(func.count()).select_from(Judgment).where(Judgment.item_id.in_(chunk))) or 0
+        for snapshot_id, n in _dependent_snapshots(session, select(Judgment.id).where(Judgment.item_id.in_(chunk)), projects).items():
+            dependent[snapshot_id] = None if n is None else (dependent.get(snapshot_id) or 0) + n
     if result.dry_run:
-        return first_by_project
+        return dependent
     completion_ids = set()
     for start in range(0, len(item_ids), 900):
         chunk = item_ids[start : start + 900]
@@ -298,13 +370,14 @@ def _purge_production(session: Session, condition: Any, result: PurgeResult) -> 
     result.deleted["completion"] = len(gone_completions)
     result.deleted["prompt"] = len(gone_prompts)
     session.execute(delete(ProductionRecord).where(condition))
-    return first_by_project
+    return dependent
 
 
 def purge_user_ref(
     user_ref: str,
     *,
     session: Session,
+    key: bytes,
     root: Path | None = None,
     reason: str = "",
     dry_run: bool = False,
@@ -313,15 +386,15 @@ def purge_user_ref(
     """Delete an end user's production records (``user_ref``) and review items made from them."""
     if not user_ref:
         raise TetherError("--user-ref is empty", fix="give the user reference as logged in the production records")
-    digest = subject_hash(user_ref)
-    result = PurgeResult(subject="user_ref", subject_sha256=digest, dry_run=dry_run)
-    first_by_project = _purge_production(session, ProductionRecord.user_ref == user_ref, result)
+    digest = subject_key(user_ref, key)
+    result = PurgeResult(subject="user_ref", subject_key=digest, dry_run=dry_run)
+    dependent = _purge_production(session, ProductionRecord.user_ref == user_ref, result)
     if not dry_run and result.deleted["production_record"] == 0:
         raise TetherError(f"no production records with user_ref {user_ref!r}", fix="check the reference (it is matched exactly)")
-    note = f"end-user data purged (sha256 {digest[:12]}){': ' + reason if reason else ''}"
-    _mark_snapshots(session, first_by_project, note, root, delete_snapshot_files, result)
+    note = f"end-user data purged ({pseudonym(user_ref, key)}){': ' + reason if reason else ''}"
+    _mark_snapshots(session, dependent, note, root, delete_snapshot_files, result)
     if not dry_run:
-        audit(session, "data.purge", "production_record", None, subject="user_ref", subject_sha256=digest, reason=reason,
+        audit(session, "data.purge", "production_record", None, subject="user_ref", subject_key=digest, reason=reason,
               deleted=result.deleted, snapshots_marked=result.snapshots_marked, snapshot_files_deleted=result.snapshot_files_deleted)
     return result
 
@@ -346,10 +419,10 @@ def purge_expired(
         cutoff_db = cutoff.astimezone(timezone.utc).replace(tzinfo=None)
     else:
         cutoff_db = cutoff
-    result = PurgeResult(subject="expired", subject_sha256=None, dry_run=dry_run)
-    first_by_project = _purge_production(session, ProductionRecord.ts < cutoff_db, result)
+    result = PurgeResult(subject="expired", subject_key=None, dry_run=dry_run)
+    dependent = _purge_production(session, ProductionRecord.ts < cutoff_db, result)
     note = f"production records older than {retention_days:g} days purged (before {cutoff:%Y-%m-%d})"
-    _mark_snapshots(session, first_by_project, note, root, delete_snapshot_files, result)
+    _mark_snapshots(session, dependent, note, root, delete_snapshot_files, result)
     if not dry_run:
         audit(session, "data.purge", "production_record", None, subject="expired", retention_days=retention_days,
               cutoff=cutoff.isoformat(), deleted=result.deleted, snapshots_marked=result.snapshots_marked)

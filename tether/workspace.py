@@ -22,6 +22,7 @@ else:  # pragma: no cover
 
 CONFIG_NAME = "tether.toml"
 DB_NAME = "tether.db"
+PSEUDONYM_KEY_FILE = "pseudonym.key"
 
 DEFAULT_TOML = """\
 # Tether workspace. Every key is optional; these are the defaults.
@@ -90,6 +91,33 @@ class Workspace:
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.config.get(name, {}))
+
+    def pseudonym_key(self) -> bytes:
+        """The key of purge pseudonyms (tether.governance): ``TETHER_PSEUDONYM_KEY``, else the workspace's
+        ``pseudonym.key`` file, made on first use (readable by its owner only). Teams that share a database share
+        the key too (copy the file or set the variable), so that one person gets one pseudonym."""
+        env = os.environ.get("TETHER_PSEUDONYM_KEY")
+        if env is not None:
+            if len(env) < 16:
+                raise TetherError("TETHER_PSEUDONYM_KEY is shorter than 16 characters", fix="set it to a long random string (openssl rand -hex 32)")
+            return env.encode("utf-8")
+        return read_or_make_secret(self.root / PSEUDONYM_KEY_FILE).encode("utf-8")
+
+
+def read_or_make_secret(path: Path) -> str:
+    """A secret kept in ``path``: made once (64 hex digits, mode 0600) and read back afterwards."""
+    import secrets
+
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    secret = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secret + "\n")
+    return secret
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -71,13 +71,6 @@ class AppSettings:
 
 def _read_or_make_secret(path: Path) -> str:
     """The workspace's secret key, made once (readable by its owner only)."""
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    secret = secrets.token_hex(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(secret + "\n")
-    return secret
+    from tether.workspace import read_or_make_secret
+
+    return read_or_make_secret(path)

@@ -82,9 +82,11 @@ def purge(
 ) -> None:
     """Delete one annotator's or one end user's data from every table, or what is past retention.
 
-    Snapshots that may hold the data are marked as purged (trainers refuse them); the person's name is replaced
-    by a pseudonym in earlier audit events, and one data.purge event records the counts and the sha256 of the
-    name. Without --yes nothing changes: the command prints what it would delete.
+    The snapshots that used the deleted judgments are marked as purged (trainers refuse them; models trained on
+    them cannot be approved or promoted). Where earlier audit events and QC figures name the person, the name
+    becomes a pseudonym keyed with the workspace's pseudonym.key (or TETHER_PSEUDONYM_KEY), and one data.purge
+    event records the counts and the keyed hash of the name. Without --yes nothing changes: the command prints
+    what it would delete.
 
     Example:  tether data purge --annotator alice --reason "GDPR request 1234" --yes
     """
@@ -103,9 +105,9 @@ def purge(
     common = {"root": ws.root, "dry_run": not yes, "delete_snapshot_files": delete_snapshot_files}
     with session_scope(url) as session:
         if annotator is not None:
-            result = purge_annotator(annotator, session=session, reason=reason, **common)
+            result = purge_annotator(annotator, session=session, reason=reason, key=ws.pseudonym_key(), **common)
         elif user_ref is not None:
-            result = purge_user_ref(user_ref, session=session, reason=reason, **common)
+            result = purge_user_ref(user_ref, session=session, reason=reason, key=ws.pseudonym_key(), **common)
         else:
             result = purge_expired(days, session=session, **common)
     if json_out:
@@ -116,9 +118,15 @@ def purge(
     typer.echo(f"{verb}: {counts}")
     if result.snapshots_marked:
         typer.echo(f"{'marked' if yes else 'would mark'} {len(result.snapshots_marked)} snapshot(s) as purged: {', '.join(result.snapshots_marked)}")
+        old = [name for name, n in result.snapshot_judgments.items() if n is None]
+        if old:
+            typer.echo(f"  ({', '.join(old)}: made before snapshots recorded their judgments, so marked as they may hold them)")
     if result.snapshot_files_deleted:
         typer.echo(f"deleted snapshot file(s): {', '.join(result.snapshot_files_deleted)}")
     if result.audit_events_pseudonymized:
-        typer.echo(f"{'pseudonymized' if yes else 'would pseudonymize'} the name in {result.audit_events_pseudonymized} audit event(s) and snapshot/metadata row(s)")
+        typer.echo(
+            f"{'pseudonymized' if yes else 'would pseudonymize'} the name as {result.pseudonym} in "
+            f"{result.audit_events_pseudonymized} audit event(s) and snapshot/metadata row(s)"
+        )
     if not yes:
         typer.echo("nothing changed: run again with --yes to delete")
