@@ -78,3 +78,37 @@ def make_env(url: str, **settings: Any) -> AppEnv:
             user = service.create_user(session, name=name, role=role, password=PASSWORD, password_profile="cheapest")
             env.tokens[name] = service.issue_token(session, user=user)
     return env
+
+
+def store_state(url: str) -> dict[str, Any]:
+    """What the store holds, for "a refused request changed nothing": the row count of every data table, and
+    the full rows of the tables that hold people's work (timestamps included).
+
+    Left out: the audit log and login bookkeeping (a refused login may be recorded), and token use times."""
+    from sqlalchemy import func, select
+
+    from tether.store.tables import (
+        ApiToken,
+        Assignment,
+        Completion,
+        Guideline,
+        Item,
+        ItemCompletion,
+        Judgment,
+        LabelSchema,
+        Project,
+        Prompt,
+        Snapshot,
+        User,
+    )
+
+    counted = (ApiToken, User, Snapshot)
+    kept = (Project, Guideline, LabelSchema, Prompt, Completion, Item, ItemCompletion, Assignment, Judgment)
+    state: dict[str, Any] = {}
+    with session_scope(url, readonly=True) as session:
+        for table in counted + kept:
+            state[f"{table.__tablename__} rows"] = session.scalar(select(func.count()).select_from(table))
+        for table in kept:
+            columns = table.__table__.c
+            state[table.__tablename__] = [tuple(row) for row in session.execute(select(*columns).order_by(*table.__table__.primary_key.columns)).all()]
+    return state

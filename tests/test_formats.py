@@ -174,3 +174,11 @@ def test_load_rows_reads_files_as_canonical_rows(tmp_path):
     assert formats.load_rows(path, "sft") == [{"prompt": "p", "completion": "a"}]
     with pytest.raises(TetherError, match="record 1"):
         formats.load_rows(path, "unpaired")
+
+
+def test_canonical_rows_never_hold_nan_or_infinity():
+    canonical_line = formats.canonical_line
+    assert canonical_line({"margin": 1.5, "prompt": "p"}) == '{"margin":1.5,"prompt":"p"}'
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(TetherError, match="cannot write the row.margin is (NaN|Infinity)"):
+            canonical_line({"prompt": "p", "margin": bad})

@@ -248,3 +248,70 @@ def test_a_writer_that_waits_too_long_gets_a_clear_busy_error(workspace, cli, tm
     assert result.code == 2 and "Traceback" not in result.stderr
     assert "busy" in result.stderr or "locked" in result.stderr, result.stderr
     assert table_counts(workspace.database_url) == before
+
+
+def _unstorable_files(tmp_path):
+    """Files whose second record holds text the store cannot keep or a non-finite number, one per file kind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    lines = {
+        "nul.jsonl": '{"prompt": "q", "chosen": "x\\u0000y", "rejected": "b"}',
+        "surrogate.jsonl.gz": '{"prompt": "q\\ud83d", "chosen": "a", "rejected": "b"}',
+        "nan.jsonl": '{"prompt": "q", "chosen": "a", "rejected": "b", "margin": NaN}',
+        "overflow.json": '{"prompt": "q", "chosen": "a", "rejected": "b", "margin": 1e999}',
+        "infinity.jsonl": '{"prompt": "q", "chosen": "a", "rejected": "b", "margin": -Infinity}',
+        "meta.jsonl": '{"prompt": "q", "chosen": "a", "rejected": "b", "source": "s\\u0000"}',
+        "key.jsonl": '{"prompt": "q", "chosen": "a", "rejected": "b", "s\\u0000": 1}',
+    }
+    files = []
+    for name, bad in lines.items():
+        path = tmp_path / name
+        if name.endswith(".json"):
+            path.write_text(f"[{json.dumps(good)},\n{bad}]", encoding="utf-8")
+        else:
+            text = f"{json.dumps(good)}\n{bad}\n"
+            path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+        files.append(path)
+    pq.write_table(pa.table({"prompt": ["p", "q\x00"], "chosen": ["a", "a"], "rejected": ["b", "b"]}), tmp_path / "nul.parquet")
+    pq.write_table(pa.table({"prompt": ["p", "q"], "chosen": ["a", "a"], "rejected": ["b", "b"], "margin": [1.0, float("nan")]}),
+                   tmp_path / "nan.parquet")
+    return files + [tmp_path / "nul.parquet", tmp_path / "nan.parquet"]
+
+
+REASONS = {
+    "nul.jsonl": "nul.jsonl:2: chosen holds a NUL character (U+0000) at character 2",
+    "surrogate.jsonl.gz": "surrogate.jsonl.gz:2: prompt holds a lone surrogate (U+D83D) at character 2, which is not valid Unicode",
+    "nan.jsonl": "nan.jsonl:2: margin is NaN (numbers must be finite)",
+    "overflow.json": "overflow.json: record 2: margin is Infinity (numbers must be finite)",
+    "infinity.jsonl": "infinity.jsonl:2: margin is -Infinity (numbers must be finite)",
+    "meta.jsonl": "meta.jsonl:2: source holds a NUL character",
+    "key.jsonl": "key.jsonl:2: a field name in the object holds a NUL character",
+    "nul.parquet": "nul.parquet: record 2: prompt holds a NUL character",
+    "nan.parquet": "nan.parquet: record 2: margin is NaN",
+}
+
+
+def test_unstorable_text_and_non_finite_numbers_are_refused_in_every_file_kind(any_workspace, cli, tmp_path):
+    """NUL (a raw DataError traceback on PostgreSQL), lone surrogates and NaN/Infinity margins (written into
+    snapshots as non-standard JSON) are refused with the file, line and field; --skip-invalid counts them."""
+    url = any_workspace.database_url
+    for number, path in enumerate(_unstorable_files(tmp_path)):
+        before = table_counts(url)
+        result = cli("data", "import", path, "--name", "bad")
+        assert result.code == 2, (path.name, result.stdout, result.stderr)
+        first = result.stderr.splitlines()[0]
+        assert first.startswith("error: ") and REASONS[path.name] in first, result.stderr
+        assert "Traceback" not in result.stderr and "fix:" in result.stderr
+        assert table_counts(url) == before, path.name
+        skipped = cli("data", "import", path, "--name", f"skip{number}", "--skip-invalid", "--json")
+        assert skipped.code == 0, skipped.stderr
+        out = json.loads(skipped.stdout)
+        assert (out["imported"], out["skipped"]) == (1, 1), path.name
+    # Nothing non-finite reaches a snapshot or an export.
+    assert cli("data", "snapshot", "skip2").code == 0  # nan.jsonl
+    exported = tmp_path / "out.jsonl"
+    assert cli("data", "export", "skip2-v1", "--format", "trl", "-o", exported).code == 0
+    text = exported.read_text()
+    assert "NaN" not in text and "Infinity" not in text and len(text.splitlines()) == 1

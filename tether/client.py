@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from tether.errors import TetherError
+from tether.inputs import FIX, find_unstorable
 
 
 class ApiError(TetherError):
@@ -51,6 +52,10 @@ class Client:
         self._http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        # What the server would refuse (NUL, lone surrogates, NaN), refused here with the same one-line reason.
+        problem = find_unstorable(kwargs.get("json"), "the request body") or find_unstorable(kwargs.get("params"), "the query")
+        if problem is not None:
+            raise TetherError(f"{method} {path}: {problem}", fix=FIX)
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -222,3 +222,30 @@ async def api_admin(user: ApiUser) -> User:
 
 ApiReviewer = Annotated[User, Depends(api_reviewer)]
 ApiAdmin = Annotated[User, Depends(api_admin)]
+
+
+# --- input that cannot be stored ----------------------------------------------------------------------------------
+
+
+def _unstorable(where: str, key: str, value: Any) -> dict[str, Any] | None:
+    from tether.inputs import find_unstorable
+
+    problem = find_unstorable(key, "a field name") or find_unstorable(value, key)
+    return None if problem is None else {"loc": (where, key), "msg": problem, "type": "value_error"}
+
+
+async def storable_input(request: Request) -> None:
+    """Every request's query string and form fields (file names included) pass ``tether.inputs`` first: NUL and
+    lone surrogates are refused (422 for the API, 400 for pages) before a route reads them. JSON bodies are
+    checked by their schemas (``tether.app.schemas.Body``), uploaded files by the importer."""
+    from fastapi.exceptions import RequestValidationError
+
+    problems = [_unstorable("query", k, v) for k, v in request.query_params.multi_items()]
+    content_type = request.headers.get("content-type", "")
+    if request.method not in SAFE_METHODS and content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        for key, value in form.multi_items():
+            problems.append(_unstorable("form", key, value if isinstance(value, str) else (value.filename or "")))
+    found = [p for p in problems if p is not None]
+    if found:
+        raise RequestValidationError(found[:1])

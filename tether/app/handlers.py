@@ -58,7 +58,8 @@ def install(app: FastAPI) -> None:
         problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form"))
-            problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+            message = str(error.get("msg")).removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+            problems.append(f"{where}: {message}" if where else message)
         status = 422 if request.url.path.startswith("/api/") else 400
         return _error_response(request, status, "the request is malformed: " + "; ".join(problems), "check the fields and try again")
 

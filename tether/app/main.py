@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from tether import __version__
 from tether.app import handlers
-from tether.app.deps import db_gate
+from tether.app.deps import db_gate, storable_input
 from tether.app.middleware import WebMiddleware
 from tether.app.render import render_document, render_markdown, render_messages
 from tether.app.routes import admin, annotate, api, auth, review
@@ -22,7 +22,8 @@ HERE = Path(__file__).parent
 
 def create_app(settings: AppSettings) -> FastAPI:
     settings.validate()
-    app = FastAPI(title="Tether", version=__version__, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(title="Tether", version=__version__, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+                  dependencies=[Depends(storable_input)])
     app.state.settings = settings
     app.state.db_gate = db_gate(settings)
     templates = Jinja2Templates(directory=str(HERE / "templates"))

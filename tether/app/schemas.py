@@ -1,11 +1,29 @@
-"""The JSON API's request and response bodies (``XCreate`` in, ``XPublic`` out)."""
+"""The JSON API's request and response bodies (``XCreate`` in, ``XPublic`` out).
+
+Every request body derives from ``Body``: text that cannot be stored (NUL, lone surrogates) and non-finite numbers
+anywhere in it are refused with 422 before any field is read (see ``tether.inputs``).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from tether.inputs import find_unstorable
+
+
+class Body(BaseModel):
+    """A request body: the whole of it passes ``tether.inputs.find_unstorable`` first."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = find_unstorable(data)
+        if problem is not None:
+            raise ValueError(problem)
+        return data
 
 
 class UserPublic(BaseModel):
@@ -15,13 +33,13 @@ class UserPublic(BaseModel):
     active: bool
 
 
-class UserCreate(BaseModel):
+class UserCreate(Body):
     name: str = Field(max_length=200)
     role: str
     password: str = Field(max_length=1024)
 
 
-class LabelSchemaIn(BaseModel):
+class LabelSchemaIn(Body):
     """A label schema; see ``tether.store.annotation.normalize_schema`` for the fields and their defaults."""
 
     kind: str = "pairwise"
@@ -36,7 +54,7 @@ class LabelSchemaIn(BaseModel):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-class ProjectCreate(BaseModel):
+class ProjectCreate(Body):
     name: str = Field(max_length=200)
     description: str = Field("", max_length=5000)
     guidelines: str = ""
@@ -46,7 +64,7 @@ class ProjectCreate(BaseModel):
     assignment_ttl_s: int = 3600
 
 
-class ProjectPatch(BaseModel):
+class ProjectPatch(Body):
     description: str | None = Field(None, max_length=5000)
     overlap: int | None = None
     gold_rate: float | None = None
@@ -67,7 +85,7 @@ class ProjectPublic(BaseModel):
     label_schema: dict[str, Any] | None
 
 
-class GuidelinesIn(BaseModel):
+class GuidelinesIn(Body):
     text: str
 
 
@@ -75,7 +93,7 @@ class VersionOut(BaseModel):
     version: int
 
 
-class ItemsPush(BaseModel):
+class ItemsPush(Body):
     """Rows of prompts and completions; each one of the shapes in ``tether.store.annotation.item_row``."""
 
     items: list[dict[str, Any]]
@@ -109,7 +127,7 @@ class TaskPublic(BaseModel):
     label_schema: dict[str, Any]
 
 
-class JudgmentIn(BaseModel):
+class JudgmentIn(Body):
     value: dict[str, Any]  # in item positions (see tether.feedback)
     time_spent_ms: int | None = None
     guideline_version: int | None = None
@@ -121,15 +139,15 @@ class JudgmentCreated(BaseModel):
     next: TaskPublic | None = None
 
 
-class SkipIn(BaseModel):
+class SkipIn(Body):
     reason: str = Field(max_length=500)
 
 
-class CorrectionIn(BaseModel):
+class CorrectionIn(Body):
     value: dict[str, Any]
 
 
-class GoldIn(BaseModel):
+class GoldIn(Body):
     value: dict[str, Any] | None  # null makes the item ordinary again
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from tether.errors import TetherError
 from tether.feedback import FLAG_CATEGORIES, validate_value
+from tether.inputs import find_unstorable, require_storable
 from tether.store.db import audit
 from tether.store.formats import content_hash, messages_text
 from tether.store.tables import (
@@ -85,6 +86,7 @@ def normalize_schema(spec: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(spec, dict):
         raise TetherError("the label schema must be a JSON object", fix='for example {"kind": "pairwise"}')
+    require_storable(spec, "the label schema")
     unknown = set(spec) - {"kind", "strength", "aspects", "scale", "flags", "critique", "rewrite"}
     if unknown:
         raise TetherError(f"unknown label schema field(s) {sorted(unknown)}", fix="use kind, strength, aspects, scale, flags, critique, rewrite")
@@ -123,6 +125,7 @@ def completions_for(kind: str) -> tuple[int, int]:
 def check_value(spec: dict[str, Any], value: Any, n_completions: int, max_answer_chars: int) -> dict[str, Any]:
     """A judgment value checked against the schema (and tether.feedback); returns it normalized."""
     kind = spec["kind"]
+    require_storable(value, "the answer")
     validate_value(kind, value, n_completions)
     allowed = {"pairwise": {"choice", "strength"}, "ranking": {"ranking", "comparisons"}, "rating": {"ratings", "scale"}}[kind]
     allowed |= {"flags", "critique", "rewrite"}
@@ -182,6 +185,7 @@ def _check_project_numbers(overlap: int, gold_rate: float, assignment_ttl_s: int
 def _check_guideline(text: str) -> str:
     if not isinstance(text, str):
         raise TetherError("guidelines must be markdown text", fix="send the guidelines as a string")
+    require_storable(text, "the guidelines")
     if len(text) > MAX_GUIDELINE_CHARS:
         raise TetherError(f"the guidelines have {len(text):,} characters; the limit is {MAX_GUIDELINE_CHARS:,}", fix="shorten them or link to a longer document")
     return text
@@ -200,6 +204,7 @@ def create_project(
     actor: str | None = None,
 ) -> Project:
     """A new feedback campaign with guideline version 1 and label schema version 1."""
+    require_storable({"name": name, "description": description}, "")
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise TetherError("a project needs a name of 1..200 characters", fix="choose a short name, e.g. helpfulness-v1")
@@ -242,6 +247,7 @@ def update_project(
         "assignment_ttl_s": project.assignment_ttl_s if assignment_ttl_s is None else assignment_ttl_s,
     }
     _check_project_numbers(**new)
+    require_storable(description, "the description")
     changed = {k: v for k, v in new.items() if getattr(project, k) != v}
     if description is not None and description != project.description:
         changed["description"] = description
@@ -338,6 +344,9 @@ def item_row(record: dict[str, Any]) -> dict[str, Any]:
 
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
+    problem = find_unstorable(record)
+    if problem is not None:
+        raise ValueError(problem)
     keys = record.keys()
     external_id = record.get("external_id", record.get("id"))
     if "completions" in keys and not keys & {"ranking", "comparisons", "preference"}:
@@ -810,6 +819,7 @@ def skip_assignment(
 ) -> Assignment:
     """Give an item back with a reason; it goes to someone else, never again to this annotator."""
     reason = (reason or "").strip()
+    require_storable(reason, "the skip reason")
     if not reason:
         raise TetherError("a skip needs a reason", fix="say why, e.g. 'not my expertise'")
     if len(reason) > MAX_SKIP_REASON_CHARS:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError
+from tether.inputs import find_unstorable
 
 HH_ASSISTANT = "\n\nAssistant:"
 ROW_KINDS = ("preference", "sft", "unpaired", "rating", "prompt")
@@ -136,6 +137,8 @@ def _read_jsonl(
                 reason = f"not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
             except json.JSONDecodeError as exc:
                 reason = f"invalid JSON ({exc.msg} at column {exc.colno})"
+            except RecursionError:
+                reason = "invalid JSON (nested too deeply)"
             else:
                 if not isinstance(record, dict):
                     reason = f"expected a JSON object, got {type(record).__name__}"
@@ -162,6 +165,8 @@ def _read_json(path: Path, on_progress: Callable[[float], None] | None = None) -
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TetherError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})", fix="fix the file, or save it as JSONL (one object per line)") from None
+    except RecursionError:
+        raise TetherError(f"{path}: invalid JSON (nested too deeply)", fix="fix the file, or save it as JSONL (one object per line)") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -295,12 +300,20 @@ class SkipRecord(Exception):
     """A well-formed record that carries no usable judgment (an identical pair): skipped and counted, never an error."""
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+# allow_nan=False: a NaN or an infinity is never written as the non-standard tokens NaN / Infinity.
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def canonical_json(value: Any) -> str:
-    """``json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))``, with one shared encoder."""
-    return _CANONICAL.encode(value)
+    """``json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))``, with one shared encoder;
+    a non-finite number is a TetherError naming it (imports refuse them, so one here is a bug upstream)."""
+    try:
+        return _CANONICAL.encode(value)
+    except ValueError:
+        raise TetherError(
+            f"cannot write {find_unstorable(value, 'the row') or 'a non-finite number'}",
+            fix="report this: a non-finite number reached a snapshot or an export",
+        ) from None
 
 
 def content_hash(value: Any) -> str:
@@ -348,7 +361,13 @@ FORMAT_KEYS = (
 
 
 def parse_record(fmt: str, record: dict[str, Any]) -> Entry:
-    """A record of import format ``fmt`` as an Entry; ValueError(reason) when it is invalid, SkipRecord when empty."""
+    """A record of import format ``fmt`` as an Entry; ValueError(reason) when it is invalid, SkipRecord when empty.
+
+    A record holding text that cannot be stored (NUL, lone surrogates) or a non-finite number anywhere is invalid
+    (``tether.inputs``)."""
+    problem = find_unstorable(record)
+    if problem is not None:
+        raise ValueError(problem)
     for key, value in record.items():
         if isinstance(value, str):
             if len(value) > MAX_FIELD_CHARS:
@@ -559,8 +578,8 @@ def _parse_unpaired(record: dict[str, Any]) -> Entry:
 
 
 def canonical_line(row: dict[str, Any]) -> str:
-    """One row as canonical JSON: sorted keys, no spaces, UTF-8 kept."""
-    return _CANONICAL.encode(row)
+    """One row as canonical JSON: sorted keys, no spaces, UTF-8 kept, numbers finite."""
+    return canonical_json(row)
 
 
 def rows_digest(rows: list[dict[str, Any]]) -> str:
