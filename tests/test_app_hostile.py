@@ -91,7 +91,7 @@ def test_api_refuses_non_finite_numbers(campaign):
 
 
 def test_forms_refuse_nul(campaign):
-    """Form fields and query strings: NUL is refused (400) before any route reads it, the login form included.
+    """Form fields (400) and query strings (404 for a page): NUL is refused before any route reads it, the login form included.
     (Browsers send invalid UTF-8 in a form as U+FFFD, so a form cannot carry a lone surrogate.)"""
     env = campaign
     pid = env.pid
@@ -111,7 +111,7 @@ def test_forms_refuse_nul(campaign):
     upload = admin.post(f"/admin/projects/{pid}/upload", data={"csrf_token": token},
                         files={"file": ("rows.jsonl", io.BytesIO(b'{"prompt": "ok", "completions": ["a", "b"]}\n{"prompt": "p\\u0000", "completions": ["a", "b"]}\n'), "text/plain")})
     assert upload.status_code == 400 and "rows.jsonl:2: prompt holds a NUL character" in upload.text
-    assert admin.get(f"/admin/projects/{pid}?notice=a%00b").status_code == 400
+    assert admin.get(f"/admin/projects/{pid}?notice=a%00b").status_code == 404  # a malformed address names no page
     ann = env.login("ann1")
     page = ann.get(f"/annotate/{pid}").text
     aid = env.pending["assignment_id"]
@@ -141,3 +141,131 @@ def test_client_refuses_unstorable_text_before_sending():
         with pytest.raises(TetherError) as refused:
             call()
         assert expected in refused.value.message, refused.value.message
+
+
+PAST_RANGE = (2**31, 2**63, 10**30)  # past PostgreSQL's int4 ids, past SQLite's int64, past both
+
+
+def test_ids_past_the_columns_range_are_refused_in_every_path_and_query_parameter(campaign):
+    """An id past 64 bits was an OverflowError on SQLite, past int4 a DataError on PostgreSQL: both were 500."""
+    from fastapi.routing import APIRoute
+
+    from tether.app.routes import admin as admin_routes
+    from tether.app.routes import annotate, api, auth, review
+
+    env = campaign
+    admin = env.login("admin")
+    token = csrf_of(admin.get("/admin").text)
+    before = store_state(env.url)
+    tried = set()
+    for route in [r for module in (admin_routes, annotate, api, auth, review) for r in module.router.routes]:
+        names = [p.name for p in route.dependant.path_params] if isinstance(route, APIRoute) else []
+        for method in (route.methods or ()) if names else ():
+            for value in PAST_RANGE:
+                path = route.path_format.format(**{name: value for name in names})
+                if path.startswith("/api/v1/"):
+                    response = env.api(method, path.removeprefix("/api/v1"), "admin", json={})
+                    expected = 422
+                else:
+                    response = admin.request(method, path, headers={"x-csrf-token": token}, follow_redirects=False)
+                    expected = 404
+                assert response.status_code == expected, (method, path, response.status_code, response.text[:200])
+            tried.add((method, route.path_format))
+    assert len(tried) >= 20, tried
+    queries = [
+        ("api", f"/projects/{env.pid}/judgments?after_id={{}}"),
+        ("web", "/admin/audit?before={}"),
+        ("web", "/review?project_id={}"),
+        ("web", "/review?offset={}"),
+    ]
+    for kind, template in queries:
+        for value in PAST_RANGE:
+            if kind == "api":
+                assert env.api("GET", template.format(value), "admin").status_code == 422
+            else:
+                assert admin.get(template.format(value), follow_redirects=False).status_code == 404
+    # The largest id that fits is simply not found.
+    assert env.api("GET", f"/projects/{2**31 - 1}", "admin").status_code == 404
+    assert admin.get(f"/review/items/{2**31 - 1}").status_code == 404
+    assert store_state(env.url) == before
+
+
+@pytest.mark.parametrize("raw", ["--5", "²", "٣", "1_0", "+1", " ", "1.0", "0x1", "9" * 40])
+def test_malformed_form_numbers_are_a_400(campaign, raw):
+    """`isdigit()` then `int()` gave 500 for '--5' (lstrip('-') made it look like digits) and '²' (a digit to
+    isdigit, not to int)."""
+    env = campaign
+    rank_pid = env.create_project(name="rank", label_schema={"kind": "ranking"})
+    env.push(rank_pid, [{"prompt": "p", "completions": ["a", "b", "c"]}])
+    ann = env.login("ann1")
+    before = store_state(env.url)
+    page = ann.get(f"/annotate/{env.pid}").text
+    aid = env.pending["assignment_id"]
+    for field in ("schema_version", "guideline_version"):
+        response = ann.post(f"/annotate/{env.pid}/assignments/{aid}/submit", data={"pick": "A1", field: raw, "csrf_token": csrf_of(page)},
+                            follow_redirects=False)
+        assert response.status_code == 400, (field, response.status_code)
+    # A time the page could not measure is left to the server (clamped to the time since the assignment).
+    rank_page = ann.get(f"/annotate/{rank_pid}").text
+    rank_aid = int(rank_page.split('data-assignment="')[1].split('"')[0])
+    response = ann.post(f"/annotate/{rank_pid}/assignments/{rank_aid}/submit",
+                        data={"rank_0": raw, "rank_1": "1", "rank_2": "2", "csrf_token": csrf_of(rank_page)}, follow_redirects=False)
+    assert response.status_code == 400 and "rank every response" in response.text
+    reviewer = env.login("rev")
+    review_page = reviewer.get(f"/review/items/{env.item_id}").text
+    response = reviewer.post(f"/review/items/{env.item_id}/gold", data={"judgment_id": raw, "csrf_token": csrf_of(review_page)}, follow_redirects=False)
+    assert response.status_code == 404
+    response = reviewer.post(f"/review/items/{env.item_id}/adjudicate", data={"judgment_id": raw, "csrf_token": csrf_of(review_page)}, follow_redirects=False)
+    assert response.status_code == 404 and "has no judgment" in response.text
+    after = store_state(env.url)
+    after.pop("assignment"), before.pop("assignment")  # opening the ranking task made its assignment
+    after.pop("assignment rows"), before.pop("assignment rows")
+    after.pop("item"), before.pop("item")
+    assert after == before
+
+
+MALFORMED_VALUES = [
+    ("pairwise", {"choice": "a", "strength": [1]}),
+    ("pairwise", {"choice": ["a"]}),
+    ("pairwise", {"choice": "a", "strength": True}),
+    ("pairwise", {"choice": "a", "strength": 1.5}),
+    ("ranking", {"ranking": 5}),
+    ("ranking", {"ranking": [0, "a", 1]}),
+    ("ranking", {"ranking": None}),
+    ("ranking", {"ranking": [0, True, 2]}),
+    ("ranking", {"comparisons": [1]}),
+    ("ranking", {"comparisons": {"a": 0}}),
+    ("ranking", {"comparisons": [{"a": 0, "b": 1, "choice": ["a"]}]}),
+    ("rating", {"ratings": {"helpfulness": "NaN"}}),
+    ("rating", {"ratings": {"helpfulness": 3}, "scale": "ab"}),
+    ("rating", {"ratings": {"helpfulness": 3}, "scale": [1]}),
+    ("rating", {"ratings": {"helpfulness": 3}, "scale": [5, 1]}),
+    ("rating", {"ratings": {"helpfulness": 3}, "scale": None, "flags": "pii"}),
+    ("rating", {"ratings": [3]}),
+]
+
+
+def test_malformed_judgment_values_are_a_4xx(campaign):
+    env = campaign
+    projects = {"pairwise": env.pid}
+    projects["ranking"] = env.create_project(name="r", label_schema={"kind": "ranking"})
+    env.push(projects["ranking"], [{"prompt": "p", "completions": ["a", "b", "c"]}])
+    projects["rating"] = env.create_project(name="t", label_schema={"kind": "rating", "aspects": ["helpfulness"]})
+    env.push(projects["rating"], [{"prompt": "p", "completion": "c"}])
+    tasks = {kind: env.api("POST", f"/projects/{pid}/next", "ann2").json() for kind, pid in projects.items()}
+    before = store_state(env.url)
+    for kind, value in MALFORMED_VALUES:
+        task = tasks[kind]
+        for method, path, user, body in [
+            ("POST", f"/assignments/{task['assignment_id']}/judgment", "ann2", {"value": value}),
+            ("POST", f"/items/{task['item_id']}/gold", "rev", {"value": value}),
+            ("POST", f"/projects/{projects[kind]}/items", "admin", {"items": [{"prompt": "new", "completions": ["a", "b", "c"][: 1 if kind == "rating" else 2 if kind == "pairwise" else 3], "gold": value}]}),
+        ]:
+            response = env.api(method, path, user, json=body)
+            assert response.status_code in (400, 422), (kind, value, path, response.status_code, response.text)
+            assert "invalid" in response.json()["error"] or "must" in response.json()["error"], response.text
+    for token in ("NaN", "Infinity"):  # as JSON tokens, not strings
+        response = _raw_json(env, "POST", f"/assignments/{tasks['rating']['assignment_id']}/judgment", "ann2",
+                             f'{{"value": {{"ratings": {{"helpfulness": {token}}}}}}}')
+        assert response.status_code == 422
+    assert store_state(env.url) == before

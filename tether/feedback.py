@@ -15,6 +15,7 @@ Any kind may also carry ``"flags": [category, ...]``, ``"critique": str`` and ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,31 +41,52 @@ def _bad(kind: str, reason: str) -> TetherError:
     return TetherError(f"invalid {kind} judgment: {reason}", fix="see tether.feedback for the value shapes")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (a JSON ``true`` is not a number; NaN and infinities are not finite)."""
+    return _is_int(value) or isinstance(value, float) and math.isfinite(value)
+
+
 def validate_value(kind: str, value: Any, n_completions: int) -> dict[str, Any]:
-    """Check a judgment value against its item kind; returns it unchanged or raises TetherError."""
+    """Check a judgment value against its item kind; returns it unchanged or raises TetherError.
+
+    Any JSON may arrive here (an API body, an imported record): every field's type is checked before it is used,
+    so a malformed value is a clear refusal, never a TypeError."""
     if not isinstance(value, dict):
         raise _bad(kind, "the value must be a JSON object")
     if kind == "pairwise":
         if n_completions != 2:
             raise _bad(kind, f"a pairwise item has 2 completions, this one has {n_completions}")
-        if value.get("choice") not in CHOICES:
-            raise _bad(kind, f"choice must be one of {CHOICES}, got {value.get('choice')!r}")
+        choice = value.get("choice")
+        if not isinstance(choice, str) or choice not in CHOICES:
+            raise _bad(kind, f"choice must be one of {CHOICES}, got {choice!r}")
         strength = value.get("strength")
-        if strength is not None and strength not in STRENGTH_LABELS:
+        if strength is not None and not (_is_int(strength) and strength in STRENGTH_LABELS):
             raise _bad(kind, f"strength must be 0..3, got {strength!r}")
-        if strength == 0 and value["choice"] != "tie" or value["choice"] == "tie" and strength not in (None, 0):
+        if strength == 0 and choice != "tie" or choice == "tie" and strength not in (None, 0):
             raise _bad(kind, "strength 0 means a tie and only a tie has strength 0")
+        margin = value.get("margin")
+        if margin is not None and not _is_number(margin):
+            raise _bad(kind, f"margin must be a finite number, got {margin!r}")
     elif kind == "ranking":
         if "ranking" in value:
             ranking = value["ranking"]
-            if sorted(ranking) != list(range(n_completions)):
+            if not (isinstance(ranking, list) and all(_is_int(p) for p in ranking) and sorted(ranking) == list(range(n_completions))):
                 raise _bad(kind, f"ranking must order all positions 0..{n_completions - 1}, got {ranking!r}")
         elif "comparisons" in value:
-            for comp in value["comparisons"]:
+            comparisons = value["comparisons"]
+            if not isinstance(comparisons, list) or not comparisons:
+                raise _bad(kind, f"comparisons must be a non-empty list of {{a, b, choice}}, got {comparisons!r}")
+            for comp in comparisons:
+                if not isinstance(comp, dict):
+                    raise _bad(kind, f"each comparison must be an object {{a, b, choice}}, got {comp!r}")
                 a, b = comp.get("a"), comp.get("b")
-                if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < n_completions and 0 <= b < n_completions and a != b):
+                if not (_is_int(a) and _is_int(b) and 0 <= a < n_completions and 0 <= b < n_completions and a != b):
                     raise _bad(kind, f"comparison positions out of range: {comp!r}")
-                if comp.get("choice") not in CHOICES:
+                if not isinstance(comp.get("choice"), str) or comp["choice"] not in CHOICES:
                     raise _bad(kind, f"comparison choice must be one of {CHOICES}: {comp!r}")
         else:
             raise _bad(kind, "needs 'ranking' or 'comparisons'")
@@ -73,10 +95,12 @@ def validate_value(kind: str, value: Any, n_completions: int) -> dict[str, Any]:
         if not isinstance(ratings, dict) or not ratings:
             raise _bad(kind, "needs 'ratings': {aspect: number}")
         for aspect, score in ratings.items():
-            if not isinstance(score, (int, float)) or isinstance(score, bool):
-                raise _bad(kind, f"rating of {aspect!r} must be a number, got {score!r}")
+            if not _is_number(score):
+                raise _bad(kind, f"rating of {aspect!r} must be a finite number, got {score!r}")
         scale = value.get("scale")
         if scale is not None:
+            if not (isinstance(scale, list) and len(scale) == 2 and all(_is_number(s) for s in scale) and scale[0] < scale[1]):
+                raise _bad(kind, f"scale must be [low, high] with low < high, got {scale!r}")
             lo, hi = scale
             if any(not lo <= s <= hi for s in ratings.values()):
                 raise _bad(kind, f"a rating lies outside the scale {scale}")

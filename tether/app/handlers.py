@@ -60,7 +60,13 @@ def install(app: FastAPI) -> None:
             where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form"))
             message = str(error.get("msg")).removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
             problems.append(f"{where}: {message}" if where else message)
-        status = 422 if request.url.path.startswith("/api/") else 400
+        api = request.url.path.startswith("/api/")
+        places = {(error.get("loc") or ("",))[0] for error in exc.errors()}
+        if not api and ("path" in places or places <= {"query"}):
+            # A malformed address (/annotate/abc, an id past the columns' range) names no page; the API says 422,
+            # as its schema does, and a malformed form field is a 400.
+            return _error_response(request, 404, "there is no page here", "check the address, or go back to your list")
+        status = 422 if api else 400
         return _error_response(request, status, "the request is malformed: " + "; ".join(problems), "check the fields and try again")
 
     @app.exception_handler(HTTPException)

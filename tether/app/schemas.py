@@ -6,12 +6,31 @@ anywhere in it are refused with 422 before any field is read (see ``tether.input
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path, Query
 from pydantic import BaseModel, Field, model_validator
 
 from tether.inputs import find_unstorable
+
+# Ids are INTEGER columns: int4 on PostgreSQL (SQLite's reach int64). An id past that names nothing, so a path or
+# query id is checked against it (422 for the API, 404 for a page) before the driver sees it and overflows.
+MAX_ID = 2**31 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+AfterIdQuery = Annotated[int, Query(ge=0, le=MAX_ID)]
+_PLAIN_INT = re.compile(r"-?[0-9]{1,18}")
+
+
+def plain_int(raw: Any) -> int | None:
+    """A form field as an int when it is a plain decimal whole number in ASCII digits, else None.
+
+    ``str.isdigit`` accepts ``²`` and ``٣`` and ``int()`` accepts ``1_0`` and `` +5``; a form number is none of those.
+    """
+    if isinstance(raw, str) and _PLAIN_INT.fullmatch(raw.strip()):
+        return int(raw.strip())
+    return None
 
 
 class Body(BaseModel):
@@ -129,9 +148,9 @@ class TaskPublic(BaseModel):
 
 class JudgmentIn(Body):
     value: dict[str, Any]  # in item positions (see tether.feedback)
-    time_spent_ms: int | None = None
-    guideline_version: int | None = None
-    schema_version: int | None = None
+    time_spent_ms: int | None = Field(None, ge=0, le=MAX_ID)  # what the page measured; clamped to the time since assignment
+    guideline_version: int | None = Field(None, ge=1, le=MAX_ID)
+    schema_version: int | None = Field(None, ge=1, le=MAX_ID)
 
 
 class JudgmentCreated(BaseModel):

@@ -6,12 +6,13 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
 from tether.app import service
 from tether.app.deps import DbSession, Settings, WebAdmin, actor_of, csrf_protect, page
+from tether.app.schemas import MAX_ID, IdPath
 from tether.app.settings import AppSettings
 from tether.errors import TetherError
 from tether.feedback import FLAG_CATEGORIES
@@ -110,7 +111,7 @@ def create_project(
 
 
 @router.get("/projects/{project_id}")
-def project_page(request: Request, project_id: int, session: DbSession, user: WebAdmin, notice: str | None = None) -> Response:
+def project_page(request: Request, project_id: IdPath, session: DbSession, user: WebAdmin, notice: str | None = None) -> Response:
     project = annotation.get_project(session, project_id)
     guidelines = session.scalars(select(Guideline).where(Guideline.project_id == project.id).order_by(Guideline.version.desc())).all()
     schemas = session.scalars(select(LabelSchema).where(LabelSchema.project_id == project.id).order_by(LabelSchema.version.desc())).all()
@@ -120,7 +121,7 @@ def project_page(request: Request, project_id: int, session: DbSession, user: We
 
 
 @router.post("/projects/{project_id}/guidelines")
-def new_guidelines(project_id: int, session: DbSession, user: WebAdmin, text: Annotated[str, Form()] = "") -> Response:
+def new_guidelines(project_id: IdPath, session: DbSession, user: WebAdmin, text: Annotated[str, Form()] = "") -> Response:
     project = annotation.get_project(session, project_id)
     guideline = annotation.add_guideline_version(session, project=project, text=text, actor=actor_of(user))
     return RedirectResponse(f"/admin/projects/{project.id}?notice=guidelines+now+at+version+{guideline.version}", status_code=303)
@@ -128,7 +129,7 @@ def new_guidelines(project_id: int, session: DbSession, user: WebAdmin, text: An
 
 @router.post("/projects/{project_id}/schema")
 def new_schema(
-    project_id: int,
+    project_id: IdPath,
     session: DbSession,
     user: WebAdmin,
     strength: Annotated[bool, Form()] = False,
@@ -150,7 +151,7 @@ def new_schema(
 
 @router.post("/projects/{project_id}/settings")
 def project_settings(
-    project_id: int,
+    project_id: IdPath,
     session: DbSession,
     user: WebAdmin,
     overlap: Annotated[int, Form()],
@@ -164,7 +165,7 @@ def project_settings(
 
 
 @router.post("/projects/{project_id}/upload")
-def upload(project_id: int, session: DbSession, user: WebAdmin, settings: Settings, file: UploadFile) -> Response:
+def upload(project_id: IdPath, session: DbSession, user: WebAdmin, settings: Settings, file: UploadFile) -> Response:
     project = annotation.get_project(session, project_id)
     rows, labels = upload_rows(file, settings)
     counts = annotation.add_items(session, project=project, rows=rows, where=labels, max_text_chars=settings.max_text_chars,
@@ -194,7 +195,7 @@ def add_user(
 
 @router.post("/users/{user_id}")
 def update_user(
-    user_id: int, session: DbSession, user: WebAdmin, role: Annotated[str, Form()], active: Annotated[bool, Form()] = False
+    user_id: IdPath, session: DbSession, user: WebAdmin, role: Annotated[str, Form()], active: Annotated[bool, Form()] = False
 ) -> Response:
     target = session.get(User, user_id)
     if target is None or target.role == "external":
@@ -206,7 +207,7 @@ def update_user(
 
 
 @router.post("/users/{user_id}/token")
-def new_token(request: Request, user_id: int, session: DbSession, user: WebAdmin, label: Annotated[str, Form(max_length=200)] = "") -> Response:
+def new_token(request: Request, user_id: IdPath, session: DbSession, user: WebAdmin, label: Annotated[str, Form(max_length=200)] = "") -> Response:
     target = session.get(User, user_id)
     if target is None or target.role == "external":
         raise annotation.NotFound(f"no user with id {user_id}", fix="pick a user from the list")
@@ -217,7 +218,7 @@ def new_token(request: Request, user_id: int, session: DbSession, user: WebAdmin
 
 
 @router.get("/audit")
-def audit_page(request: Request, session: DbSession, user: WebAdmin, before: int | None = None) -> Response:
+def audit_page(request: Request, session: DbSession, user: WebAdmin, before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None) -> Response:
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(200)
     if before:
         query = query.where(AuditEvent.id < before)

@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
 from tether.app.deps import DbSession, Settings, WebUser, actor_of, csrf_protect, is_htmx, page
+from tether.app.schemas import MAX_ID, IdPath, plain_int
 from tether.errors import TetherError
 from tether.feedback import STRENGTH_LABELS
 from tether.store import annotation
@@ -65,10 +66,10 @@ def value_from_form(spec: dict[str, Any], form: Any, shown_order: list[int]) -> 
         k = len(shown_order)
         ranks = []
         for shown in range(k):
-            raw = form.get(f"rank_{shown}") or ""
-            if not raw.isdigit() or not 1 <= int(raw) <= k:
+            rank = plain_int(form.get(f"rank_{shown}"))
+            if rank is None or not 1 <= rank <= k:
                 raise TetherError(f"rank every response from 1 (best) to {k}", fix="press the response numbers from best to worst")
-            ranks.append(int(raw))
+            ranks.append(rank)
         if sorted(ranks) != list(range(1, k + 1)):
             raise TetherError("each rank may be used once", fix="press Backspace to undo and rank again")
         by_rank = sorted(range(k), key=lambda shown: ranks[shown])
@@ -77,10 +78,10 @@ def value_from_form(spec: dict[str, Any], form: Any, shown_order: list[int]) -> 
         lo, hi = spec["scale"]
         ratings = {}
         for index, aspect in enumerate(spec["aspects"]):
-            raw = form.get(f"rating_{index}") or ""
-            if not raw.isdigit() or not lo <= int(raw) <= hi:
+            rating = plain_int(form.get(f"rating_{index}"))
+            if rating is None or not lo <= rating <= hi:
                 raise TetherError(f"rate '{aspect}' from {lo} to {hi}", fix="press a number key for each aspect")
-            ratings[aspect] = int(raw)
+            ratings[aspect] = rating
         value["ratings"] = ratings
         value["scale"] = [lo, hi]
     flags = [f for f in form.getlist("flag") if isinstance(f, str)]
@@ -130,7 +131,7 @@ def projects(request: Request, session: DbSession, user: WebUser) -> Response:
 
 
 @router.get("/{project_id}")
-def task_page(request: Request, project_id: int, session: DbSession, user: WebUser) -> Response:
+def task_page(request: Request, project_id: IdPath, session: DbSession, user: WebUser) -> Response:
     project = _project(session, project_id)
     assignment = annotation.next_assignment(session, project=project, user=user)
     return page(request, "annotate.html", user=user, **task_context(session, project, user, assignment))
@@ -145,7 +146,7 @@ def _next(request: Request, session: Any, project: Project, user: User) -> Respo
 
 
 @router.post("/{project_id}/assignments/{assignment_id}/submit")
-async def submit(request: Request, project_id: int, assignment_id: int, session: DbSession, user: WebUser, settings: Settings) -> Response:
+async def submit(request: Request, project_id: IdPath, assignment_id: IdPath, session: DbSession, user: WebUser, settings: Settings) -> Response:
     form = await request.form()
     return await _run_sync(_submit_sync, request, form, project_id, assignment_id, session, user, settings)
 
@@ -153,16 +154,17 @@ async def submit(request: Request, project_id: int, assignment_id: int, session:
 def _submit_sync(request: Request, form: Any, project_id: int, assignment_id: int, session: Any, user: User, settings: Any) -> Response:
     project = _project(session, project_id)
     assignment = annotation.own_assignment(session, assignment_id=assignment_id, user=user)
-    spec = annotation.schema_version(session, project.id, _int_or_none(form.get("schema_version"))).spec
+    schema_version, guideline_version = _version(form, "schema_version"), _version(form, "guideline_version")
+    spec = annotation.schema_version(session, project.id, schema_version).spec
     value = value_from_form(spec, form, list(assignment.shown_order))
     annotation.submit_judgment(
         session,
         assignment_id=assignment.id,
         user=user,
         value=value,
-        time_spent_ms=_int_or_none(form.get("time_spent_ms")),
-        guideline_version=_int_or_none(form.get("guideline_version")),
-        schema_version_number=_int_or_none(form.get("schema_version")),
+        time_spent_ms=plain_int(form.get("time_spent_ms")),  # what the page measured; the store clamps it
+        guideline_version=guideline_version,
+        schema_version_number=schema_version,
         source="web",
         max_answer_chars=settings.max_answer_chars,
         actor=actor_of(user),
@@ -171,7 +173,7 @@ def _submit_sync(request: Request, form: Any, project_id: int, assignment_id: in
 
 
 @router.post("/{project_id}/assignments/{assignment_id}/skip")
-async def skip(request: Request, project_id: int, assignment_id: int, session: DbSession, user: WebUser) -> Response:
+async def skip(request: Request, project_id: IdPath, assignment_id: IdPath, session: DbSession, user: WebUser) -> Response:
     form = await request.form()
     return await _run_sync(_skip_sync, request, form, project_id, assignment_id, session, user)
 
@@ -185,10 +187,15 @@ def _skip_sync(request: Request, form: Any, project_id: int, assignment_id: int,
     return _next(request, session, project, user)
 
 
-def _int_or_none(raw: Any) -> int | None:
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
-        return int(raw.strip())
-    return None
+def _version(form: Any, name: str) -> int | None:
+    """A version number the page sent (empty: the one in force); anything but a version number is refused."""
+    raw = form.get(name)
+    if raw is None or raw == "":
+        return None
+    number = plain_int(raw)
+    if number is None or not 1 <= number <= MAX_ID:
+        raise TetherError(f"{name} must be a version number, got {str(raw)[:40]!r}", fix="reload the page and answer again")
+    return number
 
 
 async def _run_sync(fn: Any, *args: Any) -> Any:

@@ -15,9 +15,11 @@ from sqlalchemy.orm import Session
 from tether.app import service
 from tether.app.deps import ApiAdmin, ApiReviewer, ApiUser, DbSession, Settings, actor_of, as_token_holder
 from tether.app.schemas import (
+    AfterIdQuery,
     CorrectionIn,
     GoldIn,
     GuidelinesIn,
+    IdPath,
     ItemsAdded,
     ItemsPush,
     JudgmentCreated,
@@ -88,12 +90,12 @@ def create_project(body: ProjectCreate, session: DbSession, user: ApiAdmin) -> P
 
 
 @router.get("/projects/{project_id}", response_model=ProjectPublic)
-def get_project(project_id: int, session: DbSession, user: ApiUser) -> ProjectPublic:
+def get_project(project_id: IdPath, session: DbSession, user: ApiUser) -> ProjectPublic:
     return _project_public(session, _web_project(session, project_id))
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectPublic)
-def patch_project(project_id: int, body: ProjectPatch, session: DbSession, user: ApiAdmin) -> ProjectPublic:
+def patch_project(project_id: IdPath, body: ProjectPatch, session: DbSession, user: ApiAdmin) -> ProjectPublic:
     project = annotation.get_project(session, project_id)
     annotation.update_project(session, project=project, overlap=body.overlap, gold_rate=body.gold_rate,
                               assignment_ttl_s=body.assignment_ttl_s, description=body.description, actor=actor_of(user, "api"))
@@ -101,19 +103,19 @@ def patch_project(project_id: int, body: ProjectPatch, session: DbSession, user:
 
 
 @router.put("/projects/{project_id}/guidelines")
-def put_guidelines(project_id: int, body: GuidelinesIn, session: DbSession, user: ApiAdmin) -> dict:
+def put_guidelines(project_id: IdPath, body: GuidelinesIn, session: DbSession, user: ApiAdmin) -> dict:
     project = _web_project(session, project_id)
     return {"version": annotation.add_guideline_version(session, project=project, text=body.text, actor=actor_of(user, "api")).version}
 
 
 @router.put("/projects/{project_id}/schema")
-def put_schema(project_id: int, body: LabelSchemaIn, session: DbSession, user: ApiAdmin) -> dict:
+def put_schema(project_id: IdPath, body: LabelSchemaIn, session: DbSession, user: ApiAdmin) -> dict:
     project = _web_project(session, project_id)
     return {"version": annotation.add_schema_version(session, project=project, spec=body.spec(), actor=actor_of(user, "api")).version}
 
 
 @router.post("/projects/{project_id}/items", response_model=ItemsAdded, status_code=201)
-def push_items(project_id: int, body: ItemsPush, session: DbSession, user: ApiAdmin, settings: Settings) -> ItemsAdded:
+def push_items(project_id: IdPath, body: ItemsPush, session: DbSession, user: ApiAdmin, settings: Settings) -> ItemsAdded:
     project = _web_project(session, project_id)
     counts = annotation.add_items(session, project=project, rows=body.items, max_text_chars=settings.max_text_chars,
                                   max_items=settings.max_items_per_upload, actor=actor_of(user, "api"))
@@ -122,10 +124,10 @@ def push_items(project_id: int, body: ItemsPush, session: DbSession, user: ApiAd
 
 @router.get("/projects/{project_id}/judgments")
 def pull_judgments(
-    project_id: int,
+    project_id: IdPath,
     session: DbSession,
     user: ApiReviewer,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: AfterIdQuery = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     include_text: bool = False,
 ) -> dict:
@@ -135,14 +137,14 @@ def pull_judgments(
 
 
 @router.get("/projects/{project_id}/progress")
-def progress(project_id: int, session: DbSession, user: ApiReviewer) -> dict:
+def progress(project_id: IdPath, session: DbSession, user: ApiReviewer) -> dict:
     return annotation.project_progress(session, project=_web_project(session, project_id))
 
 
 # The annotators' two hot calls run their store work in one hop (see deps.as_token_holder); the rest use the
 # DbSession and ApiUser dependencies.
 @router.post("/projects/{project_id}/next", response_model=TaskPublic, responses={204: {"description": "nothing left for you"}})
-async def next_item(project_id: int, request: Request) -> TaskPublic | Response:
+async def next_item(project_id: IdPath, request: Request) -> TaskPublic | Response:
     def work(session: Session, user: User) -> TaskPublic | None:
         project = _web_project(session, project_id)
         return _task_public(session, annotation.next_assignment(session, project=project, user=user))
@@ -152,7 +154,7 @@ async def next_item(project_id: int, request: Request) -> TaskPublic | Response:
 
 
 @router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentCreated, status_code=201)
-async def submit(assignment_id: int, body: JudgmentIn, request: Request, settings: Settings, next: bool = False) -> JudgmentCreated:
+async def submit(assignment_id: IdPath, body: JudgmentIn, request: Request, settings: Settings, next: bool = False) -> JudgmentCreated:
     def work(session: Session, user: User) -> JudgmentCreated:
         judgment = annotation.submit_judgment(
             session, assignment_id=assignment_id, user=user, value=body.value, time_spent_ms=body.time_spent_ms,
@@ -169,20 +171,20 @@ async def submit(assignment_id: int, body: JudgmentIn, request: Request, setting
 
 
 @router.post("/assignments/{assignment_id}/skip", status_code=204)
-def skip(assignment_id: int, body: SkipIn, session: DbSession, user: ApiUser) -> Response:
+def skip(assignment_id: IdPath, body: SkipIn, session: DbSession, user: ApiUser) -> Response:
     annotation.skip_assignment(session, assignment_id=assignment_id, user=user, reason=body.reason, actor=actor_of(user, "api"))
     return Response(status_code=204)
 
 
 @router.post("/judgments/{judgment_id}/correct", response_model=JudgmentCreated, status_code=201)
-def correct(judgment_id: int, body: CorrectionIn, session: DbSession, user: ApiUser, settings: Settings) -> JudgmentCreated:
+def correct(judgment_id: IdPath, body: CorrectionIn, session: DbSession, user: ApiUser, settings: Settings) -> JudgmentCreated:
     judgment = annotation.correct_judgment(session, judgment_id=judgment_id, user=user, value=body.value,
                                            max_answer_chars=settings.max_answer_chars, source="api", actor=actor_of(user, "api"))
     return JudgmentCreated(judgment_id=judgment.id)
 
 
 @router.get("/items/{item_id}/judgments")
-def item_judgments(item_id: int, session: DbSession, user: ApiReviewer) -> dict:
+def item_judgments(item_id: IdPath, session: DbSession, user: ApiReviewer) -> dict:
     detail = annotation.item_detail(session, item_id)
     return {
         "item_id": item_id,
@@ -198,7 +200,7 @@ def item_judgments(item_id: int, session: DbSession, user: ApiReviewer) -> dict:
 
 
 @router.post("/items/{item_id}/gold")
-def set_gold(item_id: int, body: GoldIn, session: DbSession, user: ApiReviewer, settings: Settings) -> dict:
+def set_gold(item_id: IdPath, body: GoldIn, session: DbSession, user: ApiReviewer, settings: Settings) -> dict:
     item = annotation.mark_gold(session, item_id=item_id, value=body.value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"))
     return {"item_id": item.id, "is_gold": item.is_gold, "gold_value": item.gold_value}
 

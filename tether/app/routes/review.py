@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from tether.app.deps import DbSession, Settings, WebReviewer, actor_of, csrf_protect, page
+from tether.app.schemas import MAX_ID, IdPath, plain_int
 from tether.store import annotation
 from tether.store.tables import Item, Judgment, Project
 
@@ -19,7 +20,14 @@ SCAN_CHUNK = 500  # items read at once when filtering by disagreement
 
 
 @router.get("")
-def review_index(request: Request, session: DbSession, user: WebReviewer, project_id: int | None = None, disagree: bool = False, offset: int = 0) -> Response:
+def review_index(
+    request: Request,
+    session: DbSession,
+    user: WebReviewer,
+    project_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    disagree: bool = False,
+    offset: Annotated[int, Query(le=MAX_ID)] = 0,
+) -> Response:
     projects = session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all()
     project = session.get(Project, project_id) if project_id else (projects[0] if projects else None)
     offset = max(0, offset)
@@ -96,7 +104,7 @@ def _headline(kind: str, value: dict) -> str:
 
 
 @router.get("/items/{item_id}")
-def item_page(request: Request, item_id: int, session: DbSession, user: WebReviewer) -> Response:
+def item_page(request: Request, item_id: IdPath, session: DbSession, user: WebReviewer) -> Response:
     detail = annotation.item_detail(session, item_id)
     schema = annotation.current_schema(session, detail["item"].project_id)
     project = session.get(Project, detail["item"].project_id)
@@ -106,23 +114,25 @@ def item_page(request: Request, item_id: int, session: DbSession, user: WebRevie
                 gold_headline=_headline(detail["item"].kind, detail["item"].gold_value) if detail["item"].gold_value else None)
 
 
+def _listed_judgment(session: Session, item_id: int, raw: str) -> Judgment:
+    """The judgment a review form names (one of the item's listed judgments); anything else is a 404."""
+    number = plain_int(raw)
+    judgment = session.get(Judgment, number) if number is not None and 1 <= number <= MAX_ID else None
+    if judgment is None or judgment.item_id != item_id:
+        raise annotation.NotFound(f"item {item_id} has no judgment {raw[:40]!r}", fix="pick one of the judgments listed")
+    return judgment
+
+
 @router.post("/items/{item_id}/gold")
-def gold(item_id: int, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[str, Form()] = "") -> Response:
-    value = None
-    if judgment_id:
-        judgment = session.get(Judgment, int(judgment_id)) if judgment_id.isdigit() else None
-        if judgment is None or judgment.item_id != item_id:
-            raise annotation.NotFound(f"item {item_id} has no judgment {judgment_id}", fix="pick one of the judgments listed")
-        value = judgment.value
+def gold(item_id: IdPath, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[str, Form()] = "") -> Response:
+    value = _listed_judgment(session, item_id, judgment_id).value if judgment_id else None  # none: ordinary again
     annotation.mark_gold(session, item_id=item_id, value=value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user))
     return RedirectResponse(f"/review/items/{item_id}", status_code=303)
 
 
 @router.post("/items/{item_id}/adjudicate")
-def adjudicate(item_id: int, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[int, Form()]) -> Response:
-    judgment = session.get(Judgment, judgment_id)
-    if judgment is None or judgment.item_id != item_id:
-        raise annotation.NotFound(f"item {item_id} has no judgment {judgment_id}", fix="pick one of the judgments listed")
+def adjudicate(item_id: IdPath, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[str, Form()]) -> Response:
+    judgment = _listed_judgment(session, item_id, judgment_id)
     annotation.adjudicate(session, item_id=item_id, reviewer=user, value=dict(judgment.value), max_answer_chars=settings.max_answer_chars,
                           actor=actor_of(user))
     return RedirectResponse(f"/review/items/{item_id}", status_code=303)
