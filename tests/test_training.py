@@ -133,3 +133,59 @@ def test_config_layers_and_errors(tmp_path):
         load_config(TrainConfig, None, ["learnin_rate=1"], model="m", output_dir=tmp_path)
     with pytest.raises(TetherError, match="key=value"):
         load_config(TrainConfig, None, ["oops"], model="m", output_dir=tmp_path)
+
+
+def _write_jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command, settings, steps", [("ppo", [], 2), ("grpo", ["num_minibatches=2", "ppo_epochs=2"], 3), ("rloo", ["num_minibatches=2", "ppo_epochs=2"], 3)])
+def test_online_max_steps_is_honoured_exactly(cli, tiny_lm_dir, tmp_path, command, settings, steps):
+    """--max-steps counts optimizer steps: a last rollout stops after the steps that remain, with a one-line note
+    (before: PPO's 4 epochs per rollout turned --max-steps 2 into 4 steps), and the schedule ends on that step."""
+    import json
+
+    (tmp_path / "rules.yaml").write_text('rules:\n  - name: has_e\n    required: ["e"]\n')
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in ("Hello, how", "Your order", "Please reset", "The quick")])
+    out = tmp_path / command
+    args = ["train", command, "--model", tiny_lm_dir, "--prompts", prompts, "--reward", f"rules:{tmp_path / 'rules.yaml'}", "--output-dir", out,
+            "--batch-size", "4", "--max-new-tokens", "4", "--max-steps", str(steps), "--learning-rate", "1e-3", "--set", "progress=false",
+            "--set", "mlflow=false", "--set", "logging_steps=1", "--set", "lr_schedule=linear", *(x for s in settings for x in ("--set", s))]
+    if command != "ppo":
+        args += ["--group-size", "2"]
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert f"note: --max-steps {steps}: the last rollout makes" in result.stdout
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == steps
+    assert history[-1]["train/learning_rate"] == pytest.approx(0.0)  # linear decay reaches 0 at exactly --max-steps
+
+
+@pytest.mark.slow  # two process start-ups with torch imports: ~30 s on the shared 2-core machine
+def test_two_processes_say_everything_once(tiny_lm_dir, tmp_path):
+    """`accelerate launch --num_processes 2` (gloo on the CPU): every line of stdout (notes, `done:`) appears
+    once, and so do the progress bars of model loading on stderr (before: every message twice)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = [{"prompt": f"Question {i}?", "completion": "Hello, how can I help?"} for i in range(8)]
+    rows.append({"prompt": "Too long?", "completion": " ".join(["hello"] * 400)})  # a note: skipped 1 of 9
+    data = _write_jsonl(tmp_path / "a.jsonl", rows)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "0", "-m", "tether", "train", "sft", "--model", str(tiny_lm_dir),
+           "--data", str(data), "--output-dir", str(tmp_path / "two"), "--batch-size", "4", "--max-steps", "2", "--max-length", "64",
+           "--set", "mlflow=false"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), done.stdout
+    assert any(line.startswith("note: skipped 1 of 9") for line in lines), done.stdout
+    assert any(line.startswith("done: ") for line in lines)
+    assert done.stderr.count("Loading weights: 100%") == 1, done.stderr[-3000:]

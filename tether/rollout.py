@@ -34,6 +34,7 @@ one forward over it: its keys and values are gathered to the group's rows and on
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -555,6 +556,49 @@ def sampler_gap_metrics(trainer_logps: torch.Tensor, sampler_logps: torch.Tensor
 # ---------------------------------------------------------------------------------------------------------------
 # Plumbing the online trainers share: which prompts a rollout takes, sample tables, metrics over processes
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """The sizes of an online run (PPO, GRPO, RLOO): a rollout samples ``batch_size x num_minibatches``
+    completions (``group_size`` per prompt) and makes ``ppo_epochs x num_minibatches`` optimizer steps on them.
+
+    ``total_steps`` is ``max_steps`` exactly when given: the last rollout then stops after the steps that remain
+    (``updates_in``), instead of rounding the run up to whole rollouts."""
+
+    rollout_size: int  # completions per rollout, all processes
+    prompts_per_rollout: int  # all processes
+    minibatch: int  # completions per optimizer step on this process
+    updates_per_rollout: int
+    total_rollouts: int
+    total_steps: int
+
+    def updates_in(self, rollout_index: int) -> int:
+        """Optimizer steps of rollout ``rollout_index``: all of them, but for a short last one."""
+        return min(self.updates_per_rollout, self.total_steps - rollout_index * self.updates_per_rollout)
+
+
+def plan_rollouts(cfg: Any, n_prompts: int, processes: int) -> RolloutPlan:
+    """Size the run from the config, the number of prompts and of processes (checked to divide evenly)."""
+    rollout_size = cfg.batch_size * cfg.num_minibatches  # completions per rollout, all processes
+    prompts_per_rollout = rollout_size // cfg.group_size
+    if prompts_per_rollout % processes:
+        raise TetherError(
+            f"{prompts_per_rollout} prompts per rollout do not split over {processes} processes",
+            fix="make batch_size x num_minibatches / group_size a multiple of the number of processes",
+        )
+    updates_per_rollout = cfg.ppo_epochs * cfg.num_minibatches
+    if cfg.max_steps:
+        total_steps = cfg.max_steps
+    else:
+        total_steps = max(1, math.ceil(cfg.epochs * n_prompts / prompts_per_rollout)) * updates_per_rollout
+    plan = RolloutPlan(rollout_size, prompts_per_rollout, cfg.batch_size // processes, updates_per_rollout, math.ceil(total_steps / updates_per_rollout), total_steps)
+    if total_steps % updates_per_rollout:
+        print(
+            f"note: --max-steps {total_steps}: the last rollout makes {plan.updates_in(plan.total_rollouts - 1)} of its "
+            f"{updates_per_rollout} optimizer steps (ppo_epochs {cfg.ppo_epochs} x num_minibatches {cfg.num_minibatches})"
+        )
+    return plan
 
 
 def prompt_indices(n_prompts: int, rollout_index: int, per_rollout: int, seed: int) -> list[int]:

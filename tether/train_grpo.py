@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from tether.config import GRPOConfig
-from tether.errors import TetherError
 
 
 def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, float]], None] | None = None) -> Path:
@@ -52,6 +51,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         completion_logps,
         disable_dropout,
         mean_over_processes,
+        plan_rollouts,
         prompt_indices,
         sample_rollout,
         sampler_gap_metrics,
@@ -76,6 +76,8 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
     accelerator, _, micro_batch = make_accelerator(cfg)
     rows = load_rows(cfg.prompts, "prompt")
     prompts = [row["prompt"] for row in rows]
+    plan = plan_rollouts(cfg, len(prompts), accelerator.num_processes)
+    total_steps, updates_per_rollout, minibatch = plan.total_steps, plan.updates_per_rollout, plan.minibatch
     reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16)
     tokenizer = load_tokenizer(cfg.model)
     require_pad_token(tokenizer, cfg.model)
@@ -87,21 +89,6 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
     if cfg.kl_coef > 0 and not cfg.lora_r:
         reference = load_causal_lm(cfg.model, bf16=cfg.bf16).to(accelerator.device).eval().requires_grad_(False)
     kl_in_reward = cfg.kl_in_reward if cfg.kl_in_reward is not None else cfg.algo == "rloo"
-
-    rollout_size = cfg.batch_size * cfg.num_minibatches  # completions per rollout, all processes
-    prompts_per_rollout = rollout_size // cfg.group_size
-    if prompts_per_rollout % accelerator.num_processes:
-        raise TetherError(
-            f"{prompts_per_rollout} prompts per rollout do not split over {accelerator.num_processes} processes",
-            fix="make batch_size x num_minibatches / group_size a multiple of the number of processes",
-        )
-    minibatch = cfg.batch_size // accelerator.num_processes  # completions per optimizer step on this process
-    updates_per_rollout = cfg.ppo_epochs * cfg.num_minibatches
-    if cfg.max_steps:
-        total_rollouts = math.ceil(cfg.max_steps / updates_per_rollout)
-    else:
-        total_rollouts = max(1, math.ceil(cfg.epochs * len(prompts) / prompts_per_rollout))
-    total_steps = total_rollouts * updates_per_rollout
 
     optimizer = make_optimizer(policy, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
@@ -136,10 +123,10 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         return update_order(len(rollout), minibatch, cfg.seed * 1_000_003 + rollout_index * 1_009 + epoch).to(device)
 
     progress = Progress(total_steps, cfg.algo.upper(), enabled=cfg.progress and accelerator.is_main_process, completed=global_step)
-    for rollout_index in range(start_rollout, total_rollouts):
+    for rollout_index in range(start_rollout, plan.total_rollouts):
         # ---- ALGO: sample group_size completions for each prompt ------------------------------------------
         started = time.perf_counter()
-        indices = shard_batch(prompt_indices(len(prompts), rollout_index, prompts_per_rollout, cfg.seed), accelerator)
+        indices = shard_batch(prompt_indices(len(prompts), rollout_index, plan.prompts_per_rollout, cfg.seed), accelerator)
         unwrapped = accelerator.unwrap_model(policy)
         sampling = dict(group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_length - cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
         if vllm is not None:
@@ -195,9 +182,10 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         update_started = time.perf_counter()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for epoch in range(cfg.ppo_epochs):
+        updates = plan.updates_in(rollout_index)  # fewer in a last rollout that --max-steps cuts short
+        for epoch in range(math.ceil(updates / cfg.num_minibatches)):
             order = first_order if epoch == 0 else pass_order(epoch)
-            for mb_index in range(cfg.num_minibatches):
+            for mb_index in range(min(cfg.num_minibatches, updates - epoch * cfg.num_minibatches)):
                 mb_rows = order[mb_index * minibatch : (mb_index + 1) * minibatch]
                 mb_tokens = mask[mb_rows].sum().clamp(min=1)
                 chunks = [mb_rows[i : i + micro_batch] for i in range(0, len(mb_rows), micro_batch)]
@@ -255,7 +243,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
             metrics.update(sampler_gap_metrics(old_logps, rollout.sampler_logps.to(device), mask, cfg.is_cap))
         metrics = mean_over_processes(accelerator, metrics)
         metrics["train/rollout"] = rollout_index + 1
-        last = rollout_index + 1 == total_rollouts
+        last = rollout_index + 1 == plan.total_rollouts
         if crossed(global_step, cfg.logging_steps) or last:
             logger.log(global_step, metrics)
         if cfg.sample_every and accelerator.is_main_process and (rollout_index % cfg.sample_every == 0 or last):

@@ -125,6 +125,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         completion_logps,
         disable_dropout,
         mean_over_processes,
+        plan_rollouts,
         position_ids,
         prompt_indices,
         sample_rollout,
@@ -150,6 +151,8 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
     accelerator, _, micro_batch = make_accelerator(cfg)
     rows = load_rows(cfg.prompts, "prompt")
     prompts = [row["prompt"] for row in rows]
+    plan = plan_rollouts(cfg, len(prompts), accelerator.num_processes)
+    total_steps, updates_per_rollout, minibatch = plan.total_steps, plan.updates_per_rollout, plan.minibatch
     reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16)
     tokenizer = load_tokenizer(cfg.model)
     require_pad_token(tokenizer, cfg.model)
@@ -166,21 +169,6 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         critic.model = apply_lora(critic.model, cfg, task_type="SEQ_CLS")
     if accelerator.is_main_process:
         print(critic_note)
-
-    rollout_size = cfg.batch_size * cfg.num_minibatches  # completions per rollout, all processes
-    prompts_per_rollout = rollout_size // cfg.group_size
-    if prompts_per_rollout % accelerator.num_processes:
-        raise TetherError(
-            f"{prompts_per_rollout} prompts per rollout do not split over {accelerator.num_processes} processes",
-            fix="make batch_size x num_minibatches / group_size a multiple of the number of processes",
-        )
-    minibatch = cfg.batch_size // accelerator.num_processes  # completions per optimizer step on this process
-    updates_per_rollout = cfg.ppo_epochs * cfg.num_minibatches
-    if cfg.max_steps:
-        total_rollouts = math.ceil(cfg.max_steps / updates_per_rollout)
-    else:
-        total_rollouts = max(1, math.ceil(cfg.epochs * len(prompts) / prompts_per_rollout))
-    total_steps = total_rollouts * updates_per_rollout
 
     optimizer, critic_optimizer = make_optimizer(policy, cfg), make_optimizer(critic, cfg)
     scheduler, critic_scheduler = make_scheduler(optimizer, cfg, total_steps), make_scheduler(critic_optimizer, cfg, total_steps)
@@ -222,10 +210,10 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         return update_order(len(rollout), minibatch, cfg.seed * 1_000_003 + rollout_index * 1_009 + epoch).to(device)
 
     progress = Progress(total_steps, "PPO", enabled=cfg.progress and accelerator.is_main_process, completed=global_step)
-    for rollout_index in range(start_rollout, total_rollouts):
+    for rollout_index in range(start_rollout, plan.total_rollouts):
         # ---- ALGO: sample completions ------------------------------------------------------------------
         started = time.perf_counter()
-        indices = shard_batch(prompt_indices(len(prompts), rollout_index, prompts_per_rollout, cfg.seed), accelerator)
+        indices = shard_batch(prompt_indices(len(prompts), rollout_index, plan.prompts_per_rollout, cfg.seed), accelerator)
         unwrapped = accelerator.unwrap_model(policy)
         sampling = dict(group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_length - cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
         if vllm is not None:
@@ -278,9 +266,10 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         update_started = time.perf_counter()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for epoch in range(cfg.ppo_epochs):
+        updates = plan.updates_in(rollout_index)  # fewer in a last rollout that --max-steps cuts short
+        for epoch in range(math.ceil(updates / cfg.num_minibatches)):
             order = first_order if epoch == 0 else pass_order(epoch)
-            for mb_index in range(cfg.num_minibatches):
+            for mb_index in range(min(cfg.num_minibatches, updates - epoch * cfg.num_minibatches)):
                 mb_rows = order[mb_index * minibatch : (mb_index + 1) * minibatch]
                 mb_tokens = mask[mb_rows].sum().clamp(min=1)
                 chunks = [mb_rows[i : i + micro_batch] for i in range(0, len(mb_rows), micro_batch)]
@@ -320,7 +309,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         seq_kl = masked_sum(kl, mask, dim=1)  # (B,)
         used_kl_coef = kl_coef
         if cfg.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, float(seq_kl.mean()), cfg.kl_target, cfg.kl_horizon, rollout_size)
+            kl_coef = adaptive_kl_coef(kl_coef, float(seq_kl.mean()), cfg.kl_target, cfg.kl_horizon, plan.rollout_size)
 
         # ---- metrics, samples, checkpoint (plumbing) -------------------------------------------------------
         new_tokens = int(mask.sum())
@@ -345,7 +334,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
             metrics.update(sampler_gap_metrics(old_logps, rollout.sampler_logps.to(device), mask, cfg.is_cap))
         metrics = mean_over_processes(accelerator, metrics)
         metrics["train/rollout"] = rollout_index + 1
-        last = rollout_index + 1 == total_rollouts
+        last = rollout_index + 1 == plan.total_rollouts
         if crossed(global_step, cfg.logging_steps) or last:
             logger.log(global_step, metrics)
         if cfg.sample_every and accelerator.is_main_process and (rollout_index % cfg.sample_every == 0 or last):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Any, int, int]:
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True without CUDA: `accelerate launch --num_processes 2` then starts gloo processes on a CPU machine.
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    if not accelerator.is_main_process:
+        quiet_this_process()
     processes = accelerator.num_processes
     if cfg.batch_size % processes:
         raise TetherError(
@@ -62,6 +66,28 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Any, int, int]:
             fix="choose batch_size = micro_batch_size x processes x k",
         )
     return accelerator, per_process // micro, micro
+
+
+def quiet_this_process() -> None:
+    """Silence a process that is not the main one, so that a run under ``accelerate launch`` says everything once.
+
+    Its stdout (Tether's notes, ``done:``), Python warnings and the progress bars and warnings of transformers and
+    huggingface_hub go; its stderr stays, so an error or traceback of this process alone is still seen.
+    """
+    import warnings
+
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (held for the life of the process)
+    warnings.filterwarnings("ignore")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover (both come with the package)
+        pass
 
 
 def shard_batch(batch: list[int], accelerator: Any) -> list[int]:
