@@ -9,13 +9,13 @@ import json
 import pytest
 from apphelp import PASSWORD, csrf_of, make_env, pairs
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tether.app import service
 from tether.app.main import create_app
 from tether.app.settings import AppSettings
 from tether.store.db import session_scope, upgrade
-from tether.store.tables import Assignment, AuditEvent, Judgment, Project, User
+from tether.store.tables import Assignment, AuditEvent, Judgment, Project, Prompt, User
 
 XSS_COMPLETION = 'Sure! <script>alert("xss")</script> and <img src=x onerror=alert(1)> and [click](javascript:alert(2))'
 
@@ -254,3 +254,64 @@ def test_links_render_as_safe_anchors_on_every_page_and_answers_are_kept(env):
         response = admin.get(path)
         assert response.status_code == 200, (path, response.text)
     assert anchor in admin.get(f"/admin/projects/{pid}").text and anchor in admin.get(f"/review/items/{item_id}").text
+
+
+def _bombs(tmp_path) -> list[tuple[str, bytes]]:
+    """Small uploads that expand to far more than the limit: gzip of one huge line, gzip of a JSON list, and
+    parquet whose dictionary names one 1 MB text from 100 rows (a few KB on disk)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    line = json.dumps({"prompt": "p" * 20_000_000, "completions": ["a", "b"]}).encode()
+    parquet = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"prompt": ["q" * 1_000_000] * 100, "completions": [["a", "b"]] * 100}), parquet, compression="zstd")
+    return [
+        ("line.jsonl.gz", gzip.compress(line)),
+        ("list.json.gz", gzip.compress(b"[" + line + b"]")),
+        ("bomb.parquet", parquet.read_bytes()),
+        ("bomb.parquet.gz", gzip.compress(parquet.read_bytes())),
+    ]
+
+
+def test_uploads_count_decompressed_bytes_while_streaming(url, tmp_path):
+    """A 300 KB .jsonl.gz of one 300 MB line took the server from 173 MB to 1.3 GB before it was refused: the
+    limit counted compressed bytes. Now the decompressed bytes are counted as they are read."""
+    import tracemalloc
+
+    env = make_env(url, max_upload_bytes=1024 * 1024)
+    pid = env.create_project()
+    admin = env.login("admin")
+    token = csrf_of(admin.get(f"/admin/projects/{pid}").text)
+    with session_scope(env.url) as session:
+        before = session.scalar(select(func.count()).select_from(Prompt))
+    for name, data in _bombs(tmp_path):
+        assert len(data) < 200_000, (name, len(data))
+        tracemalloc.start()
+        try:
+            response = admin.post(f"/admin/projects/{pid}/upload", data={"csrf_token": token}, files={"file": (name, io.BytesIO(data), "application/octet-stream")})
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert response.status_code == 413, (name, response.status_code, response.text[:300])
+        assert f"{name} holds more than 1.0 MB" in response.text and "the limit is 1.0 MB" in response.text, response.text
+        assert peak < 8 * 1024 * 1024, (name, peak)  # the old code held the whole expansion (20 MB or 100 MB)
+    with session_scope(env.url) as session:
+        assert session.scalar(select(func.count()).select_from(Prompt)) == before
+    # A file within the limit still goes in, gzipped or not.
+    small = "".join(json.dumps(r) + "\n" for r in pairs(3)).encode()
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chats = tmp_path / "chats.parquet"
+    pq.write_table(pa.table({"prompt": [[{"role": "user", "content": f"hi {i}"}] for i in range(3)],
+                             "completions": [["hello", f"hey {i}"] for i in range(3)]}), chats)
+    for name, data in (("ok.jsonl.gz", gzip.compress(small)), ("ok2.jsonl", small.replace(b"q", b"r")), ("chats.parquet", chats.read_bytes())):
+        response = admin.post(f"/admin/projects/{pid}/upload", data={"csrf_token": token}, files={"file": (name, io.BytesIO(data), "text/plain")},
+                              follow_redirects=False)
+        assert response.status_code == 303, response.text
+    with session_scope(env.url) as session:
+        assert session.scalar(select(func.count()).select_from(Prompt)) == before + 9

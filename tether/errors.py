@@ -18,3 +18,7 @@ class TetherError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.fix else f"{self.message}\n  fix: {self.fix}"
+
+
+class TooLarge(TetherError):
+    """Input past a size limit (the web app answers 413)."""

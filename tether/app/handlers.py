@@ -12,11 +12,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException
 
 from tether.app.deps import CsrfRefused, LoginRequired, Unauthorized, is_htmx, page, user_for_error_page
-from tether.errors import TetherError
+from tether.errors import TetherError, TooLarge
 from tether.store.annotation import Conflict, Forbidden, NotFound
 
 
 def status_of(exc: TetherError) -> int:
+    if isinstance(exc, TooLarge):
+        return 413
     if isinstance(exc, (Forbidden, CsrfRefused)):
         return 403
     if isinstance(exc, Unauthorized):

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tether.errors import TetherError
+from tether.errors import TetherError, TooLarge
 from tether.inputs import find_unstorable
 
 HH_ASSISTANT = "\n\nAssistant:"
@@ -89,6 +89,7 @@ def read_records(
     *,
     on_bad: Callable[[int, str], None] | None = None,
     on_progress: Callable[[float], None] | None = None,
+    max_bytes: int | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_or_record_number, record)`` from a feedback file; clear errors for every failure.
 
@@ -96,6 +97,10 @@ def read_records(
     not an object) instead of an error, so ``--skip-invalid`` can go on. A truncated gzip stream or a broken JSON
     or parquet file is always an error: nothing after the break can be trusted. ``on_progress(fraction)`` is
     called now and then with the share of the file read (0..1).
+
+    ``max_bytes`` (the web app's uploads) bounds the *decompressed* bytes read, counted while streaming: a small
+    gzip of one huge line is refused (``TooLarge``) once the count passes the limit, with at most ``max_bytes``
+    read into memory, never the whole expansion.
     """
     path = Path(path)
     if not path.exists():
@@ -105,25 +110,56 @@ def read_records(
     kind = _file_kind(path)
     try:
         if kind == "parquet":
-            yield from _read_parquet(path, on_progress)
+            yield from _read_parquet(path, on_progress, max_bytes)
         elif kind == "jsonl":
-            yield from _read_jsonl(path, on_bad, on_progress)
+            yield from _read_jsonl(path, on_bad, on_progress, max_bytes)
         else:
-            yield from _read_json(path, on_progress)
+            yield from _read_json(path, on_progress, max_bytes)
     except UnicodeDecodeError as exc:
         raise TetherError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", fix="re-encode the file as UTF-8") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise TetherError(f"{path}: the gzip stream is truncated or corrupt ({exc})", fix="download or copy the file again") from None
 
 
+def _too_large(path: Path, max_bytes: int) -> TooLarge:
+    what = "once decompressed" if path.suffix == ".gz" else ""
+    return TooLarge(
+        f"{path} holds more than {max_bytes / 2**20:.1f} MB {what}; the limit is {max_bytes / 2**20:.1f} MB".replace("  ", " "),
+        fix="split the file into smaller uploads (or raise TETHER_MAX_UPLOAD_MB)",
+    )
+
+
+def _lines(stream: Any, path: Path, max_bytes: int | None) -> Iterator[bytes]:
+    """The stream's lines; with ``max_bytes``, no line is read past the bytes left (a line never ends otherwise)."""
+    if max_bytes is None:
+        yield from stream
+        return
+    left = max_bytes
+    while line := stream.readline(left + 1):
+        left -= len(line)
+        if left < 0:
+            raise _too_large(path, max_bytes)
+        yield line
+
+
+def _read_limited(path: Path, max_bytes: int | None) -> bytes:
+    """The file's bytes (decompressed for .gz), refused past ``max_bytes`` without reading further."""
+    with path.open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+        data = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_large(path, max_bytes)
+    return data
+
+
 def _read_jsonl(
-    path: Path, on_bad: Callable[[int, str], None] | None, on_progress: Callable[[float], None] | None
+    path: Path, on_bad: Callable[[int, str], None] | None, on_progress: Callable[[float], None] | None, max_bytes: int | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     size = max(path.stat().st_size, 1)
     with path.open("rb") as raw:
         # Bytes, decoded line by line: a bad byte is reported with its line and the other lines stay readable.
         stream = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
-        for line_no, line in enumerate(stream, start=1):
+        for line_no, line in enumerate(_lines(stream, path, max_bytes), start=1):
             if on_progress is not None and line_no % 1000 == 0:
                 on_progress(raw.tell() / size)
             if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
@@ -152,10 +188,10 @@ def _read_jsonl(
         on_progress(1.0)
 
 
-def _read_json(path: Path, on_progress: Callable[[float], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+def _read_json(
+    path: Path, on_progress: Callable[[float], None] | None = None, max_bytes: int | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    raw = _read_limited(path, max_bytes)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -184,25 +220,81 @@ def _read_json(path: Path, on_progress: Callable[[float], None] | None = None) -
         on_progress(1.0)
 
 
-def _read_parquet(path: Path, on_progress: Callable[[float], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_parquet(
+    path: Path, on_progress: Callable[[float], None] | None = None, max_bytes: int | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
-        if path.suffix == ".gz":
-            table = pq.read_table(io.BytesIO(gzip.decompress(path.read_bytes())))
+        if max_bytes is None:
+            source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix == ".gz" else path
+            groups: Iterator[Any] = iter([pq.read_table(source)])
+            total = None
         else:
-            table = pq.read_table(path)
-    except (EOFError, gzip.BadGzipFile, zlib.error):
+            groups, total = _parquet_groups(path, max_bytes)
+        index = 0
+        for table in groups:  # one row group at a time when bounded
+            rows = table.to_pylist()
+            total = total or len(rows)
+            for record in rows:
+                index += 1
+                if on_progress is not None and index % 1000 == 0:
+                    on_progress(index / total)
+                yield index, record
+    except (EOFError, gzip.BadGzipFile, zlib.error, TooLarge):
         raise
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise TetherError(f"{path}: cannot read parquet ({exc})", fix="check the file is complete parquet") from None
-    rows = table.to_pylist()
-    for index, record in enumerate(rows, start=1):
-        if on_progress is not None and index % 1000 == 0:
-            on_progress(index / len(rows))
-        yield index, record
     if on_progress is not None:
         on_progress(1.0)
+
+
+# What a Python object costs beyond its bytes, for the bound below (a str or an int is about 50 bytes or more).
+_OBJECT_BYTES = 64
+
+
+def _parquet_groups(path: Path, max_bytes: int) -> tuple[Iterator[Any], int]:
+    """A bounded parquet file's row groups (as tables) and its row count.
+
+    Parquet compresses twice: pages (zstd, snappy) and dictionaries (a value stored once, referenced by every row
+    that repeats it: 722 bytes of parquet can name 2 GB of text). So the text columns are read as dictionaries,
+    and each row group's decoded size (values as referenced, plus a Python object per value) is counted against
+    ``max_bytes`` before its rows are made.
+    """
+    import pyarrow.parquet as pq
+
+    data = io.BytesIO(_read_limited(path, max_bytes))
+    schema = pq.ParquetFile(data).schema
+    text_leaves = [schema.column(i).path for i in range(len(schema)) if schema.column(i).physical_type == "BYTE_ARRAY"]
+    data.seek(0)
+    parquet = pq.ParquetFile(data, read_dictionary=text_leaves)
+
+    def groups() -> Iterator[Any]:
+        decoded = 0
+        for number in range(parquet.metadata.num_row_groups):
+            table = parquet.read_row_group(number)
+            decoded += sum(_decoded_bytes(chunk) for column in table.columns for chunk in column.chunks)
+            if decoded > max_bytes:
+                raise _too_large(path, max_bytes)
+            yield table
+
+    return groups(), parquet.metadata.num_rows
+
+
+def _decoded_bytes(array: Any) -> int:
+    """About what ``array.to_pylist()`` will hold: dictionary values counted once per reference."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        lengths = pc.take(pc.binary_length(array.dictionary), array.indices)
+        return (pc.sum(lengths).as_py() or 0) + _OBJECT_BYTES * len(array)
+    if pa.types.is_struct(kind):
+        return sum(_decoded_bytes(array.field(i)) for i in range(kind.num_fields)) + _OBJECT_BYTES * len(array)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        return _decoded_bytes(array.values) + _OBJECT_BYTES * len(array)
+    return array.nbytes + _OBJECT_BYTES * len(array)
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:

@@ -39,7 +39,10 @@ def schema_from_form(kind: str, strength: bool, aspects: str, scale_low: int, sc
 
 
 def upload_rows(upload: UploadFile, settings: AppSettings) -> tuple[list[dict[str, Any]], list[str]]:
-    """The records of an uploaded file (JSONL, JSON, parquet; optionally gzipped) with ``file:line`` labels."""
+    """The records of an uploaded file (JSONL, JSON, parquet; optionally gzipped) with ``file:line`` labels.
+
+    The upload limit holds for the decompressed bytes too, counted while reading (a small gzip of one huge line
+    is refused with 413 before it is expanded in memory)."""
     from tether.store.formats import read_records
 
     name = Path(upload.filename or "upload.jsonl").name
@@ -52,11 +55,16 @@ def upload_rows(upload: UploadFile, settings: AppSettings) -> tuple[list[dict[st
             while chunk := upload.file.read(1024 * 1024):
                 fh.write(chunk)
         rows, labels = [], []
-        for number, record in read_records(path):
-            rows.append(record)
-            labels.append(f"{name}:{number}")
-            if len(rows) > settings.max_items_per_upload:
-                raise TetherError(f"{name} holds more than {settings.max_items_per_upload:,} rows", fix="split it into smaller files")
+        try:
+            for number, record in read_records(path, max_bytes=settings.max_upload_bytes):
+                rows.append(record)
+                labels.append(f"{name}:{number}")
+                if len(rows) > settings.max_items_per_upload:
+                    raise TetherError(f"{name} holds more than {settings.max_items_per_upload:,} rows", fix="split it into smaller files")
+        except TetherError as exc:  # name the uploaded file, not the temporary copy
+            exc.message = exc.message.replace(str(path), name)
+            exc.args = (exc.message,)
+            raise
     if not rows:
         raise TetherError(f"{name} holds no rows", fix="upload a file with one prompt and its completions per line")
     return rows, labels
