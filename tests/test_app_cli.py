@@ -17,7 +17,8 @@ def test_user_add_reads_the_password_from_stdin_and_token_works(cli, workspace, 
     token = cli("user", "token", "alice").stdout.strip()
     assert token.startswith("tth_")
     with session_scope(workspace.database_url) as session:
-        assert service.user_for_token(session, token).name == "alice"
+        user, scope = service.user_for_token(session, token)
+        assert user.name == "alice" and scope == "full"
         assert service.authenticate(session, name="alice", password="a-long-passphrase", password_profile="cheapest") is not None
         user = service.get_user_by_name(session, "alice")
         assert user.password_hash.startswith("$argon2id$") and "a-long-passphrase" not in user.password_hash

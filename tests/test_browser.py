@@ -61,6 +61,10 @@ harmful instructions (**harmful**).
 """
 
 
+# Long enough for an admin, and containing no user name (tether.app.service.check_password_rules).
+PASSWORD = "plum-orbit-lantern-42"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,7 +88,7 @@ def server(tmp_path):
     subprocess.run([*tether, "init", str(tmp_path / "ws")], env=env, check=True, capture_output=True)
     for name, role in (("ada", "admin"), ("ann", "annotator")):
         subprocess.run([*tether, "user", "add", name, "--role", role], env=env, check=True, capture_output=True,
-                       input=f"{name}-password\n", text=True)
+                       input=f"{PASSWORD}\n", text=True)
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([*tether, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
@@ -115,7 +119,7 @@ def server(tmp_path):
 def _login(page, base: str, name: str) -> None:
     page.goto(base + "/login")
     page.fill("#name", name)
-    page.fill("#password", f"{name}-password")
+    page.fill("#password", PASSWORD)
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert "/login" not in page.url, page.inner_text("body")

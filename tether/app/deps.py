@@ -83,15 +83,11 @@ def actor_of(user: User, via: str = "user") -> str:
 # --- web (cookie) -------------------------------------------------------------------------------------------------
 
 
-def optional_web_user(request: Request, session: DbSession, settings: Settings) -> User | None:
-    read = security.read_session_cookie(settings.secret_key, request.cookies.get(security.SESSION_COOKIE), settings.session_ttl_s)
-    if read is None:
-        return None
-    user_id, fingerprint = read
-    user = session.get(User, user_id)
-    if user is None or not user.active or user.role == "external":
-        return None
-    if fingerprint != security.password_fingerprint(user.password_hash):  # the password changed since
+def optional_web_user(request: Request, session: DbSession) -> User | None:
+    from tether.app.service import user_for_session
+
+    user = user_for_session(session, request.cookies.get(security.SESSION_COOKIE))
+    if user is None:
         return None
     # What error pages show in their header; a plain copy, since a rollback expires the ORM object.
     request.state.user = SimpleNamespace(name=user.name, role=user.role)
@@ -168,53 +164,69 @@ def is_htmx(request: Request) -> bool:
 # --- API (bearer token) -------------------------------------------------------------------------------------------
 
 
-def token_holder(session: Session, authorization: str) -> User:
-    """The user holding the bearer token of an ``Authorization`` header; 401 without a valid one."""
+def token_holder(session: Session, authorization: str) -> tuple[User, str]:
+    """``(user, scope)`` of the bearer token of an ``Authorization`` header; 401 without a live one."""
     from tether.app.service import user_for_token
 
     scheme, _, token = authorization.partition(" ")
-    user = user_for_token(session, token.strip()) if scheme.lower() == "bearer" else None
-    if user is None:
+    found = user_for_token(session, token.strip()) if scheme.lower() == "bearer" else None
+    if found is None:
         raise Unauthorized(
-            "this API needs a valid token: send 'Authorization: Bearer <token>'",
+            "this API needs a valid token: send 'Authorization: Bearer <token>' (an expired or revoked token is refused)",
             fix="make one with `tether user token NAME`",
         )
-    return user
+    return found
 
 
 def api_user(request: Request, session: DbSession) -> User:
-    return token_holder(session, request.headers.get("authorization", ""))
+    user, request.state.token_scope = token_holder(session, request.headers.get("authorization", ""))
+    return user
 
 
 ApiUser = Annotated[User, Depends(api_user)]
 
 
-async def as_token_holder(request: Request, work: Callable[[Session, User], T]) -> T:
-    """``work(session, user)`` for the token's holder, in one transaction and one worker-thread hop.
+async def in_store(request: Request, work: Callable[[Session], T]) -> T:
+    """``work(session)`` in one transaction and one worker-thread hop, under the store gate.
 
-    For the annotators' two hot calls (next item, answer). Through ``DbSession`` and ``ApiUser`` a request makes
-    three hops while it holds the gate (token, endpoint, commit), and each return to the event loop queues behind
-    the other requests' parsing; under load that queueing, multiplied by the SQLite gate, made most of the tail.
-    ``work`` must return plain data (the session is closed afterwards).
+    For calls that must not hold the gate for long (sign-in hashes its password between two of these) and for the
+    annotators' two hot calls. Through ``DbSession`` a request makes several hops while it holds the gate (token,
+    endpoint, commit), and each return to the event loop queues behind the other requests' parsing; under load
+    that queueing, multiplied by the SQLite gate, made most of the tail. ``work`` must return plain data or loaded
+    objects (the session is closed afterwards).
     """
     url = request.app.state.settings.database_url
-    authorization = request.headers.get("authorization", "")
 
     def run() -> T:
         with session_scope(url) as session:
-            return work(session, token_holder(session, authorization))
+            return work(session)
 
     async with request.app.state.db_gate:
         return await run_in_threadpool(run)
 
 
-async def api_reviewer(user: ApiUser) -> User:
+async def as_token_holder(request: Request, work: Callable[[Session, User], T]) -> T:
+    """``work(session, user)`` for the token's holder (any scope: annotate tokens may take items and answer them),
+    in one hop (see ``in_store``)."""
+    authorization = request.headers.get("authorization", "")
+    return await in_store(request, lambda session: work(session, token_holder(session, authorization)[0]))
+
+
+def _full_scope(request: Request) -> None:
+    if getattr(request.state, "token_scope", "full") != "full":
+        raise Forbidden("this token may only take items and answer them (scope annotate)",
+                        fix="use a full token: `tether user token NAME --scope full`")
+
+
+async def api_reviewer(request: Request, user: ApiUser) -> User:
+    _full_scope(request)
     if user.role not in ("admin", "reviewer"):
         raise Forbidden("this API is for reviewers and admins", fix="use a reviewer's or an admin's token")
     return user
 
 
-async def api_admin(user: ApiUser) -> User:
+async def api_admin(request: Request, user: ApiUser) -> User:
+    _full_scope(request)
     if user.role != "admin":
         raise Forbidden("this API is for admins", fix="use an admin's token")
     return user

@@ -1,9 +1,9 @@
-"""Passwords (argon2id), signed session cookies, CSRF tokens and API tokens.
+"""Passwords (argon2id), session ids, CSRF tokens and API tokens: the primitives, no store access.
 
-Sessions are stateless: the cookie holds ``user_id.issued_at.fingerprint`` and an HMAC-SHA256 over it with the
-app's secret key. The fingerprint is a short hash of the user's password hash, so changing a password ends every
-session made with the old one. CSRF uses the signed double-submit pattern: a random ``tether_csrf`` cookie and,
-in every form, ``HMAC(secret, cookie)``; a cross-site page can neither read the cookie nor forge the HMAC.
+Sessions live in the store (tether.app.service): the cookie carries a random id, the ``web_session`` table its
+sha256, so ending a session is deleting its row and holds across workers and hosts. CSRF uses the signed
+double-submit pattern: a random ``tether_csrf`` cookie and, in every form, ``HMAC(secret, cookie)``; a cross-site
+page can neither read the cookie nor forge the HMAC.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from functools import lru_cache
 
 from argon2 import PasswordHasher, profiles
@@ -22,7 +21,10 @@ CSRF_COOKIE = "tether_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 TOKEN_PREFIX = "tth_"
+SESSION_PREFIX = "tts_"
+# Shortest password: for annotators, and for admins and reviewers, whose accounts can change every project.
 MIN_PASSWORD_CHARS = 8
+MIN_PRIVILEGED_PASSWORD_CHARS = 12
 
 
 @lru_cache(maxsize=2)
@@ -56,28 +58,9 @@ def _sign(secret: str, payload: str) -> str:
     return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
 
 
-def password_fingerprint(password_hash: str | None) -> str:
-    return hashlib.sha256((password_hash or "").encode()).hexdigest()[:12]
-
-
-def make_session_cookie(secret: str, user_id: int, password_hash: str | None, now: float | None = None) -> str:
-    payload = f"{user_id}.{int(now if now is not None else time.time())}.{password_fingerprint(password_hash)}"
-    return f"{payload}.{_sign(secret, 'session|' + payload)}"
-
-
-def read_session_cookie(secret: str, cookie: str | None, ttl_s: int, now: float | None = None) -> tuple[int, str] | None:
-    """``(user_id, password fingerprint)`` of a valid, unexpired cookie; None otherwise."""
-    if not cookie or cookie.count(".") != 3:
-        return None
-    payload, signature = cookie.rsplit(".", 1)
-    if not hmac.compare_digest(signature, _sign(secret, "session|" + payload)):
-        return None
-    user_id, issued, fingerprint = payload.split(".")
-    if not (user_id.isdigit() and issued.isdigit()):
-        return None
-    if (now if now is not None else time.time()) - int(issued) > ttl_s:
-        return None
-    return int(user_id), fingerprint
+def new_session_id() -> str:
+    """The random id a session cookie carries (256 bits); the store keeps only ``token_hash`` of it."""
+    return SESSION_PREFIX + secrets.token_urlsafe(32)
 
 
 def new_csrf_cookie() -> str:
@@ -99,4 +82,5 @@ def new_api_token() -> str:
 
 
 def token_hash(token: str) -> str:
+    """sha256 of an API token or a session id: what the store keeps (both are random, so no salt is needed)."""
     return hashlib.sha256(token.encode()).hexdigest()

@@ -9,7 +9,7 @@ import typer
 
 from tether.errors import TetherError
 
-user_app = typer.Typer(help="Web app accounts: add users, set roles, issue API tokens.", no_args_is_help=True)
+user_app = typer.Typer(help="Web app accounts: add users, change passwords and roles, issue and revoke API tokens.", no_args_is_help=True)
 SECRET_FILE = "secret_key"
 # Annotators think for a while between calls: keep their connections open longer than uvicorn's default 5 s.
 KEEP_ALIVE_S = 75
@@ -28,9 +28,11 @@ def serve(
 ) -> None:
     """Run the feedback web app (annotation, review, admin) and the JSON API on the workspace's database.
 
-    There is no default account: make the first admin with `tether user add NAME --role admin`. Sessions are
-    signed with TETHER_SECRET_KEY, or a key kept in the workspace (secret_key, readable by you only). Behind
-    HTTPS set TETHER_SECURE_COOKIES=1.
+    There is no default account: make the first admin with `tether user add NAME --role admin`. Sessions and the
+    sign-in throttle live in the database, so every worker and host on it agrees; CSRF tokens are signed with
+    TETHER_SECRET_KEY, or a key kept in the workspace (secret_key, readable by you only). Behind HTTPS set
+    TETHER_SECURE_COOKIES=1; behind a reverse proxy set FORWARDED_ALLOW_IPS to its address, so the throttle sees
+    each client's address (X-Forwarded-For) instead of the proxy's.
 
     Example:  tether serve --host 127.0.0.1 --port 8000
     """
@@ -83,10 +85,13 @@ def _read_password() -> str:
 
 @user_app.command("add")
 def user_add(
-    name: Annotated[str, typer.Argument(help="Login name (no spaces).")],
+    name: Annotated[str, typer.Argument(help="Login name (no spaces; compared without case).")],
     role: Annotated[str, typer.Option("--role", help="admin, reviewer or annotator.")],
 ) -> None:
     """Add a login account; the password is read from a prompt, or from stdin when piped (never from an option).
+
+    Passwords: 8+ characters for annotators, 12+ for admins and reviewers; never the user name, nor a common
+    password (a packaged list), nor a run like 12345678.
 
     Example:  tether user add alice --role annotator
     """
@@ -106,10 +111,12 @@ def user_add(
 def user_token(
     name: Annotated[str, typer.Argument(help="The user the token acts as.")],
     label: Annotated[str, typer.Option("--label", help="A note to recognize the token by.")] = "cli",
+    scope: Annotated[str, typer.Option("--scope", help="full: acts with the user's role; annotate: only takes items and answers them.")] = "full",
+    days: Annotated[int, typer.Option("--days", help="Days until the token expires (1..3650).")] = 90,
 ) -> None:
-    """Issue an API token for a user and print it once (only its sha256 is stored).
+    """Issue an API token for a user and print it once (only its sha256 is stored); its expiry goes to stderr.
 
-    Example:  TOKEN=$(tether user token pipeline-bot)
+    Example:  TOKEN=$(tether user token pipeline-bot --scope annotate --days 30)
     """
     from tether.app.service import get_user_by_name, issue_token
     from tether.cli.common import workspace_url
@@ -117,8 +124,94 @@ def user_token(
 
     _ws, url = workspace_url()
     with session_scope(url) as session:
-        token = issue_token(session, user=get_user_by_name(session, name), label=label)
+        user = get_user_by_name(session, name)
+        token = issue_token(session, user=user, label=label, scope=scope, days=days)
     typer.echo(token)
+    typer.echo(f"token for {user.name}: scope {scope}, expires in {days} days", err=True)
+
+
+@user_app.command("tokens")
+def user_tokens(name: Annotated[str, typer.Argument(help="Whose tokens to list.")]) -> None:
+    """List a user's API tokens: id, state (live, expired, revoked), scope, expiry, last use, who issued it.
+
+    Example:  tether user tokens pipeline-bot
+    """
+    from tether.app.service import get_user_by_name, list_tokens
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+
+    _ws, url = workspace_url()
+    with session_scope(url, readonly=True) as session:
+        rows = list_tokens(session, user=get_user_by_name(session, name))
+    if not rows:
+        typer.echo(f"{name} has no tokens")
+    for row in rows:
+        expires = row.expires_at.strftime("%Y-%m-%d") if row.expires_at else "-"
+        used = row.last_used_at.strftime("%Y-%m-%d %H:%M") if row.last_used_at else "never"
+        typer.echo(f"{row.id:>6}  {row.state:<8} {row.scope:<9} expires {expires}  last used {used:<16}  by {row.issued_by or '-'}  {row.label}")
+
+
+@user_app.command("revoke-tokens")
+def user_revoke_tokens(
+    name: Annotated[str, typer.Argument(help="Whose tokens to revoke.")],
+    token_id: Annotated[int | None, typer.Option("--id", help="Revoke only this token (see `tether user tokens NAME`).")] = None,
+) -> None:
+    """Revoke a user's API tokens (all of them, or one with --id); every worker refuses them at once.
+
+    Example:  tether user revoke-tokens pipeline-bot
+    """
+    from tether.app.service import get_user_by_name, revoke_tokens
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+
+    _ws, url = workspace_url()
+    with session_scope(url) as session:
+        user = get_user_by_name(session, name)
+        count = revoke_tokens(session, user=user, token_id=token_id)
+    typer.echo(f"{count} token{'s' if count != 1 else ''} of {user.name} revoked")
+
+
+@user_app.command("passwd")
+def user_passwd(name: Annotated[str, typer.Argument(help="Whose password to set.")]) -> None:
+    """Set a user's password (from a prompt, or stdin when piped); every session of the user ends. API tokens stay:
+    revoke them with `tether user revoke-tokens NAME`.
+
+    Example:  tether user passwd alice
+    """
+    from tether.app.service import get_user_by_name, set_password
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+
+    _ws, url = workspace_url()
+    password = _read_password()
+    profile = _password_profile()
+    with session_scope(url) as session:
+        user = get_user_by_name(session, name)
+        set_password(session, user=user, password=password, password_profile=profile)
+    typer.echo(f"password of {user.name} changed; their sessions ended")
+
+
+@user_app.command("set")
+def user_set(
+    name: Annotated[str, typer.Argument(help="The user to change.")],
+    role: Annotated[str | None, typer.Option("--role", help="admin, reviewer or annotator.")] = None,
+    active: Annotated[bool | None, typer.Option("--active/--inactive", help="Let the user sign in, or not.")] = None,
+) -> None:
+    """Change a user's role or deactivate them. Either ends their sessions; deactivation revokes all their tokens, a
+    role change the full-role ones (reactivating later revives none).
+
+    Example:  tether user set mallory --inactive
+    """
+    from tether.app.service import get_user_by_name, set_role
+    from tether.cli.common import workspace_url
+    from tether.store.db import session_scope
+
+    if role is None and active is None:
+        raise TetherError("nothing to change", fix="give --role ROLE, --active or --inactive")
+    _ws, url = workspace_url()
+    with session_scope(url) as session:
+        user = set_role(session, user=get_user_by_name(session, name), role=role, active=active)
+        typer.echo(f"user {user.name}: {user.role}, {'active' if user.active else 'inactive'}")
 
 
 @user_app.command("list")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, case, exists, func, literal_column, or_, select, update
@@ -49,6 +49,7 @@ from tether.store.tables import (
     Project,
     Prompt,
     User,
+    as_utc,
     utcnow,
 )
 
@@ -500,11 +501,7 @@ def add_items(
 # The queue
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone; the store writes UTC only."""
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt
+_aware = as_utc  # SQLite hands datetimes back without their zone
 
 
 def _expired(assignment: Assignment, now: datetime) -> bool:

@@ -7,6 +7,7 @@ The schema is created and upgraded by the Alembic migrations in ``migrations/``,
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,6 +29,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A stored datetime with its zone: SQLite hands them back naive, and the store writes UTC only."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
 
 
 class Base(DeclarativeBase):
@@ -80,12 +88,29 @@ class LabelSchema(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+def name_key(name: str) -> str:
+    """A login name as compared: NFKC-normalized and case-folded (``ＡＤＭＩＮ１``, ``ADMIN1`` and ``admin1`` are one)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def _default_name_key(context: Any) -> str | None:
+    params = context.get_current_parameters()
+    return None if params.get("role") == "external" else name_key(params["name"])
+
+
 class User(Base):
-    """An annotator, reviewer or admin; imported annotators are role "external" and cannot log in."""
+    """An annotator, reviewer or admin; imported annotators are role "external" and cannot log in.
+
+    ``name_key`` is the login name NFKC-normalized and case-folded (tether.app.service.name_key), unique among login
+    accounts (migration 0004), so ``ADMIN1`` cannot sit beside ``admin1``. Imported annotators have none: their
+    names come from the data as they are.
+    """
 
     __tablename__ = "user"
+    __table_args__ = (Index("ux_user_name_key", "name_key", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    name_key: Mapped[str | None] = mapped_column(String(200), default=_default_name_key)
     role: Mapped[str] = mapped_column(String(20))
     password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -93,8 +118,13 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+# What an API token may do: "full" acts with its holder's role; "annotate" only takes items and answers them.
+TOKEN_SCOPES = ("full", "annotate")
+
+
 class ApiToken(Base):
-    """A bearer token for the JSON API; only its sha256 is stored."""
+    """A bearer token for the JSON API; only its sha256 is stored. It ends at ``expires_at`` (a token without one,
+    which only a hand-made row can be, is refused) or when revoked."""
 
     __tablename__ = "api_token"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -104,6 +134,34 @@ class ApiToken(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    scope: Mapped[str] = mapped_column(String(20), default="full", server_default="full")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # Who minted it ("user:<admin>", "cli:<os user>"): an admin's token for someone else is the admin's act.
+    issued_by: Mapped[str | None] = mapped_column(String(200), default=None)
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie carries a random id; only its sha256 is stored, so a copy of the table
+    opens no session. Logout, a new password, a role change and deactivation delete the user's rows."""
+
+    __tablename__ = "web_session"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins per key ("account:<name key>" or "address:<client address>"), shared by every worker and
+    host on the store (tether.app.throttle)."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class Prompt(Base):

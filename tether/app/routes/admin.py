@@ -215,14 +215,24 @@ def update_user(
 
 
 @router.post("/users/{user_id}/token")
-def new_token(request: Request, user_id: IdPath, session: DbSession, user: WebAdmin, label: Annotated[str, Form(max_length=200)] = "") -> Response:
+def new_token(
+    request: Request,
+    user_id: IdPath,
+    session: DbSession,
+    user: WebAdmin,
+    label: Annotated[str, Form(max_length=200)] = "",
+    scope: Annotated[str, Form(max_length=20)] = "full",
+    days: Annotated[int, Form(ge=1, le=service.MAX_TOKEN_DAYS)] = service.DEFAULT_TOKEN_DAYS,
+) -> Response:
     target = session.get(User, user_id)
     if target is None or target.role == "external":
         raise annotation.NotFound(f"no user with id {user_id}", fix="pick a user from the list")
-    token = service.issue_token(session, user=target, label=label or "web", actor=actor_of(user))
+    # Audited as this admin's act (the actor), with the user as its subject.
+    token = service.issue_token(session, user=target, label=label or "web", scope=scope, days=days, actor=actor_of(user))
     users = session.scalars(select(User).where(User.role != "external").order_by(User.name)).all()
     # Shown once, in this response only; the store keeps its sha256.
-    return page(request, "admin_users.html", user=user, users=users, roles=service.LOGIN_ROLES, token=token, token_user=target.name)
+    return page(request, "admin_users.html", user=user, users=users, roles=service.LOGIN_ROLES, token=token, token_user=target.name,
+                token_scope=scope, token_days=days)
 
 
 @router.get("/audit")
