@@ -173,7 +173,7 @@ def test_resume_equals_uninterrupted(tiny_lm_dir, pair_files, tmp_path, monkeypa
 
     original = tether.training.Checkpointer.save
 
-    def save_then_stop(self, step, state):
+    def save_then_stop(self, step, state=None):
         original(self, step, state)
         raise Stop
 

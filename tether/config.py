@@ -1,7 +1,9 @@
 """Typed configs, one per entry point, every field documented.
 
-Values come, lowest priority first, from the defaults, a YAML ``--config`` file, ``--set key=value`` and the
-command's own flags. A wrong value is refused before any work starts, with the option's name and the fix.
+Values come, lowest priority first, from the defaults, a YAML ``--config`` file (any field, ``model``, ``data`` and
+``output_dir`` included), then ``--set key=value`` and the command's own flags; a field given both as a flag and with
+``--set`` (two different values) is refused rather than one silently winning. A wrong value is refused before any
+work starts, with the option's name and the fix.
 Each trainer's config subclasses ``TrainConfig`` (the options every ``tether train`` command shares) and is
 defined next to the others here.
 """
@@ -44,7 +46,11 @@ class TrainConfig(BaseModel):
     bf16: bool = Field(False, description="bfloat16 mixed precision (on a GPU that has it).")
     logging_steps: int = Field(10, ge=1, description="Write metrics every this many optimizer steps.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every this many steps (resume with resume=true).")
-    resume: bool = Field(False, description="Resume from the last checkpoint in output_dir.")
+    resume: bool = Field(
+        False,
+        description="Continue from the last checkpoint in output_dir; refused, naming the difference, when the checkpoint is another run's (other model, data, step count or settings).",
+    )
+    overwrite: bool = Field(False, description="Start afresh in an output_dir that holds an earlier run: its model, metrics and checkpoints are deleted first.")
     mlflow: bool = Field(True, description="Also log metrics to the workspace's MLflow store when a workspace is found.")
     progress: bool = Field(True, description="Show a progress bar.")
 
@@ -52,7 +58,22 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in output_dir and overwrite deletes it: give one of them")
         return self
+
+
+# The fields a resumed run may change: how it runs (memory, speed, logging, where caches go, how the result is
+# saved), never what it computes. Every other field must equal the checkpoint's run, or resume is refused
+# (tether.training.Checkpointer); a new field is therefore checked unless it is added here. model, data and prompts
+# are checked by what they are (the model's fingerprint, the rows' digest), not by how they are spelled.
+RESUME_MAY_CHANGE = frozenset({
+    "output_dir", "resume", "overwrite", "progress", "mlflow", "logging_steps", "save_steps", "micro_batch_size",
+    "gradient_checkpointing", "bf16", "merge", "ref_cache_dir", "ref_batch_size", "precompute_ref", "eval_batch_size",
+    "eval_data", "max_tokens_per_forward", "normalize_data", "normalize_max_rows", "reward_batch_size", "sample_every",
+    "num_samples", "sampler", "decoder", "cache", "share_prompts", "vllm_gpu_memory_utilization",
+    "model", "data", "prompts",
+})
 
 
 class RewardConfig(TrainConfig):
@@ -274,8 +295,15 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def load_config(cls: type[C], config_file: Path | None = None, sets: list[str] | None = None, **flags: Any) -> C:
-    """Build ``cls`` from defaults < YAML file < --set pairs < flags (None flags are ignored)."""
+def load_config(
+    cls: type[C], config_file: Path | None = None, sets: list[str] | None = None, *, implied: dict[str, tuple[Any, str]] | None = None, **flags: Any
+) -> C:
+    """Build ``cls`` from defaults < YAML file < --set pairs and flags (None flags are ignored).
+
+    A field given both as a flag and with --set, or twice with --set, with different values is refused: which one
+    should win is not obvious, so neither does. ``implied`` holds the values the command itself fixes, each with
+    how to name it (``tether train rloo`` fixes ``algo``); a file or --set that says otherwise is refused too.
+    """
     import yaml
 
     values: dict[str, Any] = {}
@@ -291,14 +319,25 @@ def load_config(cls: type[C], config_file: Path | None = None, sets: list[str] |
             raise TetherError(f"{config_file} must hold a mapping of field: value", fix="write one `field: value` per line")
         values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
         origin.update({str(k).replace("-", "_"): f"{k} (in {config_file})" for k in loaded})
+    set_here: dict[str, str] = {}  # field -> the --set pair that gave it
     for pair in sets or []:
         if "=" not in pair:
             raise TetherError(f"--set {pair!r} is not key=value", fix="write --set learning_rate=1e-5")
-        key, raw = pair.split("=", 1)
-        values[key.strip().replace("-", "_")] = _parse_scalar(raw.strip())
-        origin[key.strip().replace("-", "_")] = f"--set {key.strip()}={raw.strip()}"
-    values.update({k: v for k, v in flags.items() if v is not None})
-    origin.update({k: option_name(k) for k, v in flags.items() if v is not None})
+        key, raw = (part.strip() for part in pair.split("=", 1))
+        field, value = key.replace("-", "_"), _parse_scalar(raw)
+        if field in set_here and values[field] != value:
+            raise TetherError(f"{set_here[field]} and --set {key}={raw} both set {field}", fix="give each field once")
+        values[field], origin[field], set_here[field] = value, f"--set {key}={raw}", f"--set {key}={raw}"
+    for field, value in flags.items():
+        if value is None:
+            continue
+        if field in set_here and values[field] != value:
+            raise TetherError(f"{option_name(field)} {value} and {set_here[field]} both set {field}", fix=f"give it once: the flag {option_name(field)} or --set {field}=...")
+        values[field], origin[field] = value, option_name(field)
+    for field, (value, by) in (implied or {}).items():
+        if field in values and values[field] != value:
+            raise TetherError(f"{by} sets {field}={value}, but {origin[field]} says {values[field]}", fix=f"drop {field} from the config file and --set: {by} sets it")
+        values[field], origin[field] = value, by
     unknown = sorted(set(values) - set(cls.model_fields))
     if unknown:
         valid = ", ".join(sorted(cls.model_fields))
@@ -309,6 +348,12 @@ def load_config(cls: type[C], config_file: Path | None = None, sets: list[str] |
         problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "config"
+            if error["type"] == "missing":
+                problems.append(f"{option_name(where)} is missing (give the option, or `{where}:` in the --config file)")
+                continue
+            if where == "config":  # a check across fields: its message names them
+                problems.append(error["msg"].removeprefix("Value error, "))
+                continue
             name = origin.get(where, option_name(where) if where in cls.model_fields else where)
             problems.append(f"{name}: {error['msg']}")
         raise TetherError("invalid settings: " + "; ".join(problems), fix="correct the value(s) named above") from None

@@ -100,6 +100,7 @@ def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any
     lengths = [len(p) + len(c) for p, c, _ in triples]
     total_steps = total_optimizer_steps(len(triples), cfg)
     batches = plan_batches(lengths, cfg, total_steps)
+    checkpointer = Checkpointer(cfg, accelerator, data_digest=data_digest, total_steps=total_steps)  # checks the folder
 
     model = load_policy(cfg, tokenizer)
     disable_dropout(model)
@@ -133,11 +134,7 @@ def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any
             source = ref_module if ref_module is not None else policy
             return score_completions(source, pairs, pad_id, accelerator.device, reference=ref_module is None)
 
-    checkpointer = Checkpointer(cfg.output_dir, accelerator)
-    start_step = 0
-    if cfg.resume and (found := checkpointer.latest()) is not None:
-        checkpointer.load(found[0])
-        start_step = found[1]["step"]
+    start_step = checkpointer.restore().get("step", 0)
     logger = MetricsLogger(cfg.output_dir, cfg, run_name=f"kto-{Path(cfg.output_dir).name}", accelerator=accelerator)
     world = accelerator.num_processes
 
@@ -197,7 +194,7 @@ def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any
                 logger.log(step + 1, metrics)
             bar.advance(loss=metrics["train/loss"], kl=metrics["objective/kl"])
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total_steps:
-                checkpointer.save(step + 1, {"data_digest": data_digest})
+                checkpointer.save(step + 1)
             if stop_after is not None and step + 1 >= stop_after:
                 logger.close()
                 return metrics

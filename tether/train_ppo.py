@@ -153,6 +153,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
     prompts = [row["prompt"] for row in rows]
     plan = plan_rollouts(cfg, len(prompts), accelerator.num_processes)
     total_steps, updates_per_rollout, minibatch = plan.total_steps, plan.updates_per_rollout, plan.minibatch
+    checkpointer = Checkpointer(cfg, accelerator, data_digest=rows_digest(rows), total_steps=total_steps)  # checks the folder
     reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16)
     tokenizer = load_tokenizer(cfg.model)
     require_pad_token(tokenizer, cfg.model)
@@ -181,12 +182,8 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         vllm = VLLMSampler(cfg.model, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=cfg.max_length, seed=cfg.seed, bf16=cfg.bf16)
     output_dir = Path(cfg.output_dir)
     logger = MetricsLogger(output_dir, cfg, run_name=f"ppo-{output_dir.name}", accelerator=accelerator)
-    checkpointer = Checkpointer(output_dir, accelerator)
-    start_rollout, global_step, kl_coef = 0, 0, cfg.kl_coef
-    if cfg.resume and (latest := checkpointer.latest()) is not None:
-        path, state = latest
-        checkpointer.load(path)
-        start_rollout, global_step, kl_coef = state["rollout"], state["step"], state["kl_coef"]
+    state = checkpointer.restore()
+    start_rollout, global_step, kl_coef = state.get("rollout", 0), state.get("step", 0), state.get("kl_coef", cfg.kl_coef)
     device = accelerator.device
     samples_path = output_dir / "samples.jsonl"
     metrics: dict[str, float] = {}

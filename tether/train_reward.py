@@ -55,6 +55,9 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     n = len(data["lengths"])
     if n < cfg.batch_size:
         raise TetherError(f"--batch-size {cfg.batch_size} is larger than the {n} usable training rows", fix=f"use --batch-size {n} or less, or more data")
+    steps_per_epoch = n // cfg.batch_size  # every step sees exactly batch_size rows (the last partial batch waits)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    checkpointer = Checkpointer(cfg, accelerator, data_digest=data["digest"], total_steps=total_steps)  # checks the folder
 
     aspects = data["aspects"]
     outputs = cfg.ensemble * len(aspects)
@@ -67,8 +70,6 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     forward = RewardForward(model)
     branches = cfg.share_prompts and forward.takes_branch_masks()  # one row per pair, the shared prompt once
     optimizer = make_optimizer(forward, cfg)
-    steps_per_epoch = n // cfg.batch_size  # every step sees exactly batch_size rows (the last partial batch waits)
-    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     forward, optimizer = accelerator.prepare(forward, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
@@ -76,15 +77,7 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     boot = torch.poisson(torch.ones(n, cfg.ensemble), generator=generator) if cfg.ensemble > 1 else None
 
-    checkpointer = Checkpointer(cfg.output_dir, accelerator)
-    start_step = 0
-    if cfg.resume and (found := checkpointer.latest()) is not None:
-        path, state = found
-        if state.get("data_digest") != data["digest"]:
-            raise TetherError(f"the checkpoint in {path} was trained on other data", fix="use the same --data, or a new --output-dir")
-        checkpointer.load(path)
-        start_step = int(state["step"])
-        say(f"resumed from {path} (step {start_step} of {total_steps})")
+    start_step = int(checkpointer.restore().get("step", 0))
     logger = MetricsLogger(cfg.output_dir, cfg, run_name=f"reward-{Path(cfg.output_dir).name}", accelerator=accelerator)
 
     # ---------------------------------------------------------------- train
@@ -129,7 +122,7 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
                 logger.log(done, record)
                 window = {}
             if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
-                checkpointer.save(done, {"data_digest": data["digest"], "total_steps": total_steps})
+                checkpointer.save(done)
     train_seconds = time.perf_counter() - started
 
     # ---------------------------------------------------------------- normalize

@@ -362,16 +362,14 @@ def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any
     total_steps = total_optimizer_steps(len(examples), cfg)
     batches = plan_batches(lengths, cfg, total_steps)
 
+    checkpointer = Checkpointer(cfg, accelerator, data_digest=data_digest, total_steps=total_steps)  # checks the folder
+
     policy = TokenLogProbs(load_policy(cfg, tokenizer))
     optimizer = make_optimizer(policy, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # not prepare(): that would step it once per process
-    checkpointer = Checkpointer(cfg.output_dir, accelerator)
-    start_step = 0
-    if cfg.resume and (found := checkpointer.latest()) is not None:
-        checkpointer.load(found[0])
-        start_step = found[1]["step"]
+    start_step = checkpointer.restore().get("step", 0)
     logger = MetricsLogger(cfg.output_dir, cfg, run_name=f"sft-{Path(cfg.output_dir).name}", accelerator=accelerator)
     world = accelerator.num_processes
     pack_to = cfg.max_length if cfg.packing else None
@@ -414,7 +412,7 @@ def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any
                 logger.log(step + 1, metrics)
             bar.advance(loss=metrics["train/loss"])
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total_steps:
-                checkpointer.save(step + 1, {"data_digest": data_digest})
+                checkpointer.save(step + 1)
             if stop_after is not None and step + 1 >= stop_after:
                 logger.close()
                 return metrics

@@ -24,9 +24,20 @@ BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Examples pe
 LearningRate = Annotated[float | None, typer.Option("--learning-rate", help="Peak learning rate (AdamW).")]
 MaxLength = Annotated[int | None, typer.Option("--max-length", help="Max tokens of prompt+completion; the prompt's start is cut first.")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (data order, initialization, sampling).")]
-OutputDir = Annotated[Path, typer.Option("--output-dir", "-o", help="Where the trained model and its metadata are written.")]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="A YAML file of config fields, one `field: value` per line (list them: tether train fields NAME).")]
-SetValues = Annotated[list[str] | None, typer.Option("--set", help="Override one config field: --set key=value (repeatable).")]
+OutputDir = Annotated[
+    Path | None,
+    typer.Option("--output-dir", "-o", help="Where the trained model, its metadata, metrics and checkpoints go. Required (here or in --config). A folder that holds an earlier run needs --resume or --overwrite."),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="A YAML file of config fields, one `field: value` per line, model/data/output_dir included (list them: tether train fields NAME). Flags and --set override it."),
+]
+SetValues = Annotated[list[str] | None, typer.Option("--set", help="Set one config field: --set key=value (repeatable); refused when a flag sets the same field to another value.")]
+Resume = Annotated[
+    bool | None,
+    typer.Option("--resume", help="Continue from the last checkpoint in --output-dir (--set save_steps=N writes them); refused if it is another run's (model, data, settings)."),
+]
+Overwrite = Annotated[bool | None, typer.Option("--overwrite", help="Replace an earlier run in --output-dir: deletes its model, metrics and checkpoints first.")]
 
 
 def emit_json(obj: Any) -> None:

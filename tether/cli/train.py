@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -15,11 +14,23 @@ from tether.cli.common import (
     MaxLength,
     MaxSteps,
     OutputDir,
+    Overwrite,
+    Resume,
     Seed,
     SetValues,
 )
 
-train_app = typer.Typer(help="Train models: sft, reward, dpo, kto, ppo, grpo, rloo (shared options: --epochs --max-steps --batch-size --learning-rate --max-length --seed --output-dir --config --set).", no_args_is_help=True)
+train_app = typer.Typer(
+    help=(
+        "Train models: sft, reward, dpo, kto, ppo, grpo, rloo (shared options: --epochs --max-steps --batch-size "
+        "--learning-rate --max-length --seed --output-dir --resume --overwrite --config --set).\n\n"
+        "Where values come from, lowest first: the defaults, the --config YAML file (any field, model, data and "
+        "output_dir included), then the flags and --set; a flag and a --set for the same field with different "
+        "values are refused. A new run into a folder that holds an earlier run is refused unless --overwrite; "
+        "--resume refuses a checkpoint of another run (model, data or settings)."
+    ),
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -28,9 +39,9 @@ def register(app: typer.Typer) -> None:
 
 @train_app.command("reward")
 def train_reward_command(
-    model: Annotated[str, typer.Option("--model", help="Base model folder: an encoder (BERT-like) or a decoder (Llama, Qwen2, GPT-2).")],
-    data: Annotated[str, typer.Option("--data", help="Preference rows (prompt/chosen/rejected) or ratings: a file or snapshot:NAME.")],
-    output_dir: OutputDir,
+    model: Annotated[str | None, typer.Option("--model", help="Base model folder: an encoder (BERT-like) or a decoder (Llama, Qwen2, GPT-2). Required (here or in --config).")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Preference rows (prompt/chosen/rejected) or ratings: a file or snapshot:NAME. Required (here or in --config).")] = None,
+    output_dir: OutputDir = None,
     epochs: Epochs = None,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
@@ -43,7 +54,8 @@ def train_reward_command(
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="Held-out preference rows evaluated after training.")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations: less memory, slower.")] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 mixed precision (GPUs that have it).")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir (see --set save_steps=N).")] = None,
+    resume: Resume = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None,
     set_values: SetValues = None,
 ) -> None:
@@ -62,35 +74,33 @@ def train_reward_command(
         model=model, data=data, output_dir=output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, ensemble=ensemble,
         objective=objective, eval_data=eval_data, gradient_checkpointing=gradient_checkpointing, bf16=bf16, resume=resume,
+        overwrite=overwrite,
     )
     from tether.train_reward import train_reward
 
-    metrics = train_reward(cfg)
-    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, the main process reports
-        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("train/loss", "reward/accuracy", "eval/accuracy", "eval/ece")}
-        typer.echo(f"done: {output_dir}  {shown}")
+    _done(cfg.output_dir, train_reward(cfg), ("train/loss", "reward/accuracy", "eval/accuracy", "eval/ece"))
 
 
 # --- sft / dpo / kto (offline policy training) --------------------------------------------------------------
 LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (0: full fine-tuning).")]
 Merge = Annotated[bool | None, typer.Option("--merge/--no-merge", help="With LoRA, save merged full weights instead of the adapter.")]
 Bf16 = Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 mixed precision (GPUs that have it).")]
-Resume = Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir (see --set save_steps=N).")]
-PolicyModel = Annotated[str, typer.Option("--model", help="The starting policy: a causal LM folder (Llama, Qwen2, GPT-2, ...).")]
+PolicyModel = Annotated[str | None, typer.Option("--model", help="The starting policy: a causal LM folder (Llama, Qwen2, GPT-2, ...). Required (here or in --config).")]
 Beta = Annotated[float | None, typer.Option("--beta", help="KL strength of the implicit reward (DPO's beta, IPO's tau).")]
 ReferenceModel = Annotated[str | None, typer.Option("--reference-model", help="Frozen reference (default: the starting model; with LoRA, the adapter disabled).")]
 
 
 def _done(output_dir: object, metrics: dict, keys: tuple[str, ...]) -> None:
+    """The last line of a run (under `accelerate launch` the other processes' stdout is silenced, so it is said once)."""
     shown = {k: round(v, 4) for k, v in metrics.items() if k in keys}
     typer.echo(f"done: {output_dir}  {shown}")
 
 
 @train_app.command("sft")
 def train_sft_command(
-    model: PolicyModel,
-    data: Annotated[str, typer.Option("--data", help="prompt/completion or messages rows: a file or snapshot:NAME.")],
-    output_dir: OutputDir,
+    model: PolicyModel = None,
+    data: Annotated[str | None, typer.Option("--data", help="prompt/completion or messages rows: a file or snapshot:NAME. Required (here or in --config).")] = None,
+    output_dir: OutputDir = None,
     epochs: Epochs = None,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
@@ -102,6 +112,7 @@ def train_sft_command(
     packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack examples into rows without padding (no cross-attention between them).")] = None,
     bf16: Bf16 = None,
     resume: Resume = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None,
     set_values: SetValues = None,
 ) -> None:
@@ -118,18 +129,18 @@ def train_sft_command(
         SFTConfig, config, set_values,
         model=model, data=data, output_dir=output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, merge=merge, packing=packing,
-        bf16=bf16, resume=resume,
+        bf16=bf16, resume=resume, overwrite=overwrite,
     )
     from tether.train_sft import train_sft
 
-    _done(output_dir, train_sft(cfg), ("train/loss",))
+    _done(cfg.output_dir, train_sft(cfg), ("train/loss",))
 
 
 @train_app.command("dpo")
 def train_dpo_command(
-    model: PolicyModel,
-    data: Annotated[str, typer.Option("--data", help="Preference rows (prompt/chosen/rejected, or HH-RLHF dialogues): a file or snapshot:NAME.")],
-    output_dir: OutputDir,
+    model: PolicyModel = None,
+    data: Annotated[str | None, typer.Option("--data", help="Preference rows (prompt/chosen/rejected, or HH-RLHF dialogues): a file or snapshot:NAME. Required (here or in --config).")] = None,
+    output_dir: OutputDir = None,
     loss: Annotated[str | None, typer.Option("--loss", help="dpo, ipo or cdpo (DPO with label smoothing for noisy labels).")] = None,
     beta: Beta = None,
     label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="cDPO: assumed probability that a label is flipped (0 < eps < 0.5).")] = None,
@@ -144,6 +155,7 @@ def train_dpo_command(
     merge: Merge = None,
     bf16: Bf16 = None,
     resume: Resume = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None,
     set_values: SetValues = None,
 ) -> None:
@@ -161,17 +173,18 @@ def train_dpo_command(
         model=model, data=data, output_dir=output_dir, loss=loss, beta=beta, label_smoothing=label_smoothing,
         reference_model=reference_model, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, merge=merge, bf16=bf16, resume=resume,
+        overwrite=overwrite,
     )
     from tether.train_dpo import train_dpo
 
-    _done(output_dir, train_dpo(cfg), ("train/loss", "rewards/accuracies", "rewards/margins"))
+    _done(cfg.output_dir, train_dpo(cfg), ("train/loss", "rewards/accuracies", "rewards/margins"))
 
 
 @train_app.command("kto")
 def train_kto_command(
-    model: PolicyModel,
-    data: Annotated[str, typer.Option("--data", help="Unpaired rows {prompt, completion, label: true/false} (thumbs up/down): a file or snapshot:NAME.")],
-    output_dir: OutputDir,
+    model: PolicyModel = None,
+    data: Annotated[str | None, typer.Option("--data", help="Unpaired rows {prompt, completion, label: true/false} (thumbs up/down): a file or snapshot:NAME. Required (here or in --config).")] = None,
+    output_dir: OutputDir = None,
     beta: Beta = None,
     desirable_weight: Annotated[float | None, typer.Option("--desirable-weight", help="lambda_D, the weight of thumbs-up examples.")] = None,
     undesirable_weight: Annotated[float | None, typer.Option("--undesirable-weight", help="lambda_U, the weight of thumbs-down examples.")] = None,
@@ -186,6 +199,7 @@ def train_kto_command(
     merge: Merge = None,
     bf16: Bf16 = None,
     resume: Resume = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None,
     set_values: SetValues = None,
 ) -> None:
@@ -202,19 +216,19 @@ def train_kto_command(
         model=model, data=data, output_dir=output_dir, beta=beta, desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight, reference_model=reference_model, epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r,
-        merge=merge, bf16=bf16, resume=resume,
+        merge=merge, bf16=bf16, resume=resume, overwrite=overwrite,
     )
     from tether.train_kto import train_kto
 
-    _done(output_dir, train_kto(cfg), ("train/loss", "rewards/chosen", "rewards/rejected"))
+    _done(cfg.output_dir, train_kto(cfg), ("train/loss", "rewards/chosen", "rewards/rejected"))
 
 
 # --- ppo / grpo / rloo (online RL) ---------------------------------------------------------------------------
 RewardSpecs = Annotated[
-    list[str],
-    typer.Option("--reward", help="A reward SPEC, repeatable (summed): a reward-model folder, rules:FILE.yaml or py:FILE.py:FUNCTION; weight one with SPEC@W."),
+    list[str] | None,
+    typer.Option("--reward", help="A reward SPEC, repeatable (summed): a reward-model folder, rules:FILE.yaml or py:FILE.py:FUNCTION; weight one with SPEC@W. Required (here or in --config)."),
 ]
-Prompts = Annotated[str, typer.Option("--prompts", help="Prompt rows {prompt: text or messages}: a file or snapshot:NAME.")]
+Prompts = Annotated[str | None, typer.Option("--prompts", help="Prompt rows {prompt: text or messages}: a file or snapshot:NAME. Required (here or in --config).")]
 GroupSize = Annotated[int | None, typer.Option("--group-size", help="Completions sampled per prompt (--batch-size counts completions).")]
 MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", help="Most tokens generated per completion.")]
 KlCoef = Annotated[float | None, typer.Option("--kl-coef", help="beta, the weight of KL(policy || reference); 0 loads no reference.")]
@@ -222,38 +236,35 @@ KlCoef = Annotated[float | None, typer.Option("--kl-coef", help="beta, the weigh
 
 def _online_rl(cls_name: str, algo: str | None, **flags: object) -> None:
     """Build the config, train, report: shared by ppo, grpo and rloo."""
+    import json
     from pathlib import Path
 
     import tether.config as config_module
     from tether.cli.common import require_file
 
     config, set_values = flags.pop("config"), flags.pop("set_values")
-    prompts = str(flags["prompts"])
-    if not prompts.startswith("snapshot:"):
-        require_file(Path(prompts), "prompts file")
-    if algo is not None:
-        flags["algo"] = algo
-    cfg = config_module.load_config(getattr(config_module, cls_name), config, set_values, **flags)
+    flags["reward"] = flags["reward"] or None  # no --reward: the config file may give it
+    implied = {"algo": (algo, f"`tether train {algo}`")} if algo is not None else None
+    cfg = config_module.load_config(getattr(config_module, cls_name), config, set_values, implied=implied, **flags)
+    if not cfg.prompts.startswith("snapshot:"):
+        require_file(Path(cfg.prompts), "prompts file")
     if cls_name == "PPOConfig":
         from tether.train_ppo import train_ppo as trainer
     else:
         from tether.train_grpo import train_grpo as trainer
     output_dir = trainer(cfg)
-    if os.environ.get("RANK", "0") == "0":
-        import json
-
-        lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
-        last = json.loads(lines[-1]) if lines else {}
-        keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "completions/mean_length")
-        _done(output_dir, last, keys)
+    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "completions/mean_length")
+    _done(output_dir, last, keys)
 
 
 @train_app.command("ppo")
 def train_ppo_command(
-    model: PolicyModel,
-    reward: RewardSpecs,
-    prompts: Prompts,
-    output_dir: OutputDir,
+    model: PolicyModel = None,
+    reward: RewardSpecs = None,
+    prompts: Prompts = None,
+    output_dir: OutputDir = None,
     group_size: GroupSize = None,
     max_new_tokens: MaxNewTokens = None,
     kl_coef: KlCoef = None,
@@ -266,6 +277,7 @@ def train_ppo_command(
     lora_r: LoraR = None,
     bf16: Bf16 = None,
     resume: Resume = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None,
     set_values: SetValues = None,
 ) -> None:
@@ -282,10 +294,10 @@ def train_ppo_command(
 
 @train_app.command("grpo")
 def train_grpo_command(
-    model: PolicyModel,
-    reward: RewardSpecs,
-    prompts: Prompts,
-    output_dir: OutputDir,
+    model: PolicyModel = None,
+    reward: RewardSpecs = None,
+    prompts: Prompts = None,
+    output_dir: OutputDir = None,
     group_size: GroupSize = None,
     max_new_tokens: MaxNewTokens = None,
     kl_coef: KlCoef = None,
@@ -298,6 +310,7 @@ def train_grpo_command(
     lora_r: LoraR = None,
     bf16: Bf16 = None,
     resume: Resume = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None,
     set_values: SetValues = None,
 ) -> None:
@@ -313,10 +326,10 @@ def train_grpo_command(
 
 @train_app.command("rloo")
 def train_rloo_command(
-    model: PolicyModel,
-    reward: RewardSpecs,
-    prompts: Prompts,
-    output_dir: OutputDir,
+    model: PolicyModel = None,
+    reward: RewardSpecs = None,
+    prompts: Prompts = None,
+    output_dir: OutputDir = None,
     group_size: GroupSize = None,
     max_new_tokens: MaxNewTokens = None,
     kl_coef: KlCoef = None,
@@ -329,6 +342,7 @@ def train_rloo_command(
     lora_r: LoraR = None,
     bf16: Bf16 = None,
     resume: Resume = None,
+    overwrite: Overwrite = None,
     config: ConfigFile = None,
     set_values: SetValues = None,
 ) -> None:
@@ -348,8 +362,9 @@ def train_fields_command(
 ) -> None:
     """Every config field of one `tether train` command: its default and what it does.
 
-    Any field can be set in a --config YAML file (`field: value`, one per line) or with --set field=value; the
-    command's flags (--batch-size, ...) set the same fields and win over both.
+    Any field can be set in a --config YAML file (`field: value`, one per line; model, data and output_dir too) or
+    with --set field=value; both override the defaults, and the flags (--batch-size, ...) and --set override the
+    file. A flag and a --set that give the same field different values are refused.
 
     Example: tether train fields grpo
     """
