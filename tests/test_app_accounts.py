@@ -311,6 +311,24 @@ def test_a_burst_of_parallel_guesses_cannot_outrun_the_count(db_url, frozen):
     assert sorted(statuses) == [401] * 5 + [429] * 25
 
 
+def test_many_people_signing_in_at_once_from_one_address_are_not_locked_out(db_url, frozen):
+    """An office behind one NAT at nine o'clock: 40 right passwords at once from one address all get in (only
+    real failures count against an address, never attempts still being checked)."""
+    env = make_env(db_url)
+    with session_scope(db_url) as session:
+        for i in range(40):
+            service.create_user(session, name=f"office{i}", role="annotator", password=PASSWORD, password_profile="cheapest")
+
+    async def nine_oclock() -> list[int]:
+        transport = httpx.ASGITransport(app=env.app, client=("198.51.100.20", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            token = csrf_of((await client.get("/login")).text)
+            attempts = [client.post("/login", data={"name": f"office{i}", "password": PASSWORD, "csrf_token": token}) for i in range(40)]
+            return [r.status_code for r in await asyncio.gather(*attempts)]
+
+    assert asyncio.run(nine_oclock()) == [303] * 40
+
+
 def test_every_failed_sign_in_costs_one_password_hash_whoever_the_name_is(db_url, monkeypatch):
     """Wrong password, unknown name, inactive account: each costs exactly one argon2 computation (so the time does
     not tell them apart), and the answer is the same."""

@@ -3,10 +3,13 @@ store so every worker and every host behind one PostgreSQL sees the same counts.
 
 Each key ("account:<name key>", "address:<client>") may fail a few times freely; every further failure locks it
 for ``base * 2**extra`` seconds, at most 15 minutes. A locked key is refused at once with the seconds to wait (HTTP
-429 and ``Retry-After``), before any password hashing, so a flood costs the server almost nothing. An attempt is
-counted *before* its password is checked (and forgiven if it was right), so a burst of parallel guesses cannot
-slip past the count while the hashes run. Names that belong to no account are counted the same way, so the
-throttle does not tell which names exist. A key forgets its failures an hour after the last one.
+429 and ``Retry-After``), before any password hashing, so a flood costs the server almost nothing. An attempt on an
+account is counted *before* its password is checked (and forgiven if it was right), so a burst of parallel guesses
+at one account cannot slip past the count while the hashes run. An address counts only attempts that failed: many
+people behind one NAT signing in at once must not lock each other out with attempts still being checked (a burst
+at many accounts from one address can pass the address's count by the attempts in flight, each account still
+holding at its own). Names that belong to no account are counted the same way, so the throttle does not tell which
+names exist. A key forgets its failures an hour after the last one.
 
 Times come from the store's clock on PostgreSQL (hosts whose clocks differ still agree on when a lock ends) and
 from this host's clock on SQLite (one file, one host).
@@ -78,48 +81,54 @@ def _upsert(session: Session):
     return insert(LoginThrottle)
 
 
-def attempt(session: Session, keys: list[tuple[str, Policy]], now: datetime) -> tuple[int | None, float]:
-    """Count one sign-in attempt as a failure on every key, unless a key is locked: then nothing is counted (the
-    transaction is rolled back) and the whole seconds to wait come back. Returns ``(wait, longest lock set)``.
+def _count(session: Session, key: str, policy: Policy, now: datetime) -> tuple[float, float]:
+    """One failure on ``key`` unless it is locked, as one upsert that takes the row's lock and reads the lock in
+    force, so parallel attempts queue behind each other instead of all reading "not locked" first (PostgreSQL runs
+    up to ``db_concurrency`` of them at once). Returns ``(seconds the key was still locked for, lock it set now)``."""
+    locked = LoginThrottle.locked_until > now  # in the SET clause: the stored row's values
+    stale = LoginThrottle.last_failure_at < now - FORGET_AFTER
+    statement = _upsert(session).values(key=key, failures=1, last_failure_at=now, locked_until=None)
+    statement = statement.on_conflict_do_update(
+        index_elements=[LoginThrottle.key],
+        set_={
+            "failures": case((locked, LoginThrottle.failures), (stale, 1), else_=LoginThrottle.failures + 1),
+            "last_failure_at": case((locked, LoginThrottle.last_failure_at), else_=now),
+        },
+    ).returning(LoginThrottle.failures, LoginThrottle.locked_until)
+    failures, until = session.execute(statement).one()
+    if until is not None and as_utc(until) > now:
+        return (as_utc(until) - now).total_seconds(), 0.0
+    seconds = lock_seconds(failures, policy)
+    if seconds:
+        session.execute(update(LoginThrottle).where(LoginThrottle.key == key).values(locked_until=now + timedelta(seconds=seconds)))
+    return 0.0, seconds
 
-    Each key is one upsert that takes its row's lock and reads the lock in force, so parallel attempts on a key
-    queue behind each other instead of all reading "not locked" first (PostgreSQL runs up to ``db_concurrency`` of
-    them at once). Keys are always taken in the same order, so two attempts cannot deadlock.
-    """
-    longest = 0.0
-    for key, policy in keys:
-        locked = LoginThrottle.locked_until > now  # in the SET clause: the stored row's values
-        stale = LoginThrottle.last_failure_at < now - FORGET_AFTER
-        statement = _upsert(session).values(key=key, failures=1, last_failure_at=now, locked_until=None)
-        statement = statement.on_conflict_do_update(
-            index_elements=[LoginThrottle.key],
-            set_={
-                "failures": case((locked, LoginThrottle.failures), (stale, 1), else_=LoginThrottle.failures + 1),
-                "last_failure_at": case((locked, LoginThrottle.last_failure_at), else_=now),
-            },
-        ).returning(LoginThrottle.failures, LoginThrottle.locked_until)
-        failures, until = session.execute(statement).one()
-        if until is not None and as_utc(until) > now:
-            session.rollback()  # a refused attempt counts on no key
-            return math.ceil((as_utc(until) - now).total_seconds()), 0.0
-        seconds = lock_seconds(failures, policy)
-        if seconds:
-            session.execute(update(LoginThrottle).where(LoginThrottle.key == key).values(locked_until=now + timedelta(seconds=seconds)))
-            longest = max(longest, seconds)
-    return None, longest
+
+def _wait(seconds: float) -> int | None:
+    return math.ceil(seconds) if seconds > 0 else None
+
+
+def attempt(session: Session, keys: list[tuple[str, Policy]], now: datetime) -> tuple[int | None, float]:
+    """Before a password is checked: refuse when the address or the account is locked (whole seconds to wait; the
+    attempt counts nowhere), else count the attempt on the account. Returns ``(wait, lock set on the account)``."""
+    (account, account_policy), (address, _) = keys
+    until = session.scalar(select(LoginThrottle.locked_until).where(LoginThrottle.key == address))
+    if until is not None and as_utc(until) > now:
+        return _wait((as_utc(until) - now).total_seconds()), 0.0
+    still, locked = _count(session, account, account_policy, now)
+    return _wait(still), locked
+
+
+def failed(session: Session, keys: list[tuple[str, Policy]], now: datetime) -> float:
+    """The password was wrong: count it on the address (the account counted it already); returns the lock set."""
+    address, policy = keys[1]
+    _, locked = _count(session, address, policy, now)
+    return locked
 
 
 def forgive(session: Session, keys: list[tuple[str, Policy]]) -> None:
-    """The attempt was right: the account starts afresh; the address takes back the one failure counted for it
-    (its other failures stand, so one good account cannot wipe an address's guesses at others)."""
-    (account, _), (address, policy) = keys
-    session.execute(delete(LoginThrottle).where(LoginThrottle.key == account))
-    session.execute(
-        update(LoginThrottle).where(LoginThrottle.key == address, LoginThrottle.failures > 0).values(
-            failures=LoginThrottle.failures - 1,
-            locked_until=case((LoginThrottle.failures - 1 >= policy.free, LoginThrottle.locked_until), else_=None),
-        )
-    )
+    """The password was right: the account starts afresh (the address counted nothing for this attempt)."""
+    session.execute(delete(LoginThrottle).where(LoginThrottle.key == keys[0][0]))
 
 
 def sweep(session: Session, now: datetime) -> None:

@@ -77,10 +77,12 @@ async def login(
             cookie = service.start_session(session, user=user, ttl_s=settings.session_ttl_s, address=address)
             audit(session, "user.login", "user", user.id, actor_name=f"user:{user.name}", address=address)
             return cookie, user.role
-        throttle.sweep(session, throttle.store_now(session))
+        now = throttle.store_now(session)
+        locked = max(locked_s, throttle.failed(session, keys, now))
+        throttle.sweep(session, now)
         # The typed name is kept only when it names an account: people type their password into the name field.
         audit(session, "user.login_failed", "user", user.id if user else None, actor_name=f"address:{address}",
-              name=user.name if user else None, address=address, locked_s=locked_s)
+              name=user.name if user else None, address=address, locked_s=locked)
         return None
 
     opened = await in_store(request, after)
