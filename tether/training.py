@@ -386,7 +386,7 @@ RUN_FILES = (
 
 
 def run_files(output_dir: Path) -> list[Path]:
-    """What an earlier run left in ``output_dir`` (see RUN_FILES), sorted by name."""
+    """What an earlier run left in ``output_dir`` (see RUN_FILES): tether.json and checkpoints first, then by name."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -469,7 +469,7 @@ class Checkpointer:
     """Checkpoints in ``output_dir/checkpoints/step-N`` (model, optimizer, scheduler, RNG + trainer state), each
     with the identity of its run (``run_identity``), and the rules of the output folder, the same for every trainer.
 
-    Made once the run's data digest and step count are known (before models load, where a trainer can): a fresh
+    Made as soon as the run's data digest and step count are known, before any model loads: a fresh
     run refuses an earlier run's folder (``check_output_dir``), ``overwrite`` deletes the earlier run, ``resume``
     finds the last checkpoint and refuses it, in one line that names the difference, when it is another run's
     (another command, model, data, step count or setting). ``restore()`` then loads it after ``prepare``.
