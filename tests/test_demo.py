@@ -93,4 +93,6 @@ def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path):
     assert "gold win-rate" in page and "Annotators and quality control" in page
     info = lineage(open_workspace(Path(out["workspace"])), out["registry"]["policy"])
     assert info["snapshot_digest"] == out["snapshot"]["digest"]
-    assert info["judgments"]["count"] > 0 and "ann-spammer" in info["judgments"]["annotators"]
+    # the judgments the snapshot used, recorded with it: the spammer's were left out
+    assert info["judgments"]["recorded"] and info["judgments"]["count"] == info["judgments"]["used"] > 0
+    assert "ann-spammer" in info["judgments"]["excluded"] and "ann-spammer" not in info["judgments"]["annotators"]

@@ -66,19 +66,24 @@ def ws(tmp_path_factory):
     return ws
 
 
+def _folder(path, kind):
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    (path / "tether.json").write_text(json.dumps({"kind": kind, "base_model": "sft", "config": {"learning_rate": 1e-4}}))
+    return path
+
+
 @pytest.fixture
 def model_dir(tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    (folder / "tether.json").write_text(json.dumps({"kind": "policy", "base_model": "sft", "config": {"learning_rate": 1e-4}}))
-    return folder
+    """A policy folder whose tether.json records no data or parents (lineage as the flags state it)."""
+    _folder(tmp_path / "reward", "reward")
+    return _folder(tmp_path / "model", "policy")
 
 
 def _register_pair(ws, model_dir, prefix, figures):
     from tether.registry import register_model
 
-    rm = register_model(ws, model_dir, name=f"{prefix}-reward", kind="reward", snapshot_name="prefs-v1", snapshot_digest="d" * 64, metrics={"accuracy": 0.9})
+    rm = register_model(ws, model_dir.parent / "reward", name=f"{prefix}-reward", kind="reward", snapshot_name="prefs-v1", snapshot_digest="d" * 64, metrics={"accuracy": 0.9})
     policy = register_model(ws, model_dir, name=f"{prefix}-policy", kind="policy", parent=rm["version"], base_model="sft", metrics=figures)
     return rm, policy
 
@@ -220,3 +225,173 @@ def test_admin_with_password_must_give_it(ws, model_dir):
     with pytest.raises(TetherError, match="wrong password"):
         approve(ws, policy["version"], admin="dana", password="nope")
     assert approve(ws, policy["version"], admin="dana", password="s3cret-pass")["approved_by"] == "dana"
+
+
+def _trained(path, kind, *, snapshot=None, inputs=()):
+    """A folder with the tether.json a trainer writes: its kind, its data and the models it came from."""
+    from tether.registry import fingerprint
+
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    lineage = {"snapshot": {"name": snapshot, "digest": "d" * 64} if snapshot else None,
+               "inputs": [{"role": role, "path": str(p), "fingerprint": fingerprint(p), "kind": json.loads((p / "tether.json").read_text())["kind"],
+                           "snapshot": None, "inputs": []} for role, p in inputs]}
+    config = {"data": f"snapshot:{snapshot}"} if snapshot else {}
+    (path / "tether.json").write_text(json.dumps({"kind": kind, "data_digest": "d" * 64 if snapshot else None, "lineage": lineage,
+                                                  "config": config, "base_model": "tiny"}))
+    return path
+
+
+def test_lineage_comes_from_the_models_metadata(ws, tmp_path, cli, monkeypatch):
+    """`--snapshot` or `--kind` or `--parent` that contradict the folder's tether.json are refused; one name holds
+    one kind; without flags the snapshot and the parent come from the metadata."""
+    from tether.store.db import session_scope
+    from tether.store.tables import Project, Snapshot
+
+    monkeypatch.setenv("TETHER_HOME", str(ws.root))
+    monkeypatch.delenv("TETHER_DATABASE_URL", raising=False)
+    with session_scope(ws.database_url) as s:
+        project = s.query(Project).filter_by(name="support").one()
+        s.add(Snapshot(name="other-v1", project_id=project.id, aggregate="majority", path="x.jsonl", digest="e" * 64, row_count=1))
+    rm = _trained(tmp_path / "rm", "reward", snapshot="prefs-v1")
+    other_rm = _trained(tmp_path / "other-rm", "reward", snapshot="other-v1")
+    policy = _trained(tmp_path / "policy", "policy", inputs=[("reward", rm)])
+
+    def refused(*args, needles):
+        result = cli("registry", "register", *map(str, args))
+        assert result.code == 2, (result.stdout, result.stderr)
+        for needle in needles:
+            assert needle in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+    refused(rm, "--name", "meta-reward", "--snapshot", "other-v1", needles=["trained on snapshot 'prefs-v1'", "contradicts"])
+    refused(rm, "--name", "meta-reward", "--kind", "policy", needles=["is a reward model", "--kind policy contradicts it"])
+    result = cli("registry", "register", rm, "--name", "meta-reward", "--json")
+    assert result.code == 0, result.stderr
+    tags = json.loads(result.stdout)["tags"]
+    assert (tags["tether.kind"], tags["tether.snapshot"], tags["tether.snapshot_digest"]) == ("reward", "prefs-v1", "d" * 64)
+    assert cli("registry", "register", other_rm, "--name", "meta-other-reward").code == 0
+    refused(policy, "--name", "meta-reward", needles=["meta-reward holds reward models", "one registered name holds one kind"])
+    refused(policy, "--name", "meta-policy", "--parent", "meta-other-reward/1", needles=["not trained from or against meta-other-reward/1", str(rm)])
+    result = cli("registry", "register", policy, "--name", "meta-policy")
+    assert result.code == 0 and "parent meta-reward/1" in result.stdout, result.stdout
+    steps = json.loads(cli("registry", "lineage", "meta-policy", "--json").stdout)["chain"]
+    assert [(s["type"], s.get("version") or s.get("name")) for s in steps][:3] == [
+        ("model_version", "meta-policy/1"), ("model_version", "meta-reward/1"), ("snapshot", "prefs-v1")]
+    # a folder without tether.json states its lineage with the flags
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    refused(bare, "--name", "meta-bare", needles=["no tether.json", "--kind"])
+    assert cli("registry", "register", bare, "--name", "meta-bare", "--kind", "reward", "--snapshot", "other-v1").code == 0
+
+
+PANDALM = "pandalm/testset-v1.json"
+
+
+def _train(cli, *args):
+    result = cli("train", *map(str, args), "--max-steps", "1", "--max-length", "48", "--set", "progress=false", "--set", "mlflow=false")
+    assert result.code == 0, result.stderr[-3000:]
+
+
+def _set_up_source(source, url, cli, shared_data):
+    """A feedback set with 3 votes per item: PandaLM as imported, or a campaign with a reviewer's decision and a
+    gold item. Returns (set name, the annotator to purge, how many of their judgments, expected counts)."""
+    if source == "pandalm":
+        assert cli("data", "import", shared_data / PANDALM, "--name", "pandalm").code == 0
+        return "pandalm", "pandalm/annotator2", 999, {"ties_kept": 105, "judgments": 2997, "labels_from_gold": 0, "labels_from_adjudication": 0}
+    from sqlalchemy import select
+
+    from tether.simulate import SimAnnotator, simulate
+    from tether.store import annotation
+    from tether.store.db import session_scope
+    from tether.store.tables import Item, User
+
+    simulate(url, name="camp", n_items=12, overlap=3, gold_rate=0.0, seed=5, annotators=[SimAnnotator(f"ann-{n}", accuracy=0.8) for n in (1, 2, 3)])
+    with session_scope(url) as session:
+        reviewer = User(name="rev", role="reviewer")
+        session.add(reviewer)
+        session.flush()
+        first, second = session.scalars(select(Item.id).order_by(Item.id).limit(2)).all()
+        annotation.adjudicate(session, item_id=first, reviewer=reviewer, value={"choice": "tie", "strength": 0})
+        annotation.mark_gold(session, item_id=second, value={"choice": "b", "strength": 3})
+    return "camp", "ann-2", 12, {"ties_kept": 1, "judgments": 37, "labels_from_gold": 1, "labels_from_adjudication": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["pandalm", "campaign"])
+def test_from_a_purged_annotator_to_a_refused_promotion(cli, workspace, shared_data, tiny_lm_dir, tmp_path, source):
+    """The walk of issue 15 (findings 1, 3, 7, 8): a snapshot that keeps ties (and, in a campaign, takes a reviewer's
+    decision and a gold answer as labels); a reward model on it, a GRPO policy against the reward model and a DPO
+    policy straight on the snapshot, each recording its lineage in its tether.json; registered without lineage
+    flags. The snapshot, the metadata and `registry lineage` agree; after the purge of one annotator every model
+    that rests on the snapshot is flagged and can be neither approved nor promoted."""
+    from tether.registry import record_eval
+    from tether.store.db import session_scope
+    from tether.store.tables import User
+
+    set_name, purged, theirs, expected = _set_up_source(source, workspace.database_url, cli, shared_data)
+    snap = json.loads(cli("data", "snapshot", set_name, "--keep-ties", "--json").stdout)
+    assert {k: snap["counts"][k] for k in expected} == expected
+    assert snap["counts"]["ties_dropped"] == 0
+    name, digest = snap["name"], snap["digest"]
+    assert cli("data", "snapshot", set_name, "--snapshot-name", "no-ties").code == 0
+
+    rm, dpo, policy = tmp_path / "rm", tmp_path / "dpo", tmp_path / "policy"
+    _train(cli, "reward", "--model", tiny_lm_dir, "--data", f"snapshot:{name}", "--output-dir", rm, "--batch-size", "4")
+    _train(cli, "dpo", "--model", tiny_lm_dir, "--data", f"snapshot:{name}", "--output-dir", dpo, "--batch-size", "2")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(4)))
+    _train(cli, "grpo", "--model", tiny_lm_dir, "--prompts", prompts, "--reward", rm, "--output-dir", policy,
+           "--group-size", "2", "--batch-size", "4", "--max-new-tokens", "4")
+    # the models' own metadata: the snapshot (name and digest) and, for the policy, its reward model
+    rm_meta, dpo_meta, policy_meta = (json.loads((d / "tether.json").read_text()) for d in (rm, dpo, policy))
+    assert rm_meta["lineage"]["snapshot"] == dpo_meta["lineage"]["snapshot"] == {"name": name, "digest": digest}
+    [reward_input] = [i for i in policy_meta["lineage"]["inputs"] if i["role"] == "reward"]
+    assert reward_input["path"] == str(rm.resolve()) and reward_input["snapshot"] == {"name": name, "digest": digest}
+
+    # registered without lineage flags; contradicting flags are refused
+    assert cli("registry", "register", rm, "--name", "walk-reward", "--kind", "policy").code == 2
+    assert cli("registry", "register", rm, "--name", "walk-reward", "--snapshot", "no-ties").code == 2
+    assert cli("registry", "register", rm, "--name", "walk-reward").code == 0
+    assert cli("registry", "register", policy, "--name", "walk-reward").code == 2  # one name, one kind
+    assert cli("registry", "register", policy, "--name", "walk-policy").code == 0
+    assert cli("registry", "register", dpo, "--name", "walk-dpo").code == 0
+    info = json.loads(cli("registry", "lineage", "walk-policy", "--json").stdout)
+    assert [(s["type"], s.get("version") or s.get("name")) for s in info["chain"]] == [
+        ("model_version", "walk-policy/1"), ("model_version", "walk-reward/1"), ("snapshot", name), ("judgments", None)]
+    assert info["snapshot_digest"] == digest and info["chain"][2]["rows"] == snap["row_count"]
+    assert info["judgments"]["used"] == info["judgments"]["count"] == expected["judgments"] and not info["purged"]
+
+    with session_scope(workspace.database_url) as session:
+        session.add(User(name="boss", role="admin"))
+    record_eval(workspace, "walk-dpo/1", {"win_rate": 0.9, "violation_rate": 0.0, "kl": 1.0})
+    assert cli("registry", "approve", "walk-dpo/1", "--admin", "boss").code == 0  # before the purge
+
+    result = cli("data", "purge", "--annotator", purged, "--reason", "erasure request 7", "--yes")
+    assert result.code == 0, result.stderr
+    assert f"marked 2 snapshot(s) as purged: {name}, no-ties" in result.stdout
+
+    text_out = cli("registry", "lineage", "walk-policy").stdout
+    assert f"PURGED DATA: walk-policy/1 rests (through walk-reward/1) on snapshot {name}" in text_out
+    assert "erasure request 7" in text_out and text_out.count("[trained on purged data]") == 2
+    remaining = expected["judgments"] - theirs
+    assert f"{expected['judgments']} judgments used, in project {set_name}; {theirs} purged since" in text_out
+    assert f"{remaining} remain, by" in text_out and purged not in text_out
+    info = json.loads(cli("registry", "lineage", "walk-policy", "--json").stdout)
+    assert info["purged"] and info["purges"][0]["snapshot"] == name and info["purges"][0]["via"] == ["walk-reward/1"]
+    assert info["judgments"]["purged"] == theirs and info["judgments"]["count"] == remaining
+
+    refused = cli("registry", "approve", "walk-policy/1", "--admin", "boss")
+    assert refused.code == 2 and "cannot approve walk-policy/1" in refused.stderr and "purged data" in refused.stderr
+    assert "erasure request 7" in refused.stderr and "retrain on a new snapshot" in refused.stderr
+    refused = cli("registry", "promote", "walk-dpo/1", "--to", "champion")
+    assert refused.code == 2 and f"walk-dpo/1 was trained on snapshot {name}, built from purged data" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    listing = cli("data", "list").stdout
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert f"{theirs:,} judgments" in [line for line in listing.splitlines() if f" {set_name} " in line][0]
+    assert today in [line for line in listing.splitlines() if f" {name} " in line][0].split("│")[-2]
+    shown = cli("data", "show", name)
+    assert shown.code == 0 and "PURGED" in shown.stdout and "erasure request 7" in shown.stdout
+    snapshots = {s["name"]: s for s in json.loads(cli("data", "list", "--json").stdout)["snapshots"]}
+    assert snapshots[name]["purged_at"] is not None

@@ -263,6 +263,16 @@ def _pseudonymize(session: Session, name: str, alias: str, dry_run: bool) -> int
     return changed
 
 
+def _note_purged_sets(session: Session, judgments_by_project: dict[int, int]) -> None:
+    """Count the purged judgments on each set (``Project.meta["purged"]``), for `tether data list`."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for project in session.scalars(select(Project).where(Project.id.in_(list(judgments_by_project)))):
+        meta = dict(project.meta or {})
+        before = meta.get("purged") or {}
+        meta["purged"] = {"judgments": int(before.get("judgments", 0)) + judgments_by_project[project.id], "last_at": now}
+        project.meta = meta
+
+
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -290,8 +300,12 @@ def purge_annotator(
     digest = subject_key(name, key)
     alias = pseudonym(name, key)
     result = PurgeResult(subject="annotator", subject_key=digest, dry_run=dry_run, pseudonym=alias)
-    projects = session.scalars(select(Item.project_id).join(Judgment, Judgment.item_id == Item.id).where(Judgment.user_id == user.id).distinct())
-    dependent = _dependent_snapshots(session, select(Judgment.id).where(Judgment.user_id == user.id), projects.all())
+    per_project = dict(
+        session.execute(
+            select(Item.project_id, func.count()).join(Judgment, Judgment.item_id == Item.id).where(Judgment.user_id == user.id).group_by(Item.project_id)
+        ).all()
+    )
+    dependent = _dependent_snapshots(session, select(Judgment.id).where(Judgment.user_id == user.id), per_project)
     result.deleted = {
         "judgment": session.scalar(select(func.count()).select_from(Judgment).where(Judgment.user_id == user.id)) or 0,
         "assignment": session.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) or 0,
@@ -303,6 +317,7 @@ def purge_annotator(
     result.audit_events_pseudonymized = _pseudonymize(session, name, alias, dry_run)
     if dry_run:
         return result
+    _note_purged_sets(session, per_project)
     # Corrections by others that superseded this annotator's judgments keep standing (supersedes_id -> NULL).
     session.execute(update(Judgment).where(Judgment.supersedes_id.in_(select(Judgment.id).where(Judgment.user_id == user.id))).values(supersedes_id=None))
     # The queue's per-item slot counts: each pending or done assignment deleted here gives its slot back.
@@ -340,13 +355,19 @@ def _purge_production(session: Session, condition: Any, result: PurgeResult) -> 
     result.deleted["judgment"] = 0
     dependent: dict[int, int | None] = {}
     projects = {r.project_id for r in items}
+    per_project: dict[int, int] = {}
     for start in range(0, len(item_ids), 900):
         chunk = item_ids[start : start + 900]
-        result.deleted["judgment"] += session.scalar(select(func.count()).select_from(Judgment).where(Judgment.item_id.in_(chunk))) or 0
+        for project_id, n in session.execute(
+            select(Item.project_id, func.count()).join(Judgment, Judgment.item_id == Item.id).where(Item.id.in_(chunk)).group_by(Item.project_id)
+        ).all():
+            per_project[project_id] = per_project.get(project_id, 0) + n
         for snapshot_id, n in _dependent_snapshots(session, select(Judgment.id).where(Judgment.item_id.in_(chunk)), projects).items():
             dependent[snapshot_id] = None if n is None else (dependent.get(snapshot_id) or 0) + n
+    result.deleted["judgment"] = sum(per_project.values())
     if result.dry_run:
         return dependent
+    _note_purged_sets(session, per_project)
     completion_ids = set()
     for start in range(0, len(item_ids), 900):
         chunk = item_ids[start : start + 900]

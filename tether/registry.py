@@ -5,8 +5,10 @@ Built on MLflow's model registry with the workspace's SQLite tracking store (``m
 the artifact ``model/`` of an MLflow run, with tags:
 
 - ``tether.kind`` (``reward`` or ``policy``), ``tether.base_model``, ``tether.parent`` (the version it was trained
-  against: a policy's reward model), ``tether.snapshot`` and ``tether.snapshot_digest`` (the frozen judgments),
-  ``tether.config`` (the training config as JSON), ``tether.source_dir``;
+  against: a policy's reward model) and ``tether.parents`` (every registered model it came from, with its role),
+  ``tether.snapshot`` and ``tether.snapshot_digest`` (the frozen judgments), ``tether.lineage`` (the lineage in the
+  model's own tether.json), ``tether.fingerprint`` (sha256 of that tether.json), ``tether.config`` (the training
+  config as JSON), ``tether.source_dir``;
 - ``eval.<figure>`` for each evaluation figure (``eval.win_rate``, ``eval.violation_rate``, ``eval.kl``, ...);
 - ``tether.approved_by`` / ``tether.approved_at`` and ``tether.promoted_by`` / ``tether.promoted_at``.
 
@@ -15,10 +17,18 @@ Versions are named ``NAME/N`` (or ``NAME@alias``, or ``NAME`` for the latest). N
 evaluation figures (``min_X``: ``eval.X >= value``, ``max_X``: ``eval.X <= value``; gates apply to policies,
 ``[gates.reward]`` to reward models) and (2) an approval by a user whose role is ``admin`` in the store. Approvals
 and promotions are audit events in the store as well as tags, and promotion reads the approval from the store.
+
+Lineage comes from the model's own metadata. A trainer writes into tether.json the snapshot its data came from and
+the Tether models it started from or was trained against (base, reference, reward models: path, fingerprint,
+their own lineage), so ``register`` knows the kind, the snapshot and the parents without being told, and refuses
+a ``--kind``, ``--snapshot`` or ``--parent`` that contradicts them; one registered name holds one kind. A version
+whose lineage reaches a snapshot marked as purged (tether.governance), directly or through a parent, is flagged by
+``lineage`` and ``show`` and cannot be approved or promoted to champion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,6 +40,10 @@ from typing import Any
 from tether.errors import TetherError
 
 KINDS = ("reward", "policy")
+# The registry kind of each tether.json kind (what the trainers write).
+KIND_OF_META = {"reward": "reward", "policy": "policy", "sft": "policy", "dpo": "policy", "ipo": "policy", "cdpo": "policy", "kto": "policy"}
+# The models a training run starts from or is trained against: (role, config field).
+INPUT_FIELDS = (("base", "model"), ("reference", "reference_model"), ("reward", "reward"))
 ALIASES = ("candidate", "champion")
 _REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:(?:/|:)(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))?$")
 
@@ -132,7 +146,7 @@ def register_model(
     model_dir: Path,
     *,
     name: str,
-    kind: str,
+    kind: str | None = None,
     snapshot_name: str | None = None,
     snapshot_digest: str | None = None,
     parent: str | None = None,
@@ -145,27 +159,42 @@ def register_model(
 ) -> dict[str, Any]:
     """Register the model folder ``model_dir`` as a new version of ``name``; returns ``show()`` of it.
 
-    The folder is copied into the MLflow artifact store (the version's ``source``) so later changes to
-    ``model_dir`` never alter a registered version. ``metrics`` become ``eval.*`` tags; a model card is generated
-    from the rest and stored beside the model (``model_card.md``) and as the version's description.
+    The kind, the snapshot and the parents come from the folder's tether.json (see the module doc); ``kind``,
+    ``snapshot_name`` / ``snapshot_digest`` and ``parent`` may only confirm them (a contradiction is a TetherError)
+    or, for a folder without tether.json, state them. The folder is copied into the MLflow artifact store (the
+    version's ``source``) so later changes to ``model_dir`` never alter a registered version. ``metrics`` become
+    ``eval.*`` tags; a model card is generated from the rest and stored beside the model (``model_card.md``) and as
+    the version's description.
     """
     from mlflow.exceptions import MlflowException
 
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; valid: {KINDS}")
+    if kind is not None and kind not in KINDS:
+        raise TetherError(f"--kind {kind!r} is not one of {', '.join(KINDS)}", fix="use --kind reward or --kind policy")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise TetherError(f"model folder not found: {model_dir}", fix="pass the output folder of a `tether train` command")
     parse_ref(name)
     meta = _read_meta(model_dir)
+    kind = _checked_kind(model_dir, meta, kind)
+    lineage_meta = (meta.get("lineage") or model_lineage(meta.get("config") or {}, database_url=ws.database_url)) if meta else None
+    snapshot_name, snapshot_digest = _checked_snapshot(ws, model_dir, meta, lineage_meta, snapshot_name, snapshot_digest)
     config = config if config is not None else meta.get("config", {})
     base_model = base_model or meta.get("base_model")
-    snapshot_digest = snapshot_digest or meta.get("data_digest")
     client = _client(ws.root)
+    parents = _checked_parents(client, model_dir, lineage_meta, parent)
     try:
-        client.get_registered_model(name)
+        registered = client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, tags={"tether.kind": kind})
+    else:
+        held = registered.tags.get("tether.kind") or next(
+            (v.tags.get("tether.kind") for v in client.search_model_versions(f"name='{name}'") if v.tags.get("tether.kind")), None
+        )
+        if held and held != kind:
+            raise TetherError(
+                f"{name} holds {held} models; {model_dir} is a {kind} model",
+                fix=f"register it under another name (one registered name holds one kind), e.g. --name {name}-{kind}",
+            )
     experiment = client.get_experiment_by_name("tether")
     run = client.create_run(experiment.experiment_id, run_name=f"register {name}", tags={"tether.kind": kind})
     run_id = run.info.run_id
@@ -180,10 +209,21 @@ def register_model(
         "tether.source_dir": str(model_dir.resolve()),
         "tether.registered_at": _now(),
         "tether.config": json.dumps(config, sort_keys=True, default=str)[:20000],
+        "tether.lineage_from": "tether.json" if meta else "flags",
     }
+    parent = parent or next((p["version"] for p in parents if p["role"] == "reward"), None)
     for key, value in (("tether.base_model", base_model), ("tether.parent", parent), ("tether.snapshot", snapshot_name), ("tether.snapshot_digest", snapshot_digest)):
         if value:
             tags[key] = str(value)
+    if parents:
+        tags["tether.parents"] = json.dumps(parents, sort_keys=True)
+    if lineage_meta:
+        tags["tether.lineage"] = json.dumps(lineage_meta, sort_keys=True, default=str)[:20000]
+    fp = fingerprint(model_dir)
+    if fp:
+        tags["tether.fingerprint"] = fp
+    if meta.get("data_digest"):
+        tags["tether.data_digest"] = str(meta["data_digest"])
     if data_summary:
         tags["tether.data"] = json.dumps(data_summary, sort_keys=True, default=str)[:20000]
     if method:
@@ -200,6 +240,182 @@ def register_model(
         client.set_registered_model_alias(name, alias, mv.version)
     _audit(ws, "registry.register", _ref(mv), kind=kind, snapshot_digest=snapshot_digest, parent=parent, alias=alias)
     return show(ws, _ref(mv))
+
+
+def _checked_kind(model_dir: Path, meta: dict[str, Any], kind: str | None) -> str:
+    """The registry kind of a folder: its tether.json's; ``kind`` may confirm it (or state it without tether.json)."""
+    written = meta.get("kind")
+    declared = KIND_OF_META.get(written) if written else None
+    if written and declared is None:
+        raise TetherError(f"{model_dir}/tether.json has an unknown kind {written!r}", fix=f"known kinds: {', '.join(sorted(KIND_OF_META))}")
+    if declared and kind and kind != declared:
+        raise TetherError(
+            f"{model_dir} is a {declared} model (its tether.json says kind {written!r}); --kind {kind} contradicts it",
+            fix=f"leave --kind out (or pass --kind {declared})",
+        )
+    if not (declared or kind):
+        raise TetherError(f"{model_dir} has no tether.json saying what it is", fix="pass --kind reward or --kind policy")
+    return declared or kind  # type: ignore[return-value]
+
+
+def _checked_snapshot(
+    ws: Any, model_dir: Path, meta: dict[str, Any], lineage_meta: dict[str, Any] | None, name: str | None, digest: str | None
+) -> tuple[str | None, str | None]:
+    """``(snapshot name, digest)`` the folder was trained on, from its metadata; given ones must agree with it."""
+    if name is not None and digest is None:
+        digest = _store_snapshot_digest(ws.database_url, name)
+        if digest is None:
+            raise TetherError(f"no snapshot named {name!r}", fix="see `tether data list`")
+    own = (lineage_meta or {}).get("snapshot") or {}
+    data_digest = meta.get("data_digest")
+    if own.get("name"):
+        known = own.get("digest") or _store_snapshot_digest(ws.database_url, own["name"])
+        if (name and name != own["name"]) or (digest and known and digest != known):
+            raise TetherError(
+                f"{model_dir} was trained on snapshot {own['name']!r} (its tether.json says so); "
+                f"--snapshot {name or digest} contradicts it",
+                fix="leave --snapshot out: the lineage comes from the model's own metadata",
+            )
+        return own["name"], known or digest
+    if data_digest:
+        if digest and digest != data_digest:
+            raise TetherError(
+                f"{model_dir} was trained on rows with sha256 {data_digest[:12]}... (its tether.json); "
+                f"snapshot {name or '?'} has sha256 {digest[:12]}...",
+                fix="leave --snapshot out, or name the snapshot whose rows it was trained on",
+            )
+        found = name or _store_snapshot_by_digest(ws.database_url, data_digest)
+        return (found, data_digest) if found else (None, None)  # rows from a file that is no snapshot
+    return name, digest
+
+
+def _checked_parents(client: Any, model_dir: Path, lineage_meta: dict[str, Any] | None, parent: str | None) -> list[dict[str, str]]:
+    """The registered versions among the folder's recorded inputs (``[{"version", "role"}]``); ``parent``, when
+    given, must be one of its inputs (or is taken as stated for a folder without recorded inputs)."""
+    inputs = (lineage_meta or {}).get("inputs") or []
+    by_fp = _versions_by_fingerprint(client) if inputs or parent else {}
+    found = []
+    for item in inputs:
+        version = by_fp.get(item.get("fingerprint") or "") or _version_by_source(client, item.get("path"))
+        if version:
+            found.append({"version": version, "role": item["role"]})
+    if parent:
+        named = _ref(_resolve(client, parent))
+        if inputs and named not in {p["version"] for p in found}:
+            recorded = ", ".join(f"{i['role']} {i.get('path')}" for i in inputs)
+            raise TetherError(
+                f"{model_dir} was not trained from or against {named} (its tether.json records: {recorded})",
+                fix="leave --parent out: the parents come from the model's own metadata",
+            )
+        if not inputs:
+            found.append({"version": named, "role": "reward"})
+    return found
+
+
+def _versions_by_fingerprint(client: Any) -> dict[str, str]:
+    """``{tether.fingerprint: "NAME/N"}`` over every registered version (the oldest with a fingerprint wins)."""
+    out: dict[str, str] = {}
+    for mv in sorted(client.search_model_versions(), key=lambda v: (v.name, int(v.version))):
+        fp = mv.tags.get("tether.fingerprint")
+        if fp and fp not in out:
+            out[fp] = _ref(mv)
+    return out
+
+
+def _version_by_source(client: Any, path: str | None) -> str | None:
+    if not path:
+        return None
+    for mv in client.search_model_versions():
+        if mv.tags.get("tether.source_dir") == path:
+            return _ref(mv)
+    return None
+
+
+def _store_snapshot_digest(database_url: str, name: str) -> str | None:
+    from sqlalchemy import select
+
+    from tether.store.db import session_scope
+    from tether.store.tables import Snapshot
+
+    with session_scope(database_url, readonly=True) as session:
+        return session.scalar(select(Snapshot.digest).where(Snapshot.name == name))
+
+
+def _store_snapshot_by_digest(database_url: str, digest: str) -> str | None:
+    from sqlalchemy import select
+
+    from tether.store.db import session_scope
+    from tether.store.tables import Snapshot
+
+    with session_scope(database_url, readonly=True) as session:
+        return session.scalar(select(Snapshot.name).where(Snapshot.digest == digest).order_by(Snapshot.id).limit(1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lineage in a model's own metadata
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fingerprint(model_dir: Path) -> str | None:
+    """sha256 of a model folder's tether.json (config, metrics, lineage: one run's), or None without one."""
+    path = Path(model_dir) / "tether.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def model_lineage(config: dict[str, Any], *, database_url: str | None = None, _seen: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The ``lineage`` a trainer writes into tether.json, from its config: ``{"snapshot": {"name", "digest"} | None,
+    "inputs": [{"role", "path", "fingerprint", "kind", "snapshot", "inputs"}]}``.
+
+    ``snapshot``: the snapshot its data (or prompts) came from, with the digest the store holds for it. ``inputs``:
+    the Tether models (folders with a tether.json) it started from (``base``), kept near (``reference``) or was
+    trained against (``reward``), each with the lineage written in it (computed from its config when it has none).
+    ``database_url``: the store to read snapshot digests from (default: the current workspace's, if any).
+    """
+    source = config.get("data") or config.get("prompts")
+    snapshot = None
+    if isinstance(source, str) and source.startswith("snapshot:"):
+        name = source.split(":", 1)[1]
+        snapshot = {"name": name, "digest": _digest_now(name, database_url)}
+    inputs = []
+    for role, key in INPUT_FIELDS:
+        values = config.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str) or value.startswith("rules:") or not (Path(value) / "tether.json").is_file():
+                continue
+            path = str(Path(value).resolve())
+            if path in _seen:  # trained into its own starting folder: the old run's metadata, no deeper
+                continue
+            meta = _read_meta(Path(value))
+            upstream = meta.get("lineage") or model_lineage(meta.get("config") or {}, database_url=database_url, _seen=_seen | {path})
+            inputs.append({"role": role, "path": path, "fingerprint": fingerprint(Path(value)), "kind": meta.get("kind"),
+                           "snapshot": upstream.get("snapshot"), "inputs": upstream.get("inputs") or []})
+    return {"snapshot": snapshot, "inputs": inputs}
+
+
+def _digest_now(name: str, database_url: str | None) -> str | None:
+    """The digest the store holds for snapshot ``name`` (None when there is no store or no such snapshot)."""
+    try:
+        if database_url is None:
+            from tether.workspace import find_workspace, open_workspace
+
+            if find_workspace() is None:
+                return None
+            database_url = open_workspace().database_url
+        return _store_snapshot_digest(database_url, name)
+    except Exception:  # metadata is best effort: a model is saved even when the store cannot be read
+        return None
+
+
+def upstream_snapshots(lineage_meta: dict[str, Any] | None, via: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every snapshot in a lineage tree: ``[{"name", "digest", "via": [paths of the models in between]}]``."""
+    if not lineage_meta:
+        return []
+    out = []
+    if lineage_meta.get("snapshot"):
+        out.append({**lineage_meta["snapshot"], "via": list(via)})
+    for item in lineage_meta.get("inputs") or []:
+        out += upstream_snapshots(item, (*via, f"{item['role']} {item.get('path')}"))
+    return out
 
 
 def record_eval(ws: Any, ref: str, figures: dict[str, float]) -> dict[str, float]:
@@ -347,6 +563,7 @@ def show(ws: Any, ref: str) -> dict[str, Any]:
         "tags": tags,
         "figures": _figures(tags),
         "gates": [g.as_dict() for g in check_gates(gates_for(ws, kind), _figures(tags))],
+        "purged_data": purge_problems(ws, _ref(mv)),
         "approved_by": tags.get("tether.approved_by"),
         "card": model_card(_ref(mv), tags),
     }
@@ -427,15 +644,23 @@ def _admin(session: Any, name: str) -> Any:
     return user
 
 
+PURGED_FIX = "retrain on a new snapshot of the data that remains (`tether data snapshot SET`) and register that model"
+
+
 def approve(ws: Any, ref: str, *, admin: str, password: str | None = None, note: str = "") -> dict[str, Any]:
     """Record an admin's approval of a version (audit event ``registry.approve`` and tags).
 
-    When the admin has a password in the store, ``password`` must match it.
+    When the admin has a password in the store, ``password`` must match it. A version trained on purged data
+    (``purge_problems``) is refused.
     """
     from tether.store.db import audit, session_scope
 
     client = _client(ws.root)
     mv = _resolve(client, ref)
+    purged = purge_problems(ws, _ref(mv))
+    if purged:
+        _audit(ws, "registry.approve_refused", _ref(mv), admin=admin, reasons=purged)
+        raise TetherError(f"cannot approve {_ref(mv)}:\n  - " + "\n  - ".join(purged), fix=PURGED_FIX)
     with session_scope(ws.database_url) as session:
         user = _admin(session, admin)
         if user.password_hash:
@@ -481,14 +706,15 @@ def promote(ws: Any, ref: str, *, alias: str = "champion") -> dict[str, Any]:
     tags = dict(mv.tags)
     version_ref = _ref(mv)
     if alias == "champion":
-        problems = [g.reason() for g in check_gates(gates_for(ws, tags.get("tether.kind", "?")), _figures(tags)) if not g.passed]
-        if not approvals(ws, version_ref):
+        purged = purge_problems(ws, version_ref)
+        problems = purged + [g.reason() for g in check_gates(gates_for(ws, tags.get("tether.kind", "?")), _figures(tags)) if not g.passed]
+        if not purged and not approvals(ws, version_ref):
             problems.append(f"no approval by an admin (run `tether registry approve {version_ref} --admin NAME`)")
         if problems:
             _audit(ws, "registry.promote_refused", version_ref, alias=alias, reasons=problems)
             raise TetherError(
                 f"cannot promote {version_ref} to champion:\n  - " + "\n  - ".join(problems),
-                fix="record evaluation figures that pass the gates in tether.toml [gates] and get an admin's approval",
+                fix=PURGED_FIX if purged else "record evaluation figures that pass the gates in tether.toml [gates] and get an admin's approval",
             )
     client.set_registered_model_alias(mv.name, alias, mv.version)
     by = _actor()
@@ -513,113 +739,177 @@ def _actor() -> str:
 
 
 def lineage(ws: Any, ref: str) -> dict[str, Any]:
-    """Walk from a version to the judgments behind it: policy -> reward model -> snapshot -> judgments.
+    """Walk from a version to the judgments behind it: the models it came from (registered parents, and model
+    folders its metadata records that are not registered), the snapshot each was trained on, the judgments used.
 
-    Returns ``{"version", "chain": [step, ...], "snapshot_digest", "judgments"}``; each step is a dict with its
-    ``type`` (model_version, snapshot, judgments).
+    Returns ``{"version", "chain": [step, ...], "snapshot_digest", "judgments", "purged", "purges"}``. Each step
+    has a ``type`` (model_version, model_dir, missing, snapshot, judgments) and a ``depth`` (0: the version; a
+    step's sources are the deeper steps after it). Model steps carry ``purged_data`` (a snapshot below was marked
+    purged); ``purges`` lists each such snapshot with its note and the models in between. ``snapshot_digest`` and
+    ``judgments`` are those of the first snapshot reached through a reward model (a policy's preference data),
+    else of the first snapshot.
     """
+    from tether.store.db import session_scope
+
     client = _client(ws.root)
-    chain: list[dict[str, Any]] = []
-    seen: set[str] = set()
     mv = _resolve(client, ref)
-    digest = None
-    snapshot_name = None
-    while mv is not None and _ref(mv) not in seen:
-        seen.add(_ref(mv))
-        tags = dict(mv.tags)
-        chain.append(
-            {
-                "type": "model_version",
-                "version": _ref(mv),
-                "kind": tags.get("tether.kind"),
-                "base_model": tags.get("tether.base_model"),
-                "parent": tags.get("tether.parent"),
-                "snapshot_digest": tags.get("tether.snapshot_digest"),
-                "figures": _figures(tags),
-            }
-        )
-        digest = digest or tags.get("tether.snapshot_digest")
-        snapshot_name = snapshot_name or tags.get("tether.snapshot")
-        parent = tags.get("tether.parent")
-        if tags.get("tether.kind") == "reward" and tags.get("tether.snapshot_digest"):
-            digest = tags["tether.snapshot_digest"]
-            snapshot_name = tags.get("tether.snapshot")
-        mv = None
-        if parent:
-            try:
-                mv = _resolve(client, parent)
-            except TetherError:
-                chain.append({"type": "missing", "version": parent})
-    result: dict[str, Any] = {"version": chain[0]["version"], "chain": chain, "snapshot_digest": digest}
-    if digest:
-        snap, judgments = _snapshot_and_judgments(ws, digest, snapshot_name)
-        if snap:
-            chain.append(snap)
-        if judgments:
-            chain.append(judgments)
-        result["judgments"] = judgments
+    chain: list[dict[str, Any]] = []
+    by_fp = _versions_by_fingerprint(client)
+    with session_scope(ws.database_url, readonly=True) as session:
+        _walk_version(client, session, mv, 0, chain, by_fp, set())
+    purges = []
+    for i, step in enumerate(chain):
+        if step["type"] not in ("model_version", "model_dir"):
+            continue
+        below = _subtree(chain, i)
+        step["purged_data"] = any(s["type"] == "snapshot" and s.get("purged") for s in below)
+        if step["depth"] == 0:
+            for j, snap in enumerate(below):
+                if snap["type"] == "snapshot" and snap.get("purged"):
+                    via = [s.get("version") or s.get("path") for s in _path_to(chain, i + 1 + j)][1:-1]
+                    purges.append({"snapshot": snap.get("name"), "digest": snap["digest"], "purged_at": snap.get("purged_at"),
+                                   "note": snap.get("purge_note"), "via": via})
+    snaps = [k for k, s in enumerate(chain) if s["type"] == "snapshot"]
+    main = next((k for k in snaps if _path_to(chain, k)[-2].get("kind") == "reward"), snaps[0] if snaps else None)
+    result: dict[str, Any] = {"version": chain[0]["version"], "chain": chain, "snapshot_digest": chain[main]["digest"] if main is not None else None,
+                              "purged": bool(purges), "purges": purges}
+    if main is not None:
+        result["judgments"] = chain[main + 1] if main + 1 < len(chain) and chain[main + 1]["type"] == "judgments" else None
     return result
 
 
-def _snapshot_and_judgments(ws: Any, digest: str, name: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The snapshot with ``digest`` in the store and a summary of the judgments behind it."""
+def _subtree(chain: list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+    """The steps below step ``i`` (up to the next step at its depth or above)."""
+    out = []
+    for step in chain[i + 1 :]:
+        if step["depth"] <= chain[i]["depth"]:
+            break
+        out.append(step)
+    return out
+
+
+def _path_to(chain: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The steps from the top down to step ``k``: each one's nearest shallower step before it."""
+    path = [chain[k]]
+    for step in reversed(chain[:k]):
+        if step["depth"] < path[0]["depth"]:
+            path.insert(0, step)
+    return path
+
+
+def _walk_version(client: Any, session: Any, mv: Any, depth: int, chain: list[dict[str, Any]], by_fp: dict[str, str], seen: set[str]) -> None:
+    """Append a registered version, its snapshot (with its judgments) and its sources to ``chain``."""
+    seen.add(_ref(mv))
+    tags = dict(mv.tags)
+    chain.append({
+        "type": "model_version", "depth": depth, "version": _ref(mv), "kind": tags.get("tether.kind"),
+        "base_model": tags.get("tether.base_model"), "parent": tags.get("tether.parent"),
+        "snapshot_digest": tags.get("tether.snapshot_digest"), "figures": _figures(tags),
+        "lineage_from": tags.get("tether.lineage_from", "flags"),
+    })
+    if tags.get("tether.snapshot_digest") or tags.get("tether.snapshot"):
+        _append_snapshot(session, tags.get("tether.snapshot"), tags.get("tether.snapshot_digest"), depth + 1, chain)
+    parents = _json(tags.get("tether.parents")) or ([{"version": tags["tether.parent"], "role": "reward"}] if tags.get("tether.parent") else [])
+    registered = {p["version"] for p in parents}
+    for item in (_json(tags.get("tether.lineage")) or {}).get("inputs") or []:
+        if by_fp.get(item.get("fingerprint") or "") not in registered:
+            _walk_input(client, session, item, depth + 1, chain, by_fp, seen)
+    for p in parents:
+        if p["version"] in seen:
+            continue
+        try:
+            parent = _resolve(client, p["version"])
+        except TetherError:
+            chain.append({"type": "missing", "depth": depth + 1, "version": p["version"]})
+            continue
+        _walk_version(client, session, parent, depth + 1, chain, by_fp, seen)
+
+
+def _walk_input(client: Any, session: Any, item: dict[str, Any], depth: int, chain: list[dict[str, Any]], by_fp: dict[str, str], seen: set[str]) -> None:
+    """A model folder a version's metadata records: the registered version when there is one, else the folder."""
+    version = by_fp.get(item.get("fingerprint") or "")
+    if version:
+        if version not in seen:
+            _walk_version(client, session, _resolve(client, version), depth, chain, by_fp, seen)
+        return
+    chain.append({"type": "model_dir", "depth": depth, "role": item["role"], "path": item.get("path"), "kind": item.get("kind")})
+    snapshot = item.get("snapshot") or {}
+    if snapshot.get("name") or snapshot.get("digest"):
+        _append_snapshot(session, snapshot.get("name"), snapshot.get("digest"), depth + 1, chain)
+    for sub in item.get("inputs") or []:
+        _walk_input(client, session, sub, depth + 1, chain, by_fp, seen)
+
+
+def _append_snapshot(session: Any, name: str | None, digest: str | None, depth: int, chain: list[dict[str, Any]]) -> None:
+    """A snapshot step (looked up by name, else by digest) and the step of the judgments behind it."""
+    from sqlalchemy import select
+
+    from tether.store.tables import Snapshot
+
+    snap = session.scalar(select(Snapshot).where(Snapshot.name == name)) if name else None
+    if snap is None or (digest and snap.digest != digest):
+        snap = session.scalar(select(Snapshot).where(Snapshot.digest == digest).order_by(Snapshot.id).limit(1)) if digest else None
+    if snap is None:
+        chain.append({"type": "snapshot", "depth": depth, "digest": digest, "name": name, "found": False, "purged": False})
+        return
+    chain.append({
+        "type": "snapshot", "depth": depth, "found": True, "name": snap.name, "digest": snap.digest, "rows": snap.row_count,
+        "aggregate": snap.aggregate, "filters": snap.filters, "counts": snap.counts,
+        "created_at": snap.created_at.isoformat() if snap.created_at else None, "purged": snap.purged_at is not None,
+        "purged_at": snap.purged_at.isoformat() if snap.purged_at else None, "purge_note": snap.purge_note,
+    })
+    judgments = _judgments_behind(session, snap)
+    if judgments:
+        chain.append({**judgments, "depth": depth + 1})
+
+
+def _judgments_behind(session: Any, snap: Any) -> dict[str, Any] | None:
+    """Who judged what a snapshot used: its recorded judgments that remain (by annotator) and how many were
+    purged since. For a snapshot that predates that record, the judgments its set holds now."""
     from sqlalchemy import func, select
 
-    from tether.store.db import session_scope
-    from tether.store.tables import Item, Judgment, Project, Snapshot, User
+    from tether.store.tables import Item, Judgment, Project, SnapshotJudgment, User
 
-    with session_scope(ws.database_url) as session:
-        query = select(Snapshot).where(Snapshot.digest == digest).order_by(Snapshot.id)
-        snaps = session.scalars(query).all()
-        if not snaps:
-            return {"type": "snapshot", "digest": digest, "name": name, "found": False}, None
-        snap = next((s for s in snaps if s.name == name), snaps[0])
-        step = {
-            "type": "snapshot",
-            "found": True,
-            "name": snap.name,
-            "digest": snap.digest,
-            "rows": snap.row_count,
-            "aggregate": snap.aggregate,
-            "filters": snap.filters,
-            "counts": snap.counts,
-            "created_at": snap.created_at.isoformat() if snap.created_at else None,
-            "purged": snap.purged_at is not None,
-        }
-        if snap.project_id is None:
-            return step, None
-        project = session.get(Project, snap.project_id)
+    if snap.project_id is None:
+        return None
+    project = session.get(Project, snap.project_id)
+    if snap.judgments_recorded:
+        scope = Judgment.id.in_(select(SnapshotJudgment.judgment_id).where(SnapshotJudgment.snapshot_id == snap.id))
+    else:
         superseded = select(Judgment.supersedes_id).where(Judgment.supersedes_id.is_not(None))
-        base = (
-            select(User.name, User.role, func.count(Judgment.id))
-            .join(Item, Item.id == Judgment.item_id)
-            .join(User, User.id == Judgment.user_id)
-            .where(Item.project_id == snap.project_id, Judgment.id.not_in(superseded))
-        )
-        # Judgments are immutable, and all of a project's judgments at snapshot time are behind it (minus those its
-        # filters left out). No time filter: clocks differ (simulated annotators stamp their own simulated time).
-        rows = session.execute(base.group_by(User.name, User.role).order_by(User.name)).all()
-        excluded_names = sorted(set(snap.filters.get("exclude_annotators") or []) | set(snap.qc.get("excluded_annotators") or []))
-        flagged = snap.qc.get("flagged") or {}
-        judgments = {
-            "type": "judgments",
-            "project": project.name if project else None,
-            "count": int(sum(r[2] for r in rows)),
-            "used": snap.counts.get("judgments"),
-            "excluded_judgments": snap.counts.get("excluded_judgments", 0),
-            "annotators": {r[0]: int(r[2]) for r in rows},
-            "sources": {},
-            "excluded": excluded_names,
-            "flagged": sorted(flagged) if isinstance(flagged, (dict, list)) else [],
-        }
-        src_rows = session.execute(
-            select(Judgment.source, func.count(Judgment.id))
-            .join(Item, Item.id == Judgment.item_id)
-            .where(Item.project_id == snap.project_id)
-            .group_by(Judgment.source)
-        ).all()
-        judgments["sources"] = {r[0]: int(r[1]) for r in src_rows}
-        return step, judgments
+        scope = Judgment.item_id.in_(select(Item.id).where(Item.project_id == snap.project_id)) & Judgment.id.not_in(superseded)
+    rows = session.execute(
+        select(User.name, func.count(Judgment.id)).join(User, User.id == Judgment.user_id).where(scope).group_by(User.name).order_by(User.name)
+    ).all()
+    sources = session.execute(select(Judgment.source, func.count(Judgment.id)).where(scope).group_by(Judgment.source)).all()
+    remaining = int(sum(r[1] for r in rows))
+    used = snap.counts.get("judgments")
+    excluded = sorted(set(snap.filters.get("exclude_annotators") or []) | set(snap.qc.get("qc/excluded_annotators") or snap.qc.get("excluded_annotators") or []))
+    flagged = snap.qc.get("qc/flagged") or snap.qc.get("flagged") or {}
+    return {
+        "type": "judgments",
+        "project": project.name if project else None,
+        "recorded": bool(snap.judgments_recorded),
+        "count": remaining,
+        "used": used,
+        "purged": (used - remaining) if snap.judgments_recorded and used is not None else None,
+        "excluded_judgments": snap.counts.get("excluded_judgments", 0),
+        "annotators": {r[0]: int(r[1]) for r in rows},
+        "sources": {r[0]: int(r[1]) for r in sources},
+        "excluded": excluded,
+        "flagged": sorted(flagged) if isinstance(flagged, (dict, list)) else [],
+    }
+
+
+def purge_problems(ws: Any, ref: str) -> list[str]:
+    """One line per purged snapshot a version rests on (directly or through the models it came from)."""
+    info = lineage(ws, ref)
+    lines = []
+    for p in info["purges"]:
+        through = f" through {', '.join(p['via'])}" if p["via"] else ""
+        lines.append(f"{info['version']} was trained{through} on snapshot {p['snapshot'] or p['digest'][:12]}, built from purged data "
+                     f"({p['note'] or 'purged'}; marked {str(p['purged_at'])[:10]})")
+    return lines
 
 
 def password_from_env() -> str | None:

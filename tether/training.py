@@ -598,7 +598,10 @@ def save_model_dir(
     extra: dict[str, Any] | None = None,
     accelerator: Any = None,
 ) -> Path:
-    """An ordinary Hugging Face directory plus ``tether.json`` (kind, base model, data digest, config, metrics)."""
+    """An ordinary Hugging Face directory plus ``tether.json`` (kind, base model, data digest, lineage, config,
+    metrics; the lineage as tether.registry.model_lineage writes it)."""
+    from tether.registry import model_lineage
+
     output_dir = Path(output_dir)
     if accelerator is not None:
         accelerator.wait_for_everyone()
@@ -614,6 +617,7 @@ def save_model_dir(
         "tether_version": __version__,
         "base_model": cfg.model,
         "data_digest": data_digest,
+        "lineage": model_lineage(json.loads(cfg.model_dump_json())),  # its snapshot and the models it came from
         "config": json.loads(cfg.model_dump_json()),
         "metrics": metrics,
         **(extra or {}),

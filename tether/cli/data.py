@@ -184,7 +184,7 @@ def export(
 
 @data_app.command("list")
 def list_(json_out: JsonFlag = False) -> None:
-    """List the feedback sets and snapshots of the workspace with their counts.
+    """List the feedback sets and snapshots of the workspace with their counts, and what purges touched.
 
     Example:  tether data list
     """
@@ -206,18 +206,22 @@ def list_(json_out: JsonFlag = False) -> None:
         out.print("no feedback sets yet: tether data import FILE --name NAME")
         return
     table = Table(title="feedback sets", title_justify="left")
-    for column in ("name", "source", "prompts", "items", "judgments", "annotators", "created"):
+    for column in ("name", "source", "prompts", "items", "judgments", "annotators", "created", "purged"):
         table.add_column(column, justify="right" if column in ("prompts", "items", "judgments", "annotators") else "left", no_wrap=True)
     for s in sets:
-        table.add_row(s["name"], s["source"], _n(s["prompts"]), _n(s["items"]), _n(s["judgments"]), str(s["annotators"]), f"{s['created_at']:%Y-%m-%d %H:%M}")
+        purged = f"{_n(s['purged_judgments'])} judgments" if s["purged_judgments"] else ""
+        table.add_row(s["name"], s["source"], _n(s["prompts"]), _n(s["items"]), _n(s["judgments"]), str(s["annotators"]), f"{s['created_at']:%Y-%m-%d %H:%M}", purged)
     out.print(table)
     if snapshots:
         table = Table(title="snapshots", title_justify="left")
-        for column in ("name", "set", "kind", "rows", "aggregate", "sha256", "created"):
+        for column in ("name", "set", "kind", "rows", "aggregate", "sha256", "created", "purged"):
             table.add_column(column, justify="right" if column == "rows" else "left", no_wrap=True)
         for s in snapshots:
-            table.add_row(s["name"], s["set"] or "-", s["row_kind"], _n(s["row_count"]), s["aggregate"], s["digest"][:16], f"{s['created_at']:%Y-%m-%d %H:%M}")
+            purged = f"{s['purged_at']:%Y-%m-%d}" if s["purged_at"] else ""
+            table.add_row(s["name"], s["set"] or "-", s["row_kind"], _n(s["row_count"]), s["aggregate"], s["digest"][:16], f"{s['created_at']:%Y-%m-%d %H:%M}", purged)
         out.print(table)
+        if any(s["purged_at"] for s in snapshots):
+            out.print("purged: built from data since purged; trainers refuse them (`tether data show NAME` gives the note)")
 
 
 @data_app.command("show")
@@ -238,7 +242,7 @@ def show(
 
     ws, url = workspace_url()
     with session_scope(url, readonly=True) as session:
-        resolved = resolve(name, session=session, root=ws.root)
+        resolved = resolve(name, session=session, root=ws.root, allow_purged=True)
         details: dict[str, Any] = set_details(session, name) if resolved["source"] == "set" else {}
     sample = resolved.pop("rows")[: max(rows, 0)]
     if json_out:
@@ -246,6 +250,8 @@ def show(
         return
     if resolved["source"] == "snapshot":
         typer.echo(f"snapshot {name!r} of set {resolved['set']!r} ({resolved['aggregate']}), made {resolved['created_at']:%Y-%m-%d %H:%M}")
+        if resolved["purged_at"]:
+            typer.echo(f"  PURGED  {resolved['purged_at']:%Y-%m-%d %H:%M}: {resolved['purge_note']} (trainers refuse it)")
         typer.echo(f"  file    {ws.root / resolved['path']}")
     else:
         typer.echo(f"set {name!r} ({details['source']}), made {details['created_at']:%Y-%m-%d %H:%M}")

@@ -40,7 +40,7 @@ def list_cmd(as_json: JsonFlag = False) -> None:
     from tether.cli.common import console
 
     if not rows:
-        typer.echo("no registered models yet (`tether demo` registers two; or `tether registry register DIR --name N --kind policy`)")
+        typer.echo("no registered models yet (`tether demo` registers two; or `tether registry register DIR --name N`)")
         return
     table = Table(show_edge=False)
     for col in ("version", "kind", "aliases", "approved by", "figures"):
@@ -63,6 +63,8 @@ def show_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
     if as_json:
         emit_json(info)
         return
+    for line in info["purged_data"]:
+        typer.echo(f"PURGED DATA: {line}: it cannot be approved or promoted")
     typer.echo(info["card"])
     typer.echo(f"aliases: {', '.join(info['aliases']) or '(none)'}")
     typer.echo(f"source:  {info['source']}")
@@ -76,44 +78,32 @@ def show_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
 @registry_app.command("register")
 def register_cmd(
     model_dir: Annotated[Path, typer.Argument(help="The model folder (output of a `tether train` command).")],
-    name: Annotated[str, typer.Option("--name", help="Registered model name, e.g. support-policy.")],
-    kind: Annotated[str, typer.Option("--kind", help="reward or policy.")],
-    parent: Annotated[str | None, typer.Option("--parent", help="The version it was trained against (a policy's reward model).")] = None,
-    snapshot: Annotated[str | None, typer.Option("--snapshot", help="The snapshot it was trained on (name); its digest is recorded.")] = None,
+    name: Annotated[str, typer.Option("--name", help="Registered model name, e.g. support-policy. One name holds one kind.")],
+    kind: Annotated[str | None, typer.Option("--kind", help="reward or policy; default: what the folder's tether.json says (needed without one).")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="The version it was trained against; default: the registered models its tether.json records.")] = None,
+    snapshot: Annotated[str | None, typer.Option("--snapshot", help="The snapshot it was trained on; default: the one its tether.json records.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Register a trained model folder as a new version (alias candidate), with lineage tags and a model card.
 
-    Example:  tether registry register runs/rm --name support-reward --kind reward --snapshot prefs-v1
-    """
-    from tether.errors import TetherError
-    from tether.registry import KINDS, register_model
+    The kind, the snapshot and the parents come from the folder's own tether.json; a --kind, --snapshot or
+    --parent that contradicts it is refused (they state the lineage of a folder without tether.json).
 
-    if kind not in KINDS:
-        raise TetherError(f"--kind {kind!r} is not one of {', '.join(KINDS)}", fix="use --kind reward or --kind policy")
-    ws = _ws()
-    digest = None
-    if snapshot:
-        digest = _snapshot_digest(ws, snapshot)
-    info = register_model(ws, model_dir, name=name, kind=kind, parent=parent, snapshot_name=snapshot, snapshot_digest=digest)
+    Example:  tether registry register runs/rm --name support-reward
+    """
+    from tether.registry import register_model
+
+    info = register_model(_ws(), model_dir, name=name, kind=kind, parent=parent, snapshot_name=snapshot)
     if as_json:
         emit_json(info)
-    else:
-        typer.echo(f"registered {info['version']} ({kind}), alias candidate")
-
-
-def _snapshot_digest(ws, name: str) -> str:
-    from sqlalchemy import select
-
-    from tether.errors import TetherError
-    from tether.store.db import session_scope
-    from tether.store.tables import Snapshot
-
-    with session_scope(ws.database_url) as session:
-        snap = session.scalar(select(Snapshot).where(Snapshot.name == name))
-        if snap is None:
-            raise TetherError(f"no snapshot named {name!r}", fix="see `tether data list`")
-        return snap.digest
+        return
+    tags = info["tags"]
+    typer.echo(f"registered {info['version']} ({info['kind']}), alias candidate")
+    parts = [f"{what} {tags[key]}" for what, key in (("snapshot", "tether.snapshot"), ("parent", "tether.parent")) if tags.get(key)]
+    if parts:
+        typer.echo(f"  lineage (from {tags.get('tether.lineage_from')}): {', '.join(parts)}")
+    for line in info["purged_data"]:
+        typer.echo(f"  warning: {line}: it cannot be approved or promoted")
 
 
 @registry_app.command("approve")
@@ -160,6 +150,9 @@ def promote_cmd(
 def lineage_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
     """Walk from a version to the judgments behind it: policy -> reward model -> snapshot (digest) -> judgments.
 
+    Models trained on a snapshot built from purged data (directly or through the models they came from) are
+    flagged; they cannot be approved or promoted.
+
     Example:  tether registry lineage support-policy@champion
     """
     from tether.registry import lineage
@@ -168,23 +161,38 @@ def lineage_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
     if as_json:
         emit_json(info)
         return
-    for depth, step in enumerate(info["chain"]):
-        indent = "  " * depth + ("└─ " if depth else "")
+    for p in info["purges"]:
+        through = f" (through {', '.join(p['via'])})" if p["via"] else ""
+        typer.echo(f"PURGED DATA: {info['version']} rests{through} on snapshot {p['snapshot']}, marked purged {str(p['purged_at'])[:10]}: {p['note']}")
+    if info["purges"]:
+        typer.echo("  it cannot be approved or promoted: retrain on a new snapshot\n")
+    for step in info["chain"]:
+        depth = step["depth"]
+        indent = "   " * (depth - 1) + "└─ " if depth else ""
+        pad = " " * len(indent)
+        flag = "  [trained on purged data]" if step.get("purged_data") else ""
         if step["type"] == "model_version":
             extra = f"  base={step['base_model']}" if step.get("base_model") else ""
-            typer.echo(f"{indent}{step['version']}  ({step['kind']}){extra}")
+            typer.echo(f"{indent}{step['version']}  ({step['kind']}){extra}{flag}")
+        elif step["type"] == "model_dir":
+            typer.echo(f"{indent}{step['path']}  ({step['kind']}, {step['role']}; not registered){flag}")
         elif step["type"] == "missing":
             typer.echo(f"{indent}{step['version']}  (not in this registry)")
         elif step["type"] == "snapshot":
             if step.get("found"):
-                typer.echo(f"{indent}snapshot {step['name']}  sha256 {step['digest']}  {step['rows']} rows, aggregate={step['aggregate']}")
+                purged = f"  PURGED {step['purged_at'][:10]}: {step['purge_note']}" if step.get("purged") else ""
+                typer.echo(f"{indent}snapshot {step['name']}  sha256 {step['digest']}  {step['rows']} rows, aggregate={step['aggregate']}{purged}")
             else:
-                typer.echo(f"{indent}snapshot sha256 {step['digest']}  (not in this workspace's store)")
+                typer.echo(f"{indent}snapshot {step.get('name') or ''} sha256 {step['digest']}  (not in this workspace's store)")
         elif step["type"] == "judgments":
             who = ", ".join(f"{k} ({v})" for k, v in step["annotators"].items())
-            used = f", {step['used']} used" if step.get("used") is not None else ""
-            typer.echo(f"{indent}{step['count']} judgments{used} in project {step['project']} by {len(step['annotators'])} annotators: {who}")
-            pad = " " * len(indent)
+            if step["recorded"]:
+                gone = f"; {step['purged']} purged since" if step.get("purged") else ""
+                typer.echo(f"{indent}{step['used']} judgments used, in project {step['project']}{gone}")
+                typer.echo(f"{pad}{step['count']} remain, by {len(step['annotators'])} annotators: {who}")
+            else:
+                typer.echo(f"{indent}{step['count']} judgments in project {step['project']} now, by {len(step['annotators'])} annotators: {who}")
+                typer.echo(f"{pad}(the snapshot predates the record of the judgments it used; it counted {step['used']})")
             if step["flagged"]:
                 typer.echo(f"{pad}flagged by QC: {', '.join(step['flagged'])}")
             if step["excluded"]:

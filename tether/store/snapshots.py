@@ -452,17 +452,22 @@ def snapshot_file_rows(snapshot: Snapshot, root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def resolve(name: str, *, session: Session, root: Path) -> dict[str, Any]:
+def resolve(name: str, *, session: Session, root: Path, allow_purged: bool = False) -> dict[str, Any]:
     """A snapshot named ``name`` (looked up first) or else a set: ``{"source", "name", "row_kind", "rows", ...}``.
 
     For a set the rows are aggregated now by majority, the way a fresh snapshot would be (nothing is recorded).
+    A snapshot built from purged data is refused unless ``allow_purged`` (to look at it; its rows are then
+    those left in its file, or none when the purge deleted it).
     """
     snapshot = session.scalar(select(Snapshot).where(Snapshot.name == name))
     if snapshot is not None:
         set_name = session.scalar(select(Project.name).where(Project.id == snapshot.project_id)) if snapshot.project_id else None
         info = snapshot_summary(snapshot, set_name)
         if snapshot.purged_at is not None:
-            raise TetherError(f"snapshot {name!r} was built from purged data ({snapshot.purge_note})", fix="make a new snapshot from the current data")
+            if not allow_purged:
+                raise TetherError(f"snapshot {name!r} was built from purged data ({snapshot.purge_note})", fix="make a new snapshot from the current data")
+            path = Path(snapshot.path) if Path(snapshot.path).is_absolute() else Path(root) / snapshot.path
+            return {"source": "snapshot", **info, "purge_note": snapshot.purge_note, "rows": snapshot_file_rows(snapshot, root) if path.exists() else []}
         return {"source": "snapshot", **info, "rows": snapshot_file_rows(snapshot, root)}
     project = find_set(session, name)
     if project is None:
@@ -548,7 +553,7 @@ def export(name: str, fmt: str, out: Path, *, session: Session, root: Path, forc
 
 
 def list_sets(session: Session) -> list[dict[str, Any]]:
-    """Every feedback set with its counts, oldest first."""
+    """Every feedback set with its counts (``purged_judgments``: deleted by `tether data purge`), oldest first."""
     def grouped(statement: Any) -> dict[int, int]:
         return dict(session.execute(statement).all())
 
@@ -560,7 +565,8 @@ def list_sets(session: Session) -> list[dict[str, Any]]:
     )
     return [
         {"name": p.name, "source": p.source, "prompts": prompts.get(p.id, 0), "items": items.get(p.id, 0),
-         "judgments": judgments.get(p.id, 0), "annotators": annotators.get(p.id, 0), "created_at": p.created_at}
+         "judgments": judgments.get(p.id, 0), "annotators": annotators.get(p.id, 0), "created_at": p.created_at,
+         "purged_judgments": ((p.meta or {}).get("purged") or {}).get("judgments", 0)}
         for p in session.scalars(select(Project).order_by(Project.id))
     ]
 
