@@ -1,15 +1,18 @@
 """Load test of the annotation queue: N concurrent simulated annotators against `tether serve` on loopback.
 
-Each annotator (an asyncio task with its own API token) loops a bounded number of times: ask for the next item
-(``POST /api/v1/projects/{id}/next``), think, answer it (``POST /api/v1/assignments/{id}/judgment``). Reported per
-database (SQLite file, PostgreSQL fresh schema): p50 / p99 latency of "next" and "submit" as the client sees them,
-throughput, errors, and the integrity checks that must read 0: judgments acknowledged but missing from the store
-(lost), two judgments for one (item, annotator) or one assignment (duplicated), items past their overlap.
+First every annotator signs in through the web form at once (``POST /login``: the sign-in throttle, a session row),
+all from one address as an office behind one NAT would; none may be refused. Then each annotator (an asyncio task
+with its own annotate-scoped API token, as a labeling pipeline holds) loops a bounded number of times: ask for the
+next item (``POST /api/v1/projects/{id}/next``), think, answer it (``POST /api/v1/assignments/{id}/judgment``).
+Reported per database (SQLite file, PostgreSQL fresh schema): p50 / p99 latency of sign-in, "next" and "submit" as
+the client sees them, throughput, errors, and the integrity checks that must read 0: judgments acknowledged but
+missing from the store (lost), two judgments for one (item, annotator) or one assignment (duplicated), items past
+their overlap. The exit status is 1 when a check fails, an annotator could not sign in, or a request errored.
 
 There is no peer here (TRL has no annotation server); the figures stand alone. The client and the server share
 the machine, so on a small machine the client's own CPU shows up in the latencies.
 
-    .venv/bin/python benchmarks/annotate_load.py --annotators 200 --per-annotator 10 --think-ms 2000 --db both
+    .venv/bin/python benchmarks/annotate_load.py --annotators 200 --per-annotator 4 --think-ms 10000 --db both --repeat 2
 
 ``--lookup N`` times the next-item lookup alone on a project of N items whose first three quarters are full: the
 open-slots index (schema 0002) against the id-order scan of schema 0001, which it replaced.
@@ -66,8 +69,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+PASSWORD = "load-test-password"
+
+
 def prepare(url: str, n_annotators: int, n_items: int, overlap: int) -> tuple[int, list[str]]:
-    """Schema, one project of ``n_items`` pairs, ``n_annotators`` annotators with tokens (through the store functions)."""
+    """Schema, one project of ``n_items`` pairs, ``n_annotators`` annotators with annotate-scoped tokens (through the
+    store functions; names load0000, load0001, ...)."""
     from tether.app import service
     from tether.store import annotation
     from tether.store.db import session_scope, upgrade
@@ -80,9 +87,8 @@ def prepare(url: str, n_annotators: int, n_items: int, overlap: int) -> tuple[in
         annotation.add_items(session, project=project, rows=rows, max_items=n_items)
         tokens = []
         for i in range(n_annotators):
-            user = service.create_user(session, name=f"load{i:04d}", role="annotator", password="load-test-password",
-                                       password_profile="cheapest")
-            tokens.append(service.issue_token(session, user=user, label="load"))
+            user = service.create_user(session, name=f"load{i:04d}", role="annotator", password=PASSWORD, password_profile="cheapest")
+            tokens.append(service.issue_token(session, user=user, label="load", scope="annotate"))
         return project.id, tokens
 
 
@@ -133,17 +139,37 @@ async def annotator(client, project_id: int, token: str, per_annotator: int, thi
             out["errors"].append(f"submit: HTTP {response.status_code}")
 
 
+async def sign_in(client, name: str, out: dict) -> None:
+    """The web sign-in of one annotator: the form (for its CSRF token), then the POST; a 303 is a session."""
+    import re
+
+    try:
+        form = await client.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+        start = time.perf_counter()
+        response = await client.post("/login", data={"name": name, "password": PASSWORD, "csrf_token": token})
+    except Exception as exc:
+        out["errors"].append(f"sign-in: {type(exc).__name__}")
+        return
+    out["sign_in_ms"].append((time.perf_counter() - start) * 1000)
+    if response.status_code != 303:
+        out["sign_in_refused"].append(response.status_code)
+
+
 async def drive(base: str, project_id: int, tokens: list[str], per_annotator: int, think_ms: float, seed: int, ramp_s: float = 0.0) -> dict:
     """All annotators at once; each has its own HTTP client (one keep-alive connection), as each person has their
     own browser. One shared client would spend most of the client's CPU managing a pool of hundreds of connections."""
     import httpx
 
-    out: dict = {"next_ms": [], "submit_ms": [], "next_app_ms": [], "submit_app_ms": [], "acked": [], "errors": []}
+    out: dict = {"next_ms": [], "submit_ms": [], "next_app_ms": [], "submit_app_ms": [], "acked": [], "errors": [],
+                 "sign_in_ms": [], "sign_in_refused": []}
     # Made before the clock and the ramp start: making one costs 20 to 50 ms of CPU (its TLS context), and made
     # inside the annotators' tasks they held the event loop for the whole ramp, so that most first requests left
     # together when it was done: a burst that the server had to queue (first "next" p50 0.5 s, p99 1.1 s).
     clients = [httpx.AsyncClient(base_url=base, timeout=120) for _ in tokens]
     try:
+        # Everyone signs in at once (a burst from one address), before the annotating clock starts.
+        await asyncio.gather(*(sign_in(client, f"load{i:04d}", out) for i, client in enumerate(clients)))
         start = time.perf_counter()
         await asyncio.gather(*(
             annotator(client, project_id, token, per_annotator, think_ms, random.Random(seed + i), out, ramp_s)
@@ -251,6 +277,9 @@ def run_one(db: str, args: argparse.Namespace) -> dict:
         "db": db,
         "annotators": args.annotators,
         "think_ms": args.think_ms,
+        "sign_in_p50": statistics.median(out["sign_in_ms"]) if out["sign_in_ms"] else float("nan"),
+        "sign_in_p99": percentile(out["sign_in_ms"], 99),
+        "sign_in_refused": len(out["sign_in_refused"]),
         "next_p50": statistics.median(out["next_ms"]) if out["next_ms"] else float("nan"),
         "next_p99": percentile(out["next_ms"], 99),
         "submit_p50": statistics.median(out["submit_ms"]) if out["submit_ms"] else float("nan"),
@@ -363,6 +392,8 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--pg-url", default=os.environ.get("TETHER_TEST_POSTGRES_URL", DEFAULT_PG))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, choices=range(1, 11), metavar="1..10",
+                        help="run the whole thing this many times back to back (each on a fresh database)")
     parser.add_argument("--lookup", type=int, default=0,
                         help="instead of the load test: time the next-item lookup alone on a project of this many items")
     parser.add_argument("--lookup-full", type=int, default=None, help="with --lookup: how many of the first items are full (default 3/4)")
@@ -383,18 +414,37 @@ def main() -> None:
     ramp = args.think_ms / 1000 if args.ramp_s is None else args.ramp_s
     print(f"annotate_load: {args.annotators} annotators x {args.per_annotator} items, think {args.think_ms:.0f} ms, ramp {ramp:.0f} s, overlap {args.overlap}, "
           f"workers {args.workers}, CPUs {os.cpu_count()}")
-    header = (f"{'db':<9}{'next p50':>10}{'next p99':>10}{'submit p50':>12}{'submit p99':>12}{'req/s':>8}{'judgments':>11}{'errors':>8}"
-              f"{'lost':>6}{'dup':>5}{'over':>6}{'srv CPU/req':>13}{'cli CPU/req':>13}{'load':>6}{'app p50':>10}{'app p99':>10}")
+    print(f"uptime: {uptime()}")
+    header = (f"{'db':<9}{'sign-in p50':>12}{'sign-in p99':>12}{'refused':>8}{'next p50':>10}{'next p99':>10}{'submit p50':>12}{'submit p99':>12}"
+              f"{'req/s':>8}{'judgments':>11}{'errors':>8}{'lost':>6}{'dup':>5}{'over':>6}{'srv CPU/req':>13}{'cli CPU/req':>13}{'load':>6}"
+              f"{'app p50':>10}{'app p99':>10}")
     print(header)
-    for db in dbs:
-        r = run_one(db, args)
-        print(f"{r['db']:<9}{r['next_p50']:>8.1f}ms{r['next_p99']:>8.1f}ms{r['submit_p50']:>10.1f}ms{r['submit_p99']:>10.1f}ms"
-              f"{r['req_per_s']:>8.0f}{r['judgments']:>11}{r['errors']:>8}{r['lost']:>6}{r['duplicated']:>5}{r['over_overlap']:>6}"
-              f"{r['server_cpu_ms']:>11.1f}ms{r['client_cpu_ms']:>11.1f}ms{r['load']:>6.1f}{r['app_p50']:>8.1f}ms{r['app_p99']:>8.1f}ms")
-        if r["error_kinds"]:
-            print(f"  errors: {r['error_kinds']}")
-        if r["unacknowledged"]:
-            print(f"  {r['unacknowledged']} judgments stored whose reply the client did not get (timeouts)")
+    failed = False
+    for _ in range(args.repeat):  # bounded
+        for db in dbs:
+            r = run_one(db, args)
+            print(f"{r['db']:<9}{r['sign_in_p50']:>10.1f}ms{r['sign_in_p99']:>10.1f}ms{r['sign_in_refused']:>8}"
+                  f"{r['next_p50']:>8.1f}ms{r['next_p99']:>8.1f}ms{r['submit_p50']:>10.1f}ms{r['submit_p99']:>10.1f}ms"
+                  f"{r['req_per_s']:>8.0f}{r['judgments']:>11}{r['errors']:>8}{r['lost']:>6}{r['duplicated']:>5}{r['over_overlap']:>6}"
+                  f"{r['server_cpu_ms']:>11.1f}ms{r['client_cpu_ms']:>11.1f}ms{r['load']:>6.1f}{r['app_p50']:>8.1f}ms{r['app_p99']:>8.1f}ms")
+            if r["error_kinds"]:
+                print(f"  errors: {r['error_kinds']}")
+            if r["unacknowledged"]:
+                print(f"  {r['unacknowledged']} judgments stored whose reply the client did not get (timeouts)")
+            failed |= bool(r["lost"] or r["duplicated"] or r["over_overlap"] or r["sign_in_refused"] or r["errors"])
+    print(f"uptime: {uptime()}")
+    if failed:
+        print("FAILED: a judgment was lost, duplicated or past its overlap, a sign-in was refused, or a request errored")
+        sys.exit(1)
+
+
+def uptime() -> str:
+    """What `uptime` prints (the box's load averages), for the record of every run."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 if __name__ == "__main__":
