@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -112,3 +119,38 @@ def store_state(url: str) -> dict[str, Any]:
             columns = table.__table__.c
             state[table.__tablename__] = [tuple(row) for row in session.execute(select(*columns).order_by(*table.__table__.primary_key.columns)).all()]
     return state
+
+
+@contextmanager
+def served(log_path: Path, env: dict[str, str], workers: int = 1) -> Iterator[str]:
+    """`tether serve` on a free loopback port with ``env`` (the workspace, the database); yields its base URL once
+    it answers, and stops it afterwards. A server that does not come up fails the test with its log."""
+    import httpx
+    import pytest
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "tether", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                             "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # bounded by the deadline
+            try:
+                if httpx.get(base + "/login", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("tether serve did not start:\n" + log_path.read_text())
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

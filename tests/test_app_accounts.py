@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from apphelp import PASSWORD, csrf_of, make_env, pairs
+from apphelp import PASSWORD, csrf_of, make_env, pairs, served
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text, update
 
@@ -472,31 +473,6 @@ def empty_url(request, tmp_path) -> str:
 # --- several servers on one store ------------------------------------------------------------------------------
 
 
-def _serve(port: int, workers: int, log_path):
-    import os
-    import subprocess
-    import sys
-
-    log = log_path.open("w")
-    return subprocess.Popen([sys.executable, "-m", "tether", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-                             "--log-level", "warning"], env={**os.environ, "TETHER_PASSWORD_PROFILE": "cheapest"}, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _wait_up(base: str, proc, log_path) -> None:
-    import time
-
-    deadline = time.monotonic() + 90
-    while True:  # bounded by the deadline
-        try:
-            if httpx.get(base + "/login", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail("tether serve did not start:\n" + log_path.read_text())
-        time.sleep(0.2)
-
-
 def _web_sign_in(base: str, name: str, password: str = PASSWORD) -> tuple[httpx.Client, httpx.Response]:
     client = httpx.Client(base_url=base, timeout=30)
     token = csrf_of(client.get("/login").text)
@@ -508,7 +484,6 @@ def test_two_servers_on_one_store_share_sessions_revocation_and_the_throttle(any
     """`tether serve --workers 2` and a second `tether serve` on the same database (a file, or one PostgreSQL
     schema): a session opened on one is good on the other; logout, deactivation and the sign-in lock made through
     one hold on the other at once."""
-    import socket
     import time
 
     url = any_workspace.database_url
@@ -516,16 +491,8 @@ def test_two_servers_on_one_store_share_sessions_revocation_and_the_throttle(any
         for name, role in (("admin", "admin"), ("alice", "annotator"), ("bob", "annotator")):
             user = service.create_user(session, name=name, role=role, password=PASSWORD, password_profile="cheapest")
         bob_token = service.issue_token(session, user=user)
-    ports = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    servers = [_serve(ports[0], 2, tmp_path / "a.log"), _serve(ports[1], 1, tmp_path / "b.log")]
-    a, b = (f"http://127.0.0.1:{port}" for port in ports)
-    try:
-        _wait_up(a, servers[0], tmp_path / "a.log")
-        _wait_up(b, servers[1], tmp_path / "b.log")
+    env = {**os.environ, "TETHER_PASSWORD_PROFILE": "cheapest"}
+    with served(tmp_path / "a.log", env, workers=2) as a, served(tmp_path / "b.log", env) as b:
         alice_a, response = _web_sign_in(a, "alice")
         assert response.status_code == 303
         alice_b = httpx.Client(base_url=b, cookies={security.SESSION_COOKIE: alice_a.cookies[security.SESSION_COOKIE]}, timeout=30)
@@ -559,11 +526,3 @@ def test_two_servers_on_one_store_share_sessions_revocation_and_the_throttle(any
         assert retry >= 4
         _, refused = _web_sign_in(b, "alice")
         assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= retry
-    finally:
-        for proc in servers:
-            proc.terminate()
-        for proc in servers:
-            try:
-                proc.wait(timeout=15)
-            except Exception:
-                proc.kill()

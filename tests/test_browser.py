@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from apphelp import served
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -65,12 +64,6 @@ harmful instructions (**harmful**).
 PASSWORD = "plum-orbit-lantern-42"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def chromium_path() -> str:
     if not Path(CHROMIUM).exists():
@@ -89,31 +82,8 @@ def server(tmp_path):
     for name, role in (("ada", "admin"), ("ann", "annotator")):
         subprocess.run([*tether, "user", "add", name, "--role", role], env=env, check=True, capture_output=True,
                        input=f"{PASSWORD}\n", text=True)
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([*tether, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/login", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("tether serve did not start:\n" + (tmp_path / "serve.log").read_text())
-        time.sleep(0.2)
-    yield {"base": base, "db": f"sqlite:///{tmp_path / 'ws' / 'tether.db'}", "tmp": tmp_path}
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with served(tmp_path / "serve.log", env) as base:
+        yield {"base": base, "db": f"sqlite:///{tmp_path / 'ws' / 'tether.db'}", "tmp": tmp_path}
 
 
 def _login(page, base: str, name: str) -> None:
