@@ -226,10 +226,30 @@ def test_a_token_an_admin_mints_for_another_user_is_the_admins_act(db_url):
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "token.issue", AuditEvent.object_id == str(ann3))
                                 .order_by(AuditEvent.id.desc())).first()
         row = session.scalars(select(ApiToken).where(ApiToken.token_hash == security.token_hash(token))).one()
-    assert event.actor == "user:admin" and event.detail["subject"] == "ann3" and event.detail["scope"] == "annotate"
+    assert event.actor == "user:admin" and event.detail["name"] == "ann3" and event.detail["scope"] == "annotate"
     assert row.issued_by == "user:admin" and row.scope == "annotate" and round((row.expires_at - row.created_at).total_seconds() / 86400) == 7
     bad = admin.post(f"/admin/users/{ann3}/token", data={"csrf_token": csrf_of(admin.get("/admin/users").text), "days": "0"})
     assert bad.status_code == 400
+
+
+def test_a_purged_annotator_leaves_no_name_in_sessions_tokens_the_throttle_or_the_audit_log(cli, workspace, monkeypatch):
+    monkeypatch.setenv("TETHER_PASSWORD_PROFILE", "cheapest")
+    monkeypatch.setattr("sys.stdin", io.StringIO("tulip-moon-42\n"))
+    assert cli("user", "add", "alice", "--role", "annotator").code == 0
+    app = create_app(AppSettings(database_url=workspace.database_url, password_profile="cheapest"))
+    assert _sign_in(TestClient(app), "alice", "wrong-password").status_code == 401
+    assert _sign_in(TestClient(app), "alice", "tulip-moon-42").status_code == 303
+    assert cli("user", "token", "alice", "--scope", "annotate").code == 0
+    assert cli("user", "revoke-tokens", "alice").code == 0
+    assert _sign_in(TestClient(app), "alice", "wrong-again").status_code == 401
+    result = cli("data", "purge", "--annotator", "alice", "--yes")
+    assert result.code == 0, result.stderr
+    with session_scope(workspace.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(WebSession)) == 0
+        assert session.scalar(select(func.count()).select_from(ApiToken)) == 0
+        assert not [k for k in session.scalars(select(LoginThrottle.key)) if "alice" in k]
+        named = [(e.action, e.actor, e.detail) for e in session.scalars(select(AuditEvent)) if "alice" in f"{e.actor} {e.object_id} {e.detail}"]
+    assert named == []
 
 
 # --- finding 4: brute force -----------------------------------------------------------------------------------
@@ -256,7 +276,8 @@ def test_wrong_passwords_lock_the_account_with_growing_backoff_and_retry_after(d
         failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "user.login_failed")).all()
         assert len(failed) == 5 + 4  # every checked wrong password; refusals while locked cost nothing
         assert {e.detail["name"] for e in failed} == {"ann1"} and all(e.actor == "address:testclient" for e in failed)
-        assert session.get(LoginThrottle, "account:ann1") is None  # the right password starts the account afresh
+        # The right password starts the account afresh; the address keeps its 9 failures.
+        assert [(r.key.split(":")[0], r.failures) for r in session.scalars(select(LoginThrottle))] == [("address", 9)]
 
 
 def test_a_lock_ends_on_its_own_and_old_failures_are_forgotten(db_url, frozen):
@@ -289,6 +310,8 @@ def test_one_address_guessing_many_names_is_throttled_and_unknown_names_look_lik
     with session_scope(db_url) as session:
         failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "user.login_failed")).all()
         assert len(failed) == 20
+        keys = session.scalars(select(LoginThrottle.key)).all()
+        assert len(keys) == 1 + 12 and not any("ann2" in k or "no-such-user" in k or "guess" in k for k in keys)  # no typed name kept
         assert sum(1 for e in failed if e.detail["name"] is None and e.object_id is None) == 15  # unknown names are not kept
 
 

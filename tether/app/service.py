@@ -267,8 +267,8 @@ def issue_token(
 ) -> str:
     """A new API token for ``user``, valid for ``days``. ``scope`` "full" acts with the user's role; "annotate"
     only takes items and answers them (for labeling pipelines). Only its sha256 is stored: the caller must show
-    the token now or never. The audit event's actor is whoever minted it (an admin for another user); the user is
-    its subject."""
+    the token now or never. The audit event's actor is whoever minted it (an admin for another user); its subject
+    is the user (object ``user``/id, and ``name``: the field a purge pseudonymizes)."""
     if not can_sign_in(user):
         raise TetherError(f"user {user.name!r} cannot hold API tokens (inactive or not a login account)", fix="activate the user first")
     if scope not in TOKEN_SCOPES:
@@ -281,7 +281,7 @@ def issue_token(
                    created_at=now, expires_at=now + timedelta(days=days), issued_by=actor or _cli_actor())
     session.add(row)
     session.flush()
-    audit(session, "token.issue", "user", user.id, actor_name=row.issued_by, subject=user.name, token_id=row.id,
+    audit(session, "token.issue", "user", user.id, actor_name=row.issued_by, name=user.name, token_id=row.id,
           label=row.label, scope=scope, expires_at=row.expires_at.isoformat())
     return token
 
@@ -329,7 +329,7 @@ def revoke_tokens(session: Session, *, user: User, token_id: int | None = None, 
         raise NotFound(f"user {user.name!r} has no token with id {token_id}", fix=f"see `tether user tokens {user.name}`")
     count = _revoke(session, user=user, token_id=token_id)
     if count:
-        audit(session, "token.revoke", "user", user.id, actor_name=actor, subject=user.name, count=count, token_id=token_id)
+        audit(session, "token.revoke", "user", user.id, actor_name=actor, name=user.name, count=count, token_id=token_id)
     return count
 
 

@@ -1,7 +1,7 @@
 """Brute-force protection for the web sign-in: failed attempts per account and per client address, kept in the
 store so every worker and every host behind one PostgreSQL sees the same counts.
 
-Each key ("account:<name key>", "address:<client>") may fail a few times freely; every further failure locks it
+Each key ("account:<keyed hash of the name>", "address:<client>") may fail a few times freely; every further failure locks it
 for ``base * 2**extra`` seconds, at most 15 minutes. A locked key is refused at once with the seconds to wait (HTTP
 429 and ``Retry-After``), before any password hashing, so a flood costs the server almost nothing. An attempt on an
 account is counted *before* its password is checked (and forgiven if it was right), so a burst of parallel guesses
@@ -17,6 +17,8 @@ from this host's clock on SQLite (one file, one host).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import math
 from dataclasses import dataclass
@@ -62,8 +64,11 @@ def client_address(host: str | None) -> str:
     return str(ip)
 
 
-def keys_for(name: str, address: str) -> list[tuple[str, Policy]]:
-    return [(f"account:{name_key((name or '').strip())[:200]}", ACCOUNT), (f"address:{address}", ADDRESS)]
+def keys_for(name: str, address: str, secret: str) -> list[tuple[str, Policy]]:
+    """The account key holds a keyed hash of the typed name, never the name: people type their password into the
+    name field, and a purged person's name must not linger here."""
+    digest = hmac.new(secret.encode(), b"throttle|" + name_key((name or "").strip()).encode(), hashlib.sha256).hexdigest()
+    return [(f"account:{digest[:32]}", ACCOUNT), (f"address:{address}", ADDRESS)]
 
 
 def store_now(session: Session) -> datetime:

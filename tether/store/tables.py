@@ -154,8 +154,8 @@ class WebSession(Base):
 
 
 class LoginThrottle(Base):
-    """Failed sign-ins per key ("account:<name key>" or "address:<client address>"), shared by every worker and
-    host on the store (tether.app.throttle)."""
+    """Failed sign-ins per key ("account:<keyed hash of the name>" or "address:<client address>"), shared by every
+    worker and host on the store (tether.app.throttle)."""
 
     __tablename__ = "login_throttle"
     key: Mapped[str] = mapped_column(String(300), primary_key=True)

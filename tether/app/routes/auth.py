@@ -51,7 +51,7 @@ async def login(
     once, else count this attempt and read the account; (2) check the password; (3) forgive the attempt and open a
     session, or record the failure. Every way to fail answers the same words."""
     address = throttle.client_address(request.client.host if request.client else None)
-    keys = throttle.keys_for(name, address)
+    keys = throttle.keys_for(name, address, settings.secret_key)
 
     def before(session: Session) -> tuple[int | None, User | None, float]:
         wait, locked = throttle.attempt(session, keys, throttle.store_now(session))
