@@ -51,7 +51,7 @@ def export(
 
     Example:  tether audit export --since 2025-03-01 -o audit-march.csv
     """
-    from tether.cli.common import workspace_url
+    from tether.cli.common import workspace_url, writing
     from tether.governance import export_audit
     from tether.store.db import session_scope
 
@@ -63,11 +63,15 @@ def export(
         if output is None:
             export_audit(sys.stdout, session=session, fmt=fmt, since=since_dt, until=until_dt, action=action)
             return
-        output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(output.name + ".tmp")
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            count = export_audit(fh, session=session, fmt=fmt, since=since_dt, until=until_dt, action=action)
-        tmp.replace(output)
+        with writing(output):
+            try:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                with tmp.open("w", encoding="utf-8", newline="") as fh:
+                    count = export_audit(fh, session=session, fmt=fmt, since=since_dt, until=until_dt, action=action)
+                tmp.replace(output)
+            finally:
+                tmp.unlink(missing_ok=True)  # a failed write leaves no partial file behind
     typer.echo(f"wrote {count:,} audit event(s) to {output} ({fmt})", err=True)
 
 

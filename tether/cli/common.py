@@ -5,8 +5,11 @@ Heavy libraries (torch, transformers, pandas) are never imported here: `tether -
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +66,39 @@ def require_file(path: Path, what: str = "file") -> Path:
     if path.is_dir():
         raise TetherError(f"{path} is a folder, expected a {what}", fix="name the file inside it")
     return path
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written as a file (None when it looks writable): checked before any work is done."""
+    if path.is_dir():
+        return f"{path} is a folder"
+    for parent in path.parents:  # the nearest folder that exists must be a writable folder (the rest is made)
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            if not os.access(parent, os.W_OK):
+                return f"the folder {parent} is not writable"
+            return None
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: Path, flag: str = "-o") -> Iterator[None]:
+    """Around code that writes the file ``path``: a path that cannot be written (a folder, a file where a folder
+    should be, no permission), or an OSError while writing it (a full disk), is a one-line TetherError instead of
+    a traceback, and no temporary ``<path>.tmp`` is left behind. Other OSErrors pass through."""
+    fix = f"give {flag} a file path in a folder you can write to"
+    problem = _unwritable(path)
+    if problem is not None:
+        raise TetherError(f"cannot write {path}: {problem}", fix=fix)
+    try:
+        yield
+    except OSError as exc:
+        where = Path(str(exc.filename)) if exc.filename is not None else None
+        if where is None or not (where in (path, *path.parents) or str(where).startswith(str(path))):
+            raise
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        raise TetherError(f"cannot write {path}: {exc.strerror or exc}", fix=fix) from None
 
 
 def workspace_url() -> tuple[Any, str]:

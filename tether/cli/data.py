@@ -167,12 +167,12 @@ def export(
 
     Example:  tether data export hh-helpful-v1 --format trl -o hh-helpful.trl.jsonl
     """
-    from tether.cli.common import emit_json, workspace_url
+    from tether.cli.common import emit_json, workspace_url, writing
     from tether.store.db import session_scope
     from tether.store.snapshots import export as export_rows
 
     ws, url = workspace_url()
-    with session_scope(url) as session:
+    with writing(output), session_scope(url) as session:
         summary = export_rows(name, fmt, output, session=session, root=ws.root, force=force)
     if json_out:
         emit_json(summary)

@@ -33,14 +33,15 @@ def qc_command(
 
     Example:  tether qc pandalm --html qc-pandalm.html
     """
-    from tether.cli.common import emit_json, workspace_url
+    from tether.cli.common import emit_json, workspace_url, writing
     from tether.qc import QCConfig, format_report, parse_metrics, project_qc, render_html
 
     _, url = workspace_url()
     report = project_qc(url, name, config=QCConfig(mace=mace), metrics=parse_metrics(metric or []))
     if html_out is not None:
-        html_out.parent.mkdir(parents=True, exist_ok=True)
-        html_out.write_text(render_html(report), encoding="utf-8")
+        with writing(html_out, "--html"):
+            html_out.parent.mkdir(parents=True, exist_ok=True)
+            html_out.write_text(render_html(report), encoding="utf-8")
     if json_out:
         emit_json(report)
         return
