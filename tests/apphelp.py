@@ -154,3 +154,12 @@ def served(log_path: Path, env: dict[str, str], workers: int = 1) -> Iterator[st
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def open_task(client: TestClient, project_id: int) -> str:
+    """The task page after taking the next item, as a browser does: the Start button POSTs (a GET assigns
+    nothing) and the redirect shows the task."""
+    token = csrf_of(client.get(f"/annotate/{project_id}").text)
+    response = client.post(f"/annotate/{project_id}/next", data={"csrf_token": token})
+    assert response.status_code == 200, response.text
+    return response.text

@@ -11,7 +11,7 @@ import io
 import json
 
 import pytest
-from apphelp import csrf_of, make_env, pairs, store_state
+from apphelp import csrf_of, make_env, open_task, pairs, store_state
 
 from tether.client import Client
 from tether.errors import TetherError
@@ -113,7 +113,7 @@ def test_forms_refuse_nul(campaign):
     assert upload.status_code == 400 and "rows.jsonl:2: prompt holds a NUL character" in upload.text
     assert admin.get(f"/admin/projects/{pid}?notice=a%00b").status_code == 404  # a malformed address names no page
     ann = env.login("ann1")
-    page = ann.get(f"/annotate/{pid}").text
+    page = open_task(ann, pid)
     aid = env.pending["assignment_id"]
     for action, data in (("submit", {"pick": "A1", "rewrite": f"r{NUL}"}), ("skip", {"reason": "Other", "reason_other": f"r{NUL}"})):
         response = ann.post(f"/annotate/{pid}/assignments/{aid}/{action}", data={**data, "csrf_token": csrf_of(page)}, follow_redirects=False)
@@ -199,14 +199,14 @@ def test_malformed_form_numbers_are_a_400(campaign, raw):
     env.push(rank_pid, [{"prompt": "p", "completions": ["a", "b", "c"]}])
     ann = env.login("ann1")
     before = store_state(env.url)
-    page = ann.get(f"/annotate/{env.pid}").text
+    page = open_task(ann, env.pid)
     aid = env.pending["assignment_id"]
     for field in ("schema_version", "guideline_version"):
         response = ann.post(f"/annotate/{env.pid}/assignments/{aid}/submit", data={"pick": "A1", field: raw, "csrf_token": csrf_of(page)},
                             follow_redirects=False)
         assert response.status_code == 400, (field, response.status_code)
     # A time the page could not measure is left to the server (clamped to the time since the assignment).
-    rank_page = ann.get(f"/annotate/{rank_pid}").text
+    rank_page = open_task(ann, rank_pid)
     rank_aid = int(rank_page.split('data-assignment="')[1].split('"')[0])
     response = ann.post(f"/annotate/{rank_pid}/assignments/{rank_aid}/submit",
                         data={"rank_0": raw, "rank_1": "1", "rank_2": "2", "csrf_token": csrf_of(rank_page)}, follow_redirects=False)

@@ -4,7 +4,7 @@ reply); reviewers read judgments but not admin pages; no token or a dead token i
 from __future__ import annotations
 
 import pytest
-from apphelp import make_env, pairs
+from apphelp import make_env, open_task, pairs
 
 from tether.app import service
 from tether.store.db import session_scope, upgrade
@@ -106,9 +106,9 @@ def test_annotator_cannot_touch_another_annotators_assignment_or_judgment(env):
 
 def test_annotator_is_blind_to_others_answers(env):
     client = env.login("ann2")
-    page = client.get(f"/annotate/{env.pid}")
-    assert page.status_code == 200 and 'id="workspace"' in page.text
-    assert "ann1" not in page.text and "private" not in page.text
+    page = open_task(client, env.pid)
+    assert 'id="workspace"' in page and "data-assignment" in page
+    assert "ann1" not in page and "private" not in page
     task = env.api("POST", f"/projects/{env.pid}/next", "ann2").json()
     assert "judgments" not in task and "ann1" not in str(task)
 

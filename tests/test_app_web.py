@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from apphelp import PASSWORD, csrf_of, make_env, pairs
+from apphelp import PASSWORD, csrf_of, make_env, open_task, pairs
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -76,8 +76,8 @@ def test_forms_without_a_valid_csrf_token_are_refused(env):
     pid = env.create_project()
     env.push(pid, pairs(1))
     client = env.login("ann1")
-    page = client.get(f"/annotate/{pid}")
-    aid = _task_ids(page.text)
+    page = open_task(client, pid)
+    aid = _task_ids(page)
     target = f"/annotate/{pid}/assignments/{aid}/submit"
     for token in (None, "", "0" * 64, csrf_of(env.client().get("/login").text)):  # the last: another visitor's token
         data = {"pick": "A1"} if token is None else {"pick": "A1", "csrf_token": token}
@@ -93,7 +93,7 @@ def test_forms_without_a_valid_csrf_token_are_refused(env):
         assert session.scalar(select(Judgment.id)) is None
         assert session.scalar(select(User.id).where(User.name == "eve")) is None
     # With the token, it goes through.
-    ok = client.post(target, data={"pick": "A1", "csrf_token": csrf_of(page.text)}, follow_redirects=False)
+    ok = client.post(target, data={"pick": "A1", "csrf_token": csrf_of(page)}, follow_redirects=False)
     assert ok.status_code == 303
 
 
@@ -101,13 +101,13 @@ def test_untrusted_completion_renders_inert(env):
     pid = env.create_project()
     env.push(pid, [{"prompt": "say hi <script>alert(3)</script>", "chosen": XSS_COMPLETION, "rejected": "**bold** `code`"}])
     client = env.login("ann1")
-    for html in (client.get(f"/annotate/{pid}").text, env.login("rev").get("/review/items/1").text):
+    for html in (open_task(client, pid), env.login("rev").get("/review/items/1").text):
         assert "<script>alert" not in html and "<img" not in html and "onerror=alert(1)>" not in html
         assert "&lt;script&gt;alert(&quot;xss&quot;)&lt;/script&gt;" in html
         assert "&lt;img src=x onerror=alert(1)&gt;" in html
         assert 'href="javascript:' not in html
         assert "&lt;script&gt;alert(3)&lt;/script&gt;" in html
-    assert "<strong>bold</strong>" in client.get(f"/annotate/{pid}").text  # markdown still renders
+    assert "<strong>bold</strong>" in open_task(client, pid)  # markdown still renders
 
 
 def _submit(client, page_html: str, pid: int, data: dict, htmx: bool = False):
@@ -121,7 +121,7 @@ def test_pairwise_form_stores_item_positions_and_htmx_returns_next_task(env):
     pid = env.create_project()
     env.push(pid, pairs(2))
     client = env.login("ann1")
-    page = client.get(f"/annotate/{pid}").text
+    page = open_task(client, pid)
     response = _submit(client, page, pid, {"pick": "A2", "flag": ["pii", "harmful"], "critique": " too terse ", "time_spent_ms": "2500"}, htmx=True)
     assert response.status_code == 200 and 'id="workspace"' in response.text and "<html" not in response.text
     assert _task_ids(response.text) != _task_ids(page)  # the next task came in the same reply
@@ -143,9 +143,9 @@ def test_ranking_and_rating_forms_map_shown_to_item_positions(env):
     rate_pid = env.create_project(name="rate", label_schema={"kind": "rating", "aspects": ["helpfulness", "honesty"], "scale": [1, 7]})
     env.push(rate_pid, [{"prompt": "p", "completion": "c"}])
     client = env.login("ann1")
-    page = client.get(f"/annotate/{rank_pid}").text
+    page = open_task(client, rank_pid)
     assert _submit(client, page, rank_pid, {"rank_0": "2", "rank_1": "3", "rank_2": "1"}).status_code == 303
-    page = client.get(f"/annotate/{rate_pid}").text
+    page = open_task(client, rate_pid)
     bad = _submit(client, page, rate_pid, {"rating_0": "8", "rating_1": "3"})
     assert bad.status_code == 400 and "rate &#39;helpfulness&#39; from 1 to 7" in bad.text
     assert _submit(client, page, rate_pid, {"rating_0": "7", "rating_1": "3"}).status_code == 303
@@ -161,7 +161,7 @@ def test_skip_form_needs_a_reason(env):
     pid = env.create_project()
     env.push(pid, pairs(2))
     client = env.login("ann1")
-    page = client.get(f"/annotate/{pid}").text
+    page = open_task(client, pid)
     aid = _task_ids(page)
     response = client.post(f"/annotate/{pid}/assignments/{aid}/skip", data={"reason": "Other", "reason_other": "typo in prompt", "csrf_token": csrf_of(page)},
                            follow_redirects=False)
@@ -218,7 +218,7 @@ def test_oversize_form_refused_with_a_clear_message(url):
     pid = env.create_project()
     env.push(pid, pairs(1))
     client = env.login("ann1")
-    page = client.get(f"/annotate/{pid}").text
+    page = open_task(client, pid)
     long = _submit(client, page, pid, {"pick": "T", "critique": "x" * 500})
     assert long.status_code == 400 and "the critique has 500 characters; the limit is 100" in long.text
     huge = _submit(client, page, pid, {"pick": "T", "critique": "x" * 20_000})
@@ -235,7 +235,7 @@ def test_links_render_as_safe_anchors_on_every_page_and_answers_are_kept(env):
     env.push(pid, [{"prompt": f"q0 {LINKS}", "chosen": "plain", "rejected": "text"},
                    {"prompt": "q1", "chosen": f"answer {LINKS}", "rejected": "[bad](javascript:alert(1)) [rel](/logout)"}])
     client = env.login("ann1")
-    page = client.get(f"/annotate/{pid}")
+    page = client.post(f"/annotate/{pid}/next", data={"csrf_token": csrf_of(client.get("/annotate").text)})
     assert page.status_code == 200, page.text
     anchor = '<a href="https://example.org/docs?a=1&amp;b=2" rel="nofollow noopener noreferrer" target="_blank">the docs</a>'
     assert page.text.count(anchor) == 2  # the prompt and the guidelines
@@ -315,3 +315,32 @@ def test_uploads_count_decompressed_bytes_while_streaming(url, tmp_path):
         assert response.status_code == 303, response.text
     with session_scope(env.url) as session:
         assert session.scalar(select(func.count()).select_from(Prompt)) == before + 9
+
+
+def test_opening_the_task_page_assigns_nothing(env):
+    """GET /annotate/{id} used to take an item from the queue (a state change on GET: a link preview or a
+    prefetch took items). It shows the pending task or a Start button; the POST behind the button assigns."""
+    from apphelp import store_state
+
+    pid = env.create_project()
+    env.push(pid, pairs(2))
+    client = env.login("ann1")
+    before = store_state(env.url)
+    for _ in range(3):
+        page = client.get(f"/annotate/{pid}")
+        assert page.status_code == 200 and "data-assignment" not in page.text and f'action="/annotate/{pid}/next"' in page.text
+    assert store_state(env.url) == before
+    task_page = open_task(client, pid)
+    with session_scope(env.url) as session:
+        (assignment,) = session.scalars(select(Assignment)).all()
+    assert _task_ids(task_page) == assignment.id
+    taken = store_state(env.url)
+    assert _task_ids(client.get(f"/annotate/{pid}").text) == assignment.id  # shown again, not renewed
+    assert store_state(env.url) == taken
+    # Answer both without HTMX: each answer's redirect shows the next task; then the done state.
+    page = task_page
+    for _ in range(2):
+        reply = _submit(client, page, pid, {"pick": "T"})
+        assert reply.status_code == 303
+        page = client.get(reply.headers["location"]).text
+    assert "Nothing left for you here" in page and "data-assignment" not in page

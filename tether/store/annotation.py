@@ -515,7 +515,7 @@ def _expired(assignment: Assignment, now: datetime) -> bool:
 _ITEMS = Item.__table__
 _NOW = bindparam("now", type_=Assignment.__table__.c.expires_at.type)
 _LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update()
-_PENDING = (
+_PENDING_READ = (
     select(Assignment)
     .where(
         Assignment.user_id == bindparam("user_id"),
@@ -524,8 +524,8 @@ _PENDING = (
     )
     .order_by(Assignment.id)
     .limit(1)
-    .with_for_update()
 )
+_PENDING = _PENDING_READ.with_for_update()
 # One of the annotator's expired assignments in the project whose item has a free slot again (or is gold).
 _LAPSED = (
     select(Assignment, Item.is_gold)
@@ -680,6 +680,12 @@ def next_assignment(
             session.flush()
             return assignment
     return None
+
+
+def pending_assignment(session: Session, *, project: Project, user: User) -> Assignment | None:
+    """The annotator's pending assignment in ``project``, read only (for a page that shows it: a GET changes
+    nothing); ``next_assignment`` is what takes, resumes and renews assignments."""
+    return session.scalars(_PENDING_READ, {"user_id": user.id, "project_id": project.id}).first()
 
 
 def _serialized(session: Session) -> bool:

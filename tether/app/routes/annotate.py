@@ -131,18 +131,27 @@ def projects(request: Request, session: DbSession, user: WebUser) -> Response:
 
 
 @router.get("/{project_id}")
-def task_page(request: Request, project_id: IdPath, session: DbSession, user: WebUser) -> Response:
+def task_page(request: Request, project_id: IdPath, session: DbSession, user: WebUser, done: bool = False) -> Response:
+    """The annotator's pending task, or a button that takes the next one: a GET assigns nothing (a link
+    preview, a prefetch or a crawler would otherwise take items from the queue)."""
     project = _project(session, project_id)
-    assignment = annotation.next_assignment(session, project=project, user=user)
-    return page(request, "annotate.html", user=user, **task_context(session, project, user, assignment))
+    assignment = annotation.pending_assignment(session, project=project, user=user)
+    return page(request, "annotate.html", user=user, done=done, **task_context(session, project, user, assignment))
+
+
+@router.post("/{project_id}/next")
+def take_next(request: Request, project_id: IdPath, session: DbSession, user: WebUser) -> Response:
+    """Take (or resume) the next item: the task fragment for HTMX, else a redirect to the task page."""
+    return _next(request, session, _project(session, project_id), user)
 
 
 def _next(request: Request, session: Any, project: Project, user: User) -> Response:
-    """The reply to a submit or a skip: the next task (HTMX fragment) or a redirect to the task page."""
-    if not is_htmx(request):
-        return RedirectResponse(f"/annotate/{project.id}", status_code=303)
+    """The reply to a submit, a skip or a start: the next item is assigned here, in the POST; then the task
+    (HTMX fragment) or a redirect to the task page, which shows it."""
     assignment = annotation.next_assignment(session, project=project, user=user)
-    return page(request, "_task.html", user=user, **task_context(session, project, user, assignment))
+    if not is_htmx(request):
+        return RedirectResponse(f"/annotate/{project.id}" + ("" if assignment is not None else "?done=true"), status_code=303)
+    return page(request, "_task.html", user=user, done=assignment is None, **task_context(session, project, user, assignment))
 
 
 @router.post("/{project_id}/assignments/{assignment_id}/submit")

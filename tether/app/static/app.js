@@ -141,8 +141,15 @@
 
   document.addEventListener("keydown", function (e) {
     const w = ws();
-    if (!w || !form()) return;
     const target = e.target;
+    const start = document.getElementById("start-form");
+    if (w && start && !form()) {  // no task yet: Enter takes the next one (a focused link or button does its own)
+      if (e.key === "Enter" && !e.ctrlKey && !e.metaKey && !(target && target.closest && target.closest("a[href], button"))) {
+        e.preventDefault(); start.requestSubmit();
+      }
+      return;
+    }
+    if (!w || !form()) return;
     const typing = target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type === "text") || target.tagName === "SELECT");
     if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); submit(); return; }
     if (e.ctrlKey || e.metaKey || e.altKey) return;
