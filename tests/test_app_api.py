@@ -256,3 +256,25 @@ def test_concurrent_annotators_never_exceed_overlap_nor_duplicate(db_url):
         rows = session.execute(select(Judgment.item_id, Judgment.user_id)).all()
     assert len(rows) == 36 == len(set(rows))
     assert sorted(Counter(item for item, _ in rows).values()) == [3] * 12
+
+
+def test_api_reference_page_renders_under_the_csp_and_the_schema_is_public(db_url):
+    """/api/docs was FastAPI's Swagger page: its script comes from a CDN and runs inline, so under the CSP (and
+    offline) it rendered blank. Now it is the schema rendered on the server, no script of its own. The schema
+    needs no token: it describes the calls, never the data, and tools (schemathesis, client generators) read it."""
+    import re
+
+    env = make_env(db_url)
+    client = env.client()
+    schema = client.get("/api/openapi.json")
+    assert schema.status_code == 200
+    paths = [p for p in schema.json()["paths"] if p.startswith("/api/v1/")]
+    assert len(paths) >= 15 and schema.json()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200 and "script-src 'self'" in docs.headers["content-security-policy"]
+    scripts = re.findall(r"<script[^>]*>", docs.text)
+    assert scripts and all(re.fullmatch(r'<script src="/static/[a-z.]+\.js" defer>', tag) for tag in scripts), scripts
+    assert "http://" not in docs.text and "https://" not in docs.text  # nothing fetched from elsewhere
+    for path in paths:
+        assert f"<code>{path}</code>" in docs.text, path
+    assert "integer 1..2147483647" in docs.text and "<code>JudgmentIn</code>" in docs.text

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -22,7 +23,7 @@ HERE = Path(__file__).parent
 
 def create_app(settings: AppSettings) -> FastAPI:
     settings.validate()
-    app = FastAPI(title="Tether", version=__version__, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+    app = FastAPI(title="Tether", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
                   dependencies=[Depends(storable_input)])
     app.state.settings = settings
     app.state.db_gate = db_gate(settings)
@@ -33,8 +34,10 @@ def create_app(settings: AppSettings) -> FastAPI:
     templates.env.globals["version"] = __version__
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (auth, annotate, review, admin, api):
-        app.include_router(module.router)
+    for module in (auth, annotate, review, admin):  # HTML pages and their forms (CSRF token, session cookie)
+        app.include_router(module.router, tags=["web pages"], default_response_class=HTMLResponse)
+    app.include_router(api.router)
+    app.include_router(api.reference)
     handlers.install(app)
     app.add_middleware(WebMiddleware, settings=settings)
     return app

@@ -45,6 +45,13 @@ class Body(BaseModel):
         return data
 
 
+class ErrorOut(BaseModel):
+    """Every refusal (4xx): what is wrong, and what to do about it."""
+
+    error: str
+    fix: str | None = None
+
+
 class UserPublic(BaseModel):
     id: int
     name: str

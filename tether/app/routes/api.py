@@ -6,17 +6,28 @@ its next item and answers it. A forbidden call is a 403 before anything is looke
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response, Security
+from fastapi.security import HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.app import service
-from tether.app.deps import ApiAdmin, ApiReviewer, ApiUser, DbSession, Settings, actor_of, as_token_holder
+from tether.app.deps import (
+    ApiAdmin,
+    ApiReviewer,
+    ApiUser,
+    DbSession,
+    Settings,
+    actor_of,
+    as_token_holder,
+    page,
+)
 from tether.app.schemas import (
     AfterIdQuery,
     CorrectionIn,
+    ErrorOut,
     GoldIn,
     GuidelinesIn,
     IdPath,
@@ -32,11 +43,20 @@ from tether.app.schemas import (
     TaskPublic,
     UserCreate,
     UserPublic,
+    VersionOut,
 )
 from tether.store import annotation
 from tether.store.tables import Item, Project, User
 
-router = APIRouter(prefix="/api/v1")
+ERRORS = {
+    400: "bad input", 401: "no valid token", 403: "not allowed for this token", 404: "no such object",
+    409: "clashes with the current state", 413: "too large", 422: "malformed request",
+}
+# The bearer scheme is declared for the schema (and its readers); the token itself is checked by deps.token_holder.
+router = APIRouter(
+    prefix="/api/v1", tags=["JSON API"], dependencies=[Security(HTTPBearer(auto_error=False, description="a token from `tether user token NAME`"))],
+    responses={code: {"model": ErrorOut, "description": text} for code, text in ERRORS.items()},
+)
 
 
 def _project_public(session: DbSession, project: Project) -> ProjectPublic:
@@ -102,13 +122,13 @@ def patch_project(project_id: IdPath, body: ProjectPatch, session: DbSession, us
     return _project_public(session, project)
 
 
-@router.put("/projects/{project_id}/guidelines")
+@router.put("/projects/{project_id}/guidelines", response_model=VersionOut)
 def put_guidelines(project_id: IdPath, body: GuidelinesIn, session: DbSession, user: ApiAdmin) -> dict:
     project = _web_project(session, project_id)
     return {"version": annotation.add_guideline_version(session, project=project, text=body.text, actor=actor_of(user, "api")).version}
 
 
-@router.put("/projects/{project_id}/schema")
+@router.put("/projects/{project_id}/schema", response_model=VersionOut)
 def put_schema(project_id: IdPath, body: LabelSchemaIn, session: DbSession, user: ApiAdmin) -> dict:
     project = _web_project(session, project_id)
     return {"version": annotation.add_schema_version(session, project=project, spec=body.spec(), actor=actor_of(user, "api")).version}
@@ -216,3 +236,59 @@ def create_user(body: UserCreate, session: DbSession, user: ApiAdmin, settings: 
     new = service.create_user(session, name=body.name, role=body.role, password=body.password,
                               password_profile=settings.password_profile, actor=actor_of(user, "api"))
     return UserPublic(id=new.id, name=new.name, role=new.role, active=new.active)
+
+
+# --- the reference page -------------------------------------------------------------------------------------------
+# FastAPI's Swagger page loads its script from a CDN and runs inline script: blank under this app's CSP and
+# offline. This page is the same schema rendered on the server: plain HTML, no script.
+reference = APIRouter(include_in_schema=False)
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    """A short type for a JSON schema: ``integer 1..2147483647``, ``list[ItemPublic]``, ``string | null``."""
+    if not isinstance(schema, dict):  # additionalProperties: true
+        return "any"
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return " | ".join(_type_of(part) for part in schema[key])
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list[{_type_of(schema.get('items', {}))}]"
+    if kind == "object" and "additionalProperties" in schema:
+        return f"object of {_type_of(schema['additionalProperties'])}"
+    bounds = [schema.get(k) for k in ("minimum", "maximum", "minLength", "maxLength")]
+    if bounds[0] is not None or bounds[1] is not None:
+        kind += f" {'' if bounds[0] is None else bounds[0]}..{'' if bounds[1] is None else bounds[1]}"
+    if bounds[3] is not None:
+        kind += f" (at most {bounds[3]} characters)"
+    return kind
+
+
+def api_reference(openapi: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema shaped for the reference template: the JSON API's operations and its models."""
+    operations = []
+    for path, methods in openapi.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        for method, op in methods.items():
+            body = (op.get("requestBody") or {}).get("content", {}).get("application/json", {}).get("schema")
+            operations.append({
+                "method": method.upper(), "path": path, "summary": op.get("summary", ""), "description": op.get("description", ""),
+                "parameters": [(p["name"], p["in"], _type_of(p.get("schema", {})), p.get("required", False)) for p in op.get("parameters", [])],
+                "body": _type_of(body) if body else None,
+                # the errors are one list for all, at the top of the page
+                "responses": [(code, r.get("description", "")) for code, r in sorted(op.get("responses", {}).items()) if code < "400"],
+            })
+    models = []
+    for name, schema in sorted(openapi.get("components", {}).get("schemas", {}).items()):
+        required = set(schema.get("required", []))
+        fields = [(field, _type_of(prop), field in required) for field, prop in schema.get("properties", {}).items()]
+        models.append({"name": name, "description": schema.get("description", ""), "fields": fields})
+    return {"title": openapi["info"]["title"], "version": openapi["info"]["version"], "operations": operations, "models": models}
+
+
+@reference.get("/api/docs")
+def docs_page(request: Request) -> Response:
+    return page(request, "api_docs.html", user=None, reference=api_reference(request.app.openapi()))
