@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -608,7 +609,7 @@ def recount_open_slots(session: Session, *, project_id: int | None = None) -> No
     session.execute(statement)
 
 
-def _candidates(gold: bool, tried: list[int]) -> Any:
+def _candidates(gold: bool, tried: list[int], lock: bool = True) -> Any:
     """Items this annotator was never given, oldest first; ordinary ones only with a free slot.
 
     Ordinary items are read from the partial index ``ix_item_open`` (items with open slots), so the lookup does
@@ -624,10 +625,14 @@ def _candidates(gold: bool, tried: list[int]) -> Any:
         query = query.where(Item.id.not_in(tried))
     # Ordered by the index's own columns (the same order as by id, the first two being fixed): ordered by id alone,
     # PostgreSQL walked the primary key past every full item (15,000 full of 20,000: 17 ms against 0.5 ms).
-    return query.order_by(Item.project_id, Item.is_gold, Item.id).limit(1).with_for_update(skip_locked=True, of=Item)
+    query = query.order_by(Item.project_id, Item.is_gold, Item.id).limit(1)
+    return query.with_for_update(skip_locked=True, of=Item) if lock else query
 
 
 _CANDIDATE = {gold: _candidates(gold, []) for gold in (True, False)}
+# PostgreSQL: how often, and how long, to wait for candidates that other transactions hold (see next_assignment).
+HELD_RETRIES = 25
+HELD_WAIT_S = 0.004
 
 
 def next_assignment(
@@ -662,11 +667,20 @@ def next_assignment(
 
     tried: list[int] = []
     for gold in ([True, False] if want_gold else [False]):
-        for _attempt in range(50):  # bounded: each round either assigns, or rules one item out
+        waits = 0
+        for _attempt in range(50 + HELD_RETRIES):  # bounded: each round assigns, rules one item out, or waits
             query = _candidates(gold, tried) if tried else _CANDIDATE[gold]
             found = session.execute(query, params).first()
             if found is None:
-                break
+                # SKIP LOCKED passes over items whose row another transaction holds for a moment (taking one of
+                # their slots). Such an item may still have a free slot: "nothing left" would be false (it sent
+                # annotators away while work remained), so wait briefly while the plain read still shows one.
+                # No blocking row lock is taken, so two waiting annotators cannot deadlock.
+                if _serialized(session) or waits >= HELD_RETRIES or session.execute(_candidates(gold, tried, lock=False), params).first() is None:
+                    break
+                waits += 1
+                time.sleep(HELD_WAIT_S * waits)
+                continue
             item_id, n = found
             # Atomic: on PostgreSQL the row may have filled up since the candidate was read.
             if not _take_slot(session, item_id, gold):
