@@ -252,6 +252,54 @@ def test_a_purged_annotator_leaves_no_name_in_sessions_tokens_the_throttle_or_th
     assert named == []
 
 
+def _change_password(client: TestClient, current: str, new: str, again: str | None = None) -> httpx.Response:
+    form = {"current_password": current, "new_password": new, "new_password_again": new if again is None else again,
+            "csrf_token": csrf_of(client.get("/account").text)}
+    return client.post("/account/password", data=form, follow_redirects=False)
+
+
+def test_changing_ones_own_password_ends_the_other_sessions_and_keeps_this_one(db_url):
+    env = make_env(db_url)
+    here, elsewhere = env.login("ann1"), env.login("ann1")
+    changed = _change_password(here, PASSWORD, "tulip-moon-river-7")
+    assert changed.status_code == 303 and changed.headers["location"] == "/account?changed=1"
+    assert _signed_in(here) and not _signed_in(elsewhere)
+    assert "Your other sessions have ended" in here.get(changed.headers["location"]).text
+    assert _sign_in(env.client(), "ann1").status_code == 401
+    assert _sign_in(env.client(), "ann1", "tulip-moon-river-7").status_code == 303
+    with session_scope(db_url) as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "user.password")).one()
+        assert event.actor == "user:ann1" and event.detail == {"sessions_ended": 2}
+
+
+def test_a_password_change_checks_the_current_password_like_a_sign_in(db_url, frozen):
+    env = make_env(db_url)
+    client = env.login("ann1")
+    for again, new, why in (("other-tulip-moon", "tulip-moon-river-7", "differ"), (None, "ann1-ann1-ann1", "contains the user name"),
+                            (None, "password", "most common")):
+        refused = _change_password(client, PASSWORD, new, again)
+        assert refused.status_code == 400 and why in refused.text
+    statuses = [_change_password(client, f"wrong-{i}", "tulip-moon-river-7").status_code for i in range(6)]
+    assert statuses == [401] * 5 + [429]
+    assert _signed_in(client)  # nothing changed: still signed in, the old password still the password
+    frozen["now"] += timedelta(seconds=5)
+    assert _sign_in(env.client(), "ann1").status_code == 303
+    with session_scope(db_url) as session:
+        actions = [e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.action.like("user.password%")))]
+    assert actions == ["user.password_failed"] * 5
+
+
+def test_an_admin_whose_password_no_longer_meets_the_rules_is_sent_to_change_it(db_url):
+    env = make_env(db_url)
+    with session_scope(db_url) as session:  # set before the rules (or before a promotion)
+        service.get_user_by_name(session, "admin").password_hash = security.hash_password("hunter22", "cheapest")
+    client = env.client()
+    response = _sign_in(client, "admin", "hunter22")
+    assert response.status_code == 303 and response.headers["location"] == "/account?weak=1"
+    assert "no longer meets the rules for admins" in client.get("/account?weak=1").text
+    assert _sign_in(env.client(), "ann1").headers["location"] == "/annotate"  # a good password goes home
+
+
 # --- finding 4: brute force -----------------------------------------------------------------------------------
 
 

@@ -182,7 +182,13 @@ def set_password(session: Session, *, user: User, password: str, password_profil
     if user.role not in LOGIN_ROLES:
         raise TetherError(f"user {user.name!r} is an imported annotator and cannot sign in", fix="add a login account with `tether user add`")
     check_password_rules(password, role=user.role, name=user.name)
-    user.password_hash = security.hash_password(password, password_profile)
+    store_password_hash(session, user=user, password_hash=security.hash_password(password, password_profile), actor=actor)
+
+
+def store_password_hash(session: Session, *, user: User, password_hash: str, actor: str | None = None) -> None:
+    """The store half of ``set_password``, for a caller that checked the rules and hashed outside its transaction
+    (the web's own password change keeps the 0.2 s hash out of the store gate)."""
+    user.password_hash = password_hash
     ended = end_sessions(session, user=user)
     audit(session, "user.password", "user", user.id, actor_name=actor, sessions_ended=ended)
 
