@@ -67,7 +67,7 @@ def build_task(root: Path, hidden: int, layers: int, prompts: str = "short", pro
         "The quick brown fox jumps over the lazy dog.", "I am sorry, I cannot share personal data.",
         "Please reset your password from the account page.", "Where is my parcel? It was due on Monday.",
     ] * 30
-    tokenizer = build_tokenizer(corpus, vocab_size=512)
+    tokenizer = build_tokenizer(corpus, vocab_size=512, chat_template=False)  # plain text, as TRL renders string prompts
     build_causal_lm(tokenizer, root / "lm", hidden_size=hidden, num_layers=layers, num_heads=max(4, hidden // 64), max_positions=max_positions, seed=0)
     chosen = PROMPTS if prompts == "short" else hh_prompts(tokenizer, 64, prompt_tokens)
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in chosen))

@@ -94,7 +94,7 @@ def prepare(workdir: Path, n_rows: int, max_length: int, vocab: int, hidden: int
     model_dir = workdir / f"model-v{vocab}-h{hidden}-l{layers}"
     rows = [r for r in load_rows(HH, "preference") if r["chosen"] != r["rejected"]]
     if not (model_dir / "config.json").exists():
-        tokenizer = build_tokenizer([r["prompt"] + r["chosen"] for r in rows] + [r["rejected"] for r in rows], vocab_size=vocab)
+        tokenizer = build_tokenizer([r["prompt"] + r["chosen"] for r in rows] + [r["rejected"] for r in rows], vocab_size=vocab, chat_template=False)  # plain text, as TRL renders string prompts
         build_causal_lm(tokenizer, model_dir, hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64), max_positions=max_length, seed=0)
     from transformers import AutoTokenizer
 

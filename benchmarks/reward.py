@@ -59,7 +59,7 @@ def backbone_path(a: argparse.Namespace) -> str:
         from tether.tiny import build_causal_lm, build_tokenizer
 
         train, test = hh_split()
-        tokenizer = build_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in train + test], vocab_size=a.vocab)
+        tokenizer = build_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in train + test], vocab_size=a.vocab, chat_template=False)  # plain text, as TRL
         build_causal_lm(tokenizer, model_dir, hidden_size=a.hidden, num_layers=a.layers, num_heads=max(1, a.hidden // 64),
                         max_positions=max(512, a.max_length), seed=0)
     return str(model_dir)

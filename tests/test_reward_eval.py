@@ -34,11 +34,14 @@ class FakeRewardModel:
     def raw_scores(self, prompts, completions, batch_size=32):
         return np.array([self.rewards[c] for c in completions], dtype=float).reshape(-1, 1, 1)
 
+    def aspect_vector(self):
+        return np.ones(1)
+
 
 def test_evaluate_by_hand(tiny_lm_dir):
     from tether.models import load_tokenizer
 
-    tok = load_tokenizer(tiny_lm_dir)
+    tok = load_tokenizer(tiny_lm_dir, chat_template=False)
     long_prompt = "hello " * 30
     n_long = len(tok(long_prompt + "E", add_special_tokens=False)["input_ids"]) + 1
     assert 128 < n_long <= 256

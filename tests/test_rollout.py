@@ -23,7 +23,8 @@ from tether.rollout import (
 def lm(tiny_lm_dir):
     from tether.models import load_causal_lm, load_tokenizer
 
-    return load_causal_lm(tiny_lm_dir).eval(), load_tokenizer(tiny_lm_dir)
+    # plain-text prompts as they are: these tests count the prompt's own tokens
+    return load_causal_lm(tiny_lm_dir).eval(), load_tokenizer(tiny_lm_dir, chat_template=False)
 
 
 def test_generate_shapes_groups_and_left_padding(lm):

@@ -78,7 +78,7 @@ def test_one_row_per_pair_gives_the_log_probs_of_separate_sequences(tmp_path, ar
 
 
 def test_truncation_cuts_the_shared_prompt_start_only(tiny_lm_dir):
-    tokenizer = load_tokenizer(tiny_lm_dir)
+    tokenizer = load_tokenizer(tiny_lm_dir, chat_template=False)
     rows = [{"prompt": "one two three four five six seven eight nine", "chosen": " yes", "rejected": " no no"}]
     (prompt, chosen, rejected), = encode_pairs(tokenizer, rows, max_length=8)[0]
     full = tokenizer(rows[0]["prompt"])["input_ids"]
@@ -191,8 +191,8 @@ def test_cli_dpo_refuses_bad_input_clearly(cli, tiny_lm_dir, tmp_path):
     ]:
         res = cli(*base, *args)
         assert res.code != 0 and needle in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
-    res = cli("train", "kto", "--model", str(tiny_lm_dir), "--data", str(data), "--output-dir", str(tmp_path / "k"))
-    assert res.code != 0 and "label" in res.stderr and "Traceback" not in res.stderr
+    res = cli("train", "kto", "--model", str(tiny_lm_dir), "--data", str(tmp_path / "sft.jsonl"), "--output-dir", str(tmp_path / "k"))
+    assert res.code != 0 and "label" in res.stderr and "Traceback" not in res.stderr  # neither unpaired rows nor pairs
     ok = cli(*base, "--data", str(data), "--max-steps", "1", "--batch-size", "2", "--set", f"ref_cache_dir={tmp_path / 'c'}")
     assert ok.code == 0 and "rewards/accuracies" in ok.stdout
 

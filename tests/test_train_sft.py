@@ -55,13 +55,18 @@ def test_conversations_go_through_the_chat_template_and_only_the_answer_is_score
     (prompt, completion), = encode_sft_rows(tokenizer, [{"messages": messages}], max_length=512)[0]
     assert tokenizer.decode(prompt) == "<|user|>\nhello\n<|assistant|>\n"
     assert tokenizer.decode(completion).startswith("Hello, how can I help you today?</s>")
-    # plain rows: the prompt as it is, the completion followed by EOS
+    # plain-text rows on a chat model: the prompt goes in as a user turn, the completion as the assistant's
+    (prompt, completion), = encode_sft_rows(tokenizer, [{"prompt": "Q: hi", "completion": "Hello"}], 512)[0]
+    assert tokenizer.decode(prompt) == "<|user|>\nQ: hi\n<|assistant|>\n"
+    assert tokenizer.decode(completion).startswith("Hello</s>")
+    # chat_template=false: the prompt as it is, the completion followed by EOS
+    tokenizer = load_tokenizer(tiny_lm_dir, chat_template=False)
     (prompt, completion), = encode_sft_rows(tokenizer, [{"prompt": "Q: hi\nA:", "completion": " Hello"}], 512)[0]
     assert tokenizer.decode(prompt) == "Q: hi\nA:" and completion[-1] == tokenizer.eos_token_id
 
 
 def test_truncation_keeps_the_prompt_end_and_drops_completions_that_cannot_fit(tiny_lm_dir):
-    tokenizer = load_tokenizer(tiny_lm_dir)
+    tokenizer = load_tokenizer(tiny_lm_dir, chat_template=False)
     rows = [{"prompt": "one two three four five six seven eight", "completion": " ok"}, {"prompt": "a", "completion": " x" * 40}]
     examples, kept = encode_sft_rows(tokenizer, rows, max_length=8)
     assert kept == [0]

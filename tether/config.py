@@ -53,6 +53,10 @@ class TrainConfig(BaseModel):
     overwrite: bool = Field(False, description="Start afresh in an output_dir that holds an earlier run: its model, metrics and checkpoints are deleted first.")
     mlflow: bool = Field(True, description="Also log metrics to the workspace's MLflow store when a workspace is found.")
     progress: bool = Field(True, description="Show a progress bar.")
+    chat_template: bool | None = Field(
+        None,
+        description="Send plain-text prompts through the model's chat template as a user turn (true) or as they are (false); None: as the model's tether.json recorded, else true when the tokenizer has a template. Conversations always use the template; a tokenizer without one gets plain text.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -94,7 +98,10 @@ class RewardConfig(TrainConfig):
     normalize_data: str | None = Field(
         None, description="Reference rows for reward normalization (file or snapshot:NAME; chosen or completion column). Default: the training rows' chosen completions."
     )
-    normalize_max_rows: int | None = Field(None, ge=1, description="Use at most this many reference rows for the normalization (None: all).")
+    normalize_max_rows: int | None = Field(
+        512, ge=1,
+        description="After training, score at most this many reference completions (a seeded random sample) for the normalization (512: the mean's standard error is about 0.04 std); None: all of them (on 4,658 HH pairs with MiniLM on a CPU, minutes).",
+    )
     eval_data: str | None = Field(None, description="Held-out rows evaluated after training (accuracy, margin, ECE in tether.json).")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of the training rows (fixed by seed) for the final evaluation.")
     eval_batch_size: int = Field(32, ge=1, description="Sequences per forward pass when scoring (normalization, evaluation).")
@@ -163,7 +170,7 @@ class DPOConfig(TrainConfig):
 class KTOConfig(TrainConfig):
     """``tether train kto``: KTO on unpaired thumbs-up / thumbs-down rows, against a frozen reference model."""
 
-    data: str = Field(description="Unpaired rows {prompt, completion, label: bool}: a file or snapshot:NAME.")
+    data: str = Field(description="Unpaired rows {prompt, completion, label: bool}, or preference pairs (each split into a desirable and an undesirable example, as TRL does; ties skipped): a file or snapshot:NAME.")
     beta: float = Field(0.1, gt=0, description="KL strength of the implicit reward (beta in the KTO paper).")
     desirable_weight: float = Field(1.0, gt=0, description="lambda_D: weight of desirable (thumbs-up) examples.")
     undesirable_weight: float = Field(

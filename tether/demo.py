@@ -300,7 +300,8 @@ def _stage_sft(task: Any, size: DemoSize, models: Path, run_dir: Path, seed: int
     from tether.training import set_seed
 
     set_seed(seed)
-    tokenizer = build_tokenizer(task.corpus(), vocab_size=size.vocab_size)
+    # a base model without a chat template: the task writes its own prompt format (Customer: ... Agent:)
+    tokenizer = build_tokenizer(task.corpus(), vocab_size=size.vocab_size, chat_template=False)
     base_dir = models / "base"
     build_causal_lm(tokenizer, base_dir, hidden_size=size.hidden_size, num_layers=size.num_layers, num_heads=4, max_positions=256, seed=seed)
     rows = task.sft_rows(size.sft_requests, size.sft_replies_per_request)
@@ -501,6 +502,7 @@ def _headline(result: dict[str, Any], task: Any) -> dict[str, Any]:
         "gold_score_sft": result["gold_baseline_mean"],
         "gold_score_policy": result["gold_policy_mean"],
         "kl": result["kl"],
+        **{k: result[k] for k in ("kl_se", "kl_negative", "kl_gate", "kl_note") if k in result},
         "length_sft": result["length_baseline"],
         "length_policy": result["length_policy"],
         "good_style_sft": result["style_mix"]["SFT"].get("good", 0.0),
@@ -536,8 +538,8 @@ def _stage_register(ws: Any, rm_dir: Path, policy_dir: Path, sft_dir: Path, snap
         "violation_rate": result["violation_rate_policy"],
         "length": result["length_policy"],
     }
-    if result.get("kl") is not None:
-        figures["kl"] = result["kl"]
+    if result.get("kl_gate") is not None:  # a negative KL estimate counts as its upper bound, or not at all
+        figures["kl"] = result["kl_gate"]
     policy = register_model(
         ws, policy_dir, name=POLICY_NAME, kind="policy", parent=rm["version"], base_model=str(sft_dir), metrics=figures,
         data_summary={"prompts": "generated support requests", "reward": f"{rm['version']} + rules (personal data, forbidden phrases)"},
@@ -586,21 +588,24 @@ def demo_report(out: dict[str, Any], result: dict[str, Any], qc_report: dict[str
     from tether.report import (
         Section,
         esc,
+        kl_text,
         pct,
         plot_bars,
         plot_stacked_mix,
         policy_sections,
         render,
         table_html,
+        win_rate_note,
+        win_rate_tone,
     )
 
     gwr, (glo, ghi) = out["gold_win_rate"], out["gold_win_rate_ci"]
     cards = [
-        ("gold win-rate vs SFT", pct(gwr), f"95% CI {pct(glo, 0)}-{pct(ghi, 0)}, by the hidden guidelines", "good" if gwr >= 0.7 else "bad"),
+        ("gold win-rate vs SFT", pct(gwr), f"{win_rate_note(glo, ghi)}, by the hidden guidelines", "good" if gwr >= 0.7 and glo > 0.5 else win_rate_tone(glo, ghi) or "bad"),
         ("rule violations", f"{pct(out['violation_rate_sft'], 0)} → {pct(out['violation_rate_policy'], 0)}", "SFT → policy (personal data, forbidden phrases)", "good" if out["violation_rate_policy"] < out["violation_rate_sft"] else "bad"),
         ("good replies", f"{pct(out['good_style_sft'], 0)} → {pct(out['good_style_policy'], 0)}", "share of replies in the good style", "good" if out["good_style_policy"] > out["good_style_sft"] else "bad"),
         ("reward-model win-rate", pct(out["reward_win_rate"]), "the proxy the policy was trained on", ""),
-        ("KL to SFT", f"{out['kl']:.2f}" if out.get("kl") is not None else "n/a", "nats per reply", ""),
+        ("KL to SFT", *kl_text(out)),
     ]
     sections: list[Section] = []
     stage_rows = [[r["number"], r["title"], f"{r['seconds']:.1f} s", r["detail"], " ".join(r["notes"])] for r in out["stages"]]

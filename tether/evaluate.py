@@ -5,6 +5,7 @@ Reward models here; policies (win-rate, KL, length, red-team) in tether/evaluate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,12 @@ def evaluate_reward_model(rm: Any, rows: list[dict[str, Any]], batch_size: int =
     pairs = [r for r in rows if not r.get("tie")]
     if not pairs:
         raise TetherError("no preference pairs to evaluate (empty data, or ties only)", fix="give rows with prompt, chosen, rejected")
+    weights = rm.aspect_vector()  # (A,): a rating model's aspects by their weights and signs, never an equal average
     prompts = [r["prompt"] for r in pairs]
     chosen_raw = rm.raw_scores(prompts, [r["chosen"] for r in pairs], batch_size)  # (N, K, A)
     rejected_raw = rm.raw_scores(prompts, [r["rejected"] for r in pairs], batch_size)
-    raw_diff = (chosen_raw - rejected_raw).mean(axis=(1, 2))  # (N,) ensemble mean of the BT logit
-    normalized_diff = ((chosen_raw - rejected_raw) / rm.std).mean(axis=(1, 2))
+    raw_diff = ((chosen_raw - rejected_raw) @ weights).mean(axis=1)  # (N,) ensemble mean of the BT logit
+    normalized_diff = (((chosen_raw - rejected_raw) / rm.std) @ weights).mean(axis=1)
     correct = raw_diff > 0
     probs = 1.0 / (1.0 + np.exp(-raw_diff))
     lengths = [len(s) for s in encode_many(rm.tokenizer, prompts, [r["chosen"] for r in pairs], 10**9)]
@@ -89,9 +91,10 @@ def evaluate_reward_model(rm: Any, rows: list[dict[str, Any]], batch_size: int =
     return report
 
 
-def evaluate_reward(model_dir: str | Path, rows: list[dict[str, Any]], batch_size: int = 32) -> dict[str, Any]:
-    """Load the reward model saved in ``model_dir`` and evaluate it on preference ``rows`` (see
-    ``evaluate_reward_model``): ``{"n", "n_ties", "accuracy", "mean_margin", "ece", "by_length", "by_subset"?}``."""
+def evaluate_reward(model_dir: str | Path, rows: list[dict[str, Any]], batch_size: int = 32, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load the reward model in ``model_dir`` (``DIR:ASPECT=W,...`` for a rating model, see tether.reward) and
+    evaluate it on preference ``rows`` (see ``evaluate_reward_model``): ``{"n", "n_ties", "accuracy",
+    "mean_margin", "ece", "by_length", "by_subset"?}``."""
     from tether.reward import RewardModel
 
-    return evaluate_reward_model(RewardModel.load(model_dir), rows, batch_size)
+    return evaluate_reward_model(RewardModel.load(model_dir, say=say), rows, batch_size)

@@ -5,7 +5,9 @@ For each prompt one completion is sampled from the policy and one from the basel
 - **win-rate** by the reward model: P(r(policy) > r(baseline)) with ties counted half, and a 95% bootstrap
   confidence interval over prompts; by a gold preference too when one is given (the demo's hidden guidelines);
 - **KL(policy || baseline)**, a sampled estimate: the mean over policy samples of
-  sum_t [log pi(y_t | x, y_<t) - log pi_base(y_t | x, y_<t)] (the k1 estimator, unbiased; needs one tokenizer);
+  sum_t [log pi(y_t | x, y_<t) - log pi_base(y_t | x, y_<t)] (the k1 estimator, unbiased; needs one tokenizer),
+  with its standard error. A KL is never negative, so a negative estimate is flagged (``kl_negative``): within
+  its noise of 0 it counts as its 95% upper bound for the ``max_kl`` gate; below that it is no figure at all;
 - **length** of the completions (tokens and words);
 - **rule violations** (tether.rules): the fraction of completions that trip a ``pii`` or ``forbidden`` rule, and
   each rule's rate; personal data alone (tether.pii) when no rules file is given;
@@ -156,12 +158,12 @@ def load_redteam(path: Path) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_policy(path: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) of a policy folder, in eval mode."""
-    from tether.models import load_causal_lm, load_tokenizer, require_pad_token
+def load_policy(path: str | Path, *, chat_template: bool | None = None, say: Callable[[str], None] | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a policy folder, in eval mode; ``chat_template`` and ``say`` as in
+    tether.models.load_tokenizer (its prompt format: the one the policy was trained with, unless overridden)."""
+    from tether.models import load_causal_lm, load_tokenizer
 
-    tokenizer = load_tokenizer(path)
-    require_pad_token(tokenizer, path)
+    tokenizer = load_tokenizer(path, chat_template=chat_template, say=say)
     model = load_causal_lm(path)
     model.eval()
     return model, tokenizer
@@ -190,6 +192,12 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
 
 def sampled_kl(policy: Any, baseline: Any, rollouts: Sequence[Any], temperature: float) -> float:
     """KL(policy || baseline) in nats per completion, from the policy's own samples (k1 estimator)."""
+    totals = kl_per_reply(policy, baseline, rollouts, temperature)
+    return float(np.mean(totals)) if totals else float("nan")
+
+
+def kl_per_reply(policy: Any, baseline: Any, rollouts: Sequence[Any], temperature: float) -> list[float]:
+    """sum_t [log pi(y_t | ..) - log pi_base(y_t | ..)] of each of the policy's sampled replies (nats)."""
     import torch
 
     from tether.rollout import completion_logps
@@ -202,7 +210,21 @@ def sampled_kl(policy: Any, baseline: Any, rollouts: Sequence[Any], temperature:
             logq, _ = completion_logps(baseline, rollout.input_ids, rollout.attention_mask, width, temperature)
             mask = rollout.completion_mask.to(logp.dtype)
             totals += ((logp - logq) * mask).sum(dim=1).tolist()
-    return float(np.mean(totals)) if totals else float("nan")
+    return totals
+
+
+def kl_reading(kl: float, se: float) -> dict[str, Any]:
+    """What a sampled KL estimate may be read as. A KL is >= 0: a negative estimate is flagged; within 1.96 standard
+    errors of 0 its 95% upper bound ``kl_upper`` (>= 0) is the figure a ``max_kl`` gate gets; further below, none
+    (``kl_gate`` None: the estimate says something is off, e.g. different tokenization or sampling settings)."""
+    if not kl < -1e-9:
+        return {"kl_negative": False, "kl_gate": kl}
+    upper = kl + 1.96 * se
+    if upper >= 0:
+        note = f"the KL estimate is negative ({kl:.3g} ± {se:.2g} nats): sampling noise around a KL near 0; its 95% upper bound {upper:.3g} stands for it"
+        return {"kl_negative": True, "kl_upper": upper, "kl_gate": upper, "kl_note": note}
+    note = f"the KL estimate is negative beyond its noise ({kl:.3g} ± {se:.2g} nats): not a KL; check that both models sample with the same settings and tokenizer, or use more prompts"
+    return {"kl_negative": True, "kl_upper": upper, "kl_gate": None, "kl_note": note}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,6 +241,7 @@ def evaluate_policy(
     rules: str | Path | Any | None = None,
     redteam: dict[str, list[str]] | None = None,
     template: str = "{prompt}",
+    chat_template: bool | None = None,
     n_redteam: int = 50,
     max_new_tokens: int = 64,
     temperature: float = 1.0,
@@ -232,8 +255,10 @@ def evaluate_policy(
 
     ``policy``/``baseline`` are model folders or (model, tokenizer) pairs; ``reward`` a reward-model folder or a
     loaded ``tether.reward.RewardModel``; ``rules`` a rules YAML path or a loaded RuleSet; ``redteam`` from
-    ``load_redteam``; ``template`` wraps each red-team prompt the way the policy expects its prompts
-    (``"{prompt}"``: as they are); ``gold`` an optional score function(prompt, completion) -> float.
+    ``load_redteam``; ``template`` wraps each red-team prompt in text first (``"{prompt}"``: as it is); then
+    every prompt goes through each model's chat template as its prompt format says (``chat_template`` overrides it
+    for plain-text prompts; ``say`` gets one line per model saying which template); ``gold`` an optional score
+    function(prompt, completion) -> float.
     """
     from tether.reward import RewardModel
     from tether.rules import load_rules
@@ -241,9 +266,10 @@ def evaluate_policy(
     say = say or (lambda _msg: None)
     if not prompts:
         raise TetherError("no prompts to evaluate on", fix="pass a --prompts file with at least one prompt")
-    pol_model, pol_tok = load_policy(policy) if isinstance(policy, (str, Path)) else policy
-    base_model, base_tok = load_policy(baseline) if isinstance(baseline, (str, Path)) else baseline
-    rm = RewardModel.load(reward) if isinstance(reward, (str, Path)) else reward
+    pol_model, pol_tok = load_policy(policy, chat_template=chat_template, say=say) if isinstance(policy, (str, Path)) else policy
+    base_model, base_tok = load_policy(baseline, chat_template=chat_template, say=say) if isinstance(baseline, (str, Path)) else baseline
+    rm = RewardModel.load(reward, say=say) if isinstance(reward, (str, Path)) else reward
+    rm.aspect_vector()  # a rating model without its aspects' weights: refused before sampling
     ruleset = default_rules() if rules is None else (load_rules(rules) if isinstance(rules, (str, Path)) else rules)
     prompts = list(prompts)
     gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
@@ -266,7 +292,12 @@ def evaluate_policy(
     result["win_rate_detail"] = wr
 
     if _same_tokenizer(pol_tok, base_tok):
-        result["kl"] = sampled_kl(pol_model, base_model, pol_rollouts, temperature)
+        totals = kl_per_reply(pol_model, base_model, pol_rollouts, temperature)
+        result["kl"] = float(np.mean(totals))
+        result["kl_se"] = float(np.std(totals, ddof=1) / np.sqrt(len(totals))) if len(totals) > 1 else 0.0
+        result.update(kl_reading(result["kl"], result["kl_se"]))
+        if result["kl_negative"]:
+            say("warning: " + result["kl_note"])
     else:
         result["kl"] = None
         result["kl_note"] = "the policy and the baseline use different tokenizers: KL not estimated"
@@ -303,7 +334,7 @@ def evaluate_policy(
     random.Random(seed).shuffle(order)
     result["samples"] = [
         {
-            "prompt": prompts[i] if isinstance(prompts[i], str) else json.dumps(prompts[i]),
+            "prompt": prompts[i],  # text, or the conversation's messages (the report shows them as turns)
             "policy": pol_texts[i],
             "baseline": base_texts[i],
             "reward_policy": r_pol[i],

@@ -418,13 +418,16 @@ def upstream_snapshots(lineage_meta: dict[str, Any] | None, via: tuple[str, ...]
     return out
 
 
-def record_eval(ws: Any, ref: str, figures: dict[str, float]) -> dict[str, float]:
-    """Attach evaluation figures to a version (``eval.*`` tags, replacing earlier values); refreshes its card."""
+def record_eval(ws: Any, ref: str, figures: dict[str, float | None]) -> dict[str, float]:
+    """Attach evaluation figures to a version (``eval.*`` tags, replacing earlier values); refreshes its card. A
+    figure given as None has no valid value this time: an earlier one is removed (a gate on it then fails)."""
     client = _client(ws.root)
     mv = _resolve(client, ref)
-    clean = {k: float(v) for k, v in figures.items() if _finite(v)}
+    clean = {k: float(v) for k, v in figures.items() if v is not None and _finite(v)}
     for key, value in clean.items():
         client.set_model_version_tag(mv.name, mv.version, f"eval.{key}", repr(value))
+    for key in [k for k, v in figures.items() if v is None and f"eval.{k}" in mv.tags]:
+        client.delete_model_version_tag(mv.name, mv.version, f"eval.{key}")
     mv = client.get_model_version(mv.name, mv.version)
     client.update_model_version(mv.name, mv.version, description=model_card(_ref(mv), dict(mv.tags))[:4900])
     _audit(ws, "registry.eval", _ref(mv), figures=clean)

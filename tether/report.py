@@ -46,6 +46,7 @@ td.viol { background: #fdecea; }
 .small { font-size: 12px; color: #5b6570; }
 pre { white-space: pre-wrap; background: #fff; border: 1px solid #dde1e6; padding: 8px; border-radius: 6px; font-size: 12px; }
 .stage-ok { color: #1e7b34; } .stage-warn { color: #b54708; }
+.turn { margin: 0 0 6px; white-space: pre-wrap; } .turn .role { font-size: 11px; color: #5b6570; text-transform: uppercase; }
 """
 
 
@@ -67,6 +68,34 @@ def pct(x: float | None, digits: int = 1) -> str:
 
 def num(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def win_rate_tone(ci_low: float, ci_high: float) -> str:
+    """"good" only when the whole 95% interval is above 50%, "bad" when it is below; "" when it spans 50%."""
+    if ci_low > 0.5:
+        return "good"
+    if ci_high < 0.5:
+        return "bad"
+    return ""
+
+
+def win_rate_note(ci_low: float, ci_high: float) -> str:
+    note = f"95% CI {pct(ci_low, 0)}-{pct(ci_high, 0)}"
+    return note + (": spans 50%, no clear win or loss" if win_rate_tone(ci_low, ci_high) == "" else "")
+
+
+def kl_text(result: dict[str, Any]) -> tuple[str, str, str]:
+    """(value, note, tone) of an evaluation's KL for a card or a table: a negative estimate is never shown as a KL
+    (see tether.evaluate_policy.kl_reading)."""
+    kl = result.get("kl")
+    if kl is None:
+        return "n/a", result.get("kl_note", "not estimated"), ""
+    if not result.get("kl_negative"):
+        return num(kl), "nats per reply", ""
+    se = result.get("kl_se", float("nan"))
+    if result.get("kl_gate") is not None:
+        return f"≈ 0 (≤ {num(result['kl_gate'])})", f"negative estimate {num(kl)} ± {num(se, 2)} nats: noise around 0; 95% upper bound shown", ""
+    return "invalid", f"negative estimate {num(kl)} ± {num(se, 2)} nats, beyond its noise: not a KL (check sampling settings and tokenizers)", "bad"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,8 +150,12 @@ def plot_training(history: Sequence[dict[str, Any]], title: str = "policy traini
             ax.set_visible(False)
             continue
         steps, vals = zip(*pts)
-        ax.plot(steps, vals, color=color, alpha=0.35, lw=1)
-        ax.plot(steps, _smooth(list(vals), max(1, len(vals) // 15)), color=color, lw=2)
+        if len(pts) == 1:  # one logged step: a line of one point draws nothing; show the point and its value
+            ax.plot(steps, vals, "o", color=color, ms=8)
+            ax.annotate(f"{vals[0]:.4g} at step {steps[0]}", (steps[0], vals[0]), textcoords="offset points", xytext=(8, 8), fontsize=10)
+        else:
+            ax.plot(steps, vals, color=color, alpha=0.35, lw=1)
+            ax.plot(steps, _smooth(list(vals), max(1, len(vals) // 15)), color=color, lw=2)
         ax.set_xlabel("step")
         ax.set_title(f"{label} ({key})", fontsize=10)
         ax.grid(alpha=0.3)
@@ -138,7 +171,8 @@ def plot_win_rates(rates: Sequence[tuple[str, float, float, float]], title: str 
     values = [r[1] for r in rates]
     errors = [[max(0.0, r[1] - r[2]) for r in rates], [max(0.0, r[3] - r[1]) for r in rates]]
     y = list(range(len(rates)))[::-1]
-    ax.barh(y, values, xerr=errors, color=POLICY_COLOR, alpha=0.85, capsize=4, height=0.55)
+    tones = {"good": GOOD_COLOR, "bad": BAD_COLOR, "": BASELINE_COLOR}  # grey: the interval spans 50%
+    ax.barh(y, values, xerr=errors, color=[tones[win_rate_tone(r[2], r[3])] for r in rates], alpha=0.85, capsize=4, height=0.55)
     for yi, v, r in zip(y, values, rates):
         ax.text(max(v, r[3]) + 0.02, yi, f"{v:.0%}  [{r[2]:.0%}, {r[3]:.0%}]", va="center", fontsize=9)
     ax.axvline(0.5, color="#555", ls="--", lw=1)
@@ -272,12 +306,24 @@ def samples_html(samples: Sequence[dict[str, Any]], baseline_name: str = "baseli
             return f"<td{cls}>{esc(text)}<div class='small'>{esc(scores + flag)}</div></td>"
 
         out.append("<tr>")
-        out.append(f"<td>{esc(s['prompt'])}</td>")
+        out.append(f"<td>{prompt_html(s['prompt'])}</td>")
         out.append(cell(s["baseline"], s["reward_baseline"], s.get("gold_baseline") if has_gold else None, s.get("violation_baseline", False)))
         out.append(cell(s["policy"], s["reward_policy"], s.get("gold_policy") if has_gold else None, s.get("violation_policy", False)))
         out.append("</tr>")
     out.append("</table>")
     return "".join(out)
+
+
+def prompt_html(prompt: Any) -> str:
+    """A prompt for a table cell: text as it is; a conversation (a list of messages, or its JSON text) as turns."""
+    if isinstance(prompt, str) and prompt.startswith("[{"):
+        try:
+            prompt = json.loads(prompt)
+        except ValueError:
+            pass
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt):
+        return "".join(f"<div class='turn'><span class='role'>{esc(m.get('role', 'user'))}</span> {esc(m['content'])}</div>" for m in prompt)
+    return esc(prompt)
 
 
 def render(title: str, subtitle: str, cards: Sequence[tuple[str, str, str, str]], sections: Sequence[Section], footer: str = "") -> str:
@@ -364,13 +410,12 @@ def policy_sections(result: dict[str, Any], *, training: Sequence[dict[str, Any]
                 baseline_name,
             )
         )
-    kl = result.get("kl")
     rows = [
         ["reward model score (mean)", num(result["reward_policy_mean"]), num(result["reward_baseline_mean"])],
         ["length (tokens, mean)", f"{result['length_policy']:.1f}", f"{result['length_baseline']:.1f}"],
         ["length (words, mean)", f"{result['words_policy']:.1f}", f"{result['words_baseline']:.1f}"],
         ["rule violations", pct(result["violation_rate_policy"]), pct(result["violation_rate_baseline"])],
-        ["KL(policy || " + baseline_name + "), nats", num(kl) if kl is not None else result.get("kl_note", "n/a"), "0"],
+        ["KL(policy || " + baseline_name + "), nats", kl_text(result)[0] + ("" if not result.get("kl_negative") else f" ({kl_text(result)[1]})"), "0"],
     ]
     if "gold_policy_mean" in result:
         rows.insert(0, ["gold score (mean)", num(result["gold_policy_mean"]), num(result["gold_baseline_mean"])])
@@ -398,15 +443,14 @@ def policy_sections(result: dict[str, Any], *, training: Sequence[dict[str, Any]
 
 def policy_report(result: dict[str, Any], *, title: str = "Policy evaluation", subtitle: str = "", training: Sequence[dict[str, Any]] = (), baseline_name: str = "baseline") -> str:
     """The HTML of a policy evaluation report."""
-    kl = result.get("kl")
     cards = [
-        ("win-rate (reward model)", pct(result["win_rate"]), f"95% CI {pct(result['win_rate_ci'][0], 0)}-{pct(result['win_rate_ci'][1], 0)}", "good" if result["win_rate"] > 0.5 else "bad"),
+        ("win-rate (reward model)", pct(result["win_rate"]), win_rate_note(*result["win_rate_ci"]), win_rate_tone(*result["win_rate_ci"])),
         ("rule violations", pct(result["violation_rate_policy"]), f"{baseline_name}: {pct(result['violation_rate_baseline'])}", "good" if result["violation_rate_policy"] <= result["violation_rate_baseline"] else "bad"),
-        ("KL to " + baseline_name, num(kl) if kl is not None else "n/a", "nats per reply", ""),
+        ("KL to " + baseline_name, *kl_text(result)),
         ("length", f"{result['length_policy']:.0f} tok", f"{baseline_name}: {result['length_baseline']:.0f} tok", ""),
     ]
     if "gold_win_rate" in result:
-        cards.insert(0, ("gold win-rate", pct(result["gold_win_rate"]), f"95% CI {pct(result['gold_win_rate_ci'][0], 0)}-{pct(result['gold_win_rate_ci'][1], 0)}", "good" if result["gold_win_rate"] > 0.5 else "bad"))
+        cards.insert(0, ("gold win-rate", pct(result["gold_win_rate"]), win_rate_note(*result["gold_win_rate_ci"]), win_rate_tone(*result["gold_win_rate_ci"])))
     return render(title, subtitle, cards, policy_sections(result, training=training, baseline_name=baseline_name))
 
 

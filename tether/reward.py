@@ -8,11 +8,15 @@ The stable interface other parts of Tether use (PPO, active learning, monitoring
     rewards = rm.score(prompts, completions, batch_size=32)      # np.ndarray (N,), normalized, ensemble mean
     mean, spread = rm.score_with_spread(prompts, completions)    # (N,), (N,): ensemble mean and std over members
     members = rm.score_members(prompts, completions)             # (N, K) normalized reward of each member
+    rating = RewardModel.load("rm-ratings:helpful=1,harm=-1")    # a rating model: how its aspects add up
 
-Prompts and completions are strings, or chat message lists (``[{"role", "content"}, ...]``) rendered with the
-tokenizer's chat template. Rewards are normalized with the statistics saved at training time: mean 0 and std 1
-over the training prompts' chosen completions (or the reference set given at training), per ensemble member.
-A rating model (``objective: rating``) scores the mean over its aspects; ``score_aspects`` gives each one.
+Prompts and completions are strings, or chat message lists (``[{"role", "content"}, ...]``), rendered as the
+model's ``prompt_format`` says (tether.models). Rewards are normalized with the statistics saved at training
+time: mean 0 and std 1 over (a sample of) the training prompts' chosen completions, or the reference set given
+at training, per ensemble member. A rating model (``objective: rating``) has one output per aspect:
+``score_aspects`` gives each one; one reward needs each aspect's weight and sign (``DIR:helpful=1,harm=-1``,
+negative where higher is worse): it is never an equal average. A Hugging Face sequence-classification model
+without tether.json loads too, on its own raw scale.
 
 Where the reward is read: encoders (BERT-like) through their own pooler on the first token; decoders (Llama,
 Qwen2, GPT-2 ...; the model has a ``score`` head) at the last real token of prompt+completion, which is the EOS
@@ -23,7 +27,7 @@ saved folder gives the same raw rewards through ``AutoModelForSequenceClassifica
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +88,10 @@ def load_reward_backbone(path: str | Path, num_labels: int, pad_token_id: int, *
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from tether.models import _check_model_path
+    from tether.models import _check_model_path, refuse_adapter
 
     source = _check_model_path(path, "model")
+    refuse_adapter(source)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized": the head is new on purpose
     hf_logging.disable_progress_bar()
@@ -188,47 +193,126 @@ def raw_rewards(forward: torch.nn.Module, sequences: list[list[int]], pad_id: in
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def split_aspect_weights(text: str | Path) -> tuple[str, dict[str, float] | None]:
+    """``DIR:ASPECT=W,ASPECT=W`` -> (``DIR``, {aspect: weight}); a plain ``DIR`` -> (``DIR``, None).
+
+    The weights say how a rating model's aspects add up to one reward: ``rm:helpful=1,harm=-2`` (a negative weight
+    for an aspect where higher is worse; 0 leaves one out). A folder whose own name ends like that wins.
+    """
+    text = str(text)
+    head, sep, tail = text.rpartition(":")
+    if not sep or not head or "=" not in tail or Path(text).exists():
+        return text, None
+    weights: dict[str, float] = {}
+    for part in tail.split(","):
+        name, eq, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise TetherError(f"{text!r}: aspect weight {part!r} is not ASPECT=NUMBER", fix="write DIR:helpful=1,harm=-1") from None
+        if not eq or not name.strip():
+            raise TetherError(f"{text!r}: aspect weight {part!r} is not ASPECT=NUMBER", fix="write DIR:helpful=1,harm=-1")
+    return head, weights
+
+
+def is_hf_reward_model(folder: Path) -> bool:
+    """A Hugging Face ``*ForSequenceClassification`` folder (config.json names such an architecture)."""
+    import json
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+
+
+def aspect_weight_vector(aspects: list[str], weights: dict[str, float] | None, source: str) -> np.ndarray:
+    """The weight of each aspect, (A,): 1 for a single aspect. Several need ``weights`` naming every aspect (else a
+    clear error: an equal average would turn an aspect where higher is worse into a reward for it)."""
+    example = f"{source}:" + ",".join(f"{a}={1 if i == 0 else -1}" for i, a in enumerate(aspects))
+    if weights is None:
+        if len(aspects) == 1:
+            return np.ones(1)
+        raise TetherError(
+            f"{source} rates {len(aspects)} aspects ({', '.join(aspects)}): one reward needs their weights and signs",
+            fix=f"give them after the folder, e.g. {example} (negative where higher is worse)",
+        )
+    unknown = sorted(set(weights) - set(aspects))
+    missing = [a for a in aspects if a not in weights]
+    if unknown or missing:
+        problem = f"unknown aspect(s) {', '.join(unknown)}" if unknown else f"no weight for {', '.join(missing)}"
+        raise TetherError(f"{source}: {problem}; its aspects are {', '.join(aspects)}", fix=f"name every aspect once, e.g. {example} (0 leaves one out)")
+    return np.asarray([float(weights[a]) for a in aspects], dtype=np.float64)
+
+
 class RewardModel:
-    """A trained reward model: ``load`` a folder written by ``tether train reward``, then ``score``.
+    """A trained reward model: ``load`` a folder written by ``tether train reward`` (or any Hugging Face
+    sequence-classification reward model), then ``score``.
 
     Attributes: ``meta`` (tether.json), ``ensemble`` (K), ``aspects`` (names; ``["reward"]`` for pairwise models),
-    ``max_length``, ``mean``/``std`` (K, A) the normalization applied to raw outputs.
+    ``aspect_weights`` (how several aspects add up to one reward, ``None`` until given), ``max_length``,
+    ``mean``/``std`` (K, A) the normalization applied to raw outputs, ``normalized`` (False for a foreign model:
+    its raw scale).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any], device: Any = "cpu"):
+    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any], device: Any = "cpu", *, aspect_weights: dict[str, float] | None = None, source: str = "the reward model"):
         info = meta.get("reward", {})
-        self.model, self.tokenizer, self.meta, self.device = model, tokenizer, meta, torch.device(device)
+        self.model, self.tokenizer, self.meta, self.device, self.source = model, tokenizer, meta, torch.device(device), source
         self.ensemble = int(info.get("ensemble", 1))
         self.aspects = list(info.get("aspects", ["reward"]))
         self.max_length = int(info.get("max_length", meta.get("config", {}).get("max_length", 512)))
         outputs = self.ensemble * len(self.aspects)
+        self.normalized = bool(info.get("normalization"))
         norm = info.get("normalization") or {"mean": [0.0] * outputs, "std": [1.0] * outputs}
         self.mean = np.asarray(norm["mean"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
         self.std = np.asarray(norm["std"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
+        self.aspect_weights = None
+        if aspect_weights is not None:
+            self.set_aspect_weights(aspect_weights)
         self.forward = RewardForward(model).to(self.device).eval()
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, device: str | None = None, bf16: bool = False) -> RewardModel:
-        """Load a saved reward model folder (clear TetherError when it is not one)."""
+    def load(cls, model_dir: str | Path, *, device: str | None = None, bf16: bool = False, aspect_weights: dict[str, float] | None = None, say: Callable[[str], None] | None = None) -> RewardModel:
+        """Load a reward model folder (clear TetherError when it is not one). ``model_dir`` may carry aspect weights
+        (``DIR:helpful=1,harm=-1``, see ``split_aspect_weights``). A Hugging Face sequence-classification model
+        without tether.json is accepted as it is (its raw scores, unnormalized; ``say`` gets a note)."""
         from transformers import AutoModelForSequenceClassification
 
-        from tether.models import load_tokenizer, require_pad_token
+        from tether.models import load_tokenizer
         from tether.training import read_tether_meta
 
-        model_dir = Path(model_dir)
+        text, weights = split_aspect_weights(model_dir)
+        model_dir = Path(text)
         if not model_dir.is_dir():
             raise TetherError(f"reward model folder not found: {model_dir}", fix="point --model at the --output-dir of `tether train reward`")
         meta = read_tether_meta(model_dir)
         if meta.get("kind") != "reward":
-            raise TetherError(f"{model_dir} is not a Tether reward model (no tether.json with kind 'reward')", fix="train one with `tether train reward`")
+            if meta or not is_hf_reward_model(model_dir):
+                raise TetherError(
+                    f"{model_dir} is not a Tether reward model (tether.json with kind 'reward') nor a Hugging Face *ForSequenceClassification model",
+                    fix="train one with `tether train reward`, or give a Hugging Face sequence-classification reward model",
+                )
+            meta = None
         tokenizer = load_tokenizer(model_dir)
-        require_pad_token(tokenizer, model_dir)
         from transformers.utils import logging as hf_logging
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         hf_logging.disable_progress_bar()
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.bfloat16 if bf16 else torch.float32)
-        return cls(model, tokenizer, meta, device)
+        if meta is None:  # a Hugging Face reward model: its own head, its own scale
+            meta = _foreign_meta(model, tokenizer)
+            if say is not None:
+                say(f"note: {model_dir} has no tether.json: used as a Hugging Face reward model; its scores are its raw outputs, unnormalized (not mean 0, std 1 like a Tether reward model's)")
+        return cls(model, tokenizer, meta, device, aspect_weights=weights if weights is not None else aspect_weights, source=str(model_dir))
+
+    def set_aspect_weights(self, weights: dict[str, float]) -> None:
+        """How the aspects add up to one reward: every aspect named, with its weight (negative where higher is worse)."""
+        aspect_weight_vector(self.aspects, weights, self.source)  # checks the names
+        self.aspect_weights = {a: float(weights[a]) for a in self.aspects}
+
+    def aspect_vector(self) -> np.ndarray:
+        """The weight of each aspect, (A,) (see ``aspect_weight_vector``)."""
+        return aspect_weight_vector(self.aspects, self.aspect_weights, self.source)
 
     def raw_scores(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
         """Unnormalized head outputs, shape (N, K, A). Over-long items keep the end of their completion."""
@@ -247,10 +331,18 @@ class RewardModel:
         body = seq[len(prefix) : len(seq) - len(suffix)]
         return prefix + body[len(body) - (self.max_length - len(prefix) - len(suffix)) :] + suffix
 
+    def normalized_scores(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Normalized head outputs, (N, K, A)."""
+        return (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std
+
+    def combine(self, per_aspect: np.ndarray) -> np.ndarray:
+        """(..., A) scores -> (...) one reward: the aspects weighted by ``aspect_vector``."""
+        return per_aspect @ self.aspect_vector()
+
     def score_members(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        """Normalized reward of each ensemble member, (N, K); rating models average their aspects."""
-        normalized = (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std  # (N, K, A)
-        return normalized.mean(axis=2)
+        """Normalized reward of each ensemble member, (N, K); a rating model's aspects weighted by ``aspect_weights``."""
+        weights = self.aspect_vector()  # before the forward passes: a missing weight fails at once
+        return self.normalized_scores(prompts, completions, batch_size) @ weights
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
         """Normalized reward (ensemble mean), shape (N,)."""
@@ -263,5 +355,15 @@ class RewardModel:
 
     def score_aspects(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
         """Rating models: each aspect's normalized score (ensemble mean), {aspect: (N,)}."""
-        normalized = (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std
+        normalized = self.normalized_scores(prompts, completions, batch_size)
         return {aspect: normalized[:, :, a].mean(axis=1) for a, aspect in enumerate(self.aspects)}
+
+
+def _foreign_meta(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """What a Hugging Face reward model without tether.json is: one output per label (several: aspects named by
+    its labels), no normalization, its context length."""
+    config = model.config
+    labels = int(getattr(config, "num_labels", 1) or 1)
+    names = [str(config.id2label.get(i, f"label_{i}")) for i in range(labels)] if labels > 1 else ["reward"]
+    limit = min(getattr(config, "max_position_embeddings", None) or 512, tokenizer.model_max_length or 512, 4096)
+    return {"kind": "reward", "reward": {"ensemble": 1, "aspects": names, "max_length": limit, "normalization": None, "foreign": True}}

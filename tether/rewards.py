@@ -1,13 +1,17 @@
 """Reward SPECs for online RL: what ``--reward`` accepts, parsed and loaded into one summed reward.
 
 A SPEC is one of:
-- ``DIR``: a reward-model folder written by ``tether train reward`` (``tether.reward.RewardModel``). Prompts and the
+- ``DIR``: a reward-model folder written by ``tether train reward`` (``tether.reward.RewardModel``), or a Hugging
+  Face sequence-classification reward model (its raw, unnormalized scale; a note says so). Prompts and the
   decoded completions are passed as text and re-tokenized with the reward model's own tokenizer, so it may differ
   from the policy's; the reward is read at the EOS the reward model appends. Scores are normalized (mean 0, std 1
-  on the reward model's reference set).
+  on the reward model's reference set). A rating model with several aspects needs their weights and signs:
+  ``DIR:helpful=1,harm=-1`` (negative where higher is worse; every aspect named; 0 leaves one out), and each
+  aspect is also logged on its own (``reward/<label>/<aspect>``).
 - ``rules:FILE.yaml``: rule-based rewards and filters (``tether.rules``); every rule is also logged on its own.
 - ``py:FILE.py:FUNCTION``: your function ``FUNCTION(prompts: list[str], completions: list[str]) -> list[float]``
-  (verifiable rewards: unit tests, checkers, exact match). Prompts are the rendered prompt texts.
+  (verifiable rewards: unit tests, checkers, exact match). Plain-text prompts come as they were given;
+  conversations as the policy's rendered prompt text.
 
 Several SPECs add up. Each may carry a weight after the last ``@``: ``rules:policy.yaml@0.5``, ``rm-1@2``; the
 default weight is 1. (A path that itself contains ``@`` followed by a number needs an explicit ``@1`` at the end.)
@@ -19,7 +23,7 @@ function name) and, for rules, ``rules/<rule>`` each rule's mean weighted contri
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ class RewardSpec:
     weight: float = 1.0
     function: str | None = None
     text: str = ""
+    aspect_weights: dict[str, float] | None = None  # a rating model's DIR:ASPECT=W,... (tether.reward.split_aspect_weights)
     label: str = ""  # the name its metric is logged under: folder name, rules file stem or function name
 
     def __post_init__(self) -> None:
@@ -65,7 +70,10 @@ def parse_spec(text: str) -> RewardSpec:
             raise TetherError(f"--reward {text!r}: expected py:FILE.py:FUNCTION", fix="name the function after the file: py:checks.py:reward_fn")
         file, function = body.rsplit(":", 1)
         return RewardSpec("py", Path(file), weight, function=function, text=text)
-    return RewardSpec("model", Path(raw), weight, text=text)
+    from tether.reward import split_aspect_weights
+
+    folder, aspect_weights = split_aspect_weights(raw)
+    return RewardSpec("model", Path(folder), weight, text=text, aspect_weights=aspect_weights)
 
 
 def _load_function(spec: RewardSpec) -> Any:
@@ -95,22 +103,33 @@ class Reward:
     def reward_model_dirs(self) -> list[Path]:
         return [s.path for s in self.specs if s.kind == "model"]
 
+    @property
+    def reward_models(self) -> list[Any]:
+        """The loaded reward models (tether.reward.RewardModel) of the model SPECs, in order."""
+        return [scorer for s, scorer in zip(self.specs, self.scorers) if s.kind == "model"]
+
     def score(self, prompts: Sequence[Any], prompt_texts: Sequence[str], completions: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
-        """``prompts`` as given (strings or message lists, for reward models, which render them with their own chat
-        template); ``prompt_texts`` rendered for the policy (for Python functions); ``completions`` decoded text.
+        """``prompts`` as given (strings or message lists, for reward models, which render them as their own
+        tokenizer does); ``prompt_texts`` rendered for the policy (Python functions get them for conversations);
+        ``completions`` decoded text.
         Returns scores (B,) float32 and the per-component metrics."""
         total = torch.zeros(len(completions))
         metrics: dict[str, float] = {}
         for spec, scorer in zip(self.specs, self.scorers):
             if spec.kind == "model":
-                values = torch.as_tensor(scorer.score(list(prompts), list(completions), batch_size=self.batch_size), dtype=torch.float32)
+                normalized = scorer.normalized_scores(list(prompts), list(completions), batch_size=self.batch_size).mean(axis=1)  # (B, A)
+                values = torch.as_tensor(scorer.combine(normalized), dtype=torch.float32)
+                if len(scorer.aspects) > 1:
+                    for a, aspect in enumerate(scorer.aspects):
+                        metrics[f"reward/{spec.label}/{aspect}"] = float(normalized[:, a].mean()) if len(normalized) else 0.0
             elif spec.kind == "rules":
                 result = scorer.score(list(completions), list(prompts))
                 values = torch.tensor(result.total, dtype=torch.float32)
                 for key, value in result.metrics().items():
                     metrics[key] = metrics.get(key, 0.0) + spec.weight * value
-            else:
-                values = self._call_function(spec, scorer, prompt_texts, completions)
+            else:  # plain-text prompts as given (not wrapped in the policy's chat template), conversations rendered
+                texts = [p if isinstance(p, str) else t for p, t in zip(prompts, prompt_texts)]
+                values = self._call_function(spec, scorer, texts, completions)
             total += spec.weight * values
             metrics[f"reward/{spec.label}"] = spec.weight * float(values.mean()) if len(values) else 0.0
         return total, metrics
@@ -130,8 +149,9 @@ class Reward:
         return values
 
 
-def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_size: int = 32, bf16: bool = False) -> Reward:
-    """Parse and load every SPEC; a clear ``TetherError`` for anything that does not load."""
+def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_size: int = 32, bf16: bool = False, say: Callable[[str], None] | None = None) -> Reward:
+    """Parse and load every SPEC; a clear ``TetherError`` for anything that does not load (a rating model without
+    its aspects' weights too, before any training). ``say`` gets the notes (a foreign reward model's scale)."""
     from tether.rules import load_rules
 
     if not spec_texts:
@@ -144,7 +164,7 @@ def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_s
         elif spec.kind == "py":
             scorers.append(_load_function(spec))
         else:
-            scorers.append(_load_reward_model(spec, device=device, bf16=bf16))
+            scorers.append(_load_reward_model(spec, device=device, bf16=bf16, say=say))
     labels = [s.label for s in specs]
     for i, spec in enumerate(specs):  # two SPECs with one label: number them so both are logged
         if labels.count(spec.label) > 1:
@@ -152,7 +172,7 @@ def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_s
     return Reward(specs, scorers, batch_size)
 
 
-def _load_reward_model(spec: RewardSpec, *, device: str | None, bf16: bool) -> Any:
+def _load_reward_model(spec: RewardSpec, *, device: str | None, bf16: bool, say: Callable[[str], None] | None = None) -> Any:
     if not spec.path.exists():
         raise TetherError(
             f"--reward {spec.text}: no such reward model folder",
@@ -161,7 +181,8 @@ def _load_reward_model(spec: RewardSpec, *, device: str | None, bf16: bool) -> A
     from tether.reward import RewardModel
 
     try:
-        model = RewardModel.load(spec.path, device=device, bf16=bf16)
+        model = RewardModel.load(spec.path, device=device, bf16=bf16, aspect_weights=spec.aspect_weights, say=say)
+        model.aspect_vector()  # several aspects and no weights: refused now, not at the first rollout
     except TetherError as exc:
         raise TetherError(f"--reward {spec.text}: {exc.message}", fix=exc.fix) from None
     except Exception as exc:  # a broken folder: missing weights, wrong config

@@ -171,17 +171,19 @@ def _shared_prompt_logits(model: Any, input_ids: torch.Tensor, attention_mask: t
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[Any], max_prompt_tokens: int) -> tuple[list[str], list[list[int]]]:
-    """Rendered prompt texts and their ids: the tokenizer's leading special tokens (BOS) once, the prompt's END kept
-    when it is longer than ``max_prompt_tokens``."""
-    from tether.models import render_prompt
+    """Rendered prompt texts and their ids: plain text gets the tokenizer's leading special tokens (BOS) once (a chat
+    template writes its own), the prompt's END kept when it is longer than ``max_prompt_tokens``."""
+    from tether.models import render_prompt, uses_template
 
     texts = [render_prompt(tokenizer, p) for p in prompts]
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
     prefix = full[: full.index(bare[0])] if bare and bare[0] in full else []
     ids = []
-    for row in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        row = list(row) if row[: len(prefix)] == prefix else prefix + list(row)
+    for prompt, row in zip(prompts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+        # a chat template writes its own special tokens (as in training); plain text gets the tokenizer's BOS
+        framed = uses_template(tokenizer, prompt) or row[: len(prefix)] == prefix
+        row = list(row) if framed else prefix + list(row)
         ids.append(row[-max_prompt_tokens:])
     return texts, ids
 

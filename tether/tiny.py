@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# A plain chat template for tokenizers that ship none: "<|user|>\n...\n<|assistant|>\n...<eos>".
+# The chat template of the tiny tokenizers: "<|user|>\n...\n<|assistant|>\n...<eos>" (its role tokens are special tokens
+# of their vocabulary; it is never given to another model's tokenizer).
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
@@ -21,8 +22,9 @@ DEFAULT_CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, out_dir: str | Path | None = None) -> Any:
-    """Train a byte-level BPE tokenizer on ``texts``; pad, bos, eos and unk tokens set; chat template set."""
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, out_dir: str | Path | None = None, *, chat_template: bool = True) -> Any:
+    """Train a byte-level BPE tokenizer on ``texts``; pad, bos, eos and unk tokens set; the chat template set unless
+    ``chat_template`` is False (a base model's tokenizer: plain-text prompts)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -44,7 +46,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, out_dir: str | 
         unk_token="<unk>",
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     if out_dir is not None:
         tokenizer.save_pretrained(str(out_dir))
     return tokenizer

@@ -36,6 +36,7 @@ from tether.train_sft import (
     plan_batches,
     reduce_sums,
     save_policy,
+    skip_ties,
     split_micro_batches,
     truncate_prompt,
 )
@@ -216,7 +217,7 @@ def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any
     """Train ``cfg.model`` on the preference pairs of ``cfg.data`` with DPO, IPO or cDPO; returns the final
     metrics. ``stop_after`` ends the run after that step without saving (a simulated preemption, for tests)."""
     from tether.losses import dpo_loss, ipo_loss
-    from tether.models import load_causal_lm, load_tokenizer, require_pad_token
+    from tether.models import load_causal_lm, load_tokenizer
     from tether.store.formats import load_rows, rows_digest
     from tether.training import (
         Checkpointer,
@@ -233,10 +234,10 @@ def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any
     # --- setup -----------------------------------------------------------------------------------------------
     accelerator, n_micro, micro_size = make_accelerator(cfg)
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    require_pad_token(tokenizer, cfg.model)
+    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=accelerator.print)
     rows = load_rows(cfg.data, "preference")
-    data_digest = rows_digest(rows)
+    data_digest = rows_digest(rows)  # of every row, ties included: the snapshot's digest
+    rows, ties = skip_ties(rows, f"{cfg.loss.upper()} would read it as chosen > rejected", accelerator.print)
     triples, kept = encode_pairs(tokenizer, rows, cfg.max_length)
     check_kept(len(rows), len(kept), cfg, "pair")
     lengths = [len(p) + len(c) + len(r) for p, c, r in triples]
@@ -327,6 +328,6 @@ def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any
 
     # --- save ------------------------------------------------------------------------------------------------
     logger.close()
-    extra = {"pairs": len(triples), "loss": cfg.loss, "beta": cfg.beta}
+    extra = {"pairs": len(triples), "ties_skipped": ties, "loss": cfg.loss, "beta": cfg.beta}
     save_policy(accelerator, policy, tokenizer, cfg, kind=cfg.loss, data_digest=data_digest, metrics=metrics, extra=extra)
     return metrics

@@ -44,7 +44,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         masked_sum,
         truncated_is_weights,
     )
-    from tether.models import apply_lora, load_causal_lm, load_tokenizer, require_pad_token
+    from tether.models import apply_lora, load_causal_lm, load_tokenizer, refuse_adapter
     from tether.rewards import load_reward
     from tether.rollout import (
         VLLMSampler,
@@ -79,10 +79,10 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
     plan = plan_rollouts(cfg, len(prompts), accelerator.num_processes)
     total_steps, updates_per_rollout, minibatch = plan.total_steps, plan.updates_per_rollout, plan.minibatch
     checkpointer = Checkpointer(cfg, accelerator, data_digest=rows_digest(rows), total_steps=total_steps)  # checks the folder
-    reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16)
-    tokenizer = load_tokenizer(cfg.model)
-    require_pad_token(tokenizer, cfg.model)
+    reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16, say=accelerator.print)
+    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=accelerator.print)
     # fp32 master weights; with bf16 the forward passes run under autocast (the frozen reference is bf16)
+    refuse_adapter(cfg.model)
     policy = load_causal_lm(cfg.model, bf16=False, gradient_checkpointing=cfg.gradient_checkpointing)
     disable_dropout(policy)
     policy = apply_lora(policy, cfg)

@@ -37,6 +37,7 @@ from tether.train_sft import (
     plan_batches,
     reduce_sums,
     save_policy,
+    skip_ties,
     split_micro_batches,
     truncate_prompt,
 )
@@ -62,6 +63,29 @@ def encode_unpaired(tokenizer: Any, rows: list[dict[str, Any]], max_length: int,
     return triples, [bool(rows[i]["label"]) for i in kept], kept
 
 
+def load_kto_rows(spec: str, say: Any = print) -> tuple[list[dict[str, Any]], str, dict[str, int]]:
+    """KTO's unpaired rows from ``spec``, the data digest and what was done to them. Preference data (pairs, or the
+    multi-annotator and ranking files that decide pairs) is split as TRL's ``unpair_preference_dataset`` does: each
+    pair gives a desirable example (chosen) and an undesirable one (rejected); ties are skipped and counted."""
+    from tether.store.formats import detect_format, load_rows, read_records, resolve_snapshot, rows_digest
+
+    path = resolve_snapshot(spec.split(":", 1)[1]) if spec.startswith("snapshot:") else Path(spec)
+    first = next((record for _, record in read_records(path)), {})
+    if detect_format(first) not in ("trl", "hh", "pandalm", "ranking"):
+        rows = load_rows(spec, "unpaired")
+        return rows, rows_digest(rows), {}
+    pairs = load_rows(spec, "preference")
+    digest = rows_digest(pairs)  # of the pairs as given, ties included: the snapshot's digest
+    pairs, ties = skip_ties(pairs, "KTO would call its chosen answer desirable and the other undesirable", say)
+    rows = [
+        {"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen"}
+        for pair in pairs
+        for side in ("chosen", "rejected")
+    ]
+    say(f"note: KTO on {len(pairs)} preference pairs: each split into a desirable (chosen) and an undesirable (rejected) example, as TRL does")
+    return rows, digest, {"pairs_split": len(pairs), "ties_skipped": ties}
+
+
 def score_completions(module: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int, device: Any, *, reference: bool = False) -> torch.Tensor:
     """Summed log-probs log p(completion | prompt) of each (prompt, completion): (B,)."""
     scored = collate_completions(pairs, pad_id)
@@ -72,8 +96,7 @@ def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any
     """Train ``cfg.model`` with KTO on the unpaired rows of ``cfg.data``; returns the final metrics."""
     from tether.errors import TetherError
     from tether.losses import kto_loss
-    from tether.models import load_causal_lm, load_tokenizer, require_pad_token
-    from tether.store.formats import load_rows, rows_digest
+    from tether.models import load_causal_lm, load_tokenizer
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -89,10 +112,8 @@ def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any
     # --- setup -----------------------------------------------------------------------------------------------
     accelerator, n_micro, micro_size = make_accelerator(cfg)
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    require_pad_token(tokenizer, cfg.model)
-    rows = load_rows(cfg.data, "unpaired")
-    data_digest = rows_digest(rows)
+    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=accelerator.print)
+    rows, data_digest, unpaired_from = load_kto_rows(cfg.data, accelerator.print)
     triples, desirable, kept = encode_unpaired(tokenizer, rows, cfg.max_length, cfg.seed)
     if 0 < len(kept) < 2:
         raise TetherError("KTO needs at least 2 examples (the KL reference point uses mismatched pairs)", fix="add rows to --data")
@@ -201,6 +222,6 @@ def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any
 
     # --- save ------------------------------------------------------------------------------------------------
     logger.close()
-    extra = {"examples": len(triples), "desirable": sum(desirable), "beta": cfg.beta}
+    extra = {"examples": len(triples), "desirable": sum(desirable), "beta": cfg.beta, **unpaired_from}
     save_policy(accelerator, policy, tokenizer, cfg, kind="kto", data_digest=data_digest, metrics=metrics, extra=extra)
     return metrics

@@ -40,16 +40,18 @@ from tether.errors import TetherError
 class ValueModel(torch.nn.Module):
     """A sequence-classification transformer read at every token: ``values (B, T)``.
 
-    ``model`` is a Hugging Face ``*ForSequenceClassification`` (its backbone and ``score`` head); the K outputs of
-    a reward model (ensemble members, rating aspects) are normalized with ``out_mean``/``out_std`` and averaged.
+    ``model`` is a Hugging Face ``*ForSequenceClassification`` (its backbone and ``score`` head); the outputs of
+    a reward model (ensemble members x rating aspects) are normalized with ``out_mean``/``out_std`` and summed with
+    ``out_weight`` (default: their mean; a rating model's aspects by their weights, averaged over members).
     """
 
-    def __init__(self, model: Any, out_mean: torch.Tensor | None = None, out_std: torch.Tensor | None = None):
+    def __init__(self, model: Any, out_mean: torch.Tensor | None = None, out_std: torch.Tensor | None = None, out_weight: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         outputs = self._inner().score.out_features
         self.register_buffer("out_mean", out_mean if out_mean is not None else torch.zeros(outputs))
         self.register_buffer("out_std", out_std if out_std is not None else torch.ones(outputs))
+        self.register_buffer("out_weight", out_weight if out_weight is not None else torch.full((outputs,), 1.0 / outputs))
 
     def _inner(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -59,28 +61,40 @@ class ValueModel(torch.nn.Module):
         backbone = getattr(inner, inner.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         raw = inner.score(hidden).float()  # (B, T, K)
-        return ((raw - self.out_mean) / self.out_std).mean(dim=-1)
+        return ((raw - self.out_mean) / self.out_std) @ self.out_weight
 
 
-def load_critic(cfg: PPOConfig, policy_tokenizer: Any, reward_model_dirs: list[Path]) -> tuple[ValueModel, str]:
-    """The value model and a line saying where it started (see the module doc)."""
+def load_critic(cfg: PPOConfig, policy_tokenizer: Any, reward_models: list[Any]) -> tuple[ValueModel, str]:
+    """The value model and a line saying where it started (see the module doc). ``reward_models``: the reward models
+    of the SPECs in order, loaded (tether.reward.RewardModel) or as folders (``DIR`` or ``DIR:ASPECT=W,...``)."""
     import numpy as np
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from tether.models import _check_model_path, load_tokenizer
+    from tether.reward import aspect_weight_vector, split_aspect_weights
     from tether.training import read_tether_meta
 
-    source = cfg.critic or (str(reward_model_dirs[0]) if reward_model_dirs else cfg.model)
+    first = reward_models[0] if reward_models else None
+    if cfg.critic or first is None:
+        source, aspect_weights = split_aspect_weights(cfg.critic or cfg.model)
+    elif isinstance(first, (str, Path)):
+        source, aspect_weights = split_aspect_weights(first)
+    else:
+        source, aspect_weights = first.source, first.aspect_weights
     meta = read_tether_meta(Path(source)) if Path(source).is_dir() else {}
     if meta.get("kind") == "reward":
         same_vocab = load_tokenizer(source).get_vocab() == policy_tokenizer.get_vocab()
         model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32)  # trained: fp32 master weights
         if same_vocab and hasattr(model, "score"):
-            norm = meta.get("reward", {}).get("normalization")
+            info = meta.get("reward", {})
+            norm, members = info.get("normalization"), int(info.get("ensemble", 1))
             mean = torch.tensor(np.asarray(norm["mean"], dtype=np.float32).reshape(-1)) if norm else None
             std = torch.tensor(np.asarray(norm["std"], dtype=np.float32).reshape(-1)) if norm else None
-            return ValueModel(model, mean, std), f"critic from the reward model {source}"
+            # the reward as RewardModel reads it: members averaged, a rating model's aspects by their weights
+            aspects = aspect_weight_vector(list(info.get("aspects", ["reward"])), aspect_weights, str(source))
+            weight = torch.tensor(np.outer(np.full(members, 1.0 / members), aspects).reshape(-1), dtype=torch.float32)
+            return ValueModel(model, mean, std, weight), f"critic from the reward model {source}"
         why = "an encoder" if not hasattr(model, "score") else "a different tokenizer"
         if cfg.critic:
             raise TetherError(f"critic {source}: a reward model with {why} cannot value the policy's tokens", fix="drop --set critic (the policy is used)")
@@ -118,7 +132,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         masked_whiten,
         truncated_is_weights,
     )
-    from tether.models import apply_lora, load_causal_lm, load_tokenizer, require_pad_token
+    from tether.models import apply_lora, load_causal_lm, load_tokenizer, refuse_adapter
     from tether.rewards import load_reward
     from tether.rollout import (
         VLLMSampler,
@@ -154,17 +168,17 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
     plan = plan_rollouts(cfg, len(prompts), accelerator.num_processes)
     total_steps, updates_per_rollout, minibatch = plan.total_steps, plan.updates_per_rollout, plan.minibatch
     checkpointer = Checkpointer(cfg, accelerator, data_digest=rows_digest(rows), total_steps=total_steps)  # checks the folder
-    reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16)
-    tokenizer = load_tokenizer(cfg.model)
-    require_pad_token(tokenizer, cfg.model)
+    reward = load_reward(cfg.reward, device=str(accelerator.device), batch_size=cfg.reward_batch_size, bf16=cfg.bf16, say=accelerator.print)
+    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=accelerator.print)
     # fp32 master weights; with bf16 the forward passes run under autocast (the frozen reference is bf16)
+    refuse_adapter(cfg.model)
     policy = load_causal_lm(cfg.model, bf16=False, gradient_checkpointing=cfg.gradient_checkpointing)
     disable_dropout(policy)
     policy = apply_lora(policy, cfg)
     reference = None
     if cfg.kl_coef > 0 and not cfg.lora_r:
         reference = load_causal_lm(cfg.model, bf16=cfg.bf16).to(accelerator.device).eval().requires_grad_(False)
-    critic, critic_note = load_critic(cfg, tokenizer, reward.reward_model_dirs)
+    critic, critic_note = load_critic(cfg, tokenizer, reward.reward_models)
     disable_dropout(critic)
     if cfg.lora_r:
         critic.model = apply_lora(critic.model, cfg, task_type="SEQ_CLS")

@@ -32,7 +32,7 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     """Train a reward model as ``cfg`` says and save it in ``cfg.output_dir``; returns the final metrics."""
     from accelerate.utils import gather_object
 
-    from tether.models import apply_lora, load_tokenizer, require_pad_token
+    from tether.models import apply_lora, load_tokenizer
     from tether.reward import RewardForward, disable_dropout, load_reward_backbone, raw_rewards
     from tether.training import (
         Checkpointer,
@@ -48,8 +48,7 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     accelerator, _, micro_batch = make_accelerator(cfg)
     say = accelerator.print
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    require_pad_token(tokenizer, cfg.model)
+    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=say)
     rows, eval_rows = _load_data(cfg)
     data = _tokenize(rows, tokenizer, cfg, say)
     n = len(data["lengths"])
@@ -126,8 +125,11 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - started
 
     # ---------------------------------------------------------------- normalize
-    # Mean 0 and std 1 over the reference completions (default: the training prompts' chosen ones), per output.
-    reference, reference_name = _reference_sequences(cfg, data, tokenizer, say)
+    # Mean 0 and std 1 over the reference completions (default: a seeded sample of at most normalize_max_rows of the
+    # training prompts' chosen ones), per output, as the trained model scores them.
+    reference, reference_name, available = _reference_sequences(cfg, data, tokenizer, say)
+    started_norm = time.perf_counter()
+    say(f"normalizing rewards: scoring {len(reference)}" + (f" of {available}" if available > len(reference) else "") + f" {reference_name} with the trained model")
     mine = list(range(accelerator.process_index, len(reference), accelerator.num_processes))
     scored = raw_rewards(forward, [reference[i] for i in mine], tokenizer.pad_token_id, cfg.eval_batch_size, accelerator.device)
     pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
@@ -138,7 +140,9 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
         "std": torch.where(std > 1e-8, std, torch.ones_like(std)).tolist(),
         "reference": reference_name,
         "n": len(ref_raw),
+        "of": available,
     }
+    say(f"normalization: raw mean {ref_raw.mean().item():.4g}, std {ref_raw.std().item() if len(ref_raw) > 1 else 1.0:.4g} over {len(ref_raw)} completions ({time.perf_counter() - started_norm:.1f}s)")
 
     # ---------------------------------------------------------------- save (and evaluate held-out rows)
     hf_model = accelerator.unwrap_model(forward).model
@@ -433,7 +437,9 @@ def _micro_batches(batch: list[int], lengths: list[int], micro_batch: int, max_t
     return [mine[i : i + size] for i in range(0, len(mine), size)]
 
 
-def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, say: Any) -> tuple[list[list[int]], str]:
+def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, say: Any) -> tuple[list[list[int]], str, int]:
+    """The token ids of the normalization's reference completions (a seeded random sample of at most
+    ``normalize_max_rows``), their name, and how many there were before sampling."""
     from tether.reward import encode_many
 
     if cfg.normalize_data is None:
@@ -449,6 +455,8 @@ def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any
         name = str(cfg.normalize_data)
         if not seqs:
             raise TetherError(f"no usable rows in {cfg.normalize_data} for the normalization", fix="check --set normalize_data")
-    if cfg.normalize_max_rows and len(seqs) > cfg.normalize_max_rows:
-        seqs = seqs[: cfg.normalize_max_rows]
-    return seqs, name
+    available = len(seqs)
+    if cfg.normalize_max_rows and available > cfg.normalize_max_rows:
+        picked = sorted(random.Random(cfg.seed + 2).sample(range(available), cfg.normalize_max_rows))
+        seqs = [seqs[i] for i in picked]
+    return seqs, name, available

@@ -44,15 +44,16 @@ def split_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
 def encode_texts(tokenizer: Any, prompts: list[Any], completions: list[Any]) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of prompts and their completions (batched through the fast tokenizer).
 
-    Message lists render through the chat template (the prompt with the generation prompt, the completion as the
-    assistant turn the template writes, EOS included); plain strings are tokenized as they are, the prompt with the
-    tokenizer's special tokens (BOS) and the completion followed by EOS.
+    What the chat template renders (conversations; plain-text prompts too on chat models, see tether.models) is
+    the prompt with the generation prompt and the completion as the assistant turn the template writes, its
+    end-of-turn token included; plain text is tokenized as it is, the prompt with the tokenizer's special tokens
+    (BOS) and the completion followed by EOS.
     """
-    from tether.models import render_completion, render_prompt
+    from tether.models import render_completion, render_prompt, uses_template
 
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     completion_texts = [render_completion(tokenizer, p, c) for p, c in zip(prompts, completions)]
-    plain = [isinstance(p, str) for p in prompts]
+    plain = [not uses_template(tokenizer, p) for p in prompts]
     prompt_ids = [[] for _ in prompts]
     for flag in (True, False):  # special tokens only for plain prompts (chat templates write their own)
         idx = [i for i, f in enumerate(plain) if f == flag]
@@ -63,7 +64,7 @@ def encode_texts(tokenizer: Any, prompts: list[Any], completions: list[Any]) -> 
     completion_ids = [list(ids) for ids in tokenizer(completion_texts, add_special_tokens=False)["input_ids"]]
     eos = tokenizer.eos_token_id
     for ids, completion in zip(completion_ids, completions):
-        if isinstance(completion, str) and eos is not None and (not ids or ids[-1] != eos):
+        if not uses_template(tokenizer, completion) and eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)
     return prompt_ids, completion_ids
 
@@ -92,6 +93,18 @@ def encode_sft_rows(tokenizer: Any, rows: list[dict[str, Any]], max_length: int)
             examples.append((cut, c))
             kept.append(i)
     return examples, kept
+
+
+def skip_ties(rows: list[dict[str, Any]], reading: str, say: Any = print) -> tuple[list[dict[str, Any]], int]:
+    """The rows that are not ties, and how many ties were skipped (with a note). A tie (``"tie": true``) says neither
+    answer is better; ``reading`` says how the trainer would misread it (e.g. "DPO would read it as chosen > rejected")."""
+    kept = [row for row in rows if not row.get("tie")]
+    ties = len(rows) - len(kept)
+    if ties:
+        say(f"note: skipped {ties} tie(s) of {len(rows)} rows: a tie prefers neither answer ({reading}); counted as ties_skipped in tether.json")
+    if rows and not kept:
+        raise TetherError(f"all {len(rows)} rows are ties: nothing says which answer is better", fix="give preference rows with a winner, or a snapshot made without --keep-ties")
+    return kept, ties
 
 
 def check_kept(n_rows: int, n_kept: int, cfg: TrainConfig, what: str) -> None:
@@ -319,8 +332,9 @@ def save_policy(accelerator: Any, policy: Any, tokenizer: Any, cfg: Any, *, kind
 
 
 def load_policy(cfg: Any, tokenizer: Any) -> Any:
-    from tether.models import apply_lora, load_causal_lm
+    from tether.models import apply_lora, load_causal_lm, refuse_adapter
 
+    refuse_adapter(cfg.model)
     model = load_causal_lm(cfg.model, bf16=False, gradient_checkpointing=cfg.gradient_checkpointing)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise TetherError(f"the tokenizer of {cfg.model} has {len(tokenizer)} tokens, more than the model's embeddings", fix="save the model and tokenizer together")
@@ -335,7 +349,7 @@ def load_policy(cfg: Any, tokenizer: Any) -> Any:
 def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.data``; returns the final metrics. ``stop_after`` ends the run after that
     step without saving the model (a simulated preemption, for resume tests)."""
-    from tether.models import load_tokenizer, require_pad_token
+    from tether.models import load_tokenizer
     from tether.store.formats import load_rows, rows_digest
     from tether.training import (
         Checkpointer,
@@ -352,10 +366,10 @@ def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any
     # --- setup -----------------------------------------------------------------------------------------------
     accelerator, n_micro, _ = make_accelerator(cfg)
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    require_pad_token(tokenizer, cfg.model)
+    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=accelerator.print)
     rows = load_rows(cfg.data, "sft")
     data_digest = rows_digest(rows)
+    rows, ties = skip_ties(rows, "SFT would learn its chosen answer as a good one", accelerator.print)  # preference rows: their chosen answers
     examples, kept = encode_sft_rows(tokenizer, rows, cfg.max_length)
     check_kept(len(rows), len(kept), cfg, "example")
     lengths = [len(p) + len(c) for p, c in examples]
@@ -419,5 +433,5 @@ def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any
 
     # --- save ------------------------------------------------------------------------------------------------
     logger.close()
-    save_policy(accelerator, policy, tokenizer, cfg, kind="sft", data_digest=data_digest, metrics=metrics, extra={"examples": len(examples)})
+    save_policy(accelerator, policy, tokenizer, cfg, kind="sft", data_digest=data_digest, metrics=metrics, extra={"examples": len(examples), "ties_skipped": ties})
     return metrics

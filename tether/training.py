@@ -599,7 +599,7 @@ def save_model_dir(
     accelerator: Any = None,
 ) -> Path:
     """An ordinary Hugging Face directory plus ``tether.json`` (kind, base model, data digest, lineage, config,
-    metrics; the lineage as tether.registry.model_lineage writes it)."""
+    metrics, the prompt format of tether.models; the lineage as tether.registry.model_lineage writes it)."""
     from tether.registry import model_lineage
 
     output_dir = Path(output_dir)
@@ -622,6 +622,10 @@ def save_model_dir(
         "metrics": metrics,
         **(extra or {}),
     }
+    if tokenizer is not None:  # how its prompts were rendered: later runs, sampling and scoring render them the same way
+        from tether.models import prompt_format
+
+        meta["prompt_format"] = prompt_format(tokenizer)
     (output_dir / TETHER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return output_dir
 

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 @eval_app.command("reward")
 def eval_reward_command(
-    model: Annotated[Path, typer.Option("--model", help="A reward model folder written by `tether train reward`.")],
+    model: Annotated[str, typer.Option("--model", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model); a rating model's aspects combine as DIR:helpful=1,harm=-1.")],
     data: Annotated[str, typer.Option("--data", help="Preference rows (prompt/chosen/rejected): a file or snapshot:NAME.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 32,
     as_json: JsonFlag = False,
@@ -32,7 +32,7 @@ def eval_reward_command(
     from tether.store.formats import load_rows
 
     rows = load_rows(data, "preference")
-    report = evaluate_reward(model, rows, batch_size=batch_size)
+    report = evaluate_reward(model, rows, batch_size=batch_size, say=lambda m: typer.echo(m, err=True))
     if as_json:
         emit_json(report)
         return
@@ -49,15 +49,17 @@ def eval_reward_command(
 
 
 def score_command(
-    model: Annotated[Path, typer.Option("--model", help="A reward model folder written by `tether train reward`.")],
-    data: Annotated[Path, typer.Option("--data", help="Rows to score: prompt+completion, messages, or prompt/chosen/rejected (.jsonl/.json/.parquet).")],
+    model: Annotated[str, typer.Option("--model", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model); a rating model's aspects combine as DIR:helpful=1,harm=-1.")],
+    data: Annotated[str, typer.Option("--data", help="Rows to score: prompt+completion, messages, or prompt/chosen/rejected: a file (.jsonl/.json/.parquet) or snapshot:NAME.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the rows, as JSONL, with the reward added.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 32,
 ) -> None:
     """Score rows with a reward model: adds `reward` (and `reward_std` for ensembles) to each row.
 
     Preference rows get `reward_chosen` and `reward_rejected`. Rewards are normalized (mean 0, std 1 on the
-    training prompts' chosen completions).
+    training prompts' chosen completions). A rating model writes every aspect (`reward_aspects`, or
+    `reward_aspects_chosen` / `_rejected`), and `reward` too when its aspects' weights are given
+    (DIR:helpful=1,harm=-1, negative where higher is worse).
 
     Example:  tether score --model rm --data completions.jsonl -o scored.jsonl
     """
@@ -66,13 +68,19 @@ def score_command(
     from tether.cli.common import require_file
     from tether.errors import TetherError
     from tether.reward import RewardModel
-    from tether.store.formats import preference_row, read_records
+    from tether.store.formats import preference_row, read_records, read_snapshot_rows, resolve_snapshot
 
-    require_file(data, "data file")
-    records = [record for _, record in read_records(data)]
+    if data.startswith("snapshot:"):
+        source = resolve_snapshot(data.split(":", 1)[1])
+        records = read_snapshot_rows(source)
+    else:
+        source = Path(data)
+        require_file(source, "data file")
+        records = [record for _, record in read_records(source)]
     if not records:
         raise TetherError(f"{data}: no records", fix="point --data at a file with rows")
-    rm = RewardModel.load(model)
+    note = lambda message: typer.echo(message, err=True)  # noqa: E731
+    rm = RewardModel.load(model, say=note)
     jobs: list[tuple[int, str, object, object]] = []  # (row, field, prompt, completion)
     for number, record in enumerate(records):
         if "completion" in record and "prompt" in record:
@@ -91,15 +99,23 @@ def score_command(
                 f"{data}: record {number + 1} has no prompt+completion, messages, or chosen+rejected",
                 fix="give rows like {\"prompt\": ..., \"completion\": ...}",
             )
-    mean, spread = rm.score_with_spread([j[2] for j in jobs], [j[3] for j in jobs], batch_size)
-    for (number, field, _, _), value, std in zip(jobs, mean, spread):
-        records[number][field] = float(value)
-        if rm.ensemble > 1:
-            records[number][field.replace("reward", "reward_std", 1)] = float(std)
+    several = len(rm.aspects) > 1
+    combined = not several or rm.aspect_weights is not None
+    normalized = rm.normalized_scores([j[2] for j in jobs], [j[3] for j in jobs], batch_size)  # (N, K, A)
+    members = rm.combine(normalized) if combined else None  # (N, K)
+    for i, (number, field, _, _) in enumerate(jobs):
+        if several:  # every aspect, ensemble mean
+            records[number][field.replace("reward", "reward_aspects", 1)] = {a: float(normalized[i, :, k].mean()) for k, a in enumerate(rm.aspects)}
+        if members is not None:
+            records[number][field] = float(members[i].mean())
+            if rm.ensemble > 1:
+                records[number][field.replace("reward", "reward_std", 1)] = float(members[i].std())
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if not combined:
+        note(f"note: {rm.source} rates {len(rm.aspects)} aspects ({', '.join(rm.aspects)}): each is written; give their weights for one reward, e.g. --model {rm.source}:{rm.aspects[0]}=1,{rm.aspects[1]}=-1")
     typer.echo(f"scored {len(records)} rows -> {output}")
 
 
@@ -107,11 +123,12 @@ def score_command(
 def eval_policy_command(
     policy: Annotated[Path, typer.Option("--policy", help="The tuned policy folder.")],
     baseline: Annotated[Path, typer.Option("--baseline", help="The policy to compare with (e.g. the SFT model).")],
-    reward: Annotated[Path, typer.Option("--reward", help="A reward model folder (`tether train reward`): judges the win-rate.")],
+    reward: Annotated[str, typer.Option("--reward", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model): judges the win-rate; a rating model as DIR:helpful=1,harm=-1.")],
     prompts: Annotated[Path, typer.Option("--prompts", help="Held-out prompts: JSONL/JSON/CSV/parquet rows with a `prompt` field.")],
     rules: Annotated[Path | None, typer.Option("--rules", help="A rules YAML (tether.rules); pii and forbidden rules count as violations. Default: personal data.")] = None,
     redteam: Annotated[Path | None, typer.Option("--redteam", help="Red-team prompts: a folder like ../shared/data/redteam (SimpleSafetyTests, AdvBench, XSTest) or a CSV/JSONL.")] = None,
-    template: Annotated[str, typer.Option("--template", help="How red-team prompts are wrapped for the policy, e.g. 'Customer: {prompt}\\nAgent:'.")] = "{prompt}",
+    template: Annotated[str, typer.Option("--template", help="Text wrapped around each red-team prompt first, e.g. 'Customer: {prompt}\\nAgent:' (then the chat template, see --chat-template).")] = "{prompt}",
+    chat_template: Annotated[bool | None, typer.Option("--chat-template/--no-chat-template", help="Send plain-text prompts (held-out and red-team) through each model's chat template as a user turn, or as they are. Default: as each model was trained (its tether.json), else the template when it has one.")] = None,
     n_prompts: Annotated[int | None, typer.Option("--n-prompts", min=1, help="Use the first N prompts only.")] = None,
     n_redteam: Annotated[int, typer.Option("--n-redteam", min=1, help="Prompts drawn from each red-team set.")] = 50,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens sampled per reply.")] = 64,
@@ -138,7 +155,7 @@ def eval_policy_command(
     sets = load_redteam(redteam) if redteam is not None else None
     say = (lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True))
     result = evaluate_policy(
-        policy, baseline, reward, prompt_list, rules=rules, redteam=sets, template=template, n_redteam=n_redteam,
+        policy, baseline, reward, prompt_list, rules=rules, redteam=sets, template=template, chat_template=chat_template, n_redteam=n_redteam,
         max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed, say=say,
     )
     result["policy"], result["baseline"], result["reward"] = str(policy), str(baseline), str(reward)
@@ -152,9 +169,9 @@ def eval_policy_command(
         from tether.registry import record_eval
         from tether.workspace import open_workspace
 
-        figures = {"win_rate": result["win_rate"], "violation_rate": result["violation_rate_policy"], "length": result["length_policy"]}
-        if result.get("kl") is not None:
-            figures["kl"] = result["kl"]
+        figures: dict[str, float | None] = {"win_rate": result["win_rate"], "violation_rate": result["violation_rate_policy"], "length": result["length_policy"]}
+        # the KL a gate may read: a negative estimate counts as its upper bound, or as no figure (kl_reading)
+        figures["kl"] = result.get("kl_gate") if result.get("kl") is not None else None
         for name, cell in (result.get("redteam") or {}).items():
             figures[f"refusal_rate_{name}"] = cell["refusal_rate_policy"]
         record_eval(open_workspace(), record, figures)

@@ -118,8 +118,10 @@ def train_sft_command(
 ) -> None:
     """Supervised fine-tuning; the loss is on the completion (last assistant turn) only. Saves a HF folder + tether.json.
 
-    Conversations go through the tokenizer's chat template (or Tether's default template, tether.tiny, when the
-    tokenizer has none). Several processes/GPUs: `accelerate launch -m tether train sft ...`.
+    Prompts go through the tokenizer's chat template, plain-text ones as a user turn (--set chat_template=false:
+    as they are); a tokenizer without a template gets plain text; the run says which in one line. Preference rows
+    train on their chosen answer, ties skipped and counted. A tokenizer without a pad token pads with EOS.
+    Several processes/GPUs: `accelerate launch -m tether train sft ...`.
 
     Example:  tether train sft --model ./base --data demos.jsonl --output-dir sft --epochs 2 --batch-size 16
     """
@@ -161,8 +163,10 @@ def train_dpo_command(
 ) -> None:
     """Preference optimization on pairs with DPO, IPO or cDPO; no reward model. Saves a HF folder + tether.json.
 
-    Reference log-probs are computed once and cached (--set precompute_ref=false computes them each step).
-    Several processes/GPUs: `accelerate launch -m tether train dpo ...`.
+    Ties ("tie": true, `data snapshot --keep-ties`) are skipped and counted (ties_skipped in tether.json), never
+    read as chosen > rejected. Reference log-probs are computed once and cached (--set precompute_ref=false computes
+    them each step). Chat templates and pad tokens as in `train sft`. Several processes/GPUs: `accelerate launch -m
+    tether train dpo ...`.
 
     Example:  tether train dpo --model ./sft --data snapshot:prefs --output-dir dpo --loss dpo --beta 0.1 --lora-r 16
     """
@@ -183,7 +187,7 @@ def train_dpo_command(
 @train_app.command("kto")
 def train_kto_command(
     model: PolicyModel = None,
-    data: Annotated[str | None, typer.Option("--data", help="Unpaired rows {prompt, completion, label: true/false} (thumbs up/down): a file or snapshot:NAME. Required (here or in --config).")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Unpaired rows {prompt, completion, label: true/false} (thumbs up/down), or preference pairs (each split into a desirable and an undesirable example, ties skipped): a file or snapshot:NAME. Required (here or in --config).")] = None,
     output_dir: OutputDir = None,
     beta: Beta = None,
     desirable_weight: Annotated[float | None, typer.Option("--desirable-weight", help="lambda_D, the weight of thumbs-up examples.")] = None,
@@ -226,7 +230,7 @@ def train_kto_command(
 # --- ppo / grpo / rloo (online RL) ---------------------------------------------------------------------------
 RewardSpecs = Annotated[
     list[str] | None,
-    typer.Option("--reward", help="A reward SPEC, repeatable (summed): a reward-model folder, rules:FILE.yaml or py:FILE.py:FUNCTION; weight one with SPEC@W. Required (here or in --config)."),
+    typer.Option("--reward", help="A reward SPEC, repeatable (summed): a reward-model folder (a rating model with its aspects' weights, DIR:helpful=1,harm=-1), rules:FILE.yaml or py:FILE.py:FUNCTION; weight one with SPEC@W. Required (here or in --config)."),
 ]
 Prompts = Annotated[str | None, typer.Option("--prompts", help="Prompt rows {prompt: text or messages}: a file or snapshot:NAME. Required (here or in --config).")]
 GroupSize = Annotated[int | None, typer.Option("--group-size", help="Completions sampled per prompt (--batch-size counts completions).")]

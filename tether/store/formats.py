@@ -782,7 +782,10 @@ def _canonical(record: dict[str, Any], kind: str) -> dict[str, Any]:
             return {"prompt": record["prompt"], "completion": record["completion"]}
         if "prompt" in record and "chosen" in record:  # preference data: train on the chosen answer
             row = preference_row(record)
-            return {"prompt": row["prompt"], "completion": row["chosen"]}
+            sft = {"prompt": row["prompt"], "completion": row["chosen"]}
+            if row.get("tie"):  # a tie's "chosen" is no better than the other answer: trainers skip and count it
+                sft["tie"] = True
+            return sft
         raise ValueError("expected 'messages', or 'prompt' and 'completion'")
     if kind == "unpaired":
         if not {"prompt", "completion", "label"} <= record.keys():
