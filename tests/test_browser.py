@@ -129,6 +129,7 @@ def test_admin_creates_project_and_annotator_judges_with_keyboard(chromium_path,
             page.goto(base + "/annotate")
             with page.expect_navigation():
                 page.click("text=helpfulness-v1")
+            page.keyboard.press("Enter")  # the Start button: opening a project assigns nothing (d11a150)
             page.wait_for_selector("#workspace[data-assignment]")
             keys = ["1", "4", "6"]  # A much better; tie; B better (in shown sides)
             for number, key in enumerate(keys):
