@@ -171,6 +171,13 @@ def test_rl_and_eval_refuse_a_rating_model_without_weights_and_use_them_when_giv
     assert {"reward/rm", "reward/rm/helpful", "reward/rm/harm"} <= set(metrics)
 
 
+def test_lineage_finds_reward_models_named_by_a_weighted_or_aspect_spec(rating_rm, tiny_rm_dir, tiny_lm_dir):
+    from tether.registry import model_lineage
+
+    lineage = model_lineage({"model": str(tiny_lm_dir), "prompts": "p.jsonl", "reward": [f"{tiny_rm_dir}@0.5", f"{rating_rm}:helpful=1,harm=-1", "rules:r.yaml"]})
+    assert [(i["role"], i["path"]) for i in lineage["inputs"]] == [("reward", str(tiny_rm_dir.resolve())), ("reward", str(rating_rm.resolve()))]
+
+
 def test_a_ppo_critic_started_from_a_rating_model_reads_the_weighted_reward(rating_rm, tiny_lm_dir, tmp_path):
     import torch
 

@@ -380,6 +380,8 @@ def model_lineage(config: dict[str, Any], *, database_url: str | None = None, _s
     for role, key in INPUT_FIELDS:
         values = config.get(key)
         for value in values if isinstance(values, list) else [values]:
+            if role == "reward" and isinstance(value, str):
+                value = _reward_folder(value)  # a SPEC: DIR, DIR@W, DIR:ASPECT=W,... (rules: and py: are no models)
             if not isinstance(value, str) or value.startswith("rules:") or not (Path(value) / "tether.json").is_file():
                 continue
             path = str(Path(value).resolve())
@@ -390,6 +392,17 @@ def model_lineage(config: dict[str, Any], *, database_url: str | None = None, _s
             inputs.append({"role": role, "path": path, "fingerprint": fingerprint(Path(value)), "kind": meta.get("kind"),
                            "snapshot": upstream.get("snapshot"), "inputs": upstream.get("inputs") or []})
     return {"snapshot": snapshot, "inputs": inputs}
+
+
+def _reward_folder(spec: str) -> str | None:
+    """The reward-model folder a ``--reward`` SPEC names, or None (rules, Python functions, a SPEC that does not parse)."""
+    from tether.rewards import parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+    except TetherError:
+        return None
+    return str(parsed.path) if parsed.kind == "model" else None
 
 
 def _digest_now(name: str, database_url: str | None) -> str | None:

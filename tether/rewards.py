@@ -26,11 +26,12 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import TetherError
+
+if TYPE_CHECKING:  # torch is imported where scores are computed: parsing a SPEC stays light
+    import torch
 
 
 @dataclass
@@ -113,6 +114,8 @@ class Reward:
         tokenizer does); ``prompt_texts`` rendered for the policy (Python functions get them for conversations);
         ``completions`` decoded text.
         Returns scores (B,) float32 and the per-component metrics."""
+        import torch
+
         total = torch.zeros(len(completions))
         metrics: dict[str, float] = {}
         for spec, scorer in zip(self.specs, self.scorers):
@@ -136,6 +139,8 @@ class Reward:
 
     @staticmethod
     def _call_function(spec: RewardSpec, function: Any, prompt_texts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        import torch
+
         try:
             values = function(list(prompt_texts), list(completions))
         except Exception as exc:
