@@ -93,6 +93,34 @@ def test_completions_stop_at_the_first_eos(lm):
     assert rollout.completion_texts[0] == tokenizer.decode([20, 21])  # EOS is not part of the text
 
 
+def test_a_sampled_nul_token_never_reaches_the_store(lm, db_url):
+    """A byte-level model can sample the NUL byte; the store refuses NUL (PostgreSQL cannot hold it), so the
+    demo's queue stopped with "completions[1].text holds a NUL character". Sampled text is cleaned once, where
+    tokens become text, and the queued pair stores."""
+    from tether.store import annotation
+    from tether.store.db import session_scope
+
+    _, tokenizer = lm
+    (nul,) = tokenizer("\x00", add_special_tokens=False)["input_ids"]
+    assert "\x00" in tokenizer.decode([nul])  # the tiny tokenizer can spell NUL
+    hi = tokenizer("Hi", add_special_tokens=False)["input_ids"]
+    rollout = build_rollout(tokenizer, ["a"], ["a"], [[10]], [hi + [nul] + hi])
+    assert rollout.completion_texts == ["HiHi"]
+    with session_scope(db_url) as session:
+        project = annotation.create_project(session, name="nul", schema={"kind": "pairwise"}, overlap=1, actor="t")
+        counts = annotation.add_items(session, project=project, rows=[
+            {"prompt": "a", "completions": [{"text": rollout.completion_texts[0]}, {"text": "other"}]}], actor="t")
+    assert counts["items"] == 1
+
+
+def test_model_text_keeps_clean_text_and_cleans_the_rest():
+    from tether.inputs import find_unstorable, model_text
+
+    assert model_text("plain") == "plain" and model_text("caf\u00e9 \U0001F600") == "caf\u00e9 \U0001F600"
+    assert model_text("a\x00b\ud800c") == "ab\ufffdc"
+    assert find_unstorable(model_text("\x00\udfff"), "t") is None
+
+
 def test_log_probs_ignore_left_padding_and_use_the_temperature(lm):
     """A padded row's completion log-probs equal those of the same row alone (positions skip the padding), and
     temperature T gives log_softmax(logits / T)."""

@@ -96,3 +96,14 @@ def require_storable(value: Any, what: str) -> Any:
     if problem is not None:
         raise TetherError(problem, fix=FIX)
     return value
+
+
+def model_text(text: str) -> str:
+    """A model's decoded output made storable: NUL characters dropped, lone surrogates replaced by U+FFFD.
+
+    Unlike data from outside, which is refused, text Tether samples from a model is cleaned: a small or byte-level
+    model can emit a NUL byte token, and a reply that cannot be stored would stop a run (the demo's queue, a round
+    of the loop) over a character nobody can see. The cleaned text is what rewards score and people judge."""
+    if _string_problem(text) is None:
+        return text
+    return _BAD_CHAR.sub(lambda bad: "" if bad.group() == "\x00" else "\ufffd", text)

@@ -197,6 +197,7 @@ def build_rollout(
     sampler_logps: Sequence[list[float]] | None = None,
 ) -> Rollout:
     """The padded record from per-row token lists; each completion is cut after its first EOS."""
+    from tether.inputs import model_text
     from tether.training import pad_left
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -216,7 +217,8 @@ def build_rollout(
         if logps is not None:
             logps[i, : len(row)] = torch.tensor(list(sampler_logps[i])[: len(row)], dtype=torch.float32)
     p_ids, p_mask = pad_left([list(p) for p in prompt_ids], pad)
-    texts = tokenizer.batch_decode([r[:-1] if ended else r for r, ended in zip(cut, has_eos)], skip_special_tokens=True)
+    decoded = tokenizer.batch_decode([r[:-1] if ended else r for r, ended in zip(cut, has_eos)], skip_special_tokens=True)
+    texts = [model_text(t) for t in decoded]  # a NUL token would make the text unstorable
     return Rollout(p_ids, p_mask, ids, mask, torch.tensor(has_eos), list(prompts), list(prompt_texts), texts, logps)
 
 
