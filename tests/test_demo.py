@@ -75,7 +75,7 @@ def test_demo_rejects_an_unknown_algorithm(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path):
+def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path, monkeypatch):
     from tether.registry import lineage
     from tether.report import external_references
     from tether.workspace import open_workspace
@@ -96,3 +96,23 @@ def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path):
     # the judgments the snapshot used, recorded with it: the spammer's were left out
     assert info["judgments"]["recorded"] and info["judgments"]["count"] == info["judgments"]["used"] > 0
     assert "ann-spammer" in info["judgments"]["excluded"] and "ann-spammer" not in info["judgments"]["annotators"]
+
+    # The demo's own workspace, after one annotator asks to be forgotten: its judgments are stamped by the simulated
+    # clock after the snapshot was made, yet the snapshot is marked (by lineage); both models are flagged, the
+    # champion cannot be promoted again, and the name leaves the report, the run records and the registry.
+    monkeypatch.setenv("TETHER_HOME", out["workspace"])
+    monkeypatch.delenv("TETHER_DATABASE_URL", raising=False)
+    result = cli("data", "purge", "--annotator", "ann-expert", "--yes")
+    assert result.code == 0, result.stderr
+    assert f"marked 1 snapshot(s) as purged: {out['snapshot']['name']}" in result.stdout
+    assert "regenerated 1 report(s)" in result.stdout
+    lineage_text = cli("registry", "lineage", out["registry"]["policy"]).stdout
+    assert lineage_text.startswith(f"PURGED DATA: {out['registry']['policy']} rests (through {out['registry']['reward_model']})")
+    refused = cli("registry", "promote", out["registry"]["policy"], "--to", "champion")
+    assert refused.code == 2 and "built from purged data" in refused.stderr
+    run_dir = Path(out["workspace"]) / "artifacts" / "demo" / out["project"]
+    for path in (Path(out["report"]), run_dir / "evaluation.json", run_dir / "summary.jsonl"):
+        assert "ann-expert" not in path.read_text(encoding="utf-8"), path
+    assert "Annotators and quality control" in Path(out["report"]).read_text(encoding="utf-8")
+    assert "ann-expert" not in cli("registry", "show", out["registry"]["reward_model"]).stdout
+

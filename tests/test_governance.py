@@ -293,3 +293,49 @@ def test_pseudonyms_are_keyed_and_rewrite_only_person_fields(cli, workspace):
     assert gold == [{"value": {"choice": "a", "strength": 2, "flags": []}}]
     dump = everything(url)
     assert "sim:a'" not in dump and alias["a"] in dump and alias["annotator"] in dump
+
+
+def test_purge_scrubs_the_registry_and_the_run_records(cli, workspace, tmp_path):
+    """The purged name leaves the registry (tags, description, model_card.md) and the demo's run records
+    (evaluation.json, summary.jsonl); where it is data, not a person field (a prompt that happens to read like a
+    name), it stays. A report Tether did not write is listed, not rewritten."""
+    from tether.registry import register_model, show
+    from tether.simulate import SimAnnotator, simulate
+
+    name = "ann-2"
+    simulate(workspace.database_url, name="camp", n_items=4, overlap=3, gold_rate=0.0, seed=4,
+             annotators=[SimAnnotator(f"ann-{n}") for n in (1, 2, 3)])
+    folder = tmp_path / "rm"
+    folder.mkdir()
+    (folder / "tether.json").write_text(json.dumps({"kind": "reward", "config": {}}))
+    register_model(workspace, folder, name="scrub-reward", data_summary={"annotators": {"ann-1": 4, name: 4}, "flagged_by_qc": [name]})
+    run_dir = workspace.artifacts / "demo" / "camp"
+    run_dir.mkdir(parents=True)
+    summary = {"annotators": {name: {"judgments": 4}, "ann-1": {"judgments": 4}}, "qc": {"flagged": [name]},
+               "stages": [{"number": 3, "detail": f"ann-1: 4, {name}: 4", "notes": [f"{name} answered fast"]}]}
+    (run_dir / "evaluation.json").write_text(json.dumps({"summary": summary, "evaluation": {"prompts": [name]},
+                                                         "qc": {"annotators": [{"annotator": name, "role": name}]}}))
+    (run_dir / "summary.jsonl").write_text(json.dumps(summary) + "\n")
+    other = workspace.reports_dir / "notes.html"
+    other.write_text(f"<html><body><td>{name}</td></body></html>")
+
+    result = cli("data", "purge", "--annotator", name, "--yes", "--json")
+    assert result.code == 0, result.stderr
+    out = json.loads(result.stdout)
+    alias = out["pseudonym"]
+    assert out["workspace"] == {"model_versions": ["scrub-reward/1"], "files": ["artifacts/demo/camp/evaluation.json", "artifacts/demo/camp/summary.jsonl"],
+                                "reports": [], "left": ["artifacts/reports/notes.html"]}
+    info = show(workspace, "scrub-reward/1")
+    assert json.loads(info["tags"]["tether.data"]) == {"annotators": {"ann-1": 4, alias: 4}, "flagged_by_qc": [alias]}
+    assert f"{alias} (4)" in info["card"] and name not in info["card"]
+    cards = list((workspace.artifacts / "mlruns").rglob("model_card.md"))
+    assert cards and all(name not in c.read_text() for c in cards)
+    assert name not in everything(f"sqlite:///{workspace.root / 'mlflow.db'}")
+    saved = json.loads((run_dir / "evaluation.json").read_text())
+    assert saved["evaluation"] == {"prompts": [name]}  # data, not a person field
+    assert saved["qc"]["annotators"] == [{"annotator": alias, "role": name}]
+    assert saved["summary"]["stages"][0] == {"number": 3, "detail": f"ann-1: 4, {alias}: 4", "notes": [f"{alias} answered fast"]}
+    assert name not in (run_dir / "summary.jsonl").read_text() and name in other.read_text()
+    preview = cli("data", "purge", "--annotator", "ann-1").stdout  # a preview says what it would rewrite, and does not
+    assert "would replace the name in 1 registry version(s) (tags, model cards) and 2 run record(s)" in preview
+    assert "ann-1" in (run_dir / "summary.jsonl").read_text() and "ann-1" in show(workspace, "scrub-reward/1")["card"]

@@ -381,6 +381,10 @@ def test_from_a_purged_annotator_to_a_refused_promotion(cli, workspace, shared_d
     assert info["purged"] and info["purges"][0]["snapshot"] == name and info["purges"][0]["via"] == ["walk-reward/1"]
     assert info["judgments"]["purged"] == theirs and info["judgments"]["count"] == remaining
 
+    versions = json.loads(cli("registry", "list", "--json").stdout)["versions"]
+    assert {v["version"]: v["purged_data"] for v in versions} == {"walk-dpo/1": True, "walk-policy/1": True, "walk-reward/1": True}
+    rows = [line for line in cli("registry", "list").stdout.splitlines() if line.startswith(" walk-")]
+    assert len(rows) == 3 and all("PURGED" in line for line in rows)
     refused = cli("registry", "approve", "walk-policy/1", "--admin", "boss")
     assert refused.code == 2 and "cannot approve walk-policy/1" in refused.stderr and "purged data" in refused.stderr
     assert "erasure request 7" in refused.stderr and "retrain on a new snapshot" in refused.stderr

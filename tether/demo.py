@@ -522,8 +522,8 @@ def _stage_register(ws: Any, rm_dir: Path, policy_dir: Path, sft_dir: Path, snap
     data = {
         "pairs": snapshot["row_count"],
         "aggregate": snapshot["aggregate"],
-        "annotators": ", ".join(f"{k} ({v})" for k, v in sorted(annotators.items())),
-        "flagged_by_qc": ", ".join(flagged) or "none",
+        "annotators": dict(sorted(annotators.items())),  # structured, so a purge can replace one name (tether.governance)
+        "flagged_by_qc": flagged,
         "task": "tether demo: customer-support replies (generated offline)",
     }
     rm_figures = {k.split("/", 1)[1]: v for k, v in rm_metrics.items() if k.startswith("eval/")}
@@ -574,6 +574,18 @@ def _ensure_admin(ws: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # The demo's report
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def rewrite_report(run_dir: Path, report_path: Path) -> None:
+    """Render a run's HTML report again from its ``evaluation.json`` (after a purge rewrote the names in it)."""
+    from tether.demo_task import DemoTask
+    from tether.report import read_metrics, write
+
+    saved = json.loads((Path(run_dir) / "evaluation.json").read_text(encoding="utf-8"))
+    out, result, qc_report = saved["summary"], saved["evaluation"], saved["qc"]
+    models = Path(run_dir) / "models"
+    policy_dir = models / f"policy-{out['algo']}"
+    write(report_path, demo_report(out, result, qc_report, read_metrics(policy_dir), read_metrics(models / "reward"), DemoTask(out["seed"])))
 
 STYLE_ORDER = ["good", "verbose", "off_topic", "unhelpful", "rude", "pii_leak", "policy_break", "other"]
 STYLE_COLORS = {

@@ -30,6 +30,7 @@ import csv
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -261,6 +262,118 @@ def _pseudonymize(session: Session, name: str, alias: str, dry_run: bool) -> int
                     for column, value in updates.items():
                         setattr(row, column, value)
     return changed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The workspace outside the store: the registry's tags and cards, the demo's reports
+# ---------------------------------------------------------------------------------------------------------------
+
+# Free-text fields of the demo's run records (stage results and notes) that list names as words.
+FREE_TEXT_FIELDS = frozenset({"detail", "notes"})
+
+
+def scrub_text(text: str, name: str, alias: str) -> str:
+    """``name`` as a whole word in free text ("bob" but not "bobby", "x/bob" or "bob@x")."""
+    return re.sub(r"(?<![\w/.@-])" + re.escape(name) + r"(?![\w/.@-])", alias, text)
+
+
+def _scrub_record(value: Any, name: str, alias: str) -> Any:
+    """A run record (JSON): its person fields, and the name as a word in its free-text fields."""
+    value = scrub_json(value, name, alias)
+    if isinstance(value, list):
+        return [_scrub_record(v, name, alias) for v in value]
+    if isinstance(value, dict):
+        return {k: (_free(v, name, alias) if k in FREE_TEXT_FIELDS else _scrub_record(v, name, alias)) for k, v in value.items()}
+    return value
+
+
+def _free(value: Any, name: str, alias: str) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value, name, alias)
+    if isinstance(value, list):
+        return [_free(v, name, alias) for v in value]
+    return value
+
+
+@dataclass
+class WorkspaceScrub:
+    """What ``scrub_workspace`` rewrote (or, with ``dry_run``, would rewrite) outside the store."""
+
+    model_versions: list[str] = field(default_factory=list)  # registry versions whose tags and card named the person
+    files: list[str] = field(default_factory=list)  # run records rewritten (evaluation.json, summary.jsonl)
+    reports: list[str] = field(default_factory=list)  # HTML reports regenerated from the rewritten records
+    left: list[str] = field(default_factory=list)  # files that still name the person (not Tether's to rewrite)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def scrub_workspace(ws: Any, name: str, alias: str, *, dry_run: bool = False) -> WorkspaceScrub:
+    """Replace ``name`` by ``alias`` outside the store: the registry (model version tags, descriptions, model
+    cards) and the demo's run records (``evaluation.json``, ``summary.jsonl``), whose HTML reports are then
+    regenerated (their plots name annotators too). Other reports that still name the person are listed."""
+    out = WorkspaceScrub()
+    if (Path(ws.root) / "mlflow.db").exists():
+        from tether.registry import scrub_registry
+
+        out.model_versions = scrub_registry(ws, lambda tags: _scrub_tags(tags, name, alias), dry_run=dry_run)
+    demo_root = Path(ws.artifacts) / "demo"
+    regenerate = []
+    for record in sorted(demo_root.glob("*/evaluation.json")) + sorted(demo_root.glob("*/summary.jsonl")):
+        text = record.read_text(encoding="utf-8")
+        if name not in text:
+            continue
+        if record.suffix == ".jsonl":
+            new = "".join(json.dumps(_scrub_record(json.loads(line), name, alias), ensure_ascii=False, default=str) + "\n" for line in text.splitlines() if line.strip())
+        else:
+            new = json.dumps(_scrub_record(json.loads(text), name, alias), ensure_ascii=False, default=str)
+        if new != text:
+            out.files.append(str(record.relative_to(ws.root)))
+            if not dry_run:
+                _replace(record, new)
+            if record.name == "evaluation.json":
+                regenerate.append(record.parent)
+    for run_dir in regenerate:
+        report = Path(ws.reports_dir) / f"{run_dir.name}.html"
+        if report.exists():
+            out.reports.append(str(report.relative_to(ws.root)))
+            if not dry_run:
+                from tether.demo import rewrite_report
+
+                rewrite_report(run_dir, report)
+    import html
+
+    needle = re.compile(r"(?<![\w/.@<-])" + re.escape(html.escape(name)) + r"(?![\w/.@-])")
+    for path in sorted(Path(ws.reports_dir).glob("*.html")):
+        if str(path.relative_to(ws.root)) not in out.reports and needle.search(re.sub(r"<[^>]*>", " ", path.read_text(encoding="utf-8", errors="replace"))):
+            out.left.append(str(path.relative_to(ws.root)))
+    return out
+
+
+def _scrub_tags(tags: dict[str, str], name: str, alias: str) -> dict[str, str]:
+    """A model version's tags with the person replaced: names in person tags, person fields in JSON tags."""
+    out = {}
+    for key, value in tags.items():
+        if key in ("tether.approved_by", "tether.promoted_by"):
+            out[key] = scrub_actor(value, name, alias)
+            continue
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            out[key] = value
+            continue
+        if isinstance(parsed, (dict, list)):
+            new = scrub_json(parsed, name, alias)
+            out[key] = value if new == parsed else json.dumps(new, sort_keys=True, default=str)
+        else:
+            out[key] = value
+    return out
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _note_purged_sets(session: Session, judgments_by_project: dict[int, int]) -> None:

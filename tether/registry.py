@@ -486,6 +486,10 @@ def model_card(ref: str, tags: dict[str, str]) -> str:
     if tags.get("tether.snapshot_digest"):
         lines.append(f"- Snapshot: `{tags.get('tether.snapshot', '?')}`, sha256 `{tags['tether.snapshot_digest']}`")
     for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} ({v})" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
         lines.append(f"- {key.replace('_', ' ')}: {value}")
     if len(lines) and lines[-1] == "":
         lines.append("- (no data recorded)")
@@ -534,23 +538,29 @@ def _json(text: str | None) -> Any:
 
 
 def list_versions(ws: Any) -> list[dict[str, Any]]:
-    """Every registered version, newest first per model: name, version, kind, aliases, figures."""
+    """Every registered version, newest first per model: name, version, kind, aliases, figures, and whether it
+    rests on purged data (``purged_data``)."""
+    from tether.store.db import session_scope
+
     client = _client(ws.root)
+    by_fp = _versions_by_fingerprint(client)
     out = []
-    for model in sorted(client.search_registered_models(), key=lambda m: m.name):
-        aliases = _aliases_by_version(model)
-        for mv in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: -int(v.version)):
-            tags = dict(mv.tags)
-            out.append(
-                {
-                    "version": _ref(mv),
-                    "kind": tags.get("tether.kind", "?"),
-                    "aliases": aliases.get(str(mv.version), []),
-                    "figures": _figures(tags),
-                    "approved_by": tags.get("tether.approved_by"),
-                    "registered_at": tags.get("tether.registered_at"),
-                }
-            )
+    with session_scope(ws.database_url, readonly=True) as session:
+        for model in sorted(client.search_registered_models(), key=lambda m: m.name):
+            aliases = _aliases_by_version(model)
+            for mv in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: -int(v.version)):
+                tags = dict(mv.tags)
+                out.append(
+                    {
+                        "version": _ref(mv),
+                        "kind": tags.get("tether.kind", "?"),
+                        "aliases": aliases.get(str(mv.version), []),
+                        "figures": _figures(tags),
+                        "approved_by": tags.get("tether.approved_by"),
+                        "registered_at": tags.get("tether.registered_at"),
+                        "purged_data": _lineage_of(client, session, mv, by_fp)["purged"],
+                    }
+                )
     return out
 
 
@@ -583,6 +593,30 @@ def show(ws: Any, ref: str) -> dict[str, Any]:
         "approved_by": tags.get("tether.approved_by"),
         "card": model_card(_ref(mv), tags),
     }
+
+
+def scrub_registry(ws: Any, rewrite: Any, *, dry_run: bool = False) -> list[str]:
+    """Apply ``rewrite`` (tags -> tags) to every version's tags; where it changes them, write the new tags and
+    regenerate the version's description and its ``model_card.md``. Returns the versions changed (tether.governance
+    uses it to take a purged person's name out of the registry)."""
+    client = _client(ws.root)
+    changed = []
+    for mv in sorted(client.search_model_versions(), key=lambda v: (v.name, int(v.version))):
+        tags = dict(mv.tags)
+        new = rewrite(tags)
+        if new == tags:
+            continue
+        changed.append(_ref(mv))
+        if dry_run:
+            continue
+        for key, value in new.items():
+            if tags.get(key) != value:
+                client.set_model_version_tag(mv.name, mv.version, key, value)
+        card = model_card(_ref(mv), new)
+        client.update_model_version(mv.name, mv.version, description=card[:4900])
+        if mv.run_id:
+            client.log_text(mv.run_id, card, "model_card.md")
+    return changed
 
 
 def local_path(ws: Any, ref: str) -> Path:
@@ -769,10 +803,13 @@ def lineage(ws: Any, ref: str) -> dict[str, Any]:
 
     client = _client(ws.root)
     mv = _resolve(client, ref)
-    chain: list[dict[str, Any]] = []
-    by_fp = _versions_by_fingerprint(client)
     with session_scope(ws.database_url, readonly=True) as session:
-        _walk_version(client, session, mv, 0, chain, by_fp, set())
+        return _lineage_of(client, session, mv, _versions_by_fingerprint(client))
+
+
+def _lineage_of(client: Any, session: Any, mv: Any, by_fp: dict[str, str]) -> dict[str, Any]:
+    chain: list[dict[str, Any]] = []
+    _walk_version(client, session, mv, 0, chain, by_fp, set())
     purges = []
     for i, step in enumerate(chain):
         if step["type"] not in ("model_version", "model_dir"):

@@ -87,16 +87,22 @@ def purge(
     """Delete one annotator's or one end user's data from every table, or what is past retention.
 
     The snapshots that used the deleted judgments are marked as purged (trainers refuse them; models trained on
-    them cannot be approved or promoted). Where earlier audit events and QC figures name the person, the name
-    becomes a pseudonym keyed with the workspace's pseudonym.key (or TETHER_PSEUDONYM_KEY), and one data.purge
-    event records the counts and the keyed hash of the name. Without --yes nothing changes: the command prints
-    what it would delete.
+    them cannot be approved or promoted). Where earlier audit events, QC figures, registry tags and model cards
+    and the demo's run records and reports name the person, the name becomes a pseudonym keyed with the
+    workspace's pseudonym.key (or TETHER_PSEUDONYM_KEY), and one data.purge event records the counts and the
+    keyed hash of the name. Without --yes nothing changes: the command prints what it would delete.
 
     Example:  tether data purge --annotator alice --reason "GDPR request 1234" --yes
     """
     from tether.cli.common import emit_json, workspace_url
     from tether.errors import TetherError
-    from tether.governance import purge_annotator, purge_expired, purge_user_ref, retention_days
+    from tether.governance import (
+        purge_annotator,
+        purge_expired,
+        purge_user_ref,
+        retention_days,
+        scrub_workspace,
+    )
     from tether.store.db import session_scope
 
     chosen = [name for name, on in (("--annotator", annotator is not None), ("--user-ref", user_ref is not None), ("--expired", expired)) if on]
@@ -107,15 +113,18 @@ def purge(
     if expired and days is None:
         raise TetherError("no retention period is set", fix="set retention_days under [governance] in tether.toml, e.g. retention_days = 365")
     common = {"root": ws.root, "dry_run": not yes, "delete_snapshot_files": delete_snapshot_files}
+    scrubbed = None
     with session_scope(url) as session:
         if annotator is not None:
             result = purge_annotator(annotator, session=session, reason=reason, key=ws.pseudonym_key(), **common)
+            # before the store commits: should this fail, the purge is undone and can run again
+            scrubbed = scrub_workspace(ws, annotator, result.pseudonym or "", dry_run=not yes)
         elif user_ref is not None:
             result = purge_user_ref(user_ref, session=session, reason=reason, key=ws.pseudonym_key(), **common)
         else:
             result = purge_expired(days, session=session, **common)
     if json_out:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **({"workspace": scrubbed.to_dict()} if scrubbed else {})})
         return
     verb = "deleted" if yes else "would delete"
     counts = ", ".join(f"{table} {n:,}" for table, n in result.deleted.items()) or "nothing"
@@ -132,5 +141,13 @@ def purge(
             f"{'pseudonymized' if yes else 'would pseudonymize'} the name as {result.pseudonym} in "
             f"{result.audit_events_pseudonymized} audit event(s) and snapshot/metadata row(s)"
         )
+    if scrubbed and (scrubbed.model_versions or scrubbed.files):
+        typer.echo(
+            f"{'replaced' if yes else 'would replace'} the name in {len(scrubbed.model_versions)} registry version(s) "
+            f"(tags, model cards) and {len(scrubbed.files)} run record(s)"
+            + (f"; {'regenerated' if yes else 'would regenerate'} {len(scrubbed.reports)} report(s)" if scrubbed.reports else "")
+        )
+    if scrubbed and scrubbed.left:
+        typer.echo(f"still named in: {', '.join(scrubbed.left)} (not Tether's run records: delete or regenerate them)")
     if not yes:
         typer.echo("nothing changed: run again with --yes to delete")

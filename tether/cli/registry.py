@@ -25,7 +25,7 @@ def _ws():
 
 @registry_app.command("list")
 def list_cmd(as_json: JsonFlag = False) -> None:
-    """List every registered version with its kind, aliases and evaluation figures.
+    """List every registered version with its kind, aliases and evaluation figures; flags those trained on purged data.
 
     Example:  tether registry list
     """
@@ -42,13 +42,17 @@ def list_cmd(as_json: JsonFlag = False) -> None:
     if not rows:
         typer.echo("no registered models yet (`tether demo` registers two; or `tether registry register DIR --name N`)")
         return
+    purged = any(r["purged_data"] for r in rows)
     table = Table(show_edge=False)
-    for col in ("version", "kind", "aliases", "approved by", "figures"):
-        table.add_column(col)
+    for col in ("version", "kind", "aliases", "approved by", *(["data"] if purged else []), "figures"):
+        table.add_column(col, no_wrap=col != "figures")
     for r in rows:
         figures = "  ".join(f"{k}={v:.3g}" for k, v in sorted(r["figures"].items()) if k in LISTED_FIGURES)
-        table.add_row(r["version"], r["kind"], ", ".join(r["aliases"]), r["approved_by"] or "", figures)
+        data = ["PURGED" if r["purged_data"] else ""] if purged else []
+        table.add_row(r["version"], r["kind"], ", ".join(r["aliases"]), r["approved_by"] or "", *data, figures)
     console().print(table)
+    if purged:
+        typer.echo("PURGED: trained on a snapshot built from purged data (`tether registry lineage VERSION` says which): cannot be approved or promoted")
 
 
 @registry_app.command("show")
