@@ -19,6 +19,7 @@ from tether.inputs import find_unstorable, require_storable
     ({"r": [1.0, float("-inf")]}, "r[1] is -Infinity"),
     (json.loads('{"m": 1e999}'), "m is Infinity"),
     ("\x00", "the text holds a NUL"),
+    ({"completion": {"\n\nHuman: ": "a\x00"}}, "completion['\\n\\nHuman: '] holds a NUL"),  # still one line
 ])
 def test_the_first_problem_is_named_with_its_place(value, problem):
     assert problem in find_unstorable(value)

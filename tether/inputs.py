@@ -83,11 +83,21 @@ def find_unstorable(value: Any, what: str = "") -> str | None:
                 problem = _string_problem(key) if isinstance(key, str) else None
                 if problem is not None:
                     return f"a field name in {where or 'the object'} holds {problem}"
-                children.append((f"{where}.{key}" if where else str(key), child))
+                children.append((_child(where, key), child))
             stack.extend(reversed(children))
         elif isinstance(item, (list, tuple)):
             stack.extend(reversed([(f"{where}[{index}]", child) for index, child in enumerate(item)]))
     return None
+
+
+_PLAIN_KEY = re.compile(r"[\w .-]{1,80}")
+
+
+def _child(where: str, key: Any) -> str:
+    """The place of ``key`` under ``where``: ``a.b`` for a plain key, ``a['odd\nkey']`` otherwise (one line)."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{str(key)[:80]!r}]"
 
 
 def require_storable(value: Any, what: str) -> Any:
