@@ -1,6 +1,9 @@
 """A real browser against `tether serve`: an admin creates a project from a file, an annotator judges three pairs
 with the keyboard only, and the judgments are in the database (in item positions, with the shown order).
 
+The guidelines and a completion hold links: they render as anchors that open in a new tab (`rel="nofollow noopener
+noreferrer"`), the annotator follows one with Tab and Enter, and the task and the answer are kept.
+
 Headless Chromium from Debian's packages (`make browser-deps`), driven by Playwright for Python with the system
 executable (never `playwright install`). Set TETHER_SCREENSHOTS=1 to refresh docs/annotate.png.
 """
@@ -33,7 +36,9 @@ PAIRS = [
             "print(backwards)  # [3, 2, 1]\n```\n\n`reversed(numbers)` also works, but it gives an iterator: wrap it in "
             "`list(...)` when you need a list. Avoid `numbers.reverse()` here: it reverses in place and returns `None`."
         ),
-        "rejected": "Call `numbers.reverse()`. It returns the reversed list.",
+        # {base} becomes the server's address: a link the headless browser can open offline.
+        "rejected": "Call `numbers.reverse()`. It returns the reversed list. See [the list docs]({base}/static/app.css) "
+                    "or [this](javascript:window.__xss=3).",
     },
     {
         "prompt": "Write a one-line summary of the water cycle for a ten-year-old.",
@@ -56,8 +61,10 @@ Pick the response a careful expert would rather send.
 3. **Clear.** Short, direct, with code when code helps.
 
 Use *tie* only when you truly cannot choose. Flag any response that leaks personal data (**pii**) or gives
-harmful instructions (**harmful**).
+harmful instructions (**harmful**). The full policy: [the style guide](https://example.org/style) and
+<https://example.org/safety>.
 """
+LINK_REL = "nofollow noopener noreferrer"
 
 
 # Long enough for an admin, and containing no user name (tether.app.service.check_password_rules).
@@ -86,6 +93,15 @@ def server(tmp_path):
         yield {"base": base, "db": f"sqlite:///{tmp_path / 'ws' / 'tether.db'}", "tmp": tmp_path}
 
 
+def _tab_to(page, selector: str, limit: int = 60) -> None:
+    """Press Tab until the element ``selector`` names has the focus (the keyboard only, as a person would)."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("s => document.activeElement === document.querySelector(s)", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
 def _login(page, base: str, name: str) -> None:
     page.goto(base + "/login")
     page.fill("#name", name)
@@ -102,9 +118,10 @@ def test_admin_creates_project_and_annotator_judges_with_keyboard(chromium_path,
     from tether.store.db import session_scope
     from tether.store.tables import Judgment, User
 
-    data = server["tmp"] / "pairs.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in PAIRS), encoding="utf-8")
     base = server["base"]
+    data = server["tmp"] / "pairs.jsonl"
+    rows = [{**row, "rejected": row["rejected"].replace("{base}", base)} for row in PAIRS]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         try:
@@ -126,11 +143,32 @@ def test_admin_creates_project_and_annotator_judges_with_keyboard(chromium_path,
             dialogs = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             _login(page, base, "ann")
-            page.goto(base + "/annotate")
+            assert page.url.endswith("/annotate")
+            _tab_to(page, "button[type=submit].primary")  # the project's Start button
             with page.expect_navigation():
-                page.click("text=helpfulness-v1")
-            page.keyboard.press("Enter")  # the Start button: opening a project assigns nothing (d11a150)
+                page.keyboard.press("Enter")
             page.wait_for_selector("#workspace[data-assignment]")
+
+            # The links: safe anchors in the guidelines and the completion; an unsafe target stays text.
+            for href in ("https://example.org/style", "https://example.org/safety", f"{base}/static/app.css"):
+                anchor = page.locator(f'a[href="{href}"]')
+                assert anchor.count() == 1, href
+                assert anchor.get_attribute("rel") == LINK_REL and anchor.get_attribute("target") == "_blank"
+            assert page.locator('a[href^="javascript:"]').count() == 0
+            assert "[this](javascript:window.__xss=3)" in page.inner_text("#workspace")
+            # Tab to the completion's link and follow it with Enter: a new tab opens, this task stays.
+            first = page.get_attribute("#workspace", "data-assignment")
+            _tab_to(page, f'a[href="{base}/static/app.css"]')
+            with context.expect_page() as opened:
+                page.keyboard.press("Enter")
+            tab = opened.value
+            tab.wait_for_load_state()
+            assert tab.url == f"{base}/static/app.css"
+            assert tab.evaluate("window.opener === null")  # noopener: the new tab cannot reach the task page
+            tab.close()
+            assert page.get_attribute("#workspace", "data-assignment") == first
+            page.keyboard.press("Escape")  # leaves the link, so Enter submits again
+
             keys = ["1", "4", "6"]  # A much better; tie; B better (in shown sides)
             for number, key in enumerate(keys):
                 before = page.get_attribute("#workspace", "data-assignment")

@@ -157,8 +157,12 @@
       if (e.key === "Escape") { target.blur(); e.preventDefault(); }
       return;
     }
-    // Enter on a focused link, button or summary does what it does anywhere (a link in a completion opens).
-    if (e.key === "Enter" && target && target.closest && target.closest("a[href], button, summary")) return;
+    // Enter on a focused link, button or summary does what it does anywhere (a link in a completion opens);
+    // Escape leaves the link, so Enter submits again.
+    if (target && target.closest && target.closest("a[href], button, summary")) {
+      if (e.key === "Enter") return;
+      if (e.key === "Escape") { target.blur(); e.preventDefault(); return; }
+    }
     const skipBox = document.getElementById("skip-box");
     const digit = digitOf(e);
     if (skipBox && skipBox.open) {  // the skip box has its own keys
