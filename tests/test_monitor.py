@@ -457,3 +457,26 @@ def test_cli_report_and_sample_with_a_reward_model(cli, workspace, tmp_path, tha
     with session_scope(workspace.database_url) as session:
         picked = list(session.scalars(select(ProductionRecord.completion).where(ProductionRecord.id.in_(json.loads(result.stdout)["record_ids"]))))
     assert all(c.endswith("sorry") for c in picked)
+
+
+def test_ingest_cleans_logged_model_text_and_refuses_other_unstorable_fields(db_url, tmp_path):
+    """A lone surrogate in a logged prompt was a UnicodeEncodeError traceback (both stores) and NUL was dropped on
+    PostgreSQL only; now the logged texts are cleaned the same on both (model output, as sampled text is) and a NUL
+    or a NaN in another field is refused with its line and field."""
+    from sqlalchemy import select
+
+    from tether.store.tables import ProductionRecord
+
+    path = tmp_path / "log.jsonl"
+    path.write_text(
+        '{"prompt": "a\\u0000b\\ud800", "completion": "ok", "ts": "2025-03-01T00:00:00Z"}\n'
+        '{"prompt": "a", "completion": "b", "ts": "2025-03-01T00:00:01Z", "score": NaN}\n'
+        '{"prompt": "a", "completion": "b", "ts": "2025-03-01T00:00:02Z", "user": "u\\u0000"}\n', encoding="utf-8")
+    with pytest.raises(TetherError, match=r"log.jsonl:2: meta.score is NaN"):
+        with session_scope(db_url) as session:
+            ingest_file(path, session=session)
+    with session_scope(db_url) as session:
+        result = ingest_file(path, session=session, skip_invalid=True)
+    assert (result.inserted, result.skipped) == (1, 2) and "log.jsonl:3: user_ref holds a NUL" in result.problems[1]
+    with session_scope(db_url) as session:
+        assert session.scalars(select(ProductionRecord.prompt)).all() == ["ab\ufffd"]

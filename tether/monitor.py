@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from tether.errors import TetherError
+from tether.inputs import find_unstorable, model_text
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
@@ -213,6 +214,12 @@ def production_row(record: dict[str, Any]) -> dict[str, Any]:
         feedback["rating"] = float(rating)
     row["feedback"] = feedback or None
     row["meta"] = {k: v for k, v in record.items() if k not in used}
+    # The logged texts are model output: cleaned as sampled text is (tether.inputs.model_text), the same on both
+    # stores; anything else that cannot be stored (NUL in a field, NaN) is refused with its field.
+    row["prompt"], row["completion"] = model_text(row["prompt"]), model_text(row["completion"])
+    problem = find_unstorable({k: row[k] for k in ("model_version", "user_ref", "feedback", "meta")})
+    if problem is not None:
+        raise ValueError(problem)
     return row
 
 
@@ -315,8 +322,8 @@ def _insert_rows(session: Any, rows: list[dict[str, Any]]) -> None:
                     copy.write_row(
                         (
                             r["ts"],
-                            r["prompt"].replace("\x00", ""),  # PostgreSQL text cannot hold NUL
-                            r["completion"].replace("\x00", ""),
+                            r["prompt"],
+                            r["completion"],
                             r["model_version"],
                             r["user_ref"],
                             None if r["feedback"] is None else json.dumps(r["feedback"]),
