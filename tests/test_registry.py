@@ -370,6 +370,8 @@ def test_from_a_purged_annotator_to_a_refused_promotion(cli, workspace, shared_d
     result = cli("data", "purge", "--annotator", purged, "--reason", "erasure request 7", "--yes")
     assert result.code == 0, result.stderr
     assert f"marked 2 snapshot(s) as purged: {name}, no-ties" in result.stdout
+    assert "flagged 3 registered model(s) trained on them, directly or through a parent" in result.stdout
+    assert "walk-dpo/1, walk-policy/1, walk-reward/1" in result.stdout
 
     text_out = cli("registry", "lineage", "walk-policy").stdout
     assert f"PURGED DATA: walk-policy/1 rests (through walk-reward/1) on snapshot {name}" in text_out

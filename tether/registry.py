@@ -564,6 +564,20 @@ def list_versions(ws: Any) -> list[dict[str, Any]]:
     return out
 
 
+def versions_resting_on(ws: Any, snapshot_names: list[str]) -> list[str]:
+    """The registered versions whose lineage reaches one of these snapshots (directly or through their sources)."""
+    from tether.store.db import session_scope
+
+    wanted = set(snapshot_names)
+    client = _client(ws.root)
+    by_fp = _versions_by_fingerprint(client)
+    with session_scope(ws.database_url, readonly=True) as session:
+        return [
+            _ref(mv) for mv in sorted(client.search_model_versions(), key=lambda v: (v.name, int(v.version)))
+            if any(s["type"] == "snapshot" and s.get("name") in wanted for s in _lineage_of(client, session, mv, by_fp)["chain"])
+        ]
+
+
 def _aliases_by_version(model: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():

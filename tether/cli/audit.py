@@ -123,8 +123,13 @@ def purge(
             result = purge_user_ref(user_ref, session=session, reason=reason, key=ws.pseudonym_key(), **common)
         else:
             result = purge_expired(days, session=session, **common)
+    models: list[str] = []
+    if result.snapshots_marked and (ws.root / "mlflow.db").exists():
+        from tether.registry import versions_resting_on
+
+        models = versions_resting_on(ws, result.snapshots_marked)
     if json_out:
-        emit_json({**result.to_dict(), **({"workspace": scrubbed.to_dict()} if scrubbed else {})})
+        emit_json({**result.to_dict(), "models_flagged": models, **({"workspace": scrubbed.to_dict()} if scrubbed else {})})
         return
     verb = "deleted" if yes else "would delete"
     counts = ", ".join(f"{table} {n:,}" for table, n in result.deleted.items()) or "nothing"
@@ -134,6 +139,9 @@ def purge(
         old = [name for name, n in result.snapshot_judgments.items() if n is None]
         if old:
             typer.echo(f"  ({', '.join(old)}: made before snapshots recorded their judgments, so marked as they may hold them)")
+    if models:
+        typer.echo(f"{'flagged' if yes else 'would flag'} {len(models)} registered model(s) trained on them, directly or through a parent "
+                   f"(they cannot be approved or promoted): {', '.join(models)}")
     if result.snapshot_files_deleted:
         typer.echo(f"deleted snapshot file(s): {', '.join(result.snapshot_files_deleted)}")
     if result.audit_events_pseudonymized:
