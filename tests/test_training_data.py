@@ -428,6 +428,10 @@ def test_a_negative_kl_estimate_is_flagged_and_never_passes_max_kl_as_it_is():
     assert "invalid" in page and "-2 ±" not in page.split("KL to")[1].split("</div>")[1]  # the card's value is not -2
     assert '<div class="card bad"><div class="label">KL to baseline</div>' in page
     assert "≈ 0 (≤ 0.078)" in policy_report(_result(kl=-0.02, kl_se=0.05, **noise))
+    from tether.evaluate_policy import summary_lines
+
+    (line,) = [x for x in summary_lines(_result(kl=-2.0, kl_se=0.1, win_rate_detail={}, **off)) if x.startswith("KL")]
+    assert "-2.000 nats" not in line and "not a KL" in line
 
 
 def test_recording_a_negative_kl_removes_an_earlier_kl_so_the_gate_fails(workspace, tiny_lm_dir):

@@ -387,7 +387,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         glo, ghi = result["gold_win_rate_ci"]
         lines.append(f"win-rate vs baseline (gold):         {result['gold_win_rate']:.1%}  [95% CI {glo:.1%} .. {ghi:.1%}]")
     kl = result.get("kl")
-    lines.append(f"KL(policy || baseline):              {kl:.3f} nats" if kl is not None else f"KL: {result.get('kl_note')}")
+    if kl is None or result.get("kl_negative"):  # not estimated, or negative: never printed as a KL
+        lines.append(f"KL: {result.get('kl_note')}")
+    else:
+        lines.append(f"KL(policy || baseline):              {kl:.3f} nats")
     lines.append(f"length (tokens):                     {result['length_policy']:.1f} vs {result['length_baseline']:.1f}")
     lines.append(f"rule violations:                     {result['violation_rate_policy']:.1%} vs {result['violation_rate_baseline']:.1%}")
     for name, r in result.get("redteam", {}).items():

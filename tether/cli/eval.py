@@ -79,7 +79,9 @@ def score_command(
         records = [record for _, record in read_records(source)]
     if not records:
         raise TetherError(f"{data}: no records", fix="point --data at a file with rows")
-    note = lambda message: typer.echo(message, err=True)  # noqa: E731
+    def note(message: str) -> None:
+        typer.echo(message, err=True)
+
     rm = RewardModel.load(model, say=note)
     jobs: list[tuple[int, str, object, object]] = []  # (row, field, prompt, completion)
     for number, record in enumerate(records):
