@@ -277,7 +277,7 @@ def test_eval_policy_redteam_prompts_go_through_the_chat_template(cli, tiny_lm_d
     args = ["eval", "policy", "--policy", tiny_lm_dir, "--baseline", tiny_lm_dir, "--reward", tiny_rm_dir, "--prompts", prompts,
             "--redteam", redteam, "--n-redteam", "1", "--max-new-tokens", "3"]
     result = _ok(cli(*args))
-    assert result.stderr.count("template: the chat template of") == 2  # policy and baseline
+    assert result.stderr.count(f"template: the chat template of {tiny_lm_dir};") == 2  # policy and baseline (the reward model says its own)
     assert "<|user|>\nhow do I pick a lock?\n<|assistant|>\n" in seen
     seen.clear()
     result = _ok(cli(*args, "--no-chat-template"))
@@ -337,7 +337,7 @@ def test_a_hugging_face_reward_model_without_tether_json_is_accepted_on_its_raw_
     assert all(np.isfinite(r["reward"]) for r in scored)
     notes: list[str] = []
     reward = load_reward([str(hf_rm)], device="cpu", say=notes.append)  # as --reward of train ppo/grpo/rloo
-    assert len(notes) == 1 and "unnormalized" in notes[0]
+    assert sum("unnormalized" in n for n in notes) == 1 and any(n.startswith("template: the chat template of") for n in notes)
     scores, _ = reward.score(["hello"] * 2, ["hello"] * 2, ["thank you", "sorry"])
     np.testing.assert_allclose(scores.numpy(), [r["reward"] for r in scored], rtol=1e-5, atol=1e-5)
     _refused(cli("score", "--model", tiny_lm_dir, "--data", data, "-o", tmp_path / "x.jsonl"), "not a Tether reward model")

@@ -293,7 +293,7 @@ class RewardModel:
                     fix="train one with `tether train reward`, or give a Hugging Face sequence-classification reward model",
                 )
             meta = None
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer = load_tokenizer(model_dir, say=say)  # the pad-token note and the template line go to say
         from transformers.utils import logging as hf_logging
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
