@@ -101,10 +101,6 @@ class Reward:
     batch_size: int = 32
 
     @property
-    def reward_model_dirs(self) -> list[Path]:
-        return [s.path for s in self.specs if s.kind == "model"]
-
-    @property
     def reward_models(self) -> list[Any]:
         """The loaded reward models (tether.reward.RewardModel) of the model SPECs, in order."""
         return [scorer for s, scorer in zip(self.specs, self.scorers) if s.kind == "model"]
