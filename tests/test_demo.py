@@ -115,4 +115,8 @@ def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path, monkeyp
         assert "ann-expert" not in path.read_text(encoding="utf-8"), path
     assert "Annotators and quality control" in Path(out["report"]).read_text(encoding="utf-8")
     assert "ann-expert" not in cli("registry", "show", out["registry"]["reward_model"]).stdout
+    from tests.test_governance import everything
+
+    for db in ("tether.db", "mlflow.db"):  # the store (audit log, QC figures) and the registry's own database
+        assert "ann-expert" not in everything(f"sqlite:///{Path(out['workspace']) / db}"), db
 
