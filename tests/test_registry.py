@@ -346,6 +346,8 @@ def test_from_a_purged_annotator_to_a_refused_promotion(cli, workspace, shared_d
     # the models' own metadata: the snapshot (name and digest) and, for the policy, its reward model
     rm_meta, dpo_meta, policy_meta = (json.loads((d / "tether.json").read_text()) for d in (rm, dpo, policy))
     assert rm_meta["lineage"]["snapshot"] == dpo_meta["lineage"]["snapshot"] == {"name": name, "digest": digest}
+    assert dpo_meta["ties_skipped"] == snap["counts"]["ties_kept"]  # the ties the snapshot kept, never read as preferences
+    assert dpo_meta["data_digest"] == digest
     [reward_input] = [i for i in policy_meta["lineage"]["inputs"] if i["role"] == "reward"]
     assert reward_input["path"] == str(rm.resolve()) and reward_input["snapshot"] == {"name": name, "digest": digest}
 
