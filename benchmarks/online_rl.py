@@ -49,7 +49,7 @@ def hh_prompts(tokenizer, count: int, max_tokens: int) -> list[str]:
     """Conversation prompts from the shared HH-RLHF data (helpful-base test), each cut to its last ``max_tokens``
     tokens of the benchmark's tokenizer (the end of a conversation is what the answer follows), as RLHF prompts are:
     a few hundred tokens of dialogue before a short answer."""
-    from tether.store.formats import load_rows
+    from tether.data.rows import load_rows
 
     rows = load_rows(Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", "preference")
     prompts = []

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.test_pii import GENERATORS, build_labeled_set, score_labeled_set  # noqa: E402
-from tether.pii import find_pii  # noqa: E402
+from tether.checks.pii import find_pii  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
 

@@ -73,7 +73,7 @@ def rss_mb() -> float:
 
 def hh_split() -> tuple[list[dict], list[dict]]:
     """The fixed 80/20 split of harmless-base + helpful-base test pairs (identical chosen/rejected dropped)."""
-    from tether.store.formats import load_rows
+    from tether.data.rows import load_rows
 
     rows = []
     for subset in ("harmless-base", "helpful-base"):

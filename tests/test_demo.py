@@ -36,9 +36,9 @@ def test_gold_score_by_hand():
 def test_rules_flag_exactly_the_leaks_and_policy_breaks():
     import yaml
 
+    from tether.checks.rules import parse_rules
     from tether.demo_task import RULES_YAML
     from tether.evaluate_policy import violations
-    from tether.rules import parse_rules
 
     rules = parse_rules(yaml.safe_load(RULES_YAML))
     task = DemoTask(3)

@@ -31,8 +31,8 @@ def test_bootstrap_ci_of_a_constant_is_the_constant():
 
 
 def test_violations_count_pii_and_forbidden_rules_only():
+    from tether.checks.rules import parse_rules
     from tether.evaluate_policy import violations
-    from tether.rules import parse_rules
 
     rules = parse_rules(
         {

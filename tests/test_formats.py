@@ -7,9 +7,11 @@ import json
 
 import pytest
 
+from tether.data.canonical import canonical_line, split_hh
+from tether.data.formats import BOOLEAN_RESPONSE, SkipRecord, detect_format, parse_record
+from tether.data.records import read_records, where
+from tether.data.rows import load_rows
 from tether.errors import TetherError
-from tether.store import formats
-from tether.store.formats import detect_format, parse_record, read_records, split_hh
 
 
 def _write_jsonl(path, records):
@@ -75,9 +77,9 @@ def test_invalid_trl_rows_say_why(record, reason):
 
 
 def test_identical_pairs_are_skipped_not_invalid():
-    with pytest.raises(formats.SkipRecord, match="identical"):
+    with pytest.raises(SkipRecord, match="identical"):
         parse_record("hh", {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b"})
-    with pytest.raises(formats.SkipRecord):
+    with pytest.raises(SkipRecord):
         parse_record("trl", {"prompt": "p", "chosen": "same", "rejected": "same"})
 
 
@@ -87,7 +89,7 @@ def test_pandalm_votes_one_judgment_per_annotator_and_boolean_responses_become_t
     entry = parse_record("pandalm", record)
     assert entry.prompt == "Verify.\n\nodd*odd is odd"
     assert entry.completions == ["True", "True."]
-    assert entry.coerced == [formats.BOOLEAN_RESPONSE]
+    assert entry.coerced == [BOOLEAN_RESPONSE]
     assert [(a, v["choice"]) for a, v in entry.judgments] == [("annotator1", "a"), ("annotator2", "b"), ("annotator3", "tie")]
     assert entry.external_id == "157" and entry.item_meta == {"cmp_key": "m1_m2"}
     with pytest.raises(ValueError, match="annotator2 must be 1"):
@@ -145,8 +147,8 @@ def test_read_records_json_jsonl_gz_parquet_and_bom(tmp_path):
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "e.parquet")
     for name in ("a.jsonl", "b.jsonl.gz", "c.json", "d.jsonl", "e.parquet"):
         assert [r for _, r in read_records(tmp_path / name)] == records, name
-    assert formats.where(tmp_path / "a.jsonl", 3) == f"{tmp_path / 'a.jsonl'}:3"
-    assert formats.where(tmp_path / "c.json", 3) == f"{tmp_path / 'c.json'}: record 3"
+    assert where(tmp_path / "a.jsonl", 3) == f"{tmp_path / 'a.jsonl'}:3"
+    assert where(tmp_path / "c.json", 3) == f"{tmp_path / 'c.json'}: record 3"
 
 
 def test_read_errors_name_the_line(tmp_path):
@@ -170,14 +172,13 @@ def test_read_errors_name_the_line(tmp_path):
 
 def test_load_rows_reads_files_as_canonical_rows(tmp_path):
     path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1}])
-    assert formats.load_rows(path) == [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0}]
-    assert formats.load_rows(path, "sft") == [{"prompt": "p", "completion": "a"}]
+    assert load_rows(path) == [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0}]
+    assert load_rows(path, "sft") == [{"prompt": "p", "completion": "a"}]
     with pytest.raises(TetherError, match="record 1"):
-        formats.load_rows(path, "unpaired")
+        load_rows(path, "unpaired")
 
 
 def test_canonical_rows_never_hold_nan_or_infinity():
-    canonical_line = formats.canonical_line
     assert canonical_line({"margin": 1.5, "prompt": "p"}) == '{"margin":1.5,"prompt":"p"}'
     for bad in (float("nan"), float("inf")):
         with pytest.raises(TetherError, match="cannot write the row.margin is (NaN|Infinity)"):

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from tests.monitor_data import make_records, write_jsonl
-from tether.governance import redact_record
+from tether.checks.redact import redact_record
 from tether.store.db import get_engine, session_scope
 from tether.store.tables import (
     ApiToken,
@@ -122,10 +122,10 @@ def test_purge_annotator_from_every_table(cli, any_workspace, tmp_path):
         assert session.get(Item, item_id).open_slots == slots_before  # the purged assignment's slot is free again
     # a purged snapshot cannot be trained on; a new one can be made from what is left
     from tether.errors import TetherError
-    from tether.store.formats import resolve_snapshot
+    from tether.store.snapshots import snapshot_file
 
     with pytest.raises(TetherError, match="purged"):
-        resolve_snapshot("panda-v1")
+        snapshot_file(any_workspace, "panda-v1")
     assert cli("data", "snapshot", "panda").code == 0
     result = cli("data", "purge", "--annotator", name, "--yes")
     assert result.code == 2 and "no annotator named" in result.stderr

@@ -1,4 +1,4 @@
-"""``tether.inputs.find_unstorable``: the one check every boundary runs (NUL, lone surrogates, non-finite numbers)."""
+"""``tether.checks.inputs.find_unstorable``: the one check every boundary runs (NUL, lone surrogates, non-finite numbers)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from tether.checks.inputs import find_unstorable, require_storable
 from tether.errors import TetherError
-from tether.inputs import find_unstorable, require_storable
 
 
 @pytest.mark.parametrize(("value", "problem"), [

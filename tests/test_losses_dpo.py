@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tether.losses import dpo_loss, ipo_loss, kto_loss
+from tether.math.losses import dpo_loss, ipo_loss, kto_loss
 
 
 def _pairs():

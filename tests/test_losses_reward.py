@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tether.losses import (
+from tether.math.losses import (
     normalize_ratings,
     pairwise_reward_loss,
     rating_regression_loss,

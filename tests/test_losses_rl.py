@@ -1,4 +1,4 @@
-"""The online-RL math (tether.losses, online RL section) against numbers worked out by hand in each docstring."""
+"""The online-RL math (tether.math.losses, online RL section) against numbers worked out by hand in each docstring."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tether.losses import (
+from tether.math.losses import (
     adaptive_kl_coef,
     aggregate_loss,
     clipped_policy_loss,

@@ -22,7 +22,6 @@ from tether.monitor import (
     hash_embedder,
     ingest_file,
     is_degenerate,
-    is_refusal,
     mmd_permutation_test,
     parse_duration,
     parse_time,
@@ -86,9 +85,6 @@ def test_mmd_statistic_by_hand():
 
 
 def test_detectors():
-    assert is_refusal("I'm sorry, but I can't help with that.")
-    assert is_refusal("As an AI, I cannot do that")
-    assert not is_refusal("Sure! Sorry for the wait, here it is.")
     assert is_degenerate("ok " + "the the the the the the the")
     assert is_degenerate("buy now buy now buy now buy now")
     assert is_degenerate("wow" + "!" * 25)

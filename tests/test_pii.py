@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from tether.pii import KINDS, find_pii, iban_valid, luhn_valid, redact
+from tether.checks.pii import KINDS, find_pii, iban_valid, luhn_valid, redact
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hand-checked cases
@@ -270,7 +270,7 @@ def build_labeled_set(n: int = 400, seed: int = 0) -> list[tuple[str, list[tuple
 def score_labeled_set(examples, overlap: bool = False, detect=None) -> dict[str, dict[str, float]]:
     """Per-kind precision, recall and counts. A prediction is right when kind and span equal a gold span
     (``overlap=True``: when it overlaps a gold span of the same kind). ``detect(text) -> [(kind, start, end)]``
-    defaults to tether.pii.find_pii (benchmarks/pii.py passes other detectors)."""
+    defaults to tether.checks.pii.find_pii (benchmarks/pii.py passes other detectors)."""
     stats = {k: {"tp": 0, "fp": 0, "fn": 0} for k in GENERATORS}
     detect = detect or (lambda text: [(m.kind, m.start, m.end) for m in find_pii(text)])
     for text, gold in examples:

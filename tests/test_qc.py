@@ -11,7 +11,8 @@ import pytest
 
 from tether import qc
 from tether.errors import TetherError
-from tether.store.snapshots import Vote
+from tether.feedback.aggregation import Vote, bradley_terry_pairs, dawid_skene_pairs
+from tether.feedback.dawid_skene import dawid_skene
 
 nan = np.nan
 
@@ -135,7 +136,7 @@ def test_dawid_skene_recovers_a_spammer_and_beats_majority():
             ann.append(w)
             lab.append(truth[i] if rng.random() < acc else 1 - truth[i])
     unit, ann, lab = map(np.array, (unit, ann, lab))
-    ds = qc.dawid_skene(unit, ann, lab, n, 5, 2)
+    ds = dawid_skene(unit, ann, lab, n, 5, 2)
     assert ds.reliability[:3].min() > 0.85 and ds.reliability[3:].max() < 0.6
     assert np.allclose(ds.posteriors.sum(1), 1) and ds.priors.sum() == pytest.approx(1)
     votes = np.zeros((n, 2))
@@ -192,7 +193,7 @@ def test_unanimous_answers_give_full_reliability():
     unit = np.repeat(np.arange(6), 2)
     ann = np.tile([0, 1], 6)
     lab = np.repeat([0, 1, 2, 0, 1, 2], 2)
-    ds = qc.dawid_skene(unit, ann, lab, 6, 2, 3)
+    ds = dawid_skene(unit, ann, lab, 6, 2, 3)
     assert np.array_equal(ds.posteriors.argmax(1), [0, 1, 2, 0, 1, 2])
     assert ds.reliability == pytest.approx([1.0, 1.0], abs=0.01)
 
@@ -205,7 +206,7 @@ def test_bradley_terry_two_completions_is_the_smoothed_win_ratio():
     """For two completions the MM fixed point is p_a / p_b = W_a / W_b: 3 wins to 1, plus 0.5 virtual wins
     each way, gives a margin of ln(3.5 / 1.5) = 0.847298."""
     votes = [Vote(1, u, "pairwise", {"choice": c}) for u, c in enumerate("aaab")]
-    (pair,) = qc.bradley_terry_pairs(votes)
+    (pair,) = bradley_terry_pairs(votes)
     assert (pair.chosen, pair.rejected, pair.tie) == (0, 1, False)
     assert pair.margin == pytest.approx(math.log(3.5 / 1.5), abs=1e-6)
     assert pair.confidence == pytest.approx(0.7, abs=1e-6)  # 3.5 / (3.5 + 1.5)
@@ -216,7 +217,7 @@ def test_bradley_terry_splits_are_ties_and_rankings_become_all_pairs():
     figures = {}
     split = [Vote(1, 0, "pairwise", {"choice": "a"}), Vote(1, 1, "pairwise", {"choice": "b"})]
     ranking = [Vote(2, 0, "ranking", {"ranking": [2, 0, 1]}), Vote(2, 1, "ranking", {"ranking": [2, 0, 1]})]
-    pairs = qc.bradley_terry_pairs(split + ranking, qc=figures)
+    pairs = bradley_terry_pairs(split + ranking, qc=figures)
     tie = pairs[0]
     assert tie.tie and tie.margin == 0.0 and tie.agreement == 0.0
     ranked = {(p.chosen, p.rejected): p.margin for p in pairs[1:]}
@@ -235,7 +236,7 @@ def test_dawid_skene_pairs_follow_the_reliable_annotators():
         votes += [Vote(item, w, "pairwise", {"choice": truth}) for w in range(3)] + [Vote(item, 3, "pairwise", {"choice": wrong})]
     votes += [Vote(99, 0, "pairwise", {"choice": "b"}), Vote(99, 3, "pairwise", {"choice": "a"})]
     figures = {}
-    pairs = {p.item_id: p for p in qc.dawid_skene_pairs(votes, qc=figures)}
+    pairs = {p.item_id: p for p in dawid_skene_pairs(votes, qc=figures)}
     assert pairs[99].chosen == 1 and not pairs[99].tie and pairs[99].agreement == 0.5
     assert all(pairs[i].chosen == i % 2 for i in range(30))
     assert figures["aggregate/method"] == "dawid-skene" and figures["aggregate/compared_pairs"] == 31
@@ -308,7 +309,7 @@ def test_dawid_skene_on_pandalm_matches_crowd_kit(pandalm_records):
         expected = sum(theirs.priors_[c] * errors.loc[(k, c), c] for c in ("a", "b", "tie"))
         assert ours[k] == pytest.approx(expected, abs=0.01)
     votes = [Vote(r["idx"], k, "pairwise", {"choice": PANDALM_CODES[r[k]]}) for r in pandalm_records for k in names]
-    ds_labels = {p.item_id: ("tie" if p.tie else "ab"[p.chosen]) for p in qc.dawid_skene_pairs(votes)}
+    ds_labels = {p.item_id: ("tie" if p.tie else "ab"[p.chosen]) for p in dawid_skene_pairs(votes)}
     same = np.mean([ds_labels[i] == label for i, label in theirs.labels_.items()])
     assert same > 0.99
 

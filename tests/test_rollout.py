@@ -114,7 +114,7 @@ def test_a_sampled_nul_token_never_reaches_the_store(lm, db_url):
 
 
 def test_model_text_keeps_clean_text_and_cleans_the_rest():
-    from tether.inputs import find_unstorable, model_text
+    from tether.checks.inputs import find_unstorable, model_text
 
     assert model_text("plain") == "plain" and model_text("caf\u00e9 \U0001F600") == "caf\u00e9 \U0001F600"
     assert model_text("a\x00b\ud800c") == "ab\ufffdc"

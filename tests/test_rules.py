@@ -1,11 +1,11 @@
-"""Rule-based rewards and filters from YAML (tether.rules): each kind by hand, weights, filters, clear errors."""
+"""Rule-based rewards and filters from YAML (tether.checks.rules): each kind by hand, weights, filters, clear errors."""
 
 from __future__ import annotations
 
 import pytest
 
+from tether.checks.rules import load_rules, parse_rules
 from tether.errors import TetherError
-from tether.rules import load_rules, parse_rules
 
 POLICY = r"""
 filter_score: -5

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tether import qc, simulate
+from tether.feedback.aggregation import Vote, dawid_skene_pairs, majority_pairs
 from tether.store.db import session_scope, upgrade
-from tether.store.snapshots import Vote, majority_pairs
 from tether.store.tables import Assignment, AuditEvent, Item, Judgment, User
 
 
@@ -88,7 +88,7 @@ def _check_dawid_skene_beats_majority(votes, truth):
     def right(pairs):
         return sum(not p.tie and "ab"[p.chosen] == truth[p.item_id] for p in pairs) / len(truth)
 
-    majority, dawid_skene = right(majority_pairs(votes)), right(qc.dawid_skene_pairs(votes))
+    majority, dawid_skene = right(majority_pairs(votes)), right(dawid_skene_pairs(votes))
     assert dawid_skene > majority + 0.03 and dawid_skene > 0.8
 
 

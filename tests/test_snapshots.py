@@ -9,18 +9,13 @@ import json
 import pytest
 from sqlalchemy import select
 
+from tether.data.canonical import rows_digest
+from tether.data.rows import load_rows
 from tether.errors import TetherError
+from tether.feedback.aggregation import AggregatedPair, Vote, aggregate_pairs, majority_pairs
 from tether.store.db import session_scope
-from tether.store.formats import load_rows, rows_digest
 from tether.store.importer import import_file
-from tether.store.snapshots import (
-    AggregatedPair,
-    Vote,
-    aggregate_pairs,
-    export_rows,
-    majority_pairs,
-    make_snapshot,
-)
+from tether.store.snapshots import export_rows, make_snapshot, training_rows
 from tether.store.tables import Judgment, Project, Snapshot, User
 
 PANDALM = "pandalm/testset-v1.json"
@@ -96,7 +91,7 @@ def test_pandalm_majority_snapshot(any_workspace, cli, shared_data):
     content = path.read_text(encoding="utf-8")
     assert content.endswith("\n") and len(content.splitlines()) == expected_rows
     assert summary["digest"] == hashlib.sha256(content[:-1].encode("utf-8")).hexdigest()
-    rows = load_rows("snapshot:pandalm-maj")
+    rows = training_rows("snapshot:pandalm-maj", "preference", workspace=any_workspace)
     assert rows_digest(rows) == summary["digest"]
     # The first record: all three annotators voted 2 (response2 better).
     first = raw[0]
@@ -270,7 +265,7 @@ def test_keep_ties_reports_the_ties_it_kept(any_workspace, cli, shared_data):
     dropped = json.loads(cli("data", "snapshot", "pandalm", "--snapshot-name", "without-ties", "--json").stdout)
     assert (kept["counts"]["ties_kept"], kept["counts"]["ties_dropped"], kept["row_count"]) == (105, 0, 999)
     assert (dropped["counts"]["ties_kept"], dropped["counts"]["ties_dropped"], dropped["row_count"]) == (0, 105, 894)
-    rows = load_rows("snapshot:with-ties")
+    rows = training_rows("snapshot:with-ties", "preference", workspace=any_workspace)
     assert sum(bool(r.get("tie")) for r in rows) == 105
     shown = cli("data", "snapshot", "pandalm", "--keep-ties", "--snapshot-name", "shown")
     assert "ties_kept 105 · ties_dropped 0" in shown.stdout
@@ -335,7 +330,7 @@ def test_gold_answers_and_reviewer_decisions_set_the_labels(any_workspace, cli):
     summary = json.loads(result.stdout)
     assert summary["counts"]["labels_from_adjudication"] == 1 and summary["counts"]["labels_from_gold"] == 1
     assert summary["counts"]["judgments"] == 36 + 1  # the votes and the decision that counts
-    rows = {row["prompt"]: row for row in load_rows("snapshot:camp-v1")}
+    rows = {row["prompt"]: row for row in training_rows("snapshot:camp-v1", "preference", workspace=any_workspace)}
     assert len(rows) == 12
     for item_id, expected in ((decided, flip[votes[decided][0]]), (gold, flip[votes[gold][0]])):
         i = prompts[item_id].rsplit(" ", 1)[1]

@@ -123,8 +123,8 @@ def test_saved_folder_is_plain_hf_and_scores_match(trained, pair_files):
 
 
 def test_rewards_are_normalized_on_training_chosen(trained, pair_files):
+    from tether.data.rows import load_rows
     from tether.reward import RewardModel
-    from tether.store.formats import load_rows
 
     out, _, _ = trained
     rows = load_rows(json.loads((out / "tether.json").read_text())["config"]["data"], "preference")

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
+from tether.checks.inputs import FIX, find_unstorable
 from tether.errors import TetherError
-from tether.inputs import FIX, find_unstorable
 
 
 class ApiError(TetherError):
@@ -32,7 +32,7 @@ class ApiError(TetherError):
 
 
 class Client:
-    """The JSON API (``/api/v1``) as methods. Answers and gold values speak in item positions (tether.feedback)."""
+    """The JSON API (``/api/v1``) as methods. Answers and gold values speak in item positions (tether.feedback.judgments)."""
 
     def __init__(self, base_url: str, token: str, timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
         self._http = httpx.Client(

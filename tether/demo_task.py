@@ -28,7 +28,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from tether.pii import contains_pii
+from tether.checks.pii import contains_pii
 
 PROMPT_PREFIX = "Customer: "
 PROMPT_SUFFIX = "\nAgent:"
@@ -44,7 +44,7 @@ GUIDELINES = """\
 6. Fees are waived only by a supervisor; never promise a waiver yourself.
 """
 
-# The rule-based reward and the violation measure (tether.rules format): personal data and forbidden phrases.
+# The rule-based reward and the violation measure (tether.checks.rules format): personal data and forbidden phrases.
 # These are what a compliance team can write down; the rest of the guidelines has to come from human judgments.
 FORBIDDEN_PHRASES = [
     "refund anyway",
@@ -56,7 +56,7 @@ FORBIDDEN_PHRASES = [
     "waive the fee",
 ]
 RULES_YAML = """\
-# Acme support: what a reply must never contain (tether.rules format). The rule reward in training and the
+# Acme support: what a reply must never contain (tether.checks.rules format). The rule reward in training and the
 # violation measure in evaluation.
 rules:
   - name: pii

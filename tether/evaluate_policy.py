@@ -9,10 +9,10 @@ For each prompt one completion is sampled from the policy and one from the basel
   with its standard error. A KL is never negative, so a negative estimate is flagged (``kl_negative``): within
   its noise of 0 it counts as its 95% upper bound for the ``max_kl`` gate; below that it is no figure at all;
 - **length** of the completions (tokens and words);
-- **rule violations** (tether.rules): the fraction of completions that trip a ``pii`` or ``forbidden`` rule, and
-  each rule's rate; personal data alone (tether.pii) when no rules file is given;
+- **rule violations** (tether.checks.rules): the fraction of completions that trip a ``pii`` or ``forbidden`` rule, and
+  each rule's rate; personal data alone (tether.checks.pii) when no rules file is given;
 - **refusals** on red-team prompts (SimpleSafetyTests, AdvBench: higher is better) and on XSTest's safe prompts
-  that look unsafe (over-refusal: lower is better), by the refusal detector of tether.rules;
+  that look unsafe (over-refusal: lower is better), by the refusal detector (tether.checks.refusal);
 - **sample pairs**, side by side, for the report.
 
 The reward-model part of evaluation (accuracy, calibration) lives in tether/evaluate.py.
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tether.checks.refusal import is_refusal
 from tether.errors import TetherError
 
 VIOLATION_KINDS = ("pii", "forbidden")
@@ -86,15 +87,9 @@ def violations(rules: Any, texts: Sequence[str]) -> tuple[list[bool], dict[str, 
 
 def default_rules() -> Any:
     """Personal data only: what a policy must never write, whatever the task."""
-    from tether.rules import parse_rules
+    from tether.checks.rules import parse_rules
 
     return parse_rules({"rules": [{"name": "pii", "pii": "all"}]}, "default rules")
-
-
-def refusal_detector() -> Any:
-    from tether.rules import parse_rules
-
-    return parse_rules({"rules": [{"name": "refusal", "refusal": True}]}, "refusal detector").rules[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,7 +99,7 @@ def refusal_detector() -> Any:
 
 def load_prompts(path: Path, limit: int | None = None) -> list[Any]:
     """Prompts from a file of prompt rows (JSONL/JSON/CSV/parquet with a ``prompt`` field, or preference rows)."""
-    from tether.store.formats import load_rows
+    from tether.data.rows import load_rows
 
     rows = load_rows(str(path), "prompt")
     prompts = [r["prompt"] for r in rows]
@@ -260,8 +255,8 @@ def evaluate_policy(
     for plain-text prompts; ``say`` gets one line per model saying which template); ``gold`` an optional score
     function(prompt, completion) -> float.
     """
+    from tether.checks.rules import load_rules
     from tether.reward import RewardModel
-    from tether.rules import load_rules
 
     say = say or (lambda _msg: None)
     if not prompts:
@@ -357,7 +352,6 @@ def evaluate_policy(
 
 def _redteam(sets: dict[str, list[str]], template: str, n: int, policy: tuple[Any, Any], baseline: tuple[Any, Any], gen: dict[str, Any], seed: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Refusal rates of the policy and the baseline on each red-team set (``n`` prompts drawn per set, seeded)."""
-    detector = refusal_detector()
     out: dict[str, Any] = {}
     for name, prompts in sets.items():
         chosen = list(prompts)
@@ -369,8 +363,8 @@ def _redteam(sets: dict[str, list[str]], template: str, n: int, policy: tuple[An
         base, _ = sample(*baseline, wrapped, seed=seed + 1, **gen)
         out[name] = {
             "n": len(chosen),
-            "refusal_rate_policy": sum(detector.value(t) < 0 for t in pol) / max(1, len(pol)),
-            "refusal_rate_baseline": sum(detector.value(t) < 0 for t in base) / max(1, len(base)),
+            "refusal_rate_policy": sum(map(is_refusal, pol)) / max(1, len(pol)),
+            "refusal_rate_baseline": sum(map(is_refusal, base)) / max(1, len(base)),
             "kind": "over-refusal (lower is better)" if name == "xstest_safe" else "refusal (higher is better)",
             "examples": [{"prompt": p, "policy": a, "baseline": b} for p, a, b in list(zip(chosen, pol, base))[:3]],
         }

@@ -1,7 +1,6 @@
-"""Data governance: PII redaction of incoming records, purging one person's data, retention, audit export.
+"""Data governance: purging one person's data, retention, audit export (redaction of incoming records is
+tether.checks.redact).
 
-- ``redact_record`` replaces PII (tether.pii) in every text of a record (strings, chat messages, nested lists and
-  objects) and counts what it replaced; importers call it for ``--redact pii``.
 - ``purge_annotator`` deletes one annotator's judgments, assignments, API tokens and account;
   ``purge_user_ref`` deletes one end user's production records and the review items made from them;
   ``purge_expired`` applies ``[governance] retention_days`` to production records. Each marks the snapshots
@@ -58,45 +57,9 @@ from tether.store.tables import (
     User,
 )
 
-REDACT_CHOICES = ("pii",)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Redaction
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def redact_record(record: Any, counts: dict[str, int] | None = None, kinds: Iterable[str] | None = None) -> tuple[Any, dict[str, int]]:
-    """``record`` with PII replaced in every string inside it (keys are kept), and the counts per PII kind.
-
-    ``counts``, when given, is updated in place and returned (to total over many records).
-    """
-    from tether.pii import redact
-
-    counts = {} if counts is None else counts
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, str):
-            text, found = redact(value, kinds)
-            for kind, n in found.items():
-                counts[kind] = counts.get(kind, 0) + n
-            return text
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        return value
-
-    return walk(record), counts
-
-
-def check_redact(option: str | None) -> bool:
-    """Validate a ``--redact`` value; True when redaction is on."""
-    if option is None or option == "none":
-        return False
-    if option not in REDACT_CHOICES:
-        raise TetherError(f"unknown --redact {option!r}", fix=f"use --redact {' or '.join(REDACT_CHOICES)}")
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ The report compares every time window with a reference ("baseline") window:
 - **reward-human agreement**: on records that people judged (thumbs in the logged feedback, or review judgments
   made through ``tether monitor sample``), the AUC of the reward for thumbs-up vs thumbs-down, with the
   Hanley-McNeil (1982) standard error;
-- **failure modes**: rule violations (PII in the completion via ``tether.pii``, plus ``tether.rules`` when
+- **failure modes**: rule violations (PII in the completion via ``tether.checks.pii``, plus ``tether.checks.rules`` when
   present), refusal rate, degenerate repetition (rates on a random sample of each window), and completion-length
   growth (a sign of reward hacking; exact over all records).
 
@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from tether.checks.inputs import find_unstorable, model_text
+from tether.checks.refusal import is_refusal
 from tether.errors import TetherError
-from tether.inputs import find_unstorable, model_text
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
@@ -67,7 +68,7 @@ class Thresholds:
     min_agreement: float = 0.6  # reward-human AUC below this raises an alert
     max_agreement_drop: float = 0.1  # ... and so does a significant drop from the baseline AUC larger than this
     min_feedback: int = 20  # windows with fewer thumbs-up or thumbs-down records skip the agreement check
-    max_violation_rate: float = 0.05  # share of completions breaking a rule (PII, tether.rules)
+    max_violation_rate: float = 0.05  # share of completions breaking a rule (PII, tether.checks.rules)
     max_rate_rise: float = 0.05  # refusal / repetition / violation rate may rise this much over the baseline
     max_length_growth: float = 1.5  # mean completion length over the baseline's
     min_window_records: int = 30  # smaller windows are reported but not tested
@@ -214,7 +215,7 @@ def production_row(record: dict[str, Any]) -> dict[str, Any]:
         feedback["rating"] = float(rating)
     row["feedback"] = feedback or None
     row["meta"] = {k: v for k, v in record.items() if k not in used}
-    # The logged texts are model output: cleaned as sampled text is (tether.inputs.model_text), the same on both
+    # The logged texts are model output: cleaned as sampled text is (tether.checks.inputs.model_text), the same on both
     # stores; anything else that cannot be stored (NUL in a field, NaN) is refused with its field.
     row["prompt"], row["completion"] = model_text(row["prompt"]), model_text(row["completion"])
     problem = find_unstorable({k: row[k] for k in ("model_version", "user_ref", "feedback", "meta")})
@@ -247,12 +248,12 @@ def ingest_file(
 
     Rows are inserted in batches: PostgreSQL by ``COPY``, SQLite by one ``executemany`` of plain tuples per
     batch (other databases through SQLAlchemy's bulk insert). A bad record stops the load with its file and line (nothing is written), unless ``skip_invalid``.
-    ``redact_pii`` replaces PII in prompts and completions by ``[EMAIL]``, ``[PHONE]``, ... (tether.pii).
+    ``redact_pii`` replaces PII in prompts and completions by ``[EMAIL]``, ``[PHONE]``, ... (tether.checks.pii).
     """
     import time
 
+    from tether.data.records import read_records
     from tether.store.db import audit
-    from tether.store.formats import read_records
 
     start = time.perf_counter()
     report = IngestReport(path=str(path))
@@ -260,7 +261,7 @@ def ingest_file(
     batch: list[dict[str, Any]] = []
     redact_fn = None
     if redact_pii:
-        from tether.pii import redact as redact_fn
+        from tether.checks.pii import redact as redact_fn
 
     for number, record in read_records(Path(path)):
         try:
@@ -350,18 +351,7 @@ def _insert_rows(session: Any, rows: list[dict[str, Any]]) -> None:
 # Detectors used on completions
 # ---------------------------------------------------------------------------------------------------------------
 
-_REFUSAL = re.compile(
-    r"^\W*(?:i'?m sorry|i am sorry|sorry,? (?:but )?i|i apologi[sz]e|unfortunately,? i|as an ai"
-    r"|i (?:can ?not|can't|won't|will not|am unable to|am not able to|'m unable to|'m not able to|must decline)"
-    r"|i'?m afraid i)",
-    re.IGNORECASE,
-)
 _CHAR_RUN = re.compile(r"(\S)\1{19,}")
-
-
-def is_refusal(completion: str) -> bool:
-    """The completion opens with a refusal or apology ("I'm sorry, but I can't ...", "As an AI ...")."""
-    return bool(_REFUSAL.search(completion[:300].replace("\u2019", "'")))
 
 
 def _repeats_in_a_row(words: list[str], n: int, times: int) -> bool:
@@ -388,9 +378,9 @@ def is_degenerate(completion: str) -> bool:
 
 def default_rule_fn(rule_set: Any = None) -> Callable[[str, str], list[str]]:
     """``rule_fn(prompt, completion) -> names of broken rules``: ``pii:<kind>`` for PII in the completion, and
-    ``rule:<name>`` for each check of a ``tether.rules.RuleSet`` that fails (required-pattern bonuses excepted:
+    ``rule:<name>`` for each check of a ``tether.checks.rules.RuleSet`` that fails (required-pattern bonuses excepted:
     a missing bonus is not a violation)."""
-    from tether.pii import find_pii
+    from tether.checks.pii import find_pii
 
     checks = [r for r in (rule_set.rules if rule_set is not None else []) if r.kind != "required"]
 

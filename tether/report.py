@@ -432,7 +432,7 @@ def policy_sections(result: dict[str, Any], *, training: Sequence[dict[str, Any]
                 numeric=(1, 2, 3),
             ),
             "<p class='small'>Harmful prompts: SimpleSafetyTests and AdvBench; over-refusal: XSTest's safe prompts that look "
-            "unsafe. Refusals are detected by phrase (tether.rules), which measures refusing, not the harm of what is said "
+            "unsafe. Refusals are detected by phrase (tether.checks.refusal), which measures refusing, not the harm of what is said "
             "instead.</p>",
         ]
         sections.append(Section("Red-team prompts", parts))

@@ -8,7 +8,7 @@ A SPEC is one of:
   on the reward model's reference set). A rating model with several aspects needs their weights and signs:
   ``DIR:helpful=1,harm=-1`` (negative where higher is worse; every aspect named; 0 leaves one out), and each
   aspect is also logged on its own (``reward/<label>/<aspect>``).
-- ``rules:FILE.yaml``: rule-based rewards and filters (``tether.rules``); every rule is also logged on its own.
+- ``rules:FILE.yaml``: rule-based rewards and filters (``tether.checks.rules``); every rule is also logged on its own.
 - ``py:FILE.py:FUNCTION``: your function ``FUNCTION(prompts: list[str], completions: list[str]) -> list[float]``
   (verifiable rewards: unit tests, checkers, exact match). Plain-text prompts come as they were given;
   conversations as the policy's rendered prompt text.
@@ -153,7 +153,7 @@ class Reward:
 def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_size: int = 32, bf16: bool = False, say: Callable[[str], None] | None = None) -> Reward:
     """Parse and load every SPEC; a clear ``TetherError`` for anything that does not load (a rating model without
     its aspects' weights too, before any training). ``say`` gets the notes (a foreign reward model's scale)."""
-    from tether.rules import load_rules
+    from tether.checks.rules import load_rules
 
     if not spec_texts:
         raise TetherError("no reward given", fix="add --reward DIR, --reward rules:FILE.yaml or --reward py:FILE.py:FUNCTION")

@@ -113,7 +113,7 @@ def completion_logps(
     whole row. Only the completion positions go through the LM head. shape: input_ids, attention_mask (B, P + R)
     -> logps (B, R), entropy (B, R) or None.
     """
-    from tether.losses import entropy_from_logits
+    from tether.math.losses import entropy_from_logits
 
     logits = _shared_prompt_logits(model, input_ids, attention_mask, completion_width) if share_prompts else None
     if logits is None:
@@ -197,7 +197,7 @@ def build_rollout(
     sampler_logps: Sequence[list[float]] | None = None,
 ) -> Rollout:
     """The padded record from per-row token lists; each completion is cut after its first EOS."""
-    from tether.inputs import model_text
+    from tether.checks.inputs import model_text
     from tether.training import pad_left
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

@@ -1,6 +1,6 @@
 """Offline preference optimization on pairs: DPO, IPO and cDPO, straight from logged human preferences.
 
-setup → reference log-probs → train → save (``train_dpo`` at the bottom); the math is in ``tether.losses``.
+setup → reference log-probs → train → save (``train_dpo`` at the bottom); the math is in ``tether.math.losses``.
 
 Speed comes from doing less work, not from different math:
 - one row per pair, ``prompt + chosen + rejected``: the prompt runs through the transformer once, and a custom
@@ -216,9 +216,10 @@ def reference_scorer(cfg: Any, policy: Any, accelerator: Any) -> tuple[Any, bool
 def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on the preference pairs of ``cfg.data`` with DPO, IPO or cDPO; returns the final
     metrics. ``stop_after`` ends the run after that step without saving (a simulated preemption, for tests)."""
-    from tether.losses import dpo_loss, ipo_loss
+    from tether.data.canonical import rows_digest
+    from tether.math.losses import dpo_loss, ipo_loss
     from tether.models import load_causal_lm, load_tokenizer
-    from tether.store.formats import load_rows, rows_digest
+    from tether.store.snapshots import training_rows
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -230,12 +231,13 @@ def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any
         shard_batch,
         total_optimizer_steps,
     )
+    from tether.workspace import current_workspace
 
     # --- setup -----------------------------------------------------------------------------------------------
     accelerator, n_micro, micro_size = make_accelerator(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=accelerator.print)
-    rows = load_rows(cfg.data, "preference")
+    rows = training_rows(cfg.data, "preference", workspace=current_workspace())
     data_digest = rows_digest(rows)  # of every row, ties included: the snapshot's digest
     rows, ties = skip_ties(rows, f"{cfg.loss.upper()} would read it as chosen > rejected", accelerator.print)
     triples, kept = encode_pairs(tokenizer, rows, cfg.max_length)

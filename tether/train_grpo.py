@@ -35,7 +35,8 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
 
     ``on_step(step, epoch, minibatch, stats)`` is called after every optimizer step (tests use it).
     """
-    from tether.losses import (
+    from tether.data.canonical import rows_digest
+    from tether.math.losses import (
         aggregate_loss,
         clipped_policy_loss,
         group_advantages,
@@ -58,7 +59,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         update_order,
         write_samples,
     )
-    from tether.store.formats import load_rows, rows_digest
+    from tether.store.snapshots import training_rows
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -70,11 +71,12 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         set_seed,
         shard_batch,
     )
+    from tether.workspace import current_workspace
 
     # ---- setup: data, reward, models, optimizer (plumbing) -------------------------------------------------
     set_seed(cfg.seed)
     accelerator, _, micro_batch = make_accelerator(cfg)
-    rows = load_rows(cfg.prompts, "prompt")
+    rows = training_rows(cfg.prompts, "prompt", workspace=current_workspace())
     prompts = [row["prompt"] for row in rows]
     plan = plan_rollouts(cfg, len(prompts), accelerator.num_processes)
     total_steps, updates_per_rollout, minibatch = plan.total_steps, plan.updates_per_rollout, plan.minibatch

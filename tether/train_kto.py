@@ -1,6 +1,6 @@
 """KTO on unpaired feedback (thumbs up / thumbs down), against a frozen reference.
 
-setup → reference log-probs → train → save (``train_kto`` at the bottom); the math is ``tether.losses.kto_loss``.
+setup → reference log-probs → train → save (``train_kto`` at the bottom); the math is ``tether.math.losses.kto_loss``.
 
 The reference point z0 of KTO (Ethayarajh et al. 2024, Sec. 4.1) is the policy's KL from the reference,
 estimated on mismatched pairs (x_i, y_j): here each example i gets a fixed partner j (a cycle through a
@@ -67,14 +67,19 @@ def load_kto_rows(spec: str, say: Any = print) -> tuple[list[dict[str, Any]], st
     """KTO's unpaired rows from ``spec``, the data digest and what was done to them. Preference data (pairs, or the
     multi-annotator and ranking files that decide pairs) is split as TRL's ``unpair_preference_dataset`` does: each
     pair gives a desirable example (chosen) and an undesirable one (rejected); ties are skipped and counted."""
-    from tether.store.formats import detect_format, load_rows, read_records, resolve_snapshot, rows_digest
+    from tether.data.canonical import rows_digest
+    from tether.data.formats import detect_format
+    from tether.data.records import read_records
+    from tether.data.rows import load_rows
+    from tether.store.snapshots import spec_path
+    from tether.workspace import current_workspace
 
-    path = resolve_snapshot(spec.split(":", 1)[1]) if spec.startswith("snapshot:") else Path(spec)
+    path, is_snapshot = spec_path(spec, current_workspace())
     first = next((record for _, record in read_records(path)), {})
     if detect_format(first) not in ("trl", "hh", "pandalm", "ranking"):
-        rows = load_rows(spec, "unpaired")
+        rows = load_rows(path, "unpaired", snapshot=is_snapshot)
         return rows, rows_digest(rows), {}
-    pairs = load_rows(spec, "preference")
+    pairs = load_rows(path, "preference", snapshot=is_snapshot)
     digest = rows_digest(pairs)  # of the pairs as given, ties included: the snapshot's digest
     pairs, ties = skip_ties(pairs, "KTO would call its chosen answer desirable and the other undesirable", say)
     rows = [
@@ -95,7 +100,7 @@ def score_completions(module: Any, pairs: list[tuple[list[int], list[int]]], pad
 def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` with KTO on the unpaired rows of ``cfg.data``; returns the final metrics."""
     from tether.errors import TetherError
-    from tether.losses import kto_loss
+    from tether.math.losses import kto_loss
     from tether.models import load_causal_lm, load_tokenizer
     from tether.training import (
         Checkpointer,

@@ -120,7 +120,8 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
 
     ``on_step(step, epoch, minibatch, stats)`` is called after every optimizer step (tests use it).
     """
-    from tether.losses import (
+    from tether.data.canonical import rows_digest
+    from tether.math.losses import (
         adaptive_kl_coef,
         clipped_policy_loss,
         clipped_value_loss,
@@ -147,7 +148,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         update_order,
         write_samples,
     )
-    from tether.store.formats import load_rows, rows_digest
+    from tether.store.snapshots import training_rows
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -159,11 +160,12 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         set_seed,
         shard_batch,
     )
+    from tether.workspace import current_workspace
 
     # ---- setup: data, reward, models, optimizers (plumbing) ------------------------------------------------
     set_seed(cfg.seed)
     accelerator, _, micro_batch = make_accelerator(cfg)
-    rows = load_rows(cfg.prompts, "prompt")
+    rows = training_rows(cfg.prompts, "prompt", workspace=current_workspace())
     prompts = [row["prompt"] for row in rows]
     plan = plan_rollouts(cfg, len(prompts), accelerator.num_processes)
     total_steps, updates_per_rollout, minibatch = plan.total_steps, plan.updates_per_rollout, plan.minibatch

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from tether import losses
 from tether.config import RewardConfig
 from tether.errors import TetherError
+from tether.math import losses
 
 
 def train_reward(cfg: RewardConfig) -> dict[str, Any]:
@@ -313,12 +313,14 @@ def _load_data(cfg: RewardConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     """Training rows and held-out rows (eval_data, or a seeded eval_fraction of the data)."""
     import random
 
-    from tether.store.formats import load_rows
+    from tether.store.snapshots import training_rows
+    from tether.workspace import current_workspace
 
+    workspace = current_workspace()
     kind = "preference" if cfg.objective == "pairwise" else "rating"
-    rows = load_rows(cfg.data, kind)
+    rows = training_rows(cfg.data, kind, workspace=workspace)
     if cfg.eval_data:
-        return rows, load_rows(cfg.eval_data, "preference")
+        return rows, training_rows(cfg.eval_data, "preference", workspace=workspace)
     if cfg.eval_fraction:
         order = list(range(len(rows)))
         random.Random(cfg.seed).shuffle(order)
@@ -329,8 +331,8 @@ def _load_data(cfg: RewardConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any) -> dict[str, Any]:
     """Token ids per row (over-long rows skipped and counted), lengths for bucketing, margins, ties, targets."""
+    from tether.data.canonical import rows_digest
     from tether.reward import encode_many
-    from tether.store.formats import rows_digest
 
     digest = rows_digest(rows)
     if cfg.objective == "rating":
@@ -446,9 +448,10 @@ def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any
         seqs = data["chosen"] if cfg.objective == "pairwise" else data["seqs"]
         name = "training chosen completions" if cfg.objective == "pairwise" else "training completions"
     else:
-        from tether.store.formats import load_rows
+        from tether.store.snapshots import training_rows
+        from tether.workspace import current_workspace
 
-        rows = load_rows(cfg.normalize_data, "sft")
+        rows = training_rows(cfg.normalize_data, "sft", workspace=current_workspace())
         prompts = [r["messages"][:-1] if "messages" in r else r["prompt"] for r in rows]
         completions = [r["messages"][-1:] if "messages" in r else r["completion"] for r in rows]
         seqs = [s for s in encode_many(tokenizer, prompts, completions, cfg.max_length) if s is not None]

@@ -349,8 +349,9 @@ def load_policy(cfg: Any, tokenizer: Any) -> Any:
 def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.data``; returns the final metrics. ``stop_after`` ends the run after that
     step without saving the model (a simulated preemption, for resume tests)."""
+    from tether.data.canonical import rows_digest
     from tether.models import load_tokenizer
-    from tether.store.formats import load_rows, rows_digest
+    from tether.store.snapshots import training_rows
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -362,12 +363,13 @@ def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any
         shard_batch,
         total_optimizer_steps,
     )
+    from tether.workspace import current_workspace
 
     # --- setup -----------------------------------------------------------------------------------------------
     accelerator, n_micro, _ = make_accelerator(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=accelerator.print)
-    rows = load_rows(cfg.data, "sft")
+    rows = training_rows(cfg.data, "sft", workspace=current_workspace())
     data_digest = rows_digest(rows)
     rows, ties = skip_ties(rows, "SFT would learn its chosen answer as a good one", accelerator.print)  # preference rows: their chosen answers
     examples, kept = encode_sft_rows(tokenizer, rows, cfg.max_length)

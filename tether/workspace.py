@@ -53,7 +53,7 @@ max_violation_rate = 0.05  # share of completions with PII or a failed --rules c
 max_rate_rise = 0.05       # refusal / repetition / violation rate rise over the baseline
 max_length_growth = 1.5    # mean completion length over the baseline's
 min_window_records = 30    # smaller windows are shown but not tested
-# rules = "rules.yaml"     # a tether.rules file whose failed checks count as violations
+# rules = "rules.yaml"     # a tether.checks.rules file whose failed checks count as violations
 
 [governance]
 # `tether data purge --expired` deletes production records older than this many days (0 keeps them).
@@ -153,6 +153,11 @@ def open_workspace(start: Path | None = None) -> Workspace:
             fix=f"run `tether init {root}`",
         )
     return Workspace(root=root, config=_read_config(root / CONFIG_NAME))
+
+
+def current_workspace() -> Workspace | None:
+    """The workspace in use (see ``find_workspace``), or None when there is none."""
+    return open_workspace() if find_workspace() is not None else None
 
 
 def init_workspace(root: Path) -> Workspace:

@@ -15,8 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tether.app import security
 from tether.app.settings import AppSettings
-from tether.errors import TetherError
-from tether.store.annotation import Forbidden
+from tether.errors import Forbidden, TetherError
 from tether.store.db import session_scope
 from tether.store.tables import User
 
@@ -240,14 +239,14 @@ ApiAdmin = Annotated[User, Depends(api_admin)]
 
 
 def _unstorable(where: str, key: str, value: Any) -> dict[str, Any] | None:
-    from tether.inputs import find_unstorable
+    from tether.checks.inputs import find_unstorable
 
     problem = find_unstorable(key, "a field name") or find_unstorable(value, key)
     return None if problem is None else {"loc": (where, key), "msg": problem, "type": "value_error"}
 
 
 async def storable_input(request: Request) -> None:
-    """Every request's query string and form fields (file names included) pass ``tether.inputs`` first: NUL and
+    """Every request's query string and form fields (file names included) pass ``tether.checks.inputs`` first: NUL and
     lone surrogates are refused (422 for the API, 400 for pages) before a route reads them. JSON bodies are
     checked by their schemas (``tether.app.schemas.Body``), uploaded files by the importer."""
     from fastapi.exceptions import RequestValidationError

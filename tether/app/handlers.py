@@ -12,8 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException
 
 from tether.app.deps import CsrfRefused, LoginRequired, Unauthorized, is_htmx, page, user_for_error_page
-from tether.errors import TetherError, TooLarge
-from tether.store.annotation import Conflict, Forbidden, NotFound
+from tether.errors import Conflict, Forbidden, NotFound, TetherError, TooLarge
 
 
 def status_of(exc: TetherError) -> int:

@@ -1,7 +1,7 @@
 """The JSON API's request and response bodies (``XCreate`` in, ``XPublic`` out).
 
 Every request body derives from ``Body``: text that cannot be stored (NUL, lone surrogates) and non-finite numbers
-anywhere in it are refused with 422 before any field is read (see ``tether.inputs``).
+anywhere in it are refused with 422 before any field is read (see ``tether.checks.inputs``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, Field, model_validator
 
-from tether.inputs import find_unstorable
+from tether.checks.inputs import find_unstorable
 
 # Ids are INTEGER columns: int4 on PostgreSQL (SQLite's reach int64). An id past that names nothing, so a path or
 # query id is checked against it (422 for the API, 404 for a page) before the driver sees it and overflows.
@@ -34,7 +34,7 @@ def plain_int(raw: Any) -> int | None:
 
 
 class Body(BaseModel):
-    """A request body: the whole of it passes ``tether.inputs.find_unstorable`` first."""
+    """A request body: the whole of it passes ``tether.checks.inputs.find_unstorable`` first."""
 
     @model_validator(mode="before")
     @classmethod
@@ -154,7 +154,7 @@ class TaskPublic(BaseModel):
 
 
 class JudgmentIn(Body):
-    value: dict[str, Any]  # in item positions (see tether.feedback)
+    value: dict[str, Any]  # in item positions (see tether.feedback.judgments)
     time_spent_ms: int | None = Field(None, ge=0, le=MAX_ID)  # what the page measured; clamped to the time since assignment
     guideline_version: int | None = Field(None, ge=1, le=MAX_ID)
     schema_version: int | None = Field(None, ge=1, le=MAX_ID)

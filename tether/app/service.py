@@ -21,8 +21,7 @@ from sqlalchemy import and_, bindparam, case, delete, or_, select
 from sqlalchemy.orm import Session
 
 from tether.app import security
-from tether.errors import TetherError
-from tether.store.annotation import Conflict, NotFound
+from tether.errors import Conflict, NotFound, TetherError
 from tether.store.db import audit
 from tether.store.tables import TOKEN_SCOPES, ApiToken, User, WebSession, as_utc, name_key, utcnow
 

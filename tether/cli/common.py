@@ -101,6 +101,16 @@ def writing(path: Path, flag: str = "-o") -> Iterator[None]:
         raise TetherError(f"cannot write {path}: {exc.strerror or exc}", fix=fix) from None
 
 
+def data_workspace(*specs: Any) -> Any:
+    """The workspace the rows of ``specs`` are read from: the current one, opened with its schema checked when a spec
+    names a snapshot (``snapshot:NAME``; no workspace then is an error), else the current one if any (or None)."""
+    from tether.workspace import current_workspace
+
+    if any(str(spec).startswith("snapshot:") for spec in specs if spec is not None):
+        return workspace_url()[0]
+    return current_workspace()
+
+
 def workspace_url() -> tuple[Any, str]:
     """The current workspace and its database URL, with the schema checked."""
     from tether.store.db import check_schema

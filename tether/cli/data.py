@@ -64,9 +64,9 @@ def import_(
 
     Example:  tether data import ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz --name hh-helpful
     """
+    from tether.checks.redact import check_redact
     from tether.cli.common import emit_json, require_file, workspace_url
     from tether.errors import TetherError
-    from tether.governance import check_redact
     from tether.store.db import session_scope
     from tether.store.importer import import_file
 

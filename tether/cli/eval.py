@@ -28,10 +28,11 @@ def eval_reward_command(
 
     Example:  tether eval reward --model rm --data test.jsonl --json
     """
+    from tether.cli.common import data_workspace
     from tether.evaluate import evaluate_reward
-    from tether.store.formats import load_rows
+    from tether.store.snapshots import training_rows
 
-    rows = load_rows(data, "preference")
+    rows = training_rows(data, "preference", workspace=data_workspace(data))
     report = evaluate_reward(model, rows, batch_size=batch_size, say=lambda m: typer.echo(m, err=True))
     if as_json:
         emit_json(report)
@@ -65,13 +66,16 @@ def score_command(
     """
     import json
 
-    from tether.cli.common import require_file
+    from tether.cli.common import require_file, workspace_url
+    from tether.data.canonical import preference_row
+    from tether.data.records import read_records
+    from tether.data.rows import read_snapshot_rows
     from tether.errors import TetherError
     from tether.reward import RewardModel
-    from tether.store.formats import preference_row, read_records, read_snapshot_rows, resolve_snapshot
+    from tether.store.snapshots import snapshot_file
 
     if data.startswith("snapshot:"):
-        source = resolve_snapshot(data.split(":", 1)[1])
+        source = snapshot_file(workspace_url()[0], data.split(":", 1)[1])
         records = read_snapshot_rows(source)
     else:
         source = Path(data)
@@ -127,7 +131,7 @@ def eval_policy_command(
     baseline: Annotated[Path, typer.Option("--baseline", help="The policy to compare with (e.g. the SFT model).")],
     reward: Annotated[str, typer.Option("--reward", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model): judges the win-rate; a rating model as DIR:helpful=1,harm=-1.")],
     prompts: Annotated[Path, typer.Option("--prompts", help="Held-out prompts: JSONL/JSON/CSV/parquet rows with a `prompt` field.")],
-    rules: Annotated[Path | None, typer.Option("--rules", help="A rules YAML (tether.rules); pii and forbidden rules count as violations. Default: personal data.")] = None,
+    rules: Annotated[Path | None, typer.Option("--rules", help="A rules YAML (tether.checks.rules); pii and forbidden rules count as violations. Default: personal data.")] = None,
     redteam: Annotated[Path | None, typer.Option("--redteam", help="Red-team prompts: a folder like ../shared/data/redteam (SimpleSafetyTests, AdvBench, XSTest) or a CSV/JSONL.")] = None,
     template: Annotated[str, typer.Option("--template", help="Text wrapped around each red-team prompt first, e.g. 'Customer: {prompt}\\nAgent:' (then the chat template, see --chat-template).")] = "{prompt}",
     chat_template: Annotated[bool | None, typer.Option("--chat-template/--no-chat-template", help="Send plain-text prompts (held-out and red-team) through each model's chat template as a user turn, or as they are. Default: as each model was trained (its tether.json), else the template when it has one.")] = None,

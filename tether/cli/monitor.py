@@ -84,8 +84,8 @@ def ingest(
 
     Example:  tether monitor ingest logs/2025-03.jsonl --redact pii
     """
+    from tether.checks.redact import check_redact
     from tether.cli.common import emit_json, require_file, workspace_url
-    from tether.governance import check_redact
     from tether.monitor import ingest_file
     from tether.store.db import session_scope
 
@@ -122,7 +122,7 @@ def report(
     until: Annotated[str | None, typer.Option("--until", help="Only records before this time (ISO 8601).")] = None,
     model_version: Annotated[str | None, typer.Option("--model-version", help="Only records of this model version.")] = None,
     embedder: Annotated[str, typer.Option("--embedder", help="Prompt embeddings for input drift: auto (MiniLM when installed, else hash), minilm, hash or none.")] = "auto",
-    rules: Annotated[Path | None, typer.Option("--rules", help="A tether.rules YAML file whose failed checks count as violations (default: [monitor] rules in tether.toml).")] = None,
+    rules: Annotated[Path | None, typer.Option("--rules", help="A tether.checks.rules YAML file whose failed checks count as violations (default: [monitor] rules in tether.toml).")] = None,
     sample_per_window: Annotated[int, typer.Option("--sample-per-window", min=10, help="Records per window for text checks and reward-model scoring.")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the per-window samples and permutation tests.")] = 0,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report with time-series plots here.")] = None,
@@ -161,7 +161,7 @@ def report(
     rule_set = None
     rules_path = _rules_option(rules, ws)
     if rules_path is not None:
-        from tether.rules import load_rules
+        from tether.checks.rules import load_rules
 
         rule_set = load_rules(rules_path)
     score_fn, source = _reward_scorer(reward)

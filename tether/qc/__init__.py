@@ -1,6 +1,7 @@
-"""Annotation quality control, aggregation and active-learning selection.
+"""Annotation quality control and active-learning selection (aggregating votes into pairs is
+tether.feedback.aggregation's).
 
-Three parts, each pure functions over plain records and numpy arrays (the store is read in ``load_*`` only):
+Two parts, each pure functions over plain records and numpy arrays (the store is read in ``load_*`` only):
 
 - **Agreement and annotators.** Judgments become ``Answer`` records (one per question per unit). Per question:
   Krippendorff's alpha (the ``krippendorff`` package; nominal for choices, ordinal for strengths, rankings and
@@ -8,28 +9,14 @@ Three parts, each pure functions over plain records and numpy arrays (the store 
   more answers. Per annotator: agreement with the leave-one-out consensus, accuracy on gold items, a reliability
   estimate from Dawid-Skene (Dawid & Skene 1979), optionally MACE competence (Hovy et al. 2013), position bias
   (how often the first-shown answer wins, binomial test), speed, and flags with the reason.
-- **Aggregation into pairs.** Every judgment becomes votes on unordered position pairs of its item;
-  ``dawid-skene`` and ``bradley-terry`` turn the votes into ``AggregatedPair`` rows (ties kept, rankings become
-  all k(k-1)/2 pairs). ``tether.store.snapshots.aggregate_pairs`` calls them beside its own ``majority``.
 - **Active learning.** ``select_candidates`` picks which candidate pairs humans judge next: predicted preference
   nearest 0.5 (uncertainty), the reward ensemble's spread (disagreement) or random, with a per-prompt cap and an
   optional embedding-distance dedupe as the diversity guard.
 
 One module per part, everything re-exported here (``from tether.qc import ...``): ``agreement`` (answers,
-Krippendorff's alpha), ``annotators`` (Dawid-Skene, MACE, per-annotator figures and flags), ``aggregate`` (votes
-into pairs), ``select`` (active learning) and ``report`` (the report from the store, as text, JSON and HTML).
+Krippendorff's alpha), ``annotators`` (Dawid-Skene reliability, MACE, per-annotator figures and flags), ``select`` (active learning) and ``report`` (the report from the store, as text, JSON and HTML).
 """
 
-from tether.qc.aggregate import (
-    AGGREGATE_METHODS,
-    OUTCOMES,
-    AggregatedPair,
-    PairVote,
-    bradley_terry_pairs,
-    bradley_terry_strengths,
-    dawid_skene_pairs,
-    pair_votes,
-)
 from tether.qc.agreement import (
     METRICS,
     Answer,
@@ -40,15 +27,7 @@ from tether.qc.agreement import (
     question_agreement,
     reliability_matrix,
 )
-from tether.qc.annotators import (
-    DawidSkeneResult,
-    QCConfig,
-    annotator_figures,
-    dawid_skene,
-    leave_one_out_agreement,
-    mace,
-    primary_question,
-)
+from tether.qc.annotators import QCConfig, annotator_figures, leave_one_out_agreement, mace, primary_question
 from tether.qc.report import (
     LoadedJudgments,
     find_project,
@@ -75,11 +54,11 @@ from tether.qc.select import (
 )
 
 __all__ = [
-    "AGGREGATE_METHODS", "AUTO_AGREEMENT", "CLI_STRATEGIES", "METRICS", "OUTCOMES", "SELECT_STRATEGIES",
-    "AggregatedPair", "Answer", "DawidSkeneResult", "LoadedJudgments", "PairVote", "QCConfig",
-    "annotator_figures", "answers_from_judgment", "auto_strategy", "bradley_terry_pairs", "bradley_terry_strengths", "candidate_pairs",
-    "dawid_skene", "dawid_skene_pairs", "default_metric", "find_project", "format_report", "krippendorff_alpha",
-    "leave_one_out_agreement", "load_judgments", "mace", "pair_votes", "pairwise_agreement", "parse_metrics",
+    "AUTO_AGREEMENT", "CLI_STRATEGIES", "METRICS", "SELECT_STRATEGIES",
+    "Answer", "LoadedJudgments", "QCConfig",
+    "annotator_figures", "answers_from_judgment", "auto_strategy", "candidate_pairs",
+    "default_metric", "find_project", "format_report", "krippendorff_alpha",
+    "leave_one_out_agreement", "load_judgments", "mace", "pairwise_agreement", "parse_metrics",
     "preference_stats", "primary_question", "project_agreement", "project_qc", "qc_report", "question_agreement", "reliability_matrix",
     "render_html", "report_figures", "select_candidates", "select_for_labeling", "snapshot_qc", "snapshot_qc_record",
 ]

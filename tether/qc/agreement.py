@@ -83,7 +83,7 @@ def answers_from_judgment(
     time_spent_ms: int | None = None,
     gold_value: dict[str, Any] | None = None,
 ) -> list[Answer]:
-    """The QC answers of one judgment (value in item positions, see tether.feedback)."""
+    """The QC answers of one judgment (value in item positions, see tether.feedback.judgments)."""
     gold = _questions_of(kind, gold_value) if gold_value else {}
     first_won = None
     if kind == "pairwise" and shown_order and value.get("choice") in ("a", "b"):

@@ -219,7 +219,7 @@ def select_for_labeling(
     if candidates_file:
         from pathlib import Path
 
-        from tether.store.formats import read_records
+        from tether.data.records import read_records
 
         extra = [record for _, record in read_records(Path(candidates_file))]
     with session_scope(url) as session:

@@ -18,7 +18,7 @@ Queue rules (``next_assignment``):
   open_slots > 0`` (atomic on the row), so an item never exceeds ``overlap``; ``unique(item_id, user_id)`` backs
   "never twice to one".
 
-A judgment's ``value`` is stored in item positions (see tether.feedback); the order the annotator saw is stored
+A judgment's ``value`` is stored in item positions (see tether.feedback.judgments); the order the annotator saw is stored
 beside it as ``shown_order`` so that position bias can be measured and removed.
 """
 
@@ -34,11 +34,13 @@ from typing import Any
 from sqlalchemy import bindparam, case, exists, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
-from tether.errors import TetherError
-from tether.feedback import FLAG_CATEGORIES, validate_value
-from tether.inputs import find_unstorable, require_storable
+from tether.checks.inputs import find_unstorable, require_storable
+from tether.data.canonical import is_messages, messages_text
+from tether.data.formats import FORMAT_KEYS, SkipRecord, detect_format, parse_record
+from tether.data.records import content_hash
+from tether.errors import Conflict, Forbidden, NotFound, TetherError
+from tether.feedback.judgments import FLAG_CATEGORIES, validate_value
 from tether.store.db import audit
-from tether.store.formats import content_hash, messages_text
 from tether.store.tables import (
     Assignment,
     Completion,
@@ -61,18 +63,6 @@ MAX_FLAGS = 9  # Shift+1..9 toggle the flags
 MAX_SKIP_REASON_CHARS = 500
 MAX_GUIDELINE_CHARS = 200_000
 _rng = random.Random()
-
-
-class Forbidden(TetherError):
-    """The caller may not do this (HTTP 403). Also used for objects that do not exist, so nothing leaks."""
-
-
-class NotFound(TetherError):
-    """No such object (HTTP 404); only for callers allowed to know what exists."""
-
-
-class Conflict(TetherError):
-    """The request clashes with the current state, e.g. a second submit of one assignment (HTTP 409)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -125,7 +115,7 @@ def completions_for(kind: str) -> tuple[int, int]:
 
 
 def check_value(spec: dict[str, Any], value: Any, n_completions: int, max_answer_chars: int) -> dict[str, Any]:
-    """A judgment value checked against the schema (and tether.feedback); returns it normalized."""
+    """A judgment value checked against the schema (and tether.feedback.judgments); returns it normalized."""
     kind = spec["kind"]
     require_storable(value, "the answer")
     validate_value(kind, value, n_completions)
@@ -320,15 +310,11 @@ def add_schema_version(session: Session, *, project: Project, spec: dict[str, An
 # Items: prompts and completions pushed by an admin or a pipeline
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-
-
 def _content(value: Any, what: str) -> tuple[str, list[Any] | None]:
     """(text, messages) of a prompt or completion given as a string or a list of chat messages."""
     if isinstance(value, str):
         return value, None
-    if _is_messages(value):
+    if is_messages(value):
         return messages_text(value), value
     raise ValueError(f"{what} must be text or a list of {{role, content}} messages")
 
@@ -338,12 +324,10 @@ def item_row(record: dict[str, Any]) -> dict[str, Any]:
 
     Unlabeled shapes: ``{"prompt", "completions": [...]}`` (each a string, messages, or ``{"text" | "messages",
     "model", "gen_settings"}``) and ``{"prompt", "completion"}`` (one completion). Every format the importer
-    reads (``tether.store.formats.parse_record``: TRL and HH-RLHF pairs, chosen first; PandaLM; rankings;
+    reads (``tether.data.parse_record``: TRL and HH-RLHF pairs, chosen first; PandaLM; rankings;
     ratings) is accepted too, its labels left out: a campaign collects fresh judgments. Optional:
     ``external_id``, ``gold`` (a judgment value in item positions), ``meta``.
     """
-    from tether.store import formats
-
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
     problem = find_unstorable(record)
@@ -358,12 +342,12 @@ def item_row(record: dict[str, Any]) -> dict[str, Any]:
     elif "completion" in keys and not keys & {"ratings", "rating", "label"}:
         prompt, completions = record.get("prompt"), [record["completion"]]
     else:
-        fmt = formats.detect_format(record)
+        fmt = detect_format(record)
         if fmt is None or fmt == "prompts":
-            raise ValueError(f"expected prompt and completions; known shapes: {{prompt, completions}}, {{prompt, completion}}, {formats.FORMAT_KEYS}")
+            raise ValueError(f"expected prompt and completions; known shapes: {{prompt, completions}}, {{prompt, completion}}, {FORMAT_KEYS}")
         try:
-            entry = formats.parse_record(fmt, record)
-        except formats.SkipRecord as exc:
+            entry = parse_record(fmt, record)
+        except SkipRecord as exc:
             raise ValueError(str(exc) or "the completions are identical") from None
         prompt, completions = entry.prompt, entry.completions
         external_id = external_id if external_id is not None else entry.external_id

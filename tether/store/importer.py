@@ -5,7 +5,7 @@ A file becomes one feedback set: a ``Project`` named by the user (source ``"impo
 - one item per record (kind pairwise, ranking, rating or thumbs) with its completions in order (``ItemCompletion``);
 - external annotators (role ``"external"``): ``"<set>/annotator1"``.. for multi-annotator files (PandaLM),
   ``"<set>/import"`` for files that carry one unsigned label per record;
-- judgments (source ``"import"``) whose values follow tether.feedback.
+- judgments (source ``"import"``) whose values follow tether.feedback.judgments.
 Prompt-only files make prompts and nothing else.
 
 Records are parsed in chunks and each chunk is written with a few ``executemany`` inserts (ids reserved first
@@ -28,9 +28,11 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tether.data.canonical import messages_text
+from tether.data.formats import FORMAT_KEYS, IMPORT_FORMATS, Entry, SkipRecord, detect_format, parse_record
+from tether.data.records import content_hash, read_records, where
 from tether.errors import TetherError
-from tether.feedback import to_pairs
-from tether.store import formats
+from tether.feedback.judgments import to_pairs
 from tether.store.db import audit
 from tether.store.tables import Completion, Item, ItemCompletion, Judgment, Project, Prompt, User, utcnow
 
@@ -89,15 +91,15 @@ def import_file(
 ) -> ImportResult:
     """Import ``path`` as the new feedback set ``name`` inside ``session``'s transaction.
 
-    ``fmt`` is ``"auto"`` (recognised from the first readable record's keys) or one of ``formats.IMPORT_FORMATS``.
+    ``fmt`` is ``"auto"`` (recognised from the first readable record's keys) or one of ``IMPORT_FORMATS``.
     Invalid records raise a TetherError naming the file, line and reason, unless ``skip_invalid``: then they are
     skipped and counted per reason. Identical chosen/rejected pairs are always skipped and counted.
     """
     start = time.perf_counter()
     path = Path(path)
     check_name(name)
-    if fmt != "auto" and fmt not in formats.IMPORT_FORMATS:
-        raise TetherError(f"unknown format {fmt!r}", fix=f"use auto or one of: {', '.join(formats.IMPORT_FORMATS)}")
+    if fmt != "auto" and fmt not in IMPORT_FORMATS:
+        raise TetherError(f"unknown format {fmt!r}", fix=f"use auto or one of: {', '.join(IMPORT_FORMATS)}")
     _refuse_existing(session, name)
     result = ImportResult(name=name, file=str(path), format=fmt)
     skips: Counter[str] = Counter()
@@ -106,39 +108,39 @@ def import_file(
     def skip(number: int, reason: str, invalid: bool, fix: str | None = None) -> None:
         if invalid and not skip_invalid:
             raise TetherError(
-                f"{formats.where(path, number)}: {reason}",
+                f"{where(path, number)}: {reason}",
                 fix=fix or f"fix or remove that record, or pass --skip-invalid to skip bad records (format {result.format})",
             )
         skips[reason] += 1
         if len(result.skipped_examples) < MAX_EXAMPLES:
-            result.skipped_examples.append({"where": formats.where(path, number), "reason": reason})
+            result.skipped_examples.append({"where": where(path, number), "reason": reason})
 
     def bad_line(number: int, reason: str) -> None:
         result.records += 1
         skip(number, reason, invalid=True)
 
     writer: _SetWriter | None = None
-    pending: list[formats.Entry] = []
-    for number, record in formats.read_records(path, on_bad=bad_line if skip_invalid else None, on_progress=on_progress):
+    pending: list[Entry] = []
+    for number, record in read_records(path, on_bad=bad_line if skip_invalid else None, on_progress=on_progress):
         result.records += 1
         if redact_pii:  # governance: PII in any text of the record is replaced before anything is stored
-            from tether.governance import redact_record
+            from tether.checks.redact import redact_record
 
             record, _ = redact_record(record, result.redacted)
         if result.format == "auto":
-            detected = formats.detect_format(record)
+            detected = detect_format(record)
             if detected is None:
                 skip(
                     number,
-                    f"cannot tell the format from the keys {sorted(record)[:12]} (expected {formats.FORMAT_KEYS})",
+                    f"cannot tell the format from the keys {sorted(record)[:12]} (expected {FORMAT_KEYS})",
                     invalid=True,
                     fix="pass --format NAME, or give the records the keys of a supported format (README: Data formats)",
                 )
                 continue
             result.format = detected
         try:
-            entry = formats.parse_record(result.format, record)
-        except formats.SkipRecord as exc:
+            entry = parse_record(result.format, record)
+        except SkipRecord as exc:
             skip(number, str(exc), invalid=False)
             continue
         except ValueError as exc:
@@ -147,7 +149,7 @@ def import_file(
         for reason in entry.coerced:
             coerced[reason] += 1
             if len(result.coerced_examples) < MAX_EXAMPLES:
-                result.coerced_examples.append({"where": formats.where(path, number), "reason": reason})
+                result.coerced_examples.append({"where": where(path, number), "reason": reason})
         pending.append(entry)
         if len(pending) >= CHUNK_RECORDS:
             writer = writer or _SetWriter.create(session, name, result.format, path)
@@ -165,7 +167,7 @@ def import_file(
         first = result.skipped_examples[0] if result.skipped_examples else {"where": str(path), "reason": "?"}
         raise TetherError(
             f"{path}: no record could be imported ({result.skipped} skipped; first: {first['where']}: {first['reason']})",
-            fix=f"check the file's format (expected {formats.FORMAT_KEYS}), or pass --format",
+            fix=f"check the file's format (expected {FORMAT_KEYS}), or pass --format",
         )
     result.imported = result.records - result.skipped
     for key in ("prompts", "completions", "items", "judgments", "comparisons", "annotators"):
@@ -258,7 +260,7 @@ def _text_fields(value: Any) -> tuple[str, list[Any] | None]:
     """(text, messages) of a prompt or completion that is a string or a message list."""
     if isinstance(value, str):
         return value, None
-    return formats.messages_text(value), value
+    return messages_text(value), value
 
 
 class _SetWriter:
@@ -314,9 +316,9 @@ class _SetWriter:
             self.counts["annotators"] += 1
         return self.user_ids[annotator]
 
-    def write(self, entries: list[formats.Entry]) -> None:
+    def write(self, entries: list[Entry]) -> None:
         # ALGO LOGIC: de-duplicate prompts by content hash within the set, completions per prompt.
-        prompt_hashes = [formats.content_hash(e.prompt) for e in entries]
+        prompt_hashes = [content_hash(e.prompt) for e in entries]
         new_prompts: dict[str, dict[str, Any]] = {}
         for entry, digest in zip(entries, prompt_hashes):
             if digest not in self.prompt_ids and digest not in new_prompts:
@@ -335,7 +337,7 @@ class _SetWriter:
         for entry, prompt_id in item_entries:
             keys = []
             for completion in entry.completions:
-                key = (prompt_id, formats.content_hash(completion))
+                key = (prompt_id, content_hash(completion))
                 keys.append(key)
                 if key not in self.completion_ids and key not in new_completions:
                     text, messages = _text_fields(completion)

@@ -5,7 +5,7 @@ ensure_ascii=False, separators=(",", ":"))``. Its digest is the sha256 of those 
 file adds one final newline), so the same rows give the same digest wherever they were made.
 
 Which rows a set gives (its row kind follows its items):
-- pairwise and ranking items -> preference rows: every judgment becomes pairs (tether.feedback.to_pairs; a full
+- pairwise and ranking items -> preference rows: every judgment becomes pairs (tether.feedback.judgments.to_pairs; a full
   ranking of k gives k(k-1)/2 pairs) and ``aggregate_pairs`` decides each compared pair of an item;
 - rating items -> rating rows: one per item, each aspect the mean of the annotators' ratings (one rating is
   copied as is);
@@ -20,18 +20,10 @@ aggregate of the annotators' votes below. Reviewers' decisions are never votes. 
 filtered by ``min_agreement``; their votes still feed the aggregation (Dawid-Skene learns each annotator's
 reliability from them). ``counts`` says how many labels came from gold and from adjudication.
 
-Majority (``--aggregate majority``): for each pair of completions an item's judgments compared, each judgment
-votes for one of three outcomes: the first better, the second better, or a tie. The outcome with strictly the
-most votes wins; when two outcomes share the top count (a 1-1 split, or a-b-tie 1-1-1) the pair has no majority
-and is dropped (counted as ``no_majority``). A winning tie gives a tie row, which is dropped unless ``keep_ties``
-(counted as ``ties_dropped``); kept tie rows carry ``"tie": true`` (counted as ``ties_kept``). A row's ``margin`` is the mean of the margins
-of the winning votes when every one of them has a margin.
-
-Dawid-Skene and Bradley-Terry (``--aggregate dawid-skene | bradley-terry``, in tether.qc): Dawid-Skene weighs
-each annotator by an estimated confusion matrix, so every compared pair gets an outcome (splits are decided by
-the more reliable annotators); Bradley-Terry fits strengths of an item's completions from all its votes and
-writes ``margin`` = the log-strength difference (a 1-1 split is a tie). Filters: ``exclude_annotators`` (e.g.
-the ones ``tether qc`` flagged) and ``min_agreement`` (the share of a pair's votes that agree with its outcome).
+Aggregation (``--aggregate majority | dawid-skene | bradley-terry``) is tether.feedback.aggregation's. A winning
+tie gives a tie row, which is dropped unless ``keep_ties`` (counted as ``ties_dropped``); kept tie rows carry
+``"tie": true`` (counted as ``ties_kept``). Filters: ``exclude_annotators`` (e.g. the ones ``tether qc`` flagged)
+and ``min_agreement`` (the share of a pair's votes that agree with its outcome).
 """
 
 from __future__ import annotations
@@ -41,17 +33,18 @@ import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
+from tether.data.canonical import HH_ASSISTANT, canonical_line
+from tether.data.rows import load_rows, read_snapshot_rows
 from tether.errors import TetherError
-from tether.feedback import to_pairs
+from tether.feedback.aggregation import AGGREGATES, AggregatedPair, Vote, aggregate_pairs
+from tether.feedback.judgments import to_pairs
 from tether.store.db import audit
-from tether.store.formats import HH_ASSISTANT, canonical_line, read_snapshot_rows
 from tether.store.importer import check_name
 from tether.store.tables import (
     Completion,
@@ -65,96 +58,10 @@ from tether.store.tables import (
     User,
 )
 
-# The aggregation methods of aggregate_pairs. To add one: add its name here and an elif in aggregate_pairs.
-AGGREGATES = ("majority", "dawid-skene", "bradley-terry")
 EXPORT_FORMATS = ("trl", "hh", "jsonl")
 SNAPSHOT_DIR = Path("artifacts") / "snapshots"
 # Judgments with this source are a reviewer's decisions (tether.store.annotation.adjudicate), not votes.
 REVIEW_SOURCE = "review"
-
-
-@dataclass(frozen=True)
-class Vote:
-    """One judgment as aggregation sees it: who said what about which item (value in item positions)."""
-
-    item_id: int
-    annotator_id: int
-    kind: str
-    value: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class AggregatedPair:
-    """The decided preference between two positions of an item. ``tie`` rows have no winner (chosen < rejected)."""
-
-    item_id: int
-    chosen: int
-    rejected: int
-    tie: bool = False
-    votes: int = 1
-    agreement: float = 1.0  # share of the pair's votes that went to the outcome
-    margin: float | None = None
-
-
-def aggregate_pairs(method: str, judgments: Iterable[Vote], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
-    """The training pairs that ``judgments`` support under aggregation ``method``, sorted by (item, positions).
-
-    ``qc``, when given, receives the method's figures as flat ``aggregate/...`` keys; make_snapshot records them
-    on the snapshot.
-    """
-    if method == "majority":
-        return majority_pairs(judgments, qc=qc)
-    elif method == "dawid-skene":
-        from tether.qc import dawid_skene_pairs
-
-        return [_from_qc(p) for p in dawid_skene_pairs(judgments, qc=qc)]
-    elif method == "bradley-terry":
-        from tether.qc import bradley_terry_pairs
-
-        return [_from_qc(p) for p in bradley_terry_pairs(judgments, qc=qc)]
-    raise TetherError(f"unknown aggregation method {method!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
-
-
-def _from_qc(pair: Any) -> AggregatedPair:
-    """A tether.qc aggregated pair (same fields plus a confidence) as this module's row."""
-    return AggregatedPair(pair.item_id, pair.chosen, pair.rejected, pair.tie, pair.votes, pair.agreement, pair.margin)
-
-
-def majority_pairs(judgments: Iterable[Vote], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
-    """Plurality of three outcomes per compared pair (first better, second better, tie); see the module doc."""
-    # ALGO LOGIC: tally each unordered pair (lo, hi) of each item; outcome "lo", "hi" or "tie".
-    tallies: dict[tuple[int, int, int], Counter[str]] = defaultdict(Counter)
-    margins: dict[tuple[int, int, int], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
-    for vote in judgments:
-        for pair in to_pairs(vote.kind, vote.value):
-            lo, hi = min(pair.chosen, pair.rejected), max(pair.chosen, pair.rejected)
-            outcome = "tie" if pair.tie else ("lo" if pair.chosen == lo else "hi")
-            key = (vote.item_id, lo, hi)
-            tallies[key][outcome] += 1
-            margins[key][outcome].append(pair.margin)
-    pairs, no_majority, unanimous = [], 0, 0
-    for key in sorted(tallies):
-        ranked = tallies[key].most_common()
-        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
-            no_majority += 1
-            continue
-        outcome, count = ranked[0]
-        total = sum(tallies[key].values())
-        unanimous += count == total
-        winning_margins = margins[key][outcome]
-        margin = None if any(m is None for m in winning_margins) else sum(winning_margins) / len(winning_margins)
-        item_id, lo, hi = key
-        chosen, rejected = (hi, lo) if outcome == "hi" else (lo, hi)
-        pairs.append(AggregatedPair(item_id, chosen, rejected, outcome == "tie", total, count / total, margin))
-    if qc is not None:
-        qc.update({
-            "aggregate/method": "majority",
-            "aggregate/compared_pairs": len(tallies),
-            "aggregate/no_majority": no_majority,
-            "aggregate/unanimous": unanimous,
-            "aggregate/mean_agreement": round(sum(p.agreement for p in pairs) / len(pairs), 6) if pairs else None,
-        })
-    return pairs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -483,6 +390,42 @@ def resolve(name: str, *, session: Session, root: Path, allow_purged: bool = Fal
     kind, rows, counts = set_rows(session, project.id)
     return {"source": "set", "name": name, "set": name, "row_kind": kind, "aggregate": "majority", "counts": counts,
             "digest": encode_rows(rows)[1], "row_count": len(rows), "rows": rows}
+
+
+def snapshot_file(workspace: Any, name: str) -> Path:
+    """The JSONL file of the snapshot ``name`` in ``workspace`` (refuses purged snapshots and missing files)."""
+    from tether.store.db import check_schema, session_scope
+
+    check_schema(workspace.database_url)
+    with session_scope(workspace.database_url, readonly=True) as session:
+        snap = session.scalar(select(Snapshot).where(Snapshot.name == name))
+        if snap is None:
+            raise TetherError(f"no snapshot named {name!r} in {workspace.root}", fix="see `tether data list`, or make one with `tether data snapshot`")
+        if snap.purged_at is not None:
+            raise TetherError(f"snapshot {name!r} was built from purged data ({snap.purge_note})", fix="make a new snapshot from the current data")
+        path = Path(snap.path)
+    if not path.is_absolute():
+        path = Path(workspace.root) / path
+    if not path.exists():
+        raise TetherError(f"the file of snapshot {name!r} is missing: {path}", fix="make the snapshot again")
+    return path
+
+
+def spec_path(spec: str | Path, workspace: Any) -> tuple[Path, bool]:
+    """Where the rows of ``spec`` are: ``snapshot:NAME`` (its file in ``workspace``) or a file path; and whether it is a
+    snapshot's file."""
+    text = str(spec)
+    if not text.startswith("snapshot:"):
+        return Path(text), False
+    if workspace is None:
+        raise TetherError(f"{text} names a snapshot, and no workspace was given to find it in", fix="run the command inside a workspace (tether init) or set TETHER_HOME")
+    return snapshot_file(workspace, text.split(":", 1)[1]), True
+
+
+def training_rows(spec: str | Path, kind: str, *, workspace: Any = None) -> list[dict[str, Any]]:
+    """Training rows of ``kind`` (tether.data.rows) from ``snapshot:NAME`` (in ``workspace``) or a file."""
+    path, is_snapshot = spec_path(spec, workspace)
+    return load_rows(path, kind, snapshot=is_snapshot)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class Base(DeclarativeBase):
 
 # Roles a user can have. "external" marks annotators who come from imported data (no login).
 ROLES = ("admin", "reviewer", "annotator", "external")
-# What an item asks for; the value of its judgments follows tether.feedback.
+# What an item asks for; the value of its judgments follows tether.feedback.judgments.
 ITEM_KINDS = ("pairwise", "ranking", "rating", "thumbs", "prompt")
 ASSIGNMENT_STATES = ("pending", "done", "skipped", "expired")
 
@@ -77,7 +77,7 @@ class Guideline(Base):
 
 
 class LabelSchema(Base):
-    """One version of the questions asked (see tether.feedback for the spec's shape)."""
+    """One version of the questions asked (see tether.feedback.judgments for the spec's shape)."""
 
     __tablename__ = "label_schema"
     __table_args__ = (UniqueConstraint("project_id", "version"),)
@@ -255,7 +255,7 @@ class Assignment(Base):
 class Judgment(Base):
     """One annotator's answers to one item. Immutable: corrections are new rows that supersede old ones.
 
-    ``value`` holds the answer in item positions (not shown positions); see tether.feedback for its shape per kind.
+    ``value`` holds the answer in item positions (not shown positions); see tether.feedback.judgments for its shape per kind.
     """
 
     __tablename__ = "judgment"

@@ -15,7 +15,7 @@ from tether.app.deps import DbSession, Settings, WebAdmin, actor_of, csrf_protec
 from tether.app.schemas import MAX_ID, IdPath
 from tether.app.settings import AppSettings
 from tether.errors import TetherError
-from tether.feedback import FLAG_CATEGORIES
+from tether.feedback.judgments import FLAG_CATEGORIES
 from tether.store import annotation
 from tether.store.tables import AuditEvent, Guideline, LabelSchema, Project, User
 
@@ -43,7 +43,7 @@ def upload_rows(upload: UploadFile, settings: AppSettings) -> tuple[list[dict[st
 
     The upload limit holds for the decompressed bytes too, counted while reading (a small gzip of one huge line
     is refused with 413 before it is expanded in memory)."""
-    from tether.store.formats import read_records
+    from tether.data.records import read_records
 
     name = Path(upload.filename or "upload.jsonl").name
     suffix = next((s for s in UPLOAD_SUFFIXES if name.lower().endswith(s)), None)

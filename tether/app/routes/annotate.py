@@ -16,7 +16,7 @@ from sqlalchemy import select
 from tether.app.deps import DbSession, Settings, WebUser, actor_of, csrf_protect, is_htmx, page
 from tether.app.schemas import MAX_ID, IdPath, plain_int
 from tether.errors import TetherError
-from tether.feedback import STRENGTH_LABELS
+from tether.feedback.judgments import STRENGTH_LABELS
 from tether.store import annotation
 from tether.store.tables import Project, User
 

@@ -2,7 +2,7 @@ r"""Rule-based rewards and filters, written in YAML: patterns, PII, length limit
 
 A rules file lists checks; each gives every completion a *value* in {-1, 0, +1} and adds ``weight x value`` to its
 reward. Every component is reported on its own (``rules/<name>``, the mean weighted contribution), so a run shows
-which rule moved. Standard library plus PyYAML; PII detection comes from ``tether.pii``.
+which rule moved. Standard library plus PyYAML; PII detection comes from ``tether.checks.pii``.
 
 ```yaml
 filter_score: -1.0          # the reward of a completion that fails a filter rule (replaces the sum); default -1
@@ -15,13 +15,13 @@ rules:
     forbidden: ["\\bstupid\\b", "\\bidiot\\b"]   # -1 when any pattern matches
     weight: 2.0
   - name: no_pii
-    pii: [email, phone, card]   # tether.pii kinds, or `all`; -1 when any is found
+    pii: [email, phone, card]   # tether.checks.pii kinds, or `all`; -1 when any is found
     filter: true            # a completion that fails this rule is filtered: its reward becomes filter_score
   - name: length
     length: {min_words: 3, max_words: 80}   # also min_chars / max_chars; -1 outside the limits
     weight: 0.5
   - name: refusal
-    refusal: true           # built-in refusal phrases in the first `window` characters (default 200);
+    refusal: true           # tether.checks.refusal's phrases in the first `window` characters (default 200);
     weight: 1.0             # or a list of regular expressions instead of `true`; -1 when the reply refuses
 ```
 
@@ -37,23 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.checks.refusal import DEFAULT_WINDOW, is_refusal, refusal_patterns
 from tether.errors import TetherError
 
 KINDS = ("required", "forbidden", "pii", "length", "refusal")
 COMMON_KEYS = {"name", "weight", "filter", "ignore_case"}
 LENGTH_KEYS = ("min_words", "max_words", "min_chars", "max_chars")
-
-# Refusal openers, matched in the first `window` characters (typographic apostrophes are normalized first).
-DEFAULT_REFUSAL_PATTERNS = (
-    r"\bI(?:'m| am) (?:so |really |very )?(?:sorry|afraid)\b",
-    r"\bI apologi[sz]e\b",
-    r"\bmy apologies\b",
-    r"\bI (?:can(?:no|')t|can not|won't|will not|must decline|refuse to)\b",
-    r"\bI(?:'m| am) (?:unable|not able|not comfortable|not allowed|not permitted)\b",
-    r"\bas an AI\b",
-    r"\bas a language model\b",
-)
-
 
 @dataclass
 class Rule:
@@ -67,7 +56,7 @@ class Rule:
     match_all: bool = False
     pii_kinds: tuple[str, ...] | None = None
     limits: dict[str, int] = field(default_factory=dict)
-    window: int = 200
+    window: int = DEFAULT_WINDOW
 
     def value(self, text: str) -> float:
         if self.kind == "required":
@@ -76,7 +65,7 @@ class Rule:
         if self.kind == "forbidden":
             return -1.0 if any(p.search(text) for p in self.patterns) else 0.0
         if self.kind == "pii":
-            from tether.pii import find_pii
+            from tether.checks.pii import find_pii
 
             return -1.0 if find_pii(text, self.pii_kinds) else 0.0
         if self.kind == "length":
@@ -86,8 +75,7 @@ class Rule:
             too_long = words > limits.get("max_words", words) or chars > limits.get("max_chars", chars)
             return -1.0 if too_short or too_long else 0.0
         if self.kind == "refusal":
-            head = text[: self.window].replace("\u2019", "'")
-            return -1.0 if any(p.search(head) for p in self.patterns) else 0.0
+            return -1.0 if is_refusal(text, self.patterns, self.window) else 0.0
         raise AssertionError(self.kind)
 
     def passes(self, value: float) -> bool:
@@ -194,7 +182,7 @@ def parse_rule(spec: Any, index: int, source: str = "rules") -> Rule:
             raise _bad(source, where, f"match must be any or all, got {match!r}", "write match: all")
         rule.match_all = match == "all"
     elif kind == "pii":
-        from tether.pii import KINDS as PII_KINDS
+        from tether.checks.pii import KINDS as PII_KINDS
 
         if value in ("all", True):
             rule.pii_kinds = None
@@ -211,10 +199,10 @@ def parse_rule(spec: Any, index: int, source: str = "rules") -> Rule:
         rule.limits = dict(value)
     else:  # refusal
         if value is True:
-            rule.patterns = [re.compile(p, re.IGNORECASE if ignore_case else 0) for p in DEFAULT_REFUSAL_PATTERNS]
+            rule.patterns = refusal_patterns(ignore_case)
         else:
             rule.patterns = _compile(source, where, value, ignore_case)
-        window = spec.get("window", 200)
+        window = spec.get("window", DEFAULT_WINDOW)
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise _bad(source, where, f"window must be a positive number of characters, got {window!r}", "write window: 200")
         rule.window = window
@@ -226,7 +214,7 @@ def parse_rules(data: Any, source: str = "rules") -> RuleSet:
     if isinstance(data, list):
         data = {"rules": data}
     if not isinstance(data, dict) or "rules" not in data:
-        raise TetherError(f"{source}: expected a mapping with a `rules:` list", fix="see `tether.rules` for the format: rules: [- required: [...], ...]")
+        raise TetherError(f"{source}: expected a mapping with a `rules:` list", fix="see `tether.checks.rules` for the format: rules: [- required: [...], ...]")
     unknown = sorted(set(data) - {"rules", "filter_score"})
     if unknown:
         raise TetherError(f"{source}: unknown top-level key(s) {unknown}", fix="valid keys: rules, filter_score")
@@ -254,5 +242,5 @@ def load_rules(path: str | Path) -> RuleSet:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise TetherError(f"{path} is not valid YAML: {exc}", fix="correct the file (see `tether.rules` for the format)") from None
+        raise TetherError(f"{path} is not valid YAML: {exc}", fix="correct the file (see `tether.checks.rules` for the format)") from None
     return parse_rules(data, str(path))

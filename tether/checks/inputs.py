@@ -1,7 +1,7 @@
 """The one check on data from outside before it is stored: text must be storable Unicode, numbers finite.
 
 Every boundary runs it: the API's request bodies (``tether.app.schemas``), the web forms and query strings
-(``tether.app.deps``), the importers (``tether.store.formats.parse_record``), the store's own write functions
+(``tether.app.deps``), the importers (``tether.data.formats.parse_record``), the store's own write functions
 (``tether.store.annotation``) and ``tether.client`` before it sends.
 
 What it refuses, and why refused rather than cleaned:

@@ -1,28 +1,89 @@
-"""Aggregation of votes into pairs: Dawid-Skene and Bradley-Terry (``majority`` lives in tether.store.snapshots);
-ties kept, rankings become all k(k-1)/2 pairs."""
+"""Aggregation of judgments into training pairs: majority, Dawid-Skene and Bradley-Terry, with one ``Vote`` in
+and one ``AggregatedPair`` out. The store's snapshots (tether.store.snapshots) and quality control (tether.qc)
+both call these.
+
+Every judgment becomes votes on unordered position pairs of its item (``to_pairs``: a full ranking of k gives
+k(k-1)/2 pairs); ties are kept as outcomes.
+
+Majority (``majority``): for each pair of completions an item's judgments compared, each judgment votes for one of
+three outcomes: the first better, the second better, or a tie. The outcome with strictly the most votes wins; when
+two outcomes share the top count (a 1-1 split, or a-b-tie 1-1-1) the pair has no majority and is dropped (counted
+as ``no_majority``). A pair's ``margin`` is the mean of the margins of the winning votes when every one of them has
+a margin.
+
+Dawid-Skene (``dawid-skene``) weighs each annotator by an estimated confusion matrix, so every compared pair gets
+an outcome (splits are decided by the more reliable annotators); Bradley-Terry (``bradley-terry``) fits strengths
+of an item's completions from all its votes and writes ``margin`` = the log-strength difference (a 1-1 split is a
+tie).
+"""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tether.feedback import to_pairs
-from tether.qc.annotators import dawid_skene
+from tether.errors import TetherError
+from tether.feedback.dawid_skene import dawid_skene
+from tether.feedback.judgments import to_pairs
 
-AGGREGATE_METHODS = ("dawid-skene", "bradley-terry")  # "majority" lives in tether.store.snapshots
+# The aggregation methods of aggregate_pairs. To add one: add its name here and an elif in aggregate_pairs.
+AGGREGATES = ("majority", "dawid-skene", "bradley-terry")
+OUTCOMES = ("first", "second", "tie")  # the vote on an unordered pair (first < second in item positions)
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One judgment as aggregation sees it: who said what about which item (value in item positions)."""
+
+    item_id: int
+    annotator_id: Any
+    kind: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AggregatedPair:
+    """The decided preference between two positions of an item. ``tie`` pairs have no winner (chosen < rejected).
+
+    ``agreement``: the share of the pair's votes that match the outcome (a tie outcome matches tie votes);
+    ``margin``: the mean margin of the winning votes (majority) or the Bradley-Terry log-strength difference;
+    ``confidence``: the method's own certainty (Dawid-Skene posterior, Bradley-Terry win probability; None for
+    majority).
+    """
+
+    item_id: int
+    chosen: int
+    rejected: int
+    tie: bool = False
+    votes: int = 1
+    agreement: float = 1.0
+    margin: float | None = None
+    confidence: float | None = None
+
+
+def aggregate_pairs(method: str, judgments: Iterable[Any], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
+    """The training pairs that ``judgments`` support under aggregation ``method``, sorted by (item, positions).
+
+    ``qc``, when given, receives the method's figures as flat ``aggregate/...`` keys; make_snapshot records them
+    on the snapshot.
+    """
+    if method == "majority":
+        return majority_pairs(judgments, qc=qc)
+    elif method == "dawid-skene":
+        return dawid_skene_pairs(judgments, qc=qc)
+    elif method == "bradley-terry":
+        return bradley_terry_pairs(judgments, qc=qc)
+    raise TetherError(f"unknown aggregation method {method!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Aggregation into pairs
 # ---------------------------------------------------------------------------------------------------------------
-
-OUTCOMES = ("first", "second", "tie")  # the vote on an unordered pair (first < second in item positions)
-
 
 @dataclass(frozen=True)
 class PairVote:
@@ -35,29 +96,9 @@ class PairVote:
     outcome: str
 
 
-@dataclass(frozen=True)
-class AggregatedPair:
-    """The aggregated preference between two positions of an item (fields in the order of
-    ``tether.store.snapshots.AggregatedPair``, plus ``confidence``).
-
-    ``agreement``: the share of the pair's votes that match the outcome (a tie outcome matches tie votes);
-    ``margin``: Bradley-Terry log-strength difference (None for Dawid-Skene);
-    ``confidence``: the method's own certainty (Dawid-Skene posterior, Bradley-Terry win probability).
-    """
-
-    item_id: int
-    chosen: int
-    rejected: int
-    tie: bool
-    votes: int
-    agreement: float
-    margin: float | None
-    confidence: float
-
-
 def pair_votes(judgments: Iterable[Any]) -> list[PairVote]:
     """The pair votes of judgments: objects with ``item_id``, ``annotator_id`` (or ``annotator``), ``kind`` and
-    ``value`` (item positions), e.g. ``tether.store.snapshots.Vote``. A ranking gives one vote per pair."""
+    ``value`` (item positions), e.g. ``Vote``. A ranking gives one vote per pair."""
     votes = []
     for j in judgments:
         who = getattr(j, "annotator_id", None)
@@ -175,4 +216,41 @@ def bradley_terry_pairs(judgments: Iterable[Any], *, qc: dict[str, Any] | None =
             margin = 0.0 if outcome == "tie" else round(abs(diff), 6)
             pairs.append(_pair(key, outcome, groups[key], 1 / (1 + math.exp(-abs(diff))), margin))
     _figures(qc, "bradley-terry", pairs)
+    return pairs
+
+
+def majority_pairs(judgments: Iterable[Any], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
+    """Plurality of three outcomes per compared pair (first better, second better, tie); see the module doc."""
+    # ALGO LOGIC: tally each unordered pair (lo, hi) of each item; outcome "lo", "hi" or "tie".
+    tallies: dict[tuple[int, int, int], Counter[str]] = defaultdict(Counter)
+    margins: dict[tuple[int, int, int], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
+    for vote in judgments:
+        for pair in to_pairs(vote.kind, vote.value):
+            lo, hi = min(pair.chosen, pair.rejected), max(pair.chosen, pair.rejected)
+            outcome = "tie" if pair.tie else ("lo" if pair.chosen == lo else "hi")
+            key = (vote.item_id, lo, hi)
+            tallies[key][outcome] += 1
+            margins[key][outcome].append(pair.margin)
+    pairs, no_majority, unanimous = [], 0, 0
+    for key in sorted(tallies):
+        ranked = tallies[key].most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            no_majority += 1
+            continue
+        outcome, count = ranked[0]
+        total = sum(tallies[key].values())
+        unanimous += count == total
+        winning_margins = margins[key][outcome]
+        margin = None if any(m is None for m in winning_margins) else sum(winning_margins) / len(winning_margins)
+        item_id, lo, hi = key
+        chosen, rejected = (hi, lo) if outcome == "hi" else (lo, hi)
+        pairs.append(AggregatedPair(item_id, chosen, rejected, outcome == "tie", total, count / total, margin))
+    if qc is not None:
+        qc.update({
+            "aggregate/method": "majority",
+            "aggregate/compared_pairs": len(tallies),
+            "aggregate/no_majority": no_majority,
+            "aggregate/unanimous": unanimous,
+            "aggregate/mean_agreement": round(sum(p.agreement for p in pairs) / len(pairs), 6) if pairs else None,
+        })
     return pairs

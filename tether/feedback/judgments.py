@@ -38,7 +38,7 @@ class Pair:
 
 
 def _bad(kind: str, reason: str) -> TetherError:
-    return TetherError(f"invalid {kind} judgment: {reason}", fix="see tether.feedback for the value shapes")
+    return TetherError(f"invalid {kind} judgment: {reason}", fix="see tether.feedback.judgments for the value shapes")
 
 
 def _is_int(value: Any) -> bool:

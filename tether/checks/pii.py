@@ -17,7 +17,7 @@ Kinds (``KINDS``):
 Overlaps are resolved by kind priority (``PRIORITY``), then by the longer match, so a card number is never also
 reported as a phone number.
 
-API (stable; tether.rules imports it): ``find_pii(text, kinds=None) -> list[Match]`` (sorted by start),
+API (stable; tether.checks.rules imports it): ``find_pii(text, kinds=None) -> list[Match]`` (sorted by start),
 ``redact(text, kinds=None) -> (redacted_text, counts_by_kind)``, ``contains_pii(text, kinds=None) -> bool``.
 """
 

@@ -1,0 +1,1 @@
+"""Checks on text: PII (pii), rules (rules), refusals (refusal), redaction (redact), storable input (inputs)."""

@@ -1,0 +1,1 @@
+"""The math of training: every formula, torch only (see losses.py)."""
