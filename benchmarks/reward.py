@@ -87,7 +87,7 @@ def hh_split() -> tuple[list[dict], list[dict]]:
 
 def fitting(rows: list[dict], tokenizer, max_length: int, limit: int) -> list[dict]:
     """The first ``limit`` rows whose chosen and rejected sequences both fit whole, with their token ids."""
-    from tether.reward import encode_many
+    from tether.models.tokens import encode_many
 
     prompts = [r["prompt"] for r in rows]
     chosen = encode_many(tokenizer, prompts, [r["chosen"] for r in rows], 10**9)
@@ -108,7 +108,7 @@ def fitting(rows: list[dict], tokenizer, max_length: int, limit: int) -> list[di
 
 def evaluate(model, tokenizer, test_rows: list[dict], max_length: int, device: str) -> float:
     from tether.evaluate import evaluate_reward_model
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     scorer = RewardModel(model, tokenizer, {"reward": {"max_length": max_length}}, device)
     plain = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in test_rows]
@@ -123,7 +123,7 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     import transformers  # noqa: F401
 
     from tether.config import RewardConfig
-    from tether.models import load_tokenizer
+    from tether.models.hf import load_tokenizer
     from tether.train_reward import train_reward
 
     test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
@@ -141,7 +141,7 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     final = train_reward(cfg)
     total = time.perf_counter() - started
     peak = peak_memory(a.device == "cuda")
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     rm = RewardModel.load(cfg.output_dir, device=a.device)
     accuracy = evaluate(rm.model, load_tokenizer(cfg.output_dir), test_rows, a.max_length, a.device)
@@ -217,7 +217,7 @@ def trl_worker(a: argparse.Namespace, work: Path) -> dict:
 
 
 def prepare(a: argparse.Namespace, work: Path) -> tuple[int, int]:
-    from tether.models import load_tokenizer
+    from tether.models.hf import load_tokenizer
 
     tokenizer = load_tokenizer(a.backbone_path)
     train, test = hh_split()

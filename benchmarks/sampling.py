@@ -35,7 +35,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tether.rollout import generate_hf, generate_loop
+    from tether.models.sampling import generate_hf, generate_loop
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=128)

@@ -14,8 +14,9 @@ def main(model_dir: str, rank: int, world: int, port: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    from tether.models import load_causal_lm, load_tokenizer
-    from tether.rollout import completion_logps, generate_hf
+    from tether.models.hf import load_causal_lm, load_tokenizer
+    from tether.models.logprobs import completion_logps
+    from tether.models.sampling import generate_hf
 
     torch.manual_seed(0)
     model, tokenizer = load_causal_lm(model_dir), load_tokenizer(model_dir)

@@ -156,7 +156,7 @@ def test_collect_select_queues_the_most_disputed_pairs(al_project, ensemble_dir,
 
     from sqlalchemy import select
 
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
     from tether.store.db import session_scope
     from tether.store.tables import Completion, Item, Prompt
 

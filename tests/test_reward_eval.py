@@ -39,7 +39,7 @@ class FakeRewardModel:
 
 
 def test_evaluate_by_hand(tiny_lm_dir):
-    from tether.models import load_tokenizer
+    from tether.models.hf import load_tokenizer
 
     tok = load_tokenizer(tiny_lm_dir, chat_template=False)
     long_prompt = "hello " * 30
@@ -66,7 +66,7 @@ def test_evaluate_by_hand(tiny_lm_dir):
 
 def test_evaluate_needs_pairs(tiny_lm_dir):
     from tether.errors import TetherError
-    from tether.models import load_tokenizer
+    from tether.models.hf import load_tokenizer
 
     with pytest.raises(TetherError, match="no preference pairs"):
         evaluate_reward_model(FakeRewardModel(load_tokenizer(tiny_lm_dir), {}), [{"prompt": "p", "chosen": "a", "rejected": "b", "tie": True}])
@@ -99,7 +99,7 @@ def test_cli_eval_reward_json(cli, small_rm):
 
 
 def test_cli_score_adds_rewards(cli, small_rm, tmp_path):
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     model, pairs = small_rm
     rows = [{"prompt": "q1\n", "completion": "thank you", "id": 7}, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "sorry no"}]}]

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from tether.config import DPOConfig, KTOConfig
-from tether.models import load_tokenizer, sequence_logps
-from tether.train_dpo import TokenLogProbs, collate_pairs, encode_pairs, score_pairs, train_dpo
+from tether.models.hf import load_tokenizer
+from tether.models.logprobs import collate_pairs, score_pairs, sequence_logps
+from tether.train_dpo import TokenLogProbs, encode_pairs, train_dpo
 from tether.train_kto import train_kto
 
 WORDS = "apple river stone cloud green quick lazy order ship account page help support data reset".split()

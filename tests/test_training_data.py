@@ -133,7 +133,7 @@ def rating_rm(tiny_lm_dir, tmp_path_factory) -> Path:
 
 
 def test_score_writes_every_aspect_and_combines_them_only_with_weights(cli, rating_rm, tmp_path):
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     rows = [{"prompt": "hello\n", "completion": "order has shipped thank"}, {"prompt": "hello\n", "completion": "order has shipped sorry"}]
     data = _write(tmp_path / "rows.jsonl", rows)
@@ -151,7 +151,7 @@ def test_score_writes_every_aspect_and_combines_them_only_with_weights(cli, rati
 
 
 def test_rl_and_eval_refuse_a_rating_model_without_weights_and_use_them_when_given(cli, rating_rm, tiny_lm_dir, tmp_path):
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
     from tether.rewards import load_reward
 
     prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": "hello"}] * 4)
@@ -182,15 +182,15 @@ def test_a_ppo_critic_started_from_a_rating_model_reads_the_weighted_reward(rati
     import torch
 
     from tether.config import PPOConfig
-    from tether.models import load_tokenizer
-    from tether.reward import RewardModel
-    from tether.train_ppo import load_critic
+    from tether.models.hf import load_tokenizer
+    from tether.models.reward_model import RewardModel
+    from tether.models.value_model import load_critic
 
     cfg = PPOConfig(model=str(tiny_lm_dir), reward=[f"{rating_rm}:helpful=1,harm=-1"], prompts="p.jsonl", output_dir=tmp_path / "o")
     rm = RewardModel.load(f"{rating_rm}:helpful=1,harm=-1", device="cpu")
     critic, note = load_critic(cfg, load_tokenizer(tiny_lm_dir), [rm])
     assert "critic from the reward model" in note
-    from tether.reward import encode_many
+    from tether.models.tokens import encode_many
 
     (seq,) = encode_many(rm.tokenizer, ["hello\n"], ["order has shipped sorry"], 64)
     ids = torch.tensor([seq])
@@ -218,7 +218,7 @@ def base_lm_dir(tmp_path_factory) -> Path:
 
 
 def test_string_prompts_go_through_a_chat_models_template_and_the_run_says_which(cli, tiny_lm_dir, tmp_path):
-    from tether.models import load_tokenizer
+    from tether.models.hf import load_tokenizer
     from tether.train_sft import encode_sft_rows
 
     data = _write(tmp_path / "sft.jsonl", [{"prompt": "where is my order?", "completion": "It has shipped."}] * 4)

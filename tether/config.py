@@ -216,9 +216,9 @@ class OnlineRLConfig(TrainConfig):
     sampler: str = Field(
         "auto",
         pattern="^(auto|loop|hf|vllm)$",
-        description="auto: loop (faster than hf on the CPU and on an H200, docs/benchmarks.md); loop: Tether's own sampling loop (tether.rollout.generate_loop: each prompt prefilled once per group, a fast KV-cached decoder for Llama-family models); hf: transformers generate; vllm: vLLM (GPU, `pip install vllm`), with truncated importance-sampling correction.",
+        description="auto: loop (faster than hf on the CPU and on an H200, docs/benchmarks.md); loop: Tether's own sampling loop (tether.models.sampling.generate_loop: each prompt prefilled once per group, a fast KV-cached decoder for Llama-family models); hf: transformers generate; vllm: vLLM (GPU, `pip install vllm`), with truncated importance-sampling correction.",
     )
-    decoder: str = Field("auto", pattern="^(auto|fast|hf)$", description="sampler=loop: the forward per new token. auto: the fast decoder (tether.decoder) where it supports the model, else the model's own forward; fast: require it; hf: always the model's forward.")
+    decoder: str = Field("auto", pattern="^(auto|fast|hf)$", description="sampler=loop: the forward per new token. auto: the fast decoder (tether.models.kv_cache_llama) where it supports the model, else the model's own forward; fast: require it; hf: always the model's forward.")
     cache: str = Field(
         "auto",
         pattern="^(auto|static|dynamic)$",

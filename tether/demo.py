@@ -4,7 +4,7 @@ Stages (each one is the library function a user would call, on the same store an
 
 1. a tokenizer and a tiny base policy are built (tether.tiny) and fine-tuned (tether.train_sft) on generated
    replies in every style, good and bad mixed (tether.demo_task);
-2. the SFT policy samples two replies per request (tether.rollout) and the pairs are queued as comparison items of
+2. the SFT policy samples two replies per request (tether.models.sampling) and the pairs are queued as comparison items of
    a feedback project (tether.store.annotation: the web app's store path);
 3. simulated annotators of different accuracies and one spammer (tether.simulate) take items from the queue and
    answer through the same store functions as people; they follow the hidden gold preference, with noise;
@@ -410,8 +410,8 @@ def _stage_snapshot(ws: Any, url: str, project: str) -> tuple[dict[str, Any], di
 
 def _stage_reward(size: DemoSize, sft_dir: Path, snapshot_name: str, models: Path, seed: int, progress: bool) -> tuple[Path, dict[str, float]]:
     from tether.config import RewardConfig
+    from tether.models.hf import read_tether_meta
     from tether.train_reward import train_reward
-    from tether.training import read_tether_meta
 
     rm_dir = models / "reward"
     cfg = RewardConfig(

@@ -56,7 +56,7 @@ def evaluate_reward_model(rm: Any, rows: list[dict[str, Any]], batch_size: int =
     rewards, whose difference is the Bradley-Terry logit the model was trained on.
     """
     from tether.errors import TetherError
-    from tether.reward import encode_many
+    from tether.models.tokens import encode_many
 
     pairs = [r for r in rows if not r.get("tie")]
     if not pairs:
@@ -92,9 +92,9 @@ def evaluate_reward_model(rm: Any, rows: list[dict[str, Any]], batch_size: int =
 
 
 def evaluate_reward(model_dir: str | Path, rows: list[dict[str, Any]], batch_size: int = 32, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Load the reward model in ``model_dir`` (``DIR:ASPECT=W,...`` for a rating model, see tether.reward) and
+    """Load the reward model in ``model_dir`` (``DIR:ASPECT=W,...`` for a rating model, see tether.models.reward_model) and
     evaluate it on preference ``rows`` (see ``evaluate_reward_model``): ``{"n", "n_ties", "accuracy",
     "mean_margin", "ece", "by_length", "by_subset"?}``."""
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     return evaluate_reward_model(RewardModel.load(model_dir, say=say), rows, batch_size)

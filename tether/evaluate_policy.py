@@ -155,8 +155,8 @@ def load_redteam(path: Path) -> dict[str, list[str]]:
 
 def load_policy(path: str | Path, *, chat_template: bool | None = None, say: Callable[[str], None] | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of a policy folder, in eval mode; ``chat_template`` and ``say`` as in
-    tether.models.load_tokenizer (its prompt format: the one the policy was trained with, unless overridden)."""
-    from tether.models import load_causal_lm, load_tokenizer
+    tether.models.hf.load_tokenizer (its prompt format: the one the policy was trained with, unless overridden)."""
+    from tether.models.hf import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(path, chat_template=chat_template, say=say)
     model = load_causal_lm(path)
@@ -168,7 +168,7 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens
     """One completion per prompt (texts) and the rollouts (for KL), batch by batch, seeded."""
     import torch
 
-    from tether.rollout import sample_rollout
+    from tether.models.sampling import sample_rollout
 
     torch.manual_seed(seed)
     texts: list[str] = []
@@ -195,7 +195,7 @@ def kl_per_reply(policy: Any, baseline: Any, rollouts: Sequence[Any], temperatur
     """sum_t [log pi(y_t | ..) - log pi_base(y_t | ..)] of each of the policy's sampled replies (nats)."""
     import torch
 
-    from tether.rollout import completion_logps
+    from tether.models.logprobs import completion_logps
 
     totals = []
     with torch.no_grad():
@@ -249,14 +249,14 @@ def evaluate_policy(
     """Evaluate ``policy`` against ``baseline`` on ``prompts``; returns one JSON-ready dict (see the module doc).
 
     ``policy``/``baseline`` are model folders or (model, tokenizer) pairs; ``reward`` a reward-model folder or a
-    loaded ``tether.reward.RewardModel``; ``rules`` a rules YAML path or a loaded RuleSet; ``redteam`` from
+    loaded ``tether.models.reward_model.RewardModel``; ``rules`` a rules YAML path or a loaded RuleSet; ``redteam`` from
     ``load_redteam``; ``template`` wraps each red-team prompt in text first (``"{prompt}"``: as it is); then
     every prompt goes through each model's chat template as its prompt format says (``chat_template`` overrides it
     for plain-text prompts; ``say`` gets one line per model saying which template); ``gold`` an optional score
     function(prompt, completion) -> float.
     """
     from tether.checks.rules import load_rules
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     say = say or (lambda _msg: None)
     if not prompts:

@@ -1,7 +1,7 @@
 """Reward SPECs for online RL: what ``--reward`` accepts, parsed and loaded into one summed reward.
 
 A SPEC is one of:
-- ``DIR``: a reward-model folder written by ``tether train reward`` (``tether.reward.RewardModel``), or a Hugging
+- ``DIR``: a reward-model folder written by ``tether train reward`` (``tether.models.reward_model.RewardModel``), or a Hugging
   Face sequence-classification reward model (its raw, unnormalized scale; a note says so). Prompts and the
   decoded completions are passed as text and re-tokenized with the reward model's own tokenizer, so it may differ
   from the policy's; the reward is read at the EOS the reward model appends. Scores are normalized (mean 0, std 1
@@ -43,7 +43,7 @@ class RewardSpec:
     weight: float = 1.0
     function: str | None = None
     text: str = ""
-    aspect_weights: dict[str, float] | None = None  # a rating model's DIR:ASPECT=W,... (tether.reward.split_aspect_weights)
+    aspect_weights: dict[str, float] | None = None  # a rating model's DIR:ASPECT=W,... (tether.models.reward_model.split_aspect_weights)
     label: str = ""  # the name its metric is logged under: folder name, rules file stem or function name
 
     def __post_init__(self) -> None:
@@ -71,7 +71,7 @@ def parse_spec(text: str) -> RewardSpec:
             raise TetherError(f"--reward {text!r}: expected py:FILE.py:FUNCTION", fix="name the function after the file: py:checks.py:reward_fn")
         file, function = body.rsplit(":", 1)
         return RewardSpec("py", Path(file), weight, function=function, text=text)
-    from tether.reward import split_aspect_weights
+    from tether.models.reward_model import split_aspect_weights
 
     folder, aspect_weights = split_aspect_weights(raw)
     return RewardSpec("model", Path(folder), weight, text=text, aspect_weights=aspect_weights)
@@ -102,7 +102,7 @@ class Reward:
 
     @property
     def reward_models(self) -> list[Any]:
-        """The loaded reward models (tether.reward.RewardModel) of the model SPECs, in order."""
+        """The loaded reward models (tether.models.reward_model.RewardModel) of the model SPECs, in order."""
         return [scorer for s, scorer in zip(self.specs, self.scorers) if s.kind == "model"]
 
     def score(self, prompts: Sequence[Any], prompt_texts: Sequence[str], completions: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -179,7 +179,7 @@ def _load_reward_model(spec: RewardSpec, *, device: str | None, bf16: bool, say:
             f"--reward {spec.text}: no such reward model folder",
             fix="give a folder written by `tether train reward`, rules:FILE.yaml or py:FILE.py:FUNCTION",
         )
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     try:
         model = RewardModel.load(spec.path, device=device, bf16=bf16, aspect_weights=spec.aspect_weights, say=say)

@@ -26,20 +26,11 @@ from typing import Any
 import torch
 
 from tether.config import DPOConfig
-from tether.train_sft import (
-    ScoredBatch,
-    TokenLogProbs,
-    check_kept,
-    disable_dropout,
-    encode_texts,
-    load_policy,
-    plan_batches,
-    reduce_sums,
-    save_policy,
-    skip_ties,
-    split_micro_batches,
-    truncate_prompt,
-)
+from tether.data.batching import plan_batches, split_micro_batches, truncate_prompt
+from tether.models.hf import disable_dropout, load_policy
+from tether.models.logprobs import TokenLogProbs, score_pairs
+from tether.models.tokens import encode_texts
+from tether.train_sft import check_kept, reduce_sums, save_policy, skip_ties
 
 Triple = tuple[list[int], list[int], list[int]]  # (prompt ids, first answer ids, second answer ids)
 
@@ -69,48 +60,6 @@ def encode_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) ->
 # ---------------------------------------------------------------------------------------------------------------
 # Batches: one row per pair, the prompt shared by both answers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def collate_pairs(triples: list[Triple], pad_id: int) -> ScoredBatch:
-    """[(prompt, a, b)] → one row ``prompt + a + b`` per triple, scoring a (sequences 0..B-1) and b (B..2B-1).
-
-    The attention mask (B, 1, T, T) is causal, and a token may attend to the prompt and to its own answer only;
-    b's positions restart at len(prompt). So log p(b | prompt) is what a separate ``prompt + b`` row would give.
-    """
-    from tether.training import branch_rows
-
-    n = len(triples)
-    input_ids, position_ids, mask = branch_rows(triples, pad_id)
-    width = input_ids.shape[1]
-    gather, targets, segments, lengths = [], [], [], [0] * (2 * n)
-    for r, (p, a, b) in enumerate(triples):
-        P, A, B = len(p), len(a), len(b)
-        base = r * width
-        for j in range(A):  # a_j sits at P + j and is predicted from the position before it
-            gather.append(base + P + j - 1)
-            targets.append(a[j])
-            segments.append(r)
-        for j in range(B):  # b_0 is predicted from the prompt's last token, b_j (j > 0) from b_{j-1}
-            gather.append(base + (P - 1 if j == 0 else P + A + j - 1))
-            targets.append(b[j])
-            segments.append(n + r)
-        lengths[r], lengths[n + r] = A, B
-    return ScoredBatch(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        attention_mask=mask,
-        gather_index=torch.tensor(gather, dtype=torch.long),
-        targets=torch.tensor(targets, dtype=torch.long),
-        segments=torch.tensor(segments, dtype=torch.long),
-        lengths=torch.tensor(lengths, dtype=torch.long),
-    )
-
-
-def score_pairs(module: Any, triples: list[Triple], pad_id: int, device: Any, *, reference: bool = False) -> torch.Tensor:
-    """Summed log-probs of both answers of each triple: (B, 2) = [log p(a|prompt), log p(b|prompt)]."""
-    scored = collate_pairs(triples, pad_id)
-    logps = scored.sequence_logps(module(**scored.model_inputs(device), reference=reference))  # (2B,)
-    return torch.stack(logps.chunk(2), dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,7 +149,7 @@ def reference_scorer(cfg: Any, policy: Any, accelerator: Any) -> tuple[Any, bool
     """(module, reference flag) that scores with the reference: the policy with its adapter disabled (LoRA), the
     untrained policy itself (call before any update), or a separately loaded ``reference_model``."""
     if cfg.reference_model and cfg.reference_model != cfg.model:
-        from tether.models import load_causal_lm
+        from tether.models.hf import load_causal_lm
 
         ref = TokenLogProbs(load_causal_lm(cfg.reference_model)).requires_grad_(False)
         disable_dropout(ref)
@@ -218,7 +167,7 @@ def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any
     metrics. ``stop_after`` ends the run after that step without saving (a simulated preemption, for tests)."""
     from tether.data.canonical import rows_digest
     from tether.math.losses import dpo_loss, ipo_loss
-    from tether.models import load_causal_lm, load_tokenizer
+    from tether.models.hf import load_causal_lm, load_tokenizer
     from tether.store.snapshots import training_rows
     from tether.training import (
         Checkpointer,

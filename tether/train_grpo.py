@@ -45,20 +45,17 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         masked_sum,
         truncated_is_weights,
     )
-    from tether.models import apply_lora, load_causal_lm, load_tokenizer, refuse_adapter
-    from tether.rewards import load_reward
-    from tether.rollout import (
-        VLLMSampler,
-        completion_logps,
-        disable_dropout,
+    from tether.models.hf import apply_lora, disable_dropout, load_causal_lm, load_tokenizer, refuse_adapter
+    from tether.models.logprobs import completion_logps
+    from tether.models.sampling import VLLMSampler, sample_rollout, sampler_gap_metrics
+    from tether.recipes.online import (
         mean_over_processes,
         plan_rollouts,
         prompt_indices,
-        sample_rollout,
-        sampler_gap_metrics,
         update_order,
         write_samples,
     )
+    from tether.rewards import load_reward
     from tether.store.snapshots import training_rows
     from tether.training import (
         Checkpointer,

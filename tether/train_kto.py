@@ -20,6 +20,10 @@ from typing import Any
 import torch
 
 from tether.config import KTOConfig
+from tether.data.batching import plan_batches, split_micro_batches, truncate_prompt
+from tether.models.hf import disable_dropout, load_policy
+from tether.models.logprobs import TokenLogProbs, score_completions
+from tether.models.tokens import encode_texts
 from tether.train_dpo import (
     Triple,
     cached_reference_logps,
@@ -27,20 +31,7 @@ from tether.train_dpo import (
     reference_cache_key,
     reference_scorer,
 )
-from tether.train_sft import (
-    TokenLogProbs,
-    check_kept,
-    collate_completions,
-    disable_dropout,
-    encode_texts,
-    load_policy,
-    plan_batches,
-    reduce_sums,
-    save_policy,
-    skip_ties,
-    split_micro_batches,
-    truncate_prompt,
-)
+from tether.train_sft import check_kept, reduce_sums, save_policy, skip_ties
 
 
 def encode_unpaired(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, seed: int) -> tuple[list[Triple], list[bool], list[int]]:
@@ -91,17 +82,11 @@ def load_kto_rows(spec: str, say: Any = print) -> tuple[list[dict[str, Any]], st
     return rows, digest, {"pairs_split": len(pairs), "ties_skipped": ties}
 
 
-def score_completions(module: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int, device: Any, *, reference: bool = False) -> torch.Tensor:
-    """Summed log-probs log p(completion | prompt) of each (prompt, completion): (B,)."""
-    scored = collate_completions(pairs, pad_id)
-    return scored.sequence_logps(module(**scored.model_inputs(device), reference=reference))
-
-
 def train_kto(cfg: KTOConfig, *, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` with KTO on the unpaired rows of ``cfg.data``; returns the final metrics."""
     from tether.errors import TetherError
     from tether.math.losses import kto_loss
-    from tether.models import load_causal_lm, load_tokenizer
+    from tether.models.hf import load_causal_lm, load_tokenizer
     from tether.training import (
         Checkpointer,
         MetricsLogger,

@@ -32,8 +32,8 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     """Train a reward model as ``cfg`` says and save it in ``cfg.output_dir``; returns the final metrics."""
     from accelerate.utils import gather_object
 
-    from tether.models import apply_lora, load_tokenizer
-    from tether.reward import RewardForward, disable_dropout, load_reward_backbone, raw_rewards
+    from tether.models.hf import apply_lora, disable_dropout, load_tokenizer
+    from tether.models.reward_model import RewardForward, load_reward_backbone, raw_rewards
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -162,7 +162,7 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
     }
     if eval_rows and accelerator.is_main_process and cfg.objective == "pairwise":
         from tether.evaluate import evaluate_reward_model
-        from tether.reward import RewardModel
+        from tether.models.reward_model import RewardModel
 
         scorer = RewardModel(hf_model, tokenizer, {"reward": reward_info, "config": {"max_length": cfg.max_length}}, accelerator.device)
         report = evaluate_reward_model(scorer, eval_rows, batch_size=cfg.eval_batch_size)
@@ -217,7 +217,7 @@ def _rewards(forward: Any, seqs: list[list[int]], pad_id: int, device: Any) -> t
     so the memory is that of the padded tokens of all passes, which is never more than one pass over the whole
     chunk would hold.
     """
-    from tether.training import pad_right, padded_passes
+    from tether.data.batching import pad_right, padded_passes
 
     passes = padded_passes([len(s) for s in seqs], _pass_overhead(device))
     padded = [pad_right([seqs[i] for i in part], pad_id) for part in passes]
@@ -235,7 +235,7 @@ def _branch_rewards(forward: Any, chosen: list[list[int]], rejected: list[list[i
     reward is the one a row of its own would give. On the HH-RLHF split (pairs within 256 tokens) this computes
     1.48x fewer tokens than two rows per pair. The rows are then cut into length-sorted passes as in ``_rewards``.
     """
-    from tether.training import branch_rows, padded_passes
+    from tether.data.batching import branch_rows, padded_passes
 
     rows = []
     for c, r in zip(chosen, rejected):
@@ -332,7 +332,7 @@ def _load_data(cfg: RewardConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
 def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any) -> dict[str, Any]:
     """Token ids per row (over-long rows skipped and counted), lengths for bucketing, margins, ties, targets."""
     from tether.data.canonical import rows_digest
-    from tether.reward import encode_many
+    from tether.models.tokens import encode_many
 
     digest = rows_digest(rows)
     if cfg.objective == "rating":
@@ -361,7 +361,7 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
 
 
 def _tokenize_ratings(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any, digest: str) -> dict[str, Any]:
-    from tether.reward import encode_many
+    from tether.models.tokens import encode_many
 
     aspects = sorted({a for r in rows for a in r["ratings"]})
     seqs = encode_many(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], cfg.max_length)
@@ -403,7 +403,7 @@ def _report_skipped(skipped: int, total: int, cfg: RewardConfig, say: Any) -> No
 def _batches(lengths: list[int], cfg: RewardConfig, epoch: int) -> list[list[int]]:
     """This epoch's full global batches, bucketed by length unless ``group_by_length`` is off (a partial last batch
     is left out)."""
-    from tether.training import length_bucketed_batches
+    from tether.data.batching import length_bucketed_batches
 
     if cfg.group_by_length:
         batches = length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
@@ -442,7 +442,7 @@ def _micro_batches(batch: list[int], lengths: list[int], micro_batch: int, max_t
 def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, say: Any) -> tuple[list[list[int]], str, int]:
     """The token ids of the normalization's reference completions (a seeded random sample of at most
     ``normalize_max_rows``), their name, and how many there were before sampling."""
-    from tether.reward import encode_many
+    from tether.models.tokens import encode_many
 
     if cfg.normalize_data is None:
         seqs = data["chosen"] if cfg.objective == "pairwise" else data["seqs"]

@@ -20,6 +20,7 @@ import torch
 from tether import __version__
 from tether.config import TrainConfig
 from tether.errors import TetherError
+from tether.models.hf import TETHER_META
 
 # ---------------------------------------------------------------------------------------------------------------
 # Seeds and devices
@@ -101,123 +102,6 @@ def shard_batch(batch: list[int], accelerator: Any) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------------
 # Batching and truncation
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def length_bucketed_batches(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, *, shuffle: bool = True, chunk_batches: int = 50
-) -> list[list[int]]:
-    """Batches of indices with similar lengths (little padding), in a deterministic order for (seed, epoch).
-
-    The indices are shuffled, cut into chunks of ``chunk_batches`` batches, sorted by length inside each chunk and
-    batched; then the batch order is shuffled, except that the batch holding the longest example goes first: a batch
-    that does not fit in memory fails at step 1, not hours in, and on a GPU the caching allocator reserves the
-    largest blocks once instead of growing step by step. The last batch may be smaller.
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    if shuffle:
-        rng.shuffle(order)
-    chunk = batch_size * chunk_batches
-    batches: list[list[int]] = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    if shuffle:
-        rng.shuffle(batches)
-        longest = max(range(len(batches)), key=lambda k: max(lengths[i] for i in batches[k]), default=0)
-        batches.insert(0, batches.pop(longest))
-    return batches
-
-
-def branch_rows(triples: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One row ``prefix + a + b`` per triple, right-padded: input_ids, position_ids (b's restart where the prefix
-    ends, as if b followed the prefix alone) and the (B, 1, T, T) ``branch_attention_mask``. DPO scores both answers
-    of a pair this way, decoder reward models read both rewards. shape: -> (B, T), (B, T), (B, 1, T, T)."""
-    width = max(len(p) + len(a) + len(b) for p, a, b in triples)
-    input_ids = torch.full((len(triples), width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(triples), width), dtype=torch.long)
-    part = torch.full((len(triples), width), 3, dtype=torch.long)  # 0 prefix, 1 answer a, 2 answer b, 3 padding
-    for r, (p, a, b) in enumerate(triples):
-        P, A, B = len(p), len(a), len(b)
-        input_ids[r, : P + A + B] = torch.tensor(p + a + b, dtype=torch.long)
-        position_ids[r, : P + A] = torch.arange(P + A)
-        position_ids[r, P + A : P + A + B] = torch.arange(P, P + B)
-        part[r, :P], part[r, P : P + A], part[r, P + A : P + A + B] = 0, 1, 2
-    return input_ids, position_ids, branch_attention_mask(part)
-
-
-def branch_attention_mask(part: torch.Tensor) -> torch.Tensor:
-    """Boolean attention mask (B, 1, T, T) for rows that hold one shared prefix and the branches that follow it:
-    ``part`` (B, T) is 0 on the prefix, 1, 2, ... on each branch and any other id on padding. A token sees the
-    tokens before it in its own part and the prefix, never another branch: each branch is computed as if it
-    followed the prefix alone (its positions restart where the prefix ends)."""
-    width = part.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=part.device).tril()
-    same_part = part.unsqueeze(2) == part.unsqueeze(1)  # (B, T, T): query part == key part
-    return (causal & (same_part | (part == 0).unsqueeze(1))).unsqueeze(1)
-
-
-def padded_passes(lengths: list[int], overhead_tokens: int, attention_width: int = 512) -> list[list[int]]:
-    """Cut sequences into forward passes that waste the least work on padding: indices sorted by length, then the
-    contiguous runs that minimize the estimated cost (exact dynamic program over the sorted order).
-
-    A pass of ``r`` rows padded to width ``w`` costs ``r * w * (1 + w / attention_width)`` token units (the linear
-    layers per token, plus attention growing with the width) and ``overhead_tokens`` more for being a pass at all
-    (kernel launches, the dense embedding gradient). On one CPU thread a MiniLM pass costs about 80 tokens'
-    worth, so several narrow passes beat one wide one; on a GPU a pass is worth thousands of tokens.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    width = [lengths[i] for i in order]
-    best = [0.0] + [math.inf] * len(order)  # best[j]: cheapest cover of the j shortest sequences
-    cut = [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        w = width[j - 1]  # the widest of any run that ends at j
-        unit = w * (1 + w / attention_width)
-        for i in range(j):
-            cost = best[i] + (j - i) * unit + overhead_tokens
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    passes: list[list[int]] = []
-    j = len(order)
-    while j > 0:
-        passes.append(order[cut[j] : j])
-        j = cut[j]
-    return passes[::-1]
-
-
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids (B, T) and attention_mask (B, T), padded on the right to the longest sequence."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids (B, T) and attention_mask (B, T), padded on the left (for generation)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-def truncate_keep_end(prompt_ids: list[int], completion_ids: list[int], max_length: int) -> list[int] | None:
-    """prompt+completion in at most ``max_length`` tokens, cutting the prompt's START; None if the completion alone
-    does not fit (the caller skips and counts it)."""
-    if len(completion_ids) > max_length:
-        return None
-    room = max_length - len(completion_ids)
-    kept_prompt = prompt_ids[len(prompt_ids) - room :] if room < len(prompt_ids) else prompt_ids
-    if room == 0:
-        kept_prompt = []
-    return list(kept_prompt) + list(completion_ids)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -583,9 +467,6 @@ def _keep_steps_up_to(output_dir: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-TETHER_META = "tether.json"
-
-
 def save_model_dir(
     model: Any,
     tokenizer: Any,
@@ -599,7 +480,7 @@ def save_model_dir(
     accelerator: Any = None,
 ) -> Path:
     """An ordinary Hugging Face directory plus ``tether.json`` (kind, base model, data digest, lineage, config,
-    metrics, the prompt format of tether.models; the lineage as tether.registry.model_lineage writes it)."""
+    metrics, the prompt format of tether.models.hf; the lineage as tether.registry.model_lineage writes it)."""
     from tether.registry import model_lineage
 
     output_dir = Path(output_dir)
@@ -623,15 +504,10 @@ def save_model_dir(
         **(extra or {}),
     }
     if tokenizer is not None:  # how its prompts were rendered: later runs, sampling and scoring render them the same way
-        from tether.models import prompt_format
+        from tether.models.hf import prompt_format
 
         meta["prompt_format"] = prompt_format(tokenizer)
     (output_dir / TETHER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return output_dir
 
 
-def read_tether_meta(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / TETHER_META
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())

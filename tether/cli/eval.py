@@ -71,7 +71,7 @@ def score_command(
     from tether.data.records import read_records
     from tether.data.rows import read_snapshot_rows
     from tether.errors import TetherError
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
     from tether.store.snapshots import snapshot_file
 
     if data.startswith("snapshot:"):

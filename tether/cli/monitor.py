@@ -36,7 +36,7 @@ def _reward_scorer(reward_dir: Path | None) -> tuple[Any, str | None]:
     """``score_fn(prompts, completions)`` from a saved reward model folder (tether train reward), or None."""
     if reward_dir is None:
         return None, None
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     model = RewardModel.load(reward_dir)
 
@@ -210,7 +210,7 @@ def sample(
     _, url = workspace_url()
     score_fn = None
     if reward is not None and strategy != "random":
-        from tether.reward import RewardModel
+        from tether.models.reward_model import RewardModel
 
         model = RewardModel.load(reward)
         score_fn = model.score_with_spread if model.ensemble > 1 else model.score

@@ -238,7 +238,7 @@ def select_for_labeling(
     ensemble = 0
     requested = strategy
     if strategy != "random":
-        from tether.reward import RewardModel
+        from tether.models.reward_model import RewardModel
 
         rm = RewardModel.load(reward_model)
         ensemble = rm.ensemble

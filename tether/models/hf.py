@@ -1,5 +1,5 @@
-"""Loading models and tokenizers from Hugging Face folders; LoRA through peft; log-probs of sequences; how prompts
-are rendered (chat templates).
+"""Loading models and tokenizers from Hugging Face folders (the pad token, LoRA through peft, dropout), how prompts
+are rendered (chat templates), and the ``tether.json`` Tether saves beside a model.
 
 Paths are local folders (or hub ids when the user is online); nothing is downloaded otherwise.
 
@@ -26,9 +26,10 @@ import torch
 from tether.errors import TetherError
 
 PROMPT_FORMATS = ("chat", "chat_messages_only", "plain")
+TETHER_META = "tether.json"  # what Tether writes beside every model it saves
 
 
-def _check_model_path(path: str | Path, what: str) -> str:
+def check_model_path(path: str | Path, what: str) -> str:
     text = str(path)
     local = Path(text).expanduser()
     if local.exists():
@@ -67,7 +68,7 @@ def load_tokenizer(
     given, receives the one-line notes: the pad token borrowed, and which template the prompts go through."""
     from transformers import AutoTokenizer
 
-    source = _check_model_path(path, "model")
+    source = check_model_path(path, "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
@@ -99,10 +100,9 @@ def _choose_prompt_format(tokenizer: Any, source: str, chat_template: bool | Non
         return "plain"
     if chat_template is not None:
         return "chat" if chat_template else "chat_messages_only"
-    meta_path = Path(source) / "tether.json"
-    if meta_path.is_file():
+    if (Path(source) / TETHER_META).is_file():
         try:
-            recorded = json.loads(meta_path.read_text(encoding="utf-8")).get("prompt_format")
+            recorded = read_tether_meta(source).get("prompt_format")
         except (OSError, ValueError):
             recorded = None
         # A Tether model saved before the format was recorded rendered plain-text prompts as they are.
@@ -140,7 +140,7 @@ def load_causal_lm(path: str | Path, *, bf16: bool = False, gradient_checkpointi
     """A causal LM for training (fp32 master weights unless bf16)."""
     from transformers import AutoModelForCausalLM
 
-    source = _check_model_path(path, "model")
+    source = check_model_path(path, "model")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if bf16 else torch.float32)
     except (OSError, ValueError) as exc:
@@ -165,26 +165,6 @@ def apply_lora(model: Any, cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
         task_type=task_type,
     )
     return get_peft_model(model, lora)
-
-
-def token_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(labels[t+1] | ..t) for each position. logits (B, T, V), labels (B, T) -> (B, T-1)."""
-    logits = logits[:, :-1, :].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = labels[:, 1:].unsqueeze(-1)
-    # log_softmax gathered at the target, without materializing a second (B, T, V) tensor beyond log_softmax
-    return torch.gather(logits.log_softmax(-1), 2, targets).squeeze(-1)
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Sum of the log-probs of the masked tokens of each sequence.
-
-    logits (B, T, V); labels (B, T); loss_mask (B, T) marks the tokens whose probability counts (the completion).
-    The mask is read at the predicted position, so loss_mask[:, 0] is ignored. Returns (B,).
-    """
-    per_token = token_logps(logits, labels, temperature)
-    return (per_token * loss_mask[:, 1:].to(per_token.dtype)).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,3 +216,43 @@ def render_completion(tokenizer: Any, prompt: Any, completion: Any) -> str:
         # Templates that rewrite earlier turns: fall back to the assistant turns' content.
         return "".join(m["content"] for m in answer if m.get("role") == "assistant")
     return full[len(prompt_text) :]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models for training, and the metadata Tether saves beside them
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off everywhere: ``nn.Dropout`` modules and the float ``attention_dropout`` some attentions keep. A
+    policy and its reference must score a sequence the same way (as TRL does), RL needs log-probs that do not change
+    between two passes (Huang et al. 2024), and reward models train reproducibly."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def load_policy(cfg: Any, tokenizer: Any, *, dropout: bool = True) -> Any:
+    """The causal LM a trainer starts from (``cfg.model``, full weights: an adapter folder is refused) in fp32 master
+    weights, with gradient checkpointing and LoRA as ``cfg`` says; ``dropout=False`` turns dropout off everywhere,
+    the adapter's included."""
+    refuse_adapter(cfg.model)
+    model = load_causal_lm(cfg.model, bf16=False, gradient_checkpointing=cfg.gradient_checkpointing)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise TetherError(f"the tokenizer of {cfg.model} has {len(tokenizer)} tokens, more than the model's embeddings", fix="save the model and tokenizer together")
+    model = apply_lora(model, cfg)
+    if not dropout:
+        disable_dropout(model)
+    return model
+
+
+
+def read_tether_meta(model_dir: str | Path) -> dict[str, Any]:
+    """The ``tether.json`` Tether saves beside a model (kind, config, metrics, lineage, prompt format); ``{}`` when the
+    folder has none."""
+    path = Path(model_dir) / TETHER_META
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())

@@ -1,4 +1,4 @@
-"""Rollouts (tether.rollout): batched sampling, left padding, EOS handling, log-probs that ignore padding."""
+"""Rollouts (tether.models.sampling): batched sampling, left padding, EOS handling, log-probs that ignore padding."""
 
 from __future__ import annotations
 
@@ -7,21 +7,15 @@ import warnings
 import pytest
 import torch
 
-from tether.rollout import (
-    build_rollout,
-    completion_logps,
-    encode_prompts,
-    generate_hf,
-    generate_loop,
-    prompt_indices,
-    sample_rollout,
-    sample_tokens,
-)
+from tether.models.logprobs import completion_logps
+from tether.models.sampling import build_rollout, generate_hf, generate_loop, sample_rollout, sample_tokens
+from tether.models.tokens import encode_prompts
+from tether.recipes.online import prompt_indices
 
 
 @pytest.fixture(scope="module")
 def lm(tiny_lm_dir):
-    from tether.models import load_causal_lm, load_tokenizer
+    from tether.models.hf import load_causal_lm, load_tokenizer
 
     # plain-text prompts as they are: these tests count the prompt's own tokens
     return load_causal_lm(tiny_lm_dir).eval(), load_tokenizer(tiny_lm_dir, chat_template=False)
@@ -54,7 +48,7 @@ def test_static_and_dynamic_cache_sample_the_same_tokens(lm):
 
 
 def test_static_cache_failure_falls_back_to_dynamic(lm, monkeypatch):
-    import tether.rollout as rollout_module
+    import tether.models.sampling as rollout_module
 
     model, tokenizer = lm
     original = model.generate
@@ -164,7 +158,7 @@ def greedy_generate(model, tokenizer, prompts, group_size, max_new_tokens, eos):
     """HF generate's greedy completions, as a Rollout, for the same prompt rows as generate_loop."""
     from transformers import GenerationConfig
 
-    from tether.training import pad_left
+    from tether.data.batching import pad_left
 
     texts, ids = encode_prompts(tokenizer, prompts, 448)
     rows = [i for i in range(len(ids)) for _ in range(group_size)]
@@ -249,7 +243,7 @@ def test_sampled_loop_matches_generate_in_distribution(lm):
 
 
 def test_sample_rollout_picks_the_sampler(lm, monkeypatch):
-    import tether.rollout as rollout_module
+    import tether.models.sampling as rollout_module
 
     model, tokenizer = lm
     calls = []
@@ -282,8 +276,8 @@ def test_shared_prompt_forward_gives_the_log_probs_and_gradients_of_whole_rows(t
     """Rows that share a prompt (a group) run the prompt once and the completions on its gathered KV cache; the
     log-probs, the entropy and every parameter's gradient equal those of one forward over each whole row, with
     left-padded prompts of different lengths."""
-    import tether.rollout as ro
-    from tether.models import load_causal_lm, load_tokenizer
+    import tether.models.logprobs as ro
+    from tether.models.hf import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(tiny_lm_dir), load_tokenizer(tiny_lm_dir)
     model.train()
@@ -349,7 +343,7 @@ def test_shared_prompt_forward_under_ddp_averages_the_whole_batch_gradient(tiny_
 def test_update_order_keeps_groups_together_inside_random_minibatches():
     """Each minibatch holds a random set of rows (as before), in rollout order, so a prompt's consecutive rows stay
     together when the minibatch is cut into micro-batches."""
-    from tether.rollout import update_order
+    from tether.recipes.online import update_order
 
     order = update_order(32, 8, seed=5)
     assert sorted(order.tolist()) == list(range(32))

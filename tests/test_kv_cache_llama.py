@@ -1,11 +1,11 @@
-"""The fast KV-cached decoder (tether.decoder) against the models' own forward, per supported architecture."""
+"""The fast KV-cached decoder (tether.models.kv_cache_llama) against the models' own forward, per supported architecture."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tether.decoder import KVDecoder, unsupported_reason
+from tether.models.kv_cache_llama import KVDecoder, unsupported_reason
 
 
 def tiny_model(kind: str):
@@ -82,7 +82,7 @@ def test_selecting_rows_keeps_their_cache():
 def test_unsupported_models_say_why(tiny_lm_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from tether.models import load_causal_lm, load_tokenizer
+    from tether.models.hf import load_causal_lm, load_tokenizer
     from tether.tiny import build_causal_lm
 
     gpt2 = build_causal_lm(load_tokenizer(tiny_lm_dir), tmp_path / "gpt2", arch="gpt2", hidden_size=32, num_layers=1, num_heads=2)

@@ -4,7 +4,7 @@ Three samplers (``sampler=auto`` takes ``loop``, on a CPU and on a GPU):
 - ``loop``: Tether's own sampling loop (``generate_loop``). Each distinct prompt is prefilled once and its keys and
   values are shared by the ``group_size`` rows that sample from it; then one forward per new token, temperature /
   top-p sampling, a stop at EOS, finished rows leaving the batch. For Llama-family models the forward is
-  ``tether.decoder.KVDecoder`` (plain torch ops on the model's weights, preallocated cache), checked against the
+  ``tether.models.kv_cache_llama.KVDecoder`` (plain torch ops on the model's weights, preallocated cache), checked against the
   model's own forward the first time; other models (and LoRA) run their own forward with a dynamic cache.
   ``benchmarks/sampling.py``: 0.150 s against 0.198 s for ``generate`` (dynamic cache) per rollout of 32 x 32
   tokens of the online-RL benchmark's tiny Llama on one CPU thread; 6.1k against 2.9k new tokens/s (static cache)
@@ -34,7 +34,6 @@ one forward over it: its keys and values are gathered to the group's rows and on
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -43,7 +42,11 @@ from typing import Any
 
 import torch
 
+from tether.checks.inputs import model_text
+from tether.data.batching import pad_left
 from tether.errors import TetherError
+from tether.models.logprobs import cache_kwarg, position_ids
+from tether.models.tokens import encode_prompts
 
 
 @dataclass
@@ -82,110 +85,9 @@ class Rollout:
         return self.prompt_ids.shape[0]
 
 
-def update_order(rows: int, minibatch: int, seed: int) -> torch.Tensor:
-    """The order in which one pass of updates visits a rollout's rows: a seeded shuffle cut into minibatches, each
-    minibatch's rows then put back in rollout order. Which rows share a minibatch stays random; inside it a prompt's
-    group stays together, so when a minibatch is split into micro-batches (gradient accumulation) the rows of one
-    prompt still share one forward over it (``completion_logps``)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.cat([part.sort().values for part in torch.randperm(rows, generator=generator).split(minibatch)])
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as ``generate`` assigns them. shape: (B, T) -> (B, T)."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def completion_logps(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_width: int,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    share_prompts: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the completion tokens under ``model`` (logits divided by the sampling temperature), and the
-    entropy of each next-token distribution when asked.
-
-    Rows whose prompt columns are identical (a group's completions of one prompt) share ONE forward pass over
-    the prompt (``share_prompts``, see ``_shared_prompt_logits``); the result is the same as a forward over each
-    whole row. Only the completion positions go through the LM head. shape: input_ids, attention_mask (B, P + R)
-    -> logps (B, R), entropy (B, R) or None.
-    """
-    from tether.math.losses import entropy_from_logits
-
-    logits = _shared_prompt_logits(model, input_ids, attention_mask, completion_width) if share_prompts else None
-    if logits is None:
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            use_cache=False,
-            logits_to_keep=completion_width + 1,
-        ).logits[:, :-1, :]  # (B, R, V): position t predicts completion token t
-    logits = logits.float() / temperature
-    targets = input_ids[:, -completion_width:]
-    # log_softmax at the target only: the target's logit minus the logsumexp (no second (B, R, V) tensor)
-    logps = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
-    return logps, entropy
-
-
-def _shared_prompt_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int) -> torch.Tensor | None:
-    """Logits (B, R, V) predicting the completion tokens, with each distinct prompt computed once; None when no
-    prompt repeats (or the model cannot take a cache: gradient checkpointing turns caching off).
-
-    Pass 1 runs the U distinct prompts (U, P) with a KV cache; the cache rows are gathered to the B rows (a
-    differentiable index, so the prompt's share of the gradient flows back through it) and pass 2 runs the
-    completions (B, R) on top. In GRPO every prompt has ``group_size`` rows: the policy and reference passes do
-    U x P + B x R tokens of work instead of B x (P + R). With the online-RL benchmark's prompts (~8 of ~40 tokens)
-    that saves a sixth; with conversation prompts of 200 tokens and 32-token completions in groups of 8, about 70%.
-    """
-    prompt_width = input_ids.shape[1] - completion_width
-    base = getattr(model, "module", model)  # DDP
-    checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.2x; before: is_gradient_...
-    if prompt_width < 1 or (checkpointing if checkpointing is not None else getattr(base, "is_gradient_checkpointing", False)):
-        return None
-    prefix = torch.cat([input_ids[:, :prompt_width], attention_mask[:, :prompt_width]], dim=1)
-    distinct, rows = torch.unique(prefix, dim=0, return_inverse=True)  # (U, 2P), (B,): row b's prompt is distinct[rows[b]]
-    if len(distinct) == len(input_ids):
-        return None
-    prompt_ids, prompt_mask = distinct[:, :prompt_width], distinct[:, prompt_width:]
-    from transformers import DynamicCache
-
-    cache, kwarg = DynamicCache(), _cache_kwarg(model)
-    first = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), use_cache=True, logits_to_keep=1, **{kwarg: cache})
-    if cache.get_seq_length() != prompt_width:  # the model did not fill the cache (a model that ignores use_cache)
-        return None
-    cache.reorder_cache(rows)  # (U, ...) -> (B, ...), index_select per layer
-    positions = position_ids(attention_mask)[:, prompt_width:]
-    rest = model(input_ids=input_ids[:, prompt_width:], attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=completion_width, **{kwarg: cache})
-    # The last prompt position predicts completion token 0; completion position t predicts token t + 1.
-    return torch.cat([first.logits[:, -1:, :][rows], rest.logits[:, :-1, :]], dim=1)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Building the record from token ids (shared by both samplers)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def encode_prompts(tokenizer: Any, prompts: Sequence[Any], max_prompt_tokens: int) -> tuple[list[str], list[list[int]]]:
-    """Rendered prompt texts and their ids: plain text gets the tokenizer's leading special tokens (BOS) once (a chat
-    template writes its own), the prompt's END kept when it is longer than ``max_prompt_tokens``."""
-    from tether.models import render_prompt, uses_template
-
-    texts = [render_prompt(tokenizer, p) for p in prompts]
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    prefix = full[: full.index(bare[0])] if bare and bare[0] in full else []
-    ids = []
-    for prompt, row in zip(prompts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
-        # a chat template writes its own special tokens (as in training); plain text gets the tokenizer's BOS
-        framed = uses_template(tokenizer, prompt) or row[: len(prefix)] == prefix
-        row = list(row) if framed else prefix + list(row)
-        ids.append(row[-max_prompt_tokens:])
-    return texts, ids
 
 
 def build_rollout(
@@ -197,9 +99,6 @@ def build_rollout(
     sampler_logps: Sequence[list[float]] | None = None,
 ) -> Rollout:
     """The padded record from per-row token lists; each completion is cut after its first EOS."""
-    from tether.checks.inputs import model_text
-    from tether.training import pad_left
-
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     cut, has_eos = [], []
     for row in completion_ids:
@@ -249,8 +148,6 @@ def generate_hf(
     sampling distribution exactly.
     """
     from transformers import GenerationConfig
-
-    from tether.training import pad_left
 
     texts, ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     rows = [i for i in range(len(ids)) for _ in range(group_size)]
@@ -319,15 +216,6 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_p: float =
     return torch.searchsorted(cdf, x, right=True).squeeze(1)
 
 
-def _cache_kwarg(model: Any) -> str:
-    """The name the model's forward takes its KV cache by: transformers 5 renamed ``past_key_values`` to ``cache``."""
-    import inspect
-
-    base = getattr(model, "module", model)  # DDP
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
 class _HFStepper:
     """The same prefill / step / select interface as ``KVDecoder``, over the model's own forward and its dynamic
     cache: any causal LM, LoRA included."""
@@ -336,7 +224,7 @@ class _HFStepper:
         from transformers import DynamicCache
 
         self.model = model
-        self.cache_kwarg = _cache_kwarg(model)
+        self.cache_kwarg = cache_kwarg(model)
         self.cache = DynamicCache()
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int = 1) -> torch.Tensor:
@@ -367,7 +255,7 @@ _DECODER_WARNED: set[tuple[str, str]] = set()
 def _stepper(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int, decoder: str) -> Any:
     """``KVDecoder`` where it runs this model (checked once per model against its own forward), else the HF
     forward. ``decoder``: auto, fast (raise where unsupported) or hf."""
-    from tether.decoder import KVDecoder, unsupported_reason
+    from tether.models.kv_cache_llama import KVDecoder, unsupported_reason
 
     if decoder == "hf":
         return _HFStepper(model)
@@ -412,12 +300,10 @@ def generate_loop(
     Each distinct prompt is prefilled once and its keys and values are shared by its group's rows; then one
     forward per new token, sampling as ``generate`` does (temperature, top-p, no top-k); a row stops at its first
     EOS, the loop when every row has, and finished rows leave the batch once a quarter of it has finished. The
-    forward is ``tether.decoder.KVDecoder`` for Llama-family models (``decoder="auto"``; checked against the
+    forward is ``tether.models.kv_cache_llama.KVDecoder`` for Llama-family models (``decoder="auto"``; checked against the
     model's own forward the first time), else the model's forward with a dynamic cache (``decoder="hf"``).
     Greedy (``do_sample=False``) output equals ``generate``'s.
     """
-    from tether.training import pad_left
-
     if decoder not in ("auto", "fast", "hf"):
         raise ValueError(f"unknown decoder {decoder!r}; valid: auto, fast, hf")
     texts, ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
@@ -562,103 +448,3 @@ def sampler_gap_metrics(trainer_logps: torch.Tensor, sampler_logps: torch.Tensor
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RolloutPlan:
-    """The sizes of an online run (PPO, GRPO, RLOO): a rollout samples ``batch_size x num_minibatches``
-    completions (``group_size`` per prompt) and makes ``ppo_epochs x num_minibatches`` optimizer steps on them.
-
-    ``total_steps`` is ``max_steps`` exactly when given: the last rollout then stops after the steps that remain
-    (``updates_in``), instead of rounding the run up to whole rollouts."""
-
-    rollout_size: int  # completions per rollout, all processes
-    prompts_per_rollout: int  # all processes
-    minibatch: int  # completions per optimizer step on this process
-    updates_per_rollout: int
-    total_rollouts: int
-    total_steps: int
-
-    def updates_in(self, rollout_index: int) -> int:
-        """Optimizer steps of rollout ``rollout_index``: all of them, but for a short last one."""
-        return min(self.updates_per_rollout, self.total_steps - rollout_index * self.updates_per_rollout)
-
-
-def plan_rollouts(cfg: Any, n_prompts: int, processes: int) -> RolloutPlan:
-    """Size the run from the config, the number of prompts and of processes (checked to divide evenly)."""
-    rollout_size = cfg.batch_size * cfg.num_minibatches  # completions per rollout, all processes
-    prompts_per_rollout = rollout_size // cfg.group_size
-    if prompts_per_rollout % processes:
-        raise TetherError(
-            f"{prompts_per_rollout} prompts per rollout do not split over {processes} processes",
-            fix="make batch_size x num_minibatches / group_size a multiple of the number of processes",
-        )
-    updates_per_rollout = cfg.ppo_epochs * cfg.num_minibatches
-    if cfg.max_steps:
-        total_steps = cfg.max_steps
-    else:
-        total_steps = max(1, math.ceil(cfg.epochs * n_prompts / prompts_per_rollout)) * updates_per_rollout
-    plan = RolloutPlan(rollout_size, prompts_per_rollout, cfg.batch_size // processes, updates_per_rollout, math.ceil(total_steps / updates_per_rollout), total_steps)
-    if total_steps % updates_per_rollout:
-        print(
-            f"note: --max-steps {total_steps}: the last rollout makes {plan.updates_in(plan.total_rollouts - 1)} of its "
-            f"{updates_per_rollout} optimizer steps (ppo_epochs {cfg.ppo_epochs} x num_minibatches {cfg.num_minibatches})"
-        )
-    return plan
-
-
-def prompt_indices(n_prompts: int, rollout_index: int, per_rollout: int, seed: int) -> list[int]:
-    """The prompts of rollout ``rollout_index``: consecutive slices of an endless stream of shuffled passes over
-    the prompts (a new permutation per pass, fixed by ``seed``), so a resumed run continues the same stream."""
-    import random
-
-    orders: dict[int, list[int]] = {}
-    out = []
-    for position in range(rollout_index * per_rollout, (rollout_index + 1) * per_rollout):
-        epoch, offset = divmod(position, n_prompts)
-        if epoch not in orders:
-            orders[epoch] = list(range(n_prompts))
-            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
-        out.append(orders[epoch][offset])
-    return out
-
-
-def write_samples(path: Any, step: int, rollout: Rollout, scores: torch.Tensor, n: int, show: bool) -> None:
-    """Append ``n`` sample completions (prompt, completion, score) to ``path`` (JSON lines); print a table."""
-    import json
-    from pathlib import Path
-
-    rows = [
-        {"step": step, "prompt": rollout.prompt_texts[i], "completion": rollout.completion_texts[i], "score": float(scores[i])}
-        for i in range(min(n, len(rollout)))
-    ]
-    with Path(path).open("a", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    if show:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"samples at step {step}", show_lines=True)
-        for column in ("prompt", "completion", "score"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(row["prompt"][-200:], row["completion"][:400], f"{row['score']:.3f}")
-        Console(stderr=True).print(table)
-
-
-def mean_over_processes(accelerator: Any, metrics: dict[str, float]) -> dict[str, float]:
-    """Each metric averaged over the processes (identity on one process)."""
-    if accelerator.num_processes == 1 or not metrics:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], device=accelerator.device)
-    values = accelerator.reduce(values, reduction="mean")
-    return dict(zip(keys, values.tolist()))
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Dropout off everywhere (Huang et al. 2024: RL needs log-probs that do not change between two passes)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0

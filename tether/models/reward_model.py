@@ -2,7 +2,7 @@
 
 The stable interface other parts of Tether use (PPO, active learning, monitoring, the demo)::
 
-    from tether.reward import RewardModel
+    from tether.models.reward_model import RewardModel
 
     rm = RewardModel.load("artifacts/models/rm-1")               # a folder written by `tether train reward`
     rewards = rm.score(prompts, completions, batch_size=32)      # np.ndarray (N,), normalized, ensemble mean
@@ -11,7 +11,7 @@ The stable interface other parts of Tether use (PPO, active learning, monitoring
     rating = RewardModel.load("rm-ratings:helpful=1,harm=-1")    # a rating model: how its aspects add up
 
 Prompts and completions are strings, or chat message lists (``[{"role", "content"}, ...]``), rendered as the
-model's ``prompt_format`` says (tether.models). Rewards are normalized with the statistics saved at training
+model's ``prompt_format`` says (tether.models.hf). Rewards are normalized with the statistics saved at training
 time: mean 0 and std 1 over (a sample of) the training prompts' chosen completions, or the reference set given
 at training, per ensemble member. A rating model (``objective: rating``) has one output per aspect:
 ``score_aspects`` gives each one; one reward needs each aspect's weight and sign (``DIR:helpful=1,harm=-1``,
@@ -35,47 +35,11 @@ import numpy as np
 import torch
 
 from tether.errors import TetherError
+from tether.models.tokens import encode_many, special_tokens_around
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenization: prompt + completion -> ids, keeping the end of the prompt and the whole completion
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after one text (BERT: [CLS] ... [SEP]; Llama: <s> ...)."""
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(bare) + 1):
-        if full[start : start + len(bare)] == bare:
-            return list(full[:start]), list(full[start + len(bare) :])
-    return [], []
-
-
-def encode_many(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], max_length: int) -> list[list[int] | None]:
-    """Token ids of each prompt+completion in at most ``max_length`` tokens, special tokens included.
-
-    The prompt's START is cut first; an item whose completion alone cannot fit is None (callers skip and count it).
-    Decoders get EOS appended to the completion when it does not end with it: the reward is read there.
-    """
-    from tether.models import render_completion, render_prompt
-    from tether.training import truncate_keep_end
-
-    prefix, suffix = special_tokens_around(tokenizer)
-    eos = tokenizer.eos_token_id
-    add_eos = eos is not None and not suffix  # encoders end with their own [SEP]
-    prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
-    completion_texts = [render_completion(tokenizer, p, c) for p, c in zip(prompts, completions)]
-    # verbose=False: texts longer than the model are expected here; they are cut below
-    prompt_ids = tokenizer(prompt_texts, add_special_tokens=False, verbose=False)["input_ids"] if prompt_texts else []
-    completion_ids = tokenizer(completion_texts, add_special_tokens=False, verbose=False)["input_ids"] if completion_texts else []
-    room = max_length - len(prefix) - len(suffix)
-    out: list[list[int] | None] = []
-    for p_ids, c_ids in zip(prompt_ids, completion_ids):
-        if add_eos and (not c_ids or c_ids[-1] != eos):
-            c_ids = [*c_ids, eos]
-        body = truncate_keep_end(p_ids, c_ids, room)
-        out.append(None if body is None else prefix + body + suffix)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,9 +52,9 @@ def load_reward_backbone(path: str | Path, num_labels: int, pad_token_id: int, *
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from tether.models import _check_model_path, refuse_adapter
+    from tether.models.hf import check_model_path, refuse_adapter
 
-    source = _check_model_path(path, "model")
+    source = check_model_path(path, "model")
     refuse_adapter(source)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized": the head is new on purpose
@@ -106,15 +70,6 @@ def load_reward_backbone(path: str | Path, num_labels: int, pad_token_id: int, *
     model.config.pad_token_id = pad_token_id
     model.config.problem_type = "regression"
     return model
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Dropout off everywhere: nn.Dropout modules and the float ``attention_dropout`` some attentions keep."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
 
 
 def unwrap_peft(model: Any) -> Any:
@@ -170,7 +125,7 @@ class RewardForward(torch.nn.Module):
 @torch.no_grad()
 def raw_rewards(forward: torch.nn.Module, sequences: list[list[int]], pad_id: int, batch_size: int, device: Any) -> torch.Tensor:
     """Raw head outputs (N, num_labels) float32 for token sequences, batched by length, in the input order."""
-    from tether.training import pad_right
+    from tether.data.batching import pad_right
 
     was_training = forward.training
     forward.eval()
@@ -278,8 +233,7 @@ class RewardModel:
         without tether.json is accepted as it is (its raw scores, unnormalized; ``say`` gets a note)."""
         from transformers import AutoModelForSequenceClassification
 
-        from tether.models import load_tokenizer
-        from tether.training import read_tether_meta
+        from tether.models.hf import load_tokenizer, read_tether_meta
 
         text, weights = split_aspect_weights(model_dir)
         model_dir = Path(text)
