@@ -75,20 +75,19 @@ PASSWORD = "load-test-password"
 def prepare(url: str, n_annotators: int, n_items: int, overlap: int) -> tuple[int, list[str]]:
     """Schema, one project of ``n_items`` pairs, ``n_annotators`` annotators with annotate-scoped tokens (through the
     store functions; names load0000, load0001, ...)."""
-    from tether.app import service
-    from tether.store import annotation
+    from tether.store import accounts, campaigns
     from tether.store.db import session_scope, upgrade
 
     upgrade(url)
     with session_scope(url) as session:
-        project = annotation.create_project(session, name="load", schema={"kind": "pairwise"}, guidelines="# Pick the better answer",
+        project = campaigns.create_project(session, name="load", schema={"kind": "pairwise"}, guidelines="# Pick the better answer",
                                             overlap=overlap, assignment_ttl_s=3600)
         rows = [{"prompt": f"question {i}: what is {i} * 3?", "chosen": f"{3 * i}", "rejected": f"{3 * i + 1}"} for i in range(n_items)]
-        annotation.add_items(session, project=project, rows=rows, max_items=n_items)
+        campaigns.add_items(session, project=project, rows=rows, max_items=n_items)
         tokens = []
         for i in range(n_annotators):
-            user = service.create_user(session, name=f"load{i:04d}", role="annotator", password=PASSWORD, password_profile="cheapest")
-            tokens.append(service.issue_token(session, user=user, label="load", scope="annotate"))
+            user = accounts.create_user(session, name=f"load{i:04d}", role="annotator", password=PASSWORD, password_profile="cheapest")
+            tokens.append(accounts.issue_token(session, user=user, label="load", scope="annotate"))
         return project.id, tokens
 
 
@@ -322,7 +321,8 @@ def lookup_run(db: str, args: argparse.Namespace) -> dict:
 
     from sqlalchemy import insert, select
 
-    from tether.store import annotation
+    from tether.store import campaigns
+    from tether.store.campaigns import queue
     from tether.store.db import dispose_engine, session_scope, upgrade
     from tether.store.tables import Assignment, Item, User
 
@@ -330,9 +330,9 @@ def lookup_run(db: str, args: argparse.Namespace) -> dict:
     try:
         upgrade(url)
         with session_scope(url) as session:
-            project = annotation.create_project(session, name="lookup", schema={"kind": "pairwise"}, overlap=3)
+            project = campaigns.create_project(session, name="lookup", schema={"kind": "pairwise"}, overlap=3)
             rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(args.lookup)]
-            annotation.add_items(session, project=project, rows=rows, max_items=args.lookup)
+            campaigns.add_items(session, project=project, rows=rows, max_items=args.lookup)
             users = [User(name=f"u{i}", role="annotator") for i in range(4)]
             session.add_all(users)
             session.flush()
@@ -341,12 +341,12 @@ def lookup_run(db: str, args: argparse.Namespace) -> dict:
             session.execute(insert(Assignment), [
                 {"item_id": i, "user_id": u.id, "state": "done", "shown_order": [0, 1], "created_at": at} for i in ids[: args.lookup_full] for u in users[:3]
             ])
-            annotation.recount_open_slots(session, project_id=project.id)
+            campaigns.recount_open_slots(session, project_id=project.id)
             params = {"project_id": project.id, "user_id": users[3].id, "overlap": 3}
         with session_scope(url) as session:
             session.connection().exec_driver_sql("ANALYZE")
         out = {"db": db}
-        for name, statement in (("scan", _scan_candidate()), ("index", annotation._CANDIDATE[False])):
+        for name, statement in (("scan", _scan_candidate()), ("index", queue._CANDIDATE[False])):
             times = []
             with session_scope(url) as session:
                 for _ in range(30):  # bounded

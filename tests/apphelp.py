@@ -15,9 +15,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tether.app import service
 from tether.app.main import create_app
 from tether.app.settings import AppSettings
+from tether.store import accounts
 from tether.store.db import session_scope
 
 PASSWORD = "correct-horse-battery"
@@ -82,8 +82,8 @@ def make_env(url: str, **settings: Any) -> AppEnv:
     env = AppEnv(url=url, settings=app_settings, app=create_app(app_settings))
     with session_scope(url) as session:
         for name, role in USERS:
-            user = service.create_user(session, name=name, role=role, password=PASSWORD, password_profile="cheapest")
-            env.tokens[name] = service.issue_token(session, user=user)
+            user = accounts.create_user(session, name=name, role=role, password=PASSWORD, password_profile="cheapest")
+            env.tokens[name] = accounts.issue_token(session, user=user)
     return env
 
 

@@ -85,7 +85,7 @@ def db_url(request, tmp_path) -> str:
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A fresh SQLite workspace selected with TETHER_HOME."""
-    from tether.workspace import init_workspace
+    from tether.store.workspace import init_workspace
 
     monkeypatch.delenv("TETHER_DATABASE_URL", raising=False)
     ws = init_workspace(tmp_path / "ws")
@@ -96,7 +96,7 @@ def workspace(tmp_path, monkeypatch):
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def any_workspace(request, tmp_path, monkeypatch):
     """A fresh workspace on SQLite, then on PostgreSQL (TETHER_DATABASE_URL)."""
-    from tether.workspace import init_workspace
+    from tether.store.workspace import init_workspace
 
     if request.param == "postgres":
         monkeypatch.setenv("TETHER_DATABASE_URL", request.getfixturevalue("pg_url"))

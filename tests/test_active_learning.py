@@ -138,12 +138,12 @@ def ensemble_dir(tiny_lm_dir, tmp_path_factory):
 
 @pytest.fixture
 def al_project(workspace):
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.db import session_scope
 
     with session_scope(workspace.database_url) as session:
-        project = annotation.create_project(session, name="al", schema={"kind": "pairwise", "strength": False}, overlap=1)
-        annotation.add_items(session, project=project, rows=[{"prompt": "p0 hello\n", "completions": ["c0 thank you", "c1 sorry"]}])
+        project = campaigns.create_project(session, name="al", schema={"kind": "pairwise", "strength": False}, overlap=1)
+        campaigns.add_items(session, project=project, rows=[{"prompt": "p0 hello\n", "completions": ["c0 thank you", "c1 sorry"]}])
     candidates = workspace.root / "candidates.jsonl"
     lines = [{"prompt": f"p{i} {WORDS[i]}\n", "completions": [f"c{j} {WORDS[(i + j) % 14]} {WORDS[j]}" for j in range(3)]} for i in range(4)]
     lines[0] = {"prompt": "p0 hello\n", "completions": ["c0 thank you", "c1 sorry", "c2 help"]}  # (c0, c1) is an item already

@@ -24,10 +24,11 @@ from apphelp import PASSWORD, csrf_of, make_env, pairs, served
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text, update
 
-from tether.app import security, service, throttle
+from tether.app import security, throttle
 from tether.app.main import create_app
 from tether.app.settings import AppSettings
 from tether.errors import TetherError
+from tether.store import accounts
 from tether.store.db import get_engine, session_scope, upgrade
 from tether.store.tables import ApiToken, AuditEvent, LoginThrottle, User, WebSession
 
@@ -84,7 +85,7 @@ def test_only_a_hash_of_the_session_cookie_is_stored(db_url):
     cookie = env.login("ann1").cookies[security.SESSION_COOKIE]
     with session_scope(db_url) as session:
         stored = session.scalars(select(WebSession.id_hash)).all()
-    assert stored == [security.token_hash(cookie)] and cookie not in stored and len(cookie) >= 40
+    assert stored == [accounts.token_hash(cookie)] and cookie not in stored and len(cookie) >= 40
 
 
 def test_deactivation_role_change_and_password_change_end_sessions_and_reactivation_revives_nothing(db_url):
@@ -93,20 +94,20 @@ def test_deactivation_role_change_and_password_change_end_sessions_and_reactivat
     assert all(_signed_in(b) for b in browsers.values())
 
     with session_scope(db_url) as session:  # deactivate ann1, then reactivate
-        service.set_role(session, user=service.get_user_by_name(session, "ann1"), active=False)
+        accounts.set_role(session, user=accounts.get_user_by_name(session, "ann1"), active=False)
     with session_scope(db_url) as session:
-        service.set_role(session, user=service.get_user_by_name(session, "ann1"), active=True)
+        accounts.set_role(session, user=accounts.get_user_by_name(session, "ann1"), active=True)
     assert not _signed_in(browsers["ann1"]) and _me(env, env.tokens["ann1"]) == 401
 
     with session_scope(db_url) as session:
-        annotate_token = service.issue_token(session, user=service.get_user_by_name(session, "ann2"), scope="annotate")
+        annotate_token = accounts.issue_token(session, user=accounts.get_user_by_name(session, "ann2"), scope="annotate")
 
     with session_scope(db_url) as session:  # promote ann2: its full token and session end, the annotate one stays
-        service.set_role(session, user=service.get_user_by_name(session, "ann2"), role="reviewer")
+        accounts.set_role(session, user=accounts.get_user_by_name(session, "ann2"), role="reviewer")
     assert not _signed_in(browsers["ann2"]) and _me(env, env.tokens["ann2"]) == 401 and _me(env, annotate_token) == 200
 
     with session_scope(db_url) as session:  # a new password ends sessions; tokens stay
-        service.set_password(session, user=service.get_user_by_name(session, "ann3"), password="a-new-long-password",
+        accounts.set_password(session, user=accounts.get_user_by_name(session, "ann3"), password="a-new-long-password",
                              password_profile="cheapest")
     assert not _signed_in(browsers["ann3"]) and _me(env, env.tokens["ann3"]) == 200
     assert _signed_in(browsers["rev"])  # nobody else's session ended
@@ -118,7 +119,7 @@ def test_the_web_admin_ends_a_users_sessions_by_deactivating_them(db_url):
     victim = env.login("ann1")
     admin = env.login("admin")
     with session_scope(db_url) as session:
-        ann1 = service.get_user_by_name(session, "ann1").id
+        ann1 = accounts.get_user_by_name(session, "ann1").id
     token = csrf_of(admin.get("/admin/users").text)
     assert admin.post(f"/admin/users/{ann1}", data={"role": "annotator", "csrf_token": token}, follow_redirects=False).status_code == 303
     assert not _signed_in(victim) and _me(env, env.tokens["ann1"]) == 401
@@ -184,11 +185,11 @@ def test_tokens_expire_by_default_and_by_flag(cli, workspace, monkeypatch):
         assert lifetimes == [2, 90]
         now = datetime.now(timezone.utc)
         token = short.stdout.strip()
-        assert service.user_for_token(session, token, now=now + timedelta(days=1)) is not None
-        assert service.user_for_token(session, token, now=now + timedelta(days=2, minutes=1)) is None
-        assert service.user_for_token(session, default.stdout.strip(), now=now + timedelta(days=89)) is not None
-        assert service.user_for_token(session, default.stdout.strip(), now=now + timedelta(days=91)) is None
-        session.execute(update(ApiToken).where(ApiToken.token_hash == security.token_hash(token)).values(expires_at=now - timedelta(seconds=1)))
+        assert accounts.user_for_token(session, token, now=now + timedelta(days=1)) is not None
+        assert accounts.user_for_token(session, token, now=now + timedelta(days=2, minutes=1)) is None
+        assert accounts.user_for_token(session, default.stdout.strip(), now=now + timedelta(days=89)) is not None
+        assert accounts.user_for_token(session, default.stdout.strip(), now=now + timedelta(days=91)) is None
+        session.execute(update(ApiToken).where(ApiToken.token_hash == accounts.token_hash(token)).values(expires_at=now - timedelta(seconds=1)))
     api = TestClient(create_app(AppSettings(database_url=workspace.database_url, password_profile="cheapest")))
     refused = api.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert refused.status_code == 401 and "expired" in refused.json()["error"]
@@ -199,7 +200,7 @@ def test_an_annotate_token_takes_items_and_answers_them_and_nothing_else(db_url)
     pid = env.create_project(overlap=1)
     env.push(pid, pairs(3))
     with session_scope(db_url) as session:
-        env.tokens["admin-annotate"] = service.issue_token(session, user=service.get_user_by_name(session, "admin"), scope="annotate")
+        env.tokens["admin-annotate"] = accounts.issue_token(session, user=accounts.get_user_by_name(session, "admin"), scope="annotate")
     task = env.api("POST", f"/projects/{pid}/next", "admin-annotate").json()
     done = env.api("POST", f"/assignments/{task['assignment_id']}/judgment?next=true", "admin-annotate", json={"value": {"choice": "a", "strength": 1}})
     assert done.status_code == 201 and done.json()["next"] is not None
@@ -216,7 +217,7 @@ def test_a_token_an_admin_mints_for_another_user_is_the_admins_act(db_url):
     env = make_env(db_url)
     admin = env.login("admin")
     with session_scope(db_url) as session:
-        ann3 = service.get_user_by_name(session, "ann3").id
+        ann3 = accounts.get_user_by_name(session, "ann3").id
     page = admin.post(f"/admin/users/{ann3}/token", data={"csrf_token": csrf_of(admin.get("/admin/users").text), "scope": "annotate",
                                                           "days": "7", "label": "pipeline"})
     token = re.search(r'class="token">(tth_[^<]+)<', page.text).group(1)
@@ -225,7 +226,7 @@ def test_a_token_an_admin_mints_for_another_user_is_the_admins_act(db_url):
     with session_scope(db_url) as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "token.issue", AuditEvent.object_id == str(ann3))
                                 .order_by(AuditEvent.id.desc())).first()
-        row = session.scalars(select(ApiToken).where(ApiToken.token_hash == security.token_hash(token))).one()
+        row = session.scalars(select(ApiToken).where(ApiToken.token_hash == accounts.token_hash(token))).one()
     assert event.actor == "user:admin" and event.detail["name"] == "ann3" and event.detail["scope"] == "annotate"
     assert row.issued_by == "user:admin" and row.scope == "annotate" and round((row.expires_at - row.created_at).total_seconds() / 86400) == 7
     bad = admin.post(f"/admin/users/{ann3}/token", data={"csrf_token": csrf_of(admin.get("/admin/users").text), "days": "0"})
@@ -292,7 +293,7 @@ def test_a_password_change_checks_the_current_password_like_a_sign_in(db_url, fr
 def test_an_admin_whose_password_no_longer_meets_the_rules_is_sent_to_change_it(db_url):
     env = make_env(db_url)
     with session_scope(db_url) as session:  # set before the rules (or before a promotion)
-        service.get_user_by_name(session, "admin").password_hash = security.hash_password("hunter22", "cheapest")
+        accounts.get_user_by_name(session, "admin").password_hash = accounts.hash_password("hunter22", "cheapest")
     client = env.client()
     response = _sign_in(client, "admin", "hunter22")
     assert response.status_code == 303 and response.headers["location"] == "/account?weak=1"
@@ -389,7 +390,7 @@ def test_many_people_signing_in_at_once_from_one_address_are_not_locked_out(db_u
     env = make_env(db_url)
     with session_scope(db_url) as session:
         for i in range(40):
-            service.create_user(session, name=f"office{i}", role="annotator", password=PASSWORD, password_profile="cheapest")
+            accounts.create_user(session, name=f"office{i}", role="annotator", password=PASSWORD, password_profile="cheapest")
 
     async def nine_oclock() -> list[int]:
         transport = httpx.ASGITransport(app=env.app, client=("198.51.100.20", 40000))
@@ -406,10 +407,10 @@ def test_every_failed_sign_in_costs_one_password_hash_whoever_the_name_is(db_url
     not tell them apart), and the answer is the same."""
     env = make_env(db_url)
     with session_scope(db_url) as session:
-        service.set_role(session, user=service.get_user_by_name(session, "ann3"), active=False)
+        accounts.set_role(session, user=accounts.get_user_by_name(session, "ann3"), active=False)
     calls = []
-    real = security.verify_password
-    monkeypatch.setattr(security, "verify_password", lambda *a, **k: calls.append(a[0] is not None) or real(*a, **k))
+    real = accounts.verify_password
+    monkeypatch.setattr(accounts, "verify_password", lambda *a, **k: calls.append(a[0] is not None) or real(*a, **k))
     answers = {}
     for name, password in (("ann1", "wrong"), ("nobody", "wrong"), ("ann3", PASSWORD)):
         calls.clear()
@@ -443,13 +444,13 @@ def test_every_failed_sign_in_costs_one_password_hash_whoever_the_name_is(db_url
 ])
 def test_weak_passwords_are_refused(role, password, why):
     with pytest.raises(TetherError, match=why):
-        service.check_password_rules(password, role=role, name="ada")
+        accounts.check_password_rules(password, role=role, name="ada")
 
 
 @pytest.mark.parametrize(("role", "password"), [("admin", "plum orbit lantern 42"), ("reviewer", "correct-horse-battery"),
                                                 ("annotator", "tulip-moon"), ("admin", "Zwölf Boxkämpfer jagen")])
 def test_good_passwords_pass(role, password):
-    service.check_password_rules(password, role=role, name="ada")
+    accounts.check_password_rules(password, role=role, name="ada")
 
 
 def test_weak_admin_passwords_are_refused_through_the_cli(cli, workspace, monkeypatch):
@@ -480,13 +481,13 @@ def test_weak_passwords_are_refused_through_web_and_api_and_nothing_is_stored(db
 ])
 def test_user_names_with_invisible_or_control_characters_are_refused(db_url, name, what):
     with session_scope(db_url) as session, pytest.raises(TetherError, match=what):
-        service.create_user(session, name=name, role="annotator", password="tulip-moon-42", password_profile="cheapest")
+        accounts.create_user(session, name=name, role="annotator", password="tulip-moon-42", password_profile="cheapest")
 
 
 def test_user_names_are_nfkc_normalized_and_unique_without_case(db_url):
     env = make_env(db_url)
     with session_scope(db_url) as session:
-        fullwidth = service.create_user(session, name="ＡＤＭＩＮ１", role="annotator", password="tulip-moon-42", password_profile="cheapest")
+        fullwidth = accounts.create_user(session, name="ＡＤＭＩＮ１", role="annotator", password="tulip-moon-42", password_profile="cheapest")
         assert fullwidth.name == "ADMIN1"
     for clash in ("admin1", "Admin1", "ＡＤＭＩＮ１", "ANN1", "ann1"):
         response = env.api("POST", "/users", "admin", json={"name": clash, "role": "annotator", "password": "tulip-moon-42"})
@@ -504,10 +505,10 @@ def test_migration_0004_gives_existing_accounts_a_case_folded_key_and_tokens_an_
         rows = [(1, "ADMIN1", "admin"), (2, "admin1", "annotator"), (3, "Bob", "external"), (4, "bob", "external"), (5, "ｃａｒｏｌ", "reviewer")]
         for user_id, name, role in rows:
             conn.execute(text('INSERT INTO "user" (id, name, role, password_hash, active, meta, created_at) VALUES (:id, :name, :role, :h, :a, \'{}\', :at)'),
-                         {"id": user_id, "name": name, "role": role, "h": security.hash_password(PASSWORD, "cheapest") if role != "external" else None,
+                         {"id": user_id, "name": name, "role": role, "h": accounts.hash_password(PASSWORD, "cheapest") if role != "external" else None,
                           "a": True, "at": T0})
         conn.execute(text("INSERT INTO api_token (id, user_id, token_hash, label, revoked, created_at) VALUES (1, 1, :h, 'old', :r, :at)"),
-                     {"h": security.token_hash("tth_legacy"), "r": False, "at": T0})
+                     {"h": accounts.token_hash("tth_legacy"), "r": False, "at": T0})
         if conn.dialect.name == "postgresql":
             for table in ("user", "api_token"):
                 conn.execute(text(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), (SELECT max(id) FROM \"{table}\"))"))
@@ -516,14 +517,14 @@ def test_migration_0004_gives_existing_accounts_a_case_folded_key_and_tokens_an_
         keys = dict(session.execute(select(User.name, User.name_key)).all())
         assert keys == {"ADMIN1": "admin1", "admin1": None, "Bob": None, "bob": None, "ｃａｒｏｌ": "carol"}
         # Both old case twins still sign in with their exact names; a third spelling is refused.
-        assert service.authenticate(session, name="admin1", password=PASSWORD, password_profile="cheapest").id == 2
-        assert service.authenticate(session, name="ADMIN1", password=PASSWORD, password_profile="cheapest").id == 1
-        assert service.authenticate(session, name="carol", password=PASSWORD, password_profile="cheapest").id == 5
+        assert accounts.authenticate(session, name="admin1", password=PASSWORD, password_profile="cheapest").id == 2
+        assert accounts.authenticate(session, name="ADMIN1", password=PASSWORD, password_profile="cheapest").id == 1
+        assert accounts.authenticate(session, name="carol", password=PASSWORD, password_profile="cheapest").id == 5
         with pytest.raises(TetherError, match="exists already"):
-            service.create_user(session, name="Admin1", role="annotator", password="tulip-moon-42", password_profile="cheapest")
+            accounts.create_user(session, name="Admin1", role="annotator", password="tulip-moon-42", password_profile="cheapest")
         token = session.get(ApiToken, 1)
         assert token.scope == "full" and 89 <= (token.expires_at.replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)).days <= 90
-        user, scope = service.user_for_token(session, "tth_legacy")
+        user, scope = accounts.user_for_token(session, "tth_legacy")
         assert user.name == "ADMIN1" and scope == "full"
     from alembic import command
 
@@ -560,8 +561,8 @@ def test_two_servers_on_one_store_share_sessions_revocation_and_the_throttle(any
     url = any_workspace.database_url
     with session_scope(url) as session:
         for name, role in (("admin", "admin"), ("alice", "annotator"), ("bob", "annotator")):
-            user = service.create_user(session, name=name, role=role, password=PASSWORD, password_profile="cheapest")
-        bob_token = service.issue_token(session, user=user)
+            user = accounts.create_user(session, name=name, role=role, password=PASSWORD, password_profile="cheapest")
+        bob_token = accounts.issue_token(session, user=user)
     env = {**os.environ, "TETHER_PASSWORD_PROFILE": "cheapest"}
     with served(tmp_path / "a.log", env, workers=2) as a, served(tmp_path / "b.log", env) as b:
         alice_a, response = _web_sign_in(a, "alice")
@@ -578,7 +579,7 @@ def test_two_servers_on_one_store_share_sessions_revocation_and_the_throttle(any
         assert httpx.get(b + "/api/v1/me", headers={"Authorization": f"Bearer {bob_token}"}).status_code == 200
         admin_a, _ = _web_sign_in(a, "admin")
         with session_scope(url) as session:
-            bob_id = service.get_user_by_name(session, "bob").id
+            bob_id = accounts.get_user_by_name(session, "bob").id
         form = {"role": "annotator", "csrf_token": csrf_of(admin_a.get("/admin/users").text)}  # no "active": deactivate
         assert admin_a.post(f"/admin/users/{bob_id}", data=form).status_code == 303
         assert bob_b.get("/annotate").status_code == 303

@@ -11,7 +11,7 @@ import pytest
 from apphelp import make_env, pairs
 from sqlalchemy import select, update
 
-from tether.store import annotation
+from tether.store import campaigns
 from tether.store.db import session_scope
 from tether.store.tables import Assignment, AuditEvent, Item, Judgment, Project, User, utcnow
 
@@ -227,7 +227,7 @@ def test_concurrent_annotators_never_exceed_overlap_nor_duplicate(db_url):
     env.push(pid, pairs(12))
     with session_scope(db_url) as session:
         for i in range(5):
-            from tether.app.service import create_user
+            from tether.store.accounts import create_user
 
             create_user(session, name=f"extra{i}", role="annotator", password="long-enough-pw", password_profile="cheapest")
     names = ["ann1", "ann2", "ann3"] + [f"extra{i}" for i in range(5)]
@@ -239,10 +239,10 @@ def test_concurrent_annotators_never_exceed_overlap_nor_duplicate(db_url):
                 with session_scope(db_url) as session:
                     user = session.scalar(select(User).where(User.name == name))
                     project = session.get(Project, pid)
-                    assignment = annotation.next_assignment(session, project=project, user=user)
+                    assignment = campaigns.next_assignment(session, project=project, user=user)
                     if assignment is None:
                         return
-                    annotation.submit_judgment(session, assignment_id=assignment.id, user=user, value={"choice": "a", "strength": 1}, source="sim")
+                    campaigns.submit_judgment(session, assignment_id=assignment.id, user=user, value={"choice": "a", "strength": 1}, source="sim")
         except Exception as exc:  # reported below
             errors.append(repr(exc))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from tether.app import service
+from tether.store import accounts
 from tether.store.db import session_scope
 
 
@@ -17,10 +17,10 @@ def test_user_add_reads_the_password_from_stdin_and_token_works(cli, workspace, 
     token = cli("user", "token", "alice").stdout.strip()
     assert token.startswith("tth_")
     with session_scope(workspace.database_url) as session:
-        user, scope = service.user_for_token(session, token)
+        user, scope = accounts.user_for_token(session, token)
         assert user.name == "alice" and scope == "full"
-        assert service.authenticate(session, name="alice", password="a-long-passphrase", password_profile="cheapest") is not None
-        user = service.get_user_by_name(session, "alice")
+        assert accounts.authenticate(session, name="alice", password="a-long-passphrase", password_profile="cheapest") is not None
+        user = accounts.get_user_by_name(session, "alice")
         assert user.password_hash.startswith("$argon2id$") and "a-long-passphrase" not in user.password_hash
     assert "alice" in cli("user", "list").stdout
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from apphelp import make_env, open_task, pairs
 
-from tether.app import service
+from tether.store import accounts
 from tether.store.db import session_scope, upgrade
 
 
@@ -126,8 +126,8 @@ def test_tokens_missing_wrong_revoked_or_inactive_are_401(tmp_path):
     assert env.api("GET", "/me", None, headers={"Authorization": f"Basic {env.tokens['admin']}"}).status_code == 401
     assert env.api("GET", "/me", "ann1").json()["name"] == "ann1"
     with session_scope(env.url) as session:
-        service.revoke_tokens(session, user=service.get_user_by_name(session, "ann1"))
-        service.set_role(session, user=service.get_user_by_name(session, "ann2"), active=False)
+        accounts.revoke_tokens(session, user=accounts.get_user_by_name(session, "ann1"))
+        accounts.set_role(session, user=accounts.get_user_by_name(session, "ann2"), active=False)
     assert env.api("GET", "/me", "ann1").status_code == 401
     assert env.api("GET", "/me", "ann2").status_code == 401
     assert env.api("GET", "/me", "ann3").status_code == 200

@@ -11,9 +11,9 @@ from apphelp import PASSWORD, csrf_of, make_env, open_task, pairs
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tether.app import service
 from tether.app.main import create_app
 from tether.app.settings import AppSettings
+from tether.store import accounts
 from tether.store.db import session_scope, upgrade
 from tether.store.tables import Assignment, AuditEvent, Judgment, Project, Prompt, User
 
@@ -68,7 +68,7 @@ def test_password_change_ends_old_sessions(env):
     client = env.login("ann1")
     assert client.get("/annotate", follow_redirects=False).status_code == 200
     with session_scope(env.url) as session:
-        service.set_password(session, user=service.get_user_by_name(session, "ann1"), password="a-new-long-password", password_profile="cheapest")
+        accounts.set_password(session, user=accounts.get_user_by_name(session, "ann1"), password="a-new-long-password", password_profile="cheapest")
     assert client.get("/annotate", follow_redirects=False).status_code == 303
 
 
@@ -204,7 +204,7 @@ def test_admin_issues_token_shown_once(env):
     admin = env.login("admin")
     page = admin.get("/admin/users").text
     with session_scope(env.url) as session:
-        ann3 = service.get_user_by_name(session, "ann3").id
+        ann3 = accounts.get_user_by_name(session, "ann3").id
     shown = admin.post(f"/admin/users/{ann3}/token", data={"csrf_token": csrf_of(page)}).text
     import re
 

@@ -67,7 +67,7 @@ harmful instructions (**harmful**). The full policy: [the style guide](https://e
 LINK_REL = "nofollow noopener noreferrer"
 
 
-# Long enough for an admin, and containing no user name (tether.app.service.check_password_rules).
+# Long enough for an admin, and containing no user name (tether.store.accounts.check_password_rules).
 PASSWORD = "plum-orbit-lantern-42"
 
 

@@ -78,7 +78,7 @@ def test_demo_rejects_an_unknown_algorithm(cli, tmp_path):
 def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path, monkeypatch):
     from tether.registry import lineage
     from tether.report import external_references
-    from tether.workspace import open_workspace
+    from tether.store.workspace import open_workspace
 
     result = cli("demo", "--fast", "--workspace", tmp_path / "demo", "--json")
     assert result.code == 0, result.stderr[-3000:]

@@ -257,18 +257,17 @@ def test_a_snapshot_made_before_lineage_was_recorded_is_marked(cli, any_workspac
 def test_pseudonyms_are_keyed_and_rewrite_only_person_fields(cli, workspace):
     """Purging user `annotator` leaves other users' role "annotator" alone; purging user `a` leaves a gold choice
     "a" alone. The pseudonym is keyed with the workspace's secret, not sha256(name) that anyone can recompute."""
-    from tether.app import service
     from tether.simulate import SimAnnotator, simulate
-    from tether.store import annotation
+    from tether.store import accounts, campaigns
 
     url = workspace.database_url
     simulate(url, name="camp", n_items=4, overlap=1, gold_rate=0.0, seed=2, annotators=[SimAnnotator("a")])
     with session_scope(url) as session:
-        boss = service.create_user(session, name="boss", role="admin", password="a-long-password-1", password_profile="cheapest", actor="cli:root")
+        boss = accounts.create_user(session, name="boss", role="admin", password="a-long-password-1", password_profile="cheapest", actor="cli:root")
         for name in ("annotator", "carol", "dave"):
-            service.create_user(session, name=name, role="annotator", password="a-long-password-1", password_profile="cheapest", actor="user:boss")
+            accounts.create_user(session, name=name, role="annotator", password="a-long-password-1", password_profile="cheapest", actor="user:boss")
         item_id = session.scalar(select(Item.id).order_by(Item.id))
-        annotation.mark_gold(session, item_id=item_id, value={"choice": "a", "strength": 2}, actor=f"user:{boss.name}")
+        campaigns.mark_gold(session, item_id=item_id, value={"choice": "a", "strength": 2}, actor=f"user:{boss.name}")
 
     def events():
         with session_scope(url) as session:

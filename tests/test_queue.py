@@ -13,7 +13,9 @@ from apphelp import PASSWORD, csrf_of, make_env, pairs
 from sqlalchemy import func, select, text
 
 from tether.app.routes import review
-from tether.store import annotation
+from tether.errors import Conflict
+from tether.store import campaigns
+from tether.store.campaigns import queue
 from tether.store.db import current_revision, get_engine, head_revision, session_scope, upgrade
 from tether.store.tables import Assignment, AuditEvent, Item, Judgment, Project, User
 
@@ -52,10 +54,10 @@ def _users(session, names: list[str]) -> dict[str, User]:
 
 
 def _project(session, n_items: int, overlap: int, gold: int = 0, gold_rate: float = 0.0, ttl: int = 600) -> Project:
-    project = annotation.create_project(session, name="p", schema={"kind": "pairwise"}, overlap=overlap, gold_rate=gold_rate,
+    project = campaigns.create_project(session, name="p", schema={"kind": "pairwise"}, overlap=overlap, gold_rate=gold_rate,
                                         assignment_ttl_s=ttl, actor="test")
     rows = pairs(n_items) + [{**row, "gold": PAIR} for row in pairs(gold, prefix="gold")]
-    annotation.add_items(session, project=project, rows=rows, actor="test")
+    campaigns.add_items(session, project=project, rows=rows, actor="test")
     return project
 
 
@@ -102,7 +104,7 @@ def test_upgrade_from_0001_computes_open_slots_from_existing_assignments(empty_u
         # The queue works on the migrated data: u2 had items 10 and 11 already; the overdue assignment of 12 is
         # released by u2's request and item 12 goes to u2.
         project = session.get(Project, 1)
-        got = annotation.next_assignment(session, project=project, user=session.get(User, 2), now=T0)
+        got = campaigns.next_assignment(session, project=project, user=session.get(User, 2), now=T0)
         assert got.item_id == 12
         assert session.scalar(select(Assignment.state).where(Assignment.id == 7)) == "expired"
         assert all(s == e for s, e in _counts(session).values())
@@ -117,7 +119,7 @@ def test_downgrade_to_0001_and_back(empty_url):
     with session_scope(empty_url) as session:
         project = _project(session, 3, overlap=2)
         users = _users(session, ["a"])
-        annotation.next_assignment(session, project=project, user=users["a"], now=T0)
+        campaigns.next_assignment(session, project=project, user=users["a"], now=T0)
     command.downgrade(_alembic_config(empty_url), "0001")
     assert current_revision(empty_url) == "0001"
     upgrade(empty_url)
@@ -129,7 +131,7 @@ def test_next_item_reads_the_open_slots_index_on_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'tether.db'}"
     upgrade(url)
     engine = get_engine(url)
-    compiled = annotation._CANDIDATE[False].compile(dialect=engine.dialect)
+    compiled = queue._CANDIDATE[False].compile(dialect=engine.dialect)
     with engine.connect() as conn:
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), tuple(1 for _ in compiled.positiontup)).all()
     assert "USING INDEX ix_item_open" in plan[0][-1], plan
@@ -155,15 +157,15 @@ def test_counts_match_a_recount_through_a_random_run(db_url):
             user = session.scalar(select(User).where(User.name == rng.choice(names)))
             mine = session.scalar(select(Assignment).where(Assignment.user_id == user.id, Assignment.state == "pending"))
             if op == "next":
-                annotation.next_assignment(session, project=project, user=user, now=now, rng=rng)
+                campaigns.next_assignment(session, project=project, user=user, now=now, rng=rng)
             elif op == "answer" and mine is not None:
-                annotation.submit_judgment(session, assignment_id=mine.id, user=user, value=PAIR, now=now, source="sim")
+                campaigns.submit_judgment(session, assignment_id=mine.id, user=user, value=PAIR, now=now, source="sim")
             elif op == "skip" and mine is not None:
-                annotation.skip_assignment(session, assignment_id=mine.id, user=user, reason="unsure", now=now, actor="test")
+                campaigns.skip_assignment(session, assignment_id=mine.id, user=user, reason="unsure", now=now, actor="test")
             elif op == "wait":
                 now += timedelta(seconds=rng.choice([60, 700]))
             elif op == "overlap" and project.overlap < 3:
-                annotation.update_project(session, project=project, overlap=project.overlap + 1, actor="test")
+                campaigns.update_project(session, project=project, overlap=project.overlap + 1, actor="test")
         with session_scope(db_url) as session:
             counts = _counts(session, pid)
             assert all(stored == expected for stored, expected in counts.values()), (op, counts)
@@ -183,17 +185,17 @@ def test_expired_assignment_taken_back_while_its_slot_is_free(db_url):
     with session_scope(db_url) as session:
         project = _project(session, 2, overlap=2, ttl=600)
         users = _users(session, ["a", "b", "c"])
-        first = annotation.next_assignment(session, project=project, user=users["a"], now=T0)
+        first = campaigns.next_assignment(session, project=project, user=users["a"], now=T0)
         later = T0 + timedelta(seconds=601)
         # b's request releases a's overdue assignment and takes the same item (oldest open first): one slot left.
-        taken = annotation.next_assignment(session, project=project, user=users["b"], now=later)
+        taken = campaigns.next_assignment(session, project=project, user=users["b"], now=later)
         assert taken.item_id == first.item_id and first.state == "expired"
         # a comes back: the slot is still free, so a gets the same assignment again, renewed.
-        again = annotation.next_assignment(session, project=project, user=users["a"], now=later)
+        again = campaigns.next_assignment(session, project=project, user=users["a"], now=later)
         assert again.id == first.id and again.state == "pending"
         assert again.expires_at.replace(tzinfo=timezone.utc) > later
         # The item is now full: c gets the other one.
-        assert annotation.next_assignment(session, project=project, user=users["c"], now=later).item_id != first.item_id
+        assert campaigns.next_assignment(session, project=project, user=users["c"], now=later).item_id != first.item_id
         assert all(s == e for s, e in _counts(session).values())
 
 
@@ -201,16 +203,16 @@ def test_late_answer_accepted_while_the_slot_is_free_refused_once_taken(db_url):
     with session_scope(db_url) as session:
         project = _project(session, 2, overlap=2, ttl=600)
         users = _users(session, ["a", "b", "c", "d"])
-        a_task = annotation.next_assignment(session, project=project, user=users["a"], now=T0)
-        c_task = annotation.next_assignment(session, project=project, user=users["c"], now=T0)
+        a_task = campaigns.next_assignment(session, project=project, user=users["a"], now=T0)
+        c_task = campaigns.next_assignment(session, project=project, user=users["c"], now=T0)
         later = T0 + timedelta(seconds=601)
-        annotation.next_assignment(session, project=project, user=users["b"], now=later)  # releases a and c, takes item 1
+        campaigns.next_assignment(session, project=project, user=users["b"], now=later)  # releases a and c, takes item 1
         assert a_task.state == c_task.state == "expired"
         # One slot of item 1 is free: a's late answer takes it.
-        annotation.submit_judgment(session, assignment_id=a_task.id, user=users["a"], value=PAIR, now=later, source="sim")
+        campaigns.submit_judgment(session, assignment_id=a_task.id, user=users["a"], value=PAIR, now=later, source="sim")
         # Item 1 is full now; c's late answer is refused.
-        with pytest.raises(annotation.Conflict, match="expired and its item went to someone else"):
-            annotation.submit_judgment(session, assignment_id=c_task.id, user=users["c"], value=PAIR, now=later, source="sim")
+        with pytest.raises(Conflict, match="expired and its item went to someone else"):
+            campaigns.submit_judgment(session, assignment_id=c_task.id, user=users["c"], value=PAIR, now=later, source="sim")
     with session_scope(db_url) as session:
         assert all(s == e for s, e in _counts(session).values())
         assert session.scalar(select(func.count()).select_from(Judgment)) == 1
@@ -220,12 +222,12 @@ def test_overlap_change_reopens_and_closes_items(db_url):
     with session_scope(db_url) as session:
         project = _project(session, 2, overlap=1)
         users = _users(session, ["a", "b", "c"])
-        first = annotation.next_assignment(session, project=project, user=users["a"], now=T0)
-        annotation.submit_judgment(session, assignment_id=first.id, user=users["a"], value=PAIR, now=T0, source="sim")
-        annotation.update_project(session, project=project, overlap=2, actor="test")
-        assert annotation.next_assignment(session, project=project, user=users["b"], now=T0).item_id == first.item_id
-        annotation.update_project(session, project=project, overlap=1, actor="test")
-        assert annotation.next_assignment(session, project=project, user=users["c"], now=T0).item_id != first.item_id
+        first = campaigns.next_assignment(session, project=project, user=users["a"], now=T0)
+        campaigns.submit_judgment(session, assignment_id=first.id, user=users["a"], value=PAIR, now=T0, source="sim")
+        campaigns.update_project(session, project=project, overlap=2, actor="test")
+        assert campaigns.next_assignment(session, project=project, user=users["b"], now=T0).item_id == first.item_id
+        campaigns.update_project(session, project=project, overlap=1, actor="test")
+        assert campaigns.next_assignment(session, project=project, user=users["c"], now=T0).item_id != first.item_id
         assert all(s == e for s, e in _counts(session).values())
 
 
@@ -237,9 +239,9 @@ def test_gold_items_ignore_overlap_and_full_items_are_passed_over(db_url):
         received: dict[str, list[int]] = {name: [] for name in users}
         for _round in range(2):
             for name, user in users.items():
-                got = annotation.next_assignment(session, project=project, user=user, now=T0)
+                got = campaigns.next_assignment(session, project=project, user=user, now=T0)
                 received[name].append(got.item_id)
-                annotation.submit_judgment(session, assignment_id=got.id, user=user, value=PAIR, now=T0, source="sim")
+                campaigns.submit_judgment(session, assignment_id=got.id, user=user, value=PAIR, now=T0, source="sim")
         # At rate 0.5 the second item is gold, for everyone: gold ignores the overlap of 1.
         assert [items[1] for items in received.values()] == [gold_id] * 3
         # The first items are ordinary, three different ones: each filled its only slot.
@@ -258,9 +260,9 @@ def _judged_project(url: str, n_items: int) -> int:
         users = _users(session, ["a", "b"])
         for name, user in users.items():
             for _ in range(n_items):
-                task = annotation.next_assignment(session, project=project, user=user, now=T0)
+                task = campaigns.next_assignment(session, project=project, user=user, now=T0)
                 choice = "a" if name == "a" or task.item_id % 3 == 0 else "b"
-                annotation.submit_judgment(session, assignment_id=task.id, user=user, value={"choice": choice, "strength": 1}, now=T0, source="sim")
+                campaigns.submit_judgment(session, assignment_id=task.id, user=user, value={"choice": choice, "strength": 1}, now=T0, source="sim")
         return project.id
 
 
@@ -384,6 +386,6 @@ def test_an_item_held_for_a_moment_by_another_transaction_is_not_nothing_left(pg
     holder.execute(text("SELECT id FROM item WHERE project_id = :p FOR UPDATE"), {"p": pid})  # another annotator's moment
     threading.Thread(target=lambda: (time.sleep(0.1), holder.rollback(), holder.close()), daemon=True).start()
     with session_scope(pg_url) as session:
-        assignment = annotation.next_assignment(session, project=session.get(Project, pid), user=session.get(User, uid))
+        assignment = campaigns.next_assignment(session, project=session.get(Project, pid), user=session.get(User, uid))
         assert assignment is not None and assignment.state == "pending"
         assert _counts(session, pid) == {assignment.item_id: (1, 1)}

@@ -25,7 +25,7 @@ def ws(tmp_path_factory):
         Snapshot,
         User,
     )
-    from tether.workspace import init_workspace
+    from tether.store.workspace import init_workspace
 
     ws = init_workspace(tmp_path_factory.mktemp("reg") / "ws")
     with session_scope(ws.database_url) as s:
@@ -302,7 +302,7 @@ def _set_up_source(source, url, cli, shared_data):
     from sqlalchemy import select
 
     from tether.simulate import SimAnnotator, simulate
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.db import session_scope
     from tether.store.tables import Item, User
 
@@ -312,8 +312,8 @@ def _set_up_source(source, url, cli, shared_data):
         session.add(reviewer)
         session.flush()
         first, second = session.scalars(select(Item.id).order_by(Item.id).limit(2)).all()
-        annotation.adjudicate(session, item_id=first, reviewer=reviewer, value={"choice": "tie", "strength": 0})
-        annotation.mark_gold(session, item_id=second, value={"choice": "b", "strength": 3})
+        campaigns.adjudicate(session, item_id=first, reviewer=reviewer, value={"choice": "tie", "strength": 0})
+        campaigns.mark_gold(session, item_id=second, value={"choice": "b", "strength": 3})
     return "camp", "ann-2", 12, {"ties_kept": 1, "judgments": 37, "labels_from_gold": 1, "labels_from_adjudication": 1}
 
 

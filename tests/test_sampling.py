@@ -91,7 +91,7 @@ def test_a_sampled_nul_token_never_reaches_the_store(lm, db_url):
     """A byte-level model can sample the NUL byte; the store refuses NUL (PostgreSQL cannot hold it), so the
     demo's queue stopped with "completions[1].text holds a NUL character". Sampled text is cleaned once, where
     tokens become text, and the queued pair stores."""
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.db import session_scope
 
     _, tokenizer = lm
@@ -101,8 +101,8 @@ def test_a_sampled_nul_token_never_reaches_the_store(lm, db_url):
     rollout = build_rollout(tokenizer, ["a"], ["a"], [[10]], [hi + [nul] + hi])
     assert rollout.completion_texts == ["HiHi"]
     with session_scope(db_url) as session:
-        project = annotation.create_project(session, name="nul", schema={"kind": "pairwise"}, overlap=1, actor="t")
-        counts = annotation.add_items(session, project=project, rows=[
+        project = campaigns.create_project(session, name="nul", schema={"kind": "pairwise"}, overlap=1, actor="t")
+        counts = campaigns.add_items(session, project=project, rows=[
             {"prompt": "a", "completions": [{"text": rollout.completion_texts[0]}, {"text": "other"}]}], actor="t")
     assert counts["items"] == 1
 

@@ -308,7 +308,7 @@ def _campaign(url):
 def test_gold_answers_and_reviewer_decisions_set_the_labels(any_workspace, cli):
     """A reviewer's decision sets the item's label (it was one more vote, outvoted 3 to 1); a gold item's answer is
     its label over the aggregate; the snapshot counts both."""
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.tables import Item, Prompt
 
     url = any_workspace.database_url
@@ -321,9 +321,9 @@ def test_gold_answers_and_reviewer_decisions_set_the_labels(any_workspace, cli):
         session.add(reviewer)
         session.flush()
         # two decisions on one item: the latest counts
-        annotation.adjudicate(session, item_id=decided, reviewer=reviewer, value={"choice": votes[decided][0], "strength": 2})
-        annotation.adjudicate(session, item_id=decided, reviewer=reviewer, value={"choice": flip[votes[decided][0]], "strength": 2})
-        annotation.mark_gold(session, item_id=gold, value={"choice": flip[votes[gold][0]], "strength": 3})
+        campaigns.adjudicate(session, item_id=decided, reviewer=reviewer, value={"choice": votes[decided][0], "strength": 2})
+        campaigns.adjudicate(session, item_id=decided, reviewer=reviewer, value={"choice": flip[votes[decided][0]], "strength": 2})
+        campaigns.mark_gold(session, item_id=gold, value={"choice": flip[votes[gold][0]], "strength": 3})
         prompts = dict(session.execute(select(Item.id, Prompt.text).join(Prompt, Prompt.id == Item.prompt_id)).all())
     result = cli("data", "snapshot", "camp", "--json")
     assert result.code == 0, result.stderr

@@ -520,7 +520,7 @@ def test_yaml_config_and_mlflow_metrics(cli, workspace, tiny_lm_dir, pair_files,
     result = cli("train", "reward", "--model", tiny_lm_dir, "--data", pair_files[0], "--output-dir", tmp_path / "m", "--config", cfg_file)
     assert result.code == 0, result.stderr
     assert json.loads((tmp_path / "m" / "tether.json").read_text())["config"]["ensemble"] == 2
-    from tether.workspace import configure_mlflow
+    from tether.store.workspace import configure_mlflow
 
     mlflow = configure_mlflow(workspace.root)
     runs = mlflow.search_runs(experiment_names=["tether"], output_format="list")

@@ -49,7 +49,7 @@ def pandalm(tmp_path_factory, shared_data):
     from tether.store.db import session_scope
     from tether.store.importer import import_file
     from tether.store.snapshots import make_snapshot
-    from tether.workspace import init_workspace
+    from tether.store.workspace import init_workspace
 
     ws = init_workspace(tmp_path_factory.mktemp("pandalm") / "ws")
     with session_scope(ws.database_url) as session:

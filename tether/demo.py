@@ -5,7 +5,7 @@ Stages (each one is the library function a user would call, on the same store an
 1. a tokenizer and a tiny base policy are built (tether.tiny) and fine-tuned (tether.train_sft) on generated
    replies in every style, good and bad mixed (tether.demo_task);
 2. the SFT policy samples two replies per request (tether.models.sampling) and the pairs are queued as comparison items of
-   a feedback project (tether.store.annotation: the web app's store path);
+   a feedback project (tether.store.campaigns: the web app's store path);
 3. simulated annotators of different accuracies and one spammer (tether.simulate) take items from the queue and
    answer through the same store functions as people; they follow the hidden gold preference, with noise;
 4. quality control (tether.qc) flags the spammer; the judgments are aggregated into a frozen snapshot with a digest
@@ -191,7 +191,7 @@ def run_demo(
     redteam: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole loop in ``workspace`` (made if missing); returns the summary (also written as JSON)."""
-    from tether.workspace import init_workspace
+    from tether.store.workspace import init_workspace
 
     if algo not in ("ppo", "grpo"):
         raise TetherError(f"--algo {algo!r} is not one of ppo, grpo", fix="use --algo ppo (default) or --algo grpo")
@@ -321,7 +321,7 @@ def _stage_sft(task: Any, size: DemoSize, models: Path, run_dir: Path, seed: int
 def _stage_queue(task: Any, size: DemoSize, sft_dir: Path, url: str, project: str, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
     from tether.demo_task import GUIDELINES
     from tether.evaluate_policy import load_policy, sample
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.db import session_scope
 
     requests = task.requests(size.annotate_requests, "annotate")
@@ -347,12 +347,12 @@ def _stage_queue(task: Any, size: DemoSize, sft_dir: Path, url: str, project: st
             row["gold"] = {"choice": truth, "strength": 2}
         rows.append(row)
     with session_scope(url) as session:
-        proj = annotation.create_project(
+        proj = campaigns.create_project(
             session, name=project, schema={"kind": "pairwise", "strength": True}, guidelines=GUIDELINES,
             description="tether demo: which support reply follows the guidelines better?", overlap=size.overlap,
             gold_rate=size.gold_rate, actor="demo",
         )
-        counts = annotation.add_items(session, project=proj, rows=rows, actor="demo")
+        counts = campaigns.add_items(session, project=proj, rows=rows, actor="demo")
     say(f"hidden gold over the queued pairs: {truths['a']} A better, {truths['b']} B better, {truths['tie']} ties")
     return {"items": counts["items"], "gold": counts["gold"], "identical": identical, "truth": dict(truths)}
 

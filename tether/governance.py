@@ -55,6 +55,7 @@ from tether.store.tables import (
     Snapshot,
     SnapshotJudgment,
     User,
+    as_utc,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -95,12 +96,6 @@ def subject_key(name: str, key: bytes) -> str:
 
 def pseudonym(name: str, key: bytes) -> str:
     return f"purged-{subject_key(name, key)[:12]}"
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
 
 
 def _dependent_snapshots(session: Session, doomed_judgments: Any, project_ids: Iterable[int]) -> dict[int, int | None]:
@@ -574,7 +569,7 @@ def export_audit(
         writer.writerow(AUDIT_FIELDS)
     count = 0
     for event in session.scalars(query):
-        at = _aware(event.at).isoformat()
+        at = as_utc(event.at).isoformat()
         if writer is not None:
             writer.writerow([event.id, at, event.actor, event.action, event.object_type, event.object_id or "", json.dumps(event.detail, ensure_ascii=False, default=str)])
         else:

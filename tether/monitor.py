@@ -1106,7 +1106,7 @@ def sample_for_review(
     """
     from sqlalchemy import select
 
-    from tether.store.annotation import add_items, create_project
+    from tether.store.campaigns import add_items, create_project
     from tether.store.db import audit
     from tether.store.tables import Item, Project
     from tether.store.tables import ProductionRecord as PR

@@ -78,7 +78,7 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
 
 
 def _client(root: Path) -> Any:
-    from tether.workspace import configure_mlflow
+    from tether.store.workspace import configure_mlflow
 
     configure_mlflow(root)
     from mlflow import MlflowClient
@@ -409,7 +409,7 @@ def _digest_now(name: str, database_url: str | None) -> str | None:
     """The digest the store holds for snapshot ``name`` (None when there is no store or no such snapshot)."""
     try:
         if database_url is None:
-            from tether.workspace import find_workspace, open_workspace
+            from tether.store.workspace import find_workspace, open_workspace
 
             if find_workspace() is None:
                 return None

@@ -1,9 +1,9 @@
 """Synthetic annotators with known behaviour, answering through the same store path as people.
 
 A simulated project holds pairwise items whose better answer (the hidden truth) is known. Each ``SimAnnotator``
-asks ``tether.store.annotation.next_assignment`` for its next item (an ``Assignment`` with a random shown order,
+asks ``tether.store.campaigns.next_assignment`` for its next item (an ``Assignment`` with a random shown order,
 never an item it already had), looks at the two answers in the order shown, and answers through
-``tether.store.annotation.submit_judgment`` (item positions, the shown order, the time spent): the web app's own
+``tether.store.campaigns.submit_judgment`` (item positions, the shown order, the time spent): the web app's own
 store path for a person's answer. QC and aggregation then run on the store
 as they would for real annotators, and their output can be checked against the truth.
 
@@ -72,7 +72,7 @@ def default_crew() -> list[SimAnnotator]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Building and running a simulated project (through tether.store.annotation, the web app's store path)
+# Building and running a simulated project (through tether.store.campaigns, the web app's store path)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -90,10 +90,10 @@ def create_project(*, session: Any, name: str, n_items: int, overlap: int, gold_
     {item_id: "a" | "b"}. A ``gold_rate`` share of the items are gold items whose gold answer is the truth."""
     from sqlalchemy import select
 
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.tables import Item
 
-    project = annotation.create_project(
+    project = campaigns.create_project(
         session, name=name, schema={"kind": "pairwise", "strength": True}, description="simulated annotators",
         guidelines="Pick the better answer.", overlap=overlap, gold_rate=gold_rate, actor=ACTOR,
     )
@@ -105,7 +105,7 @@ def create_project(*, session: Any, name: str, n_items: int, overlap: int, gold_
         if rng.random() < gold_rate:
             row["gold"] = {"choice": better, "strength": 2}
         rows.append(row)
-    annotation.add_items(session, project=project, rows=rows, actor=ACTOR)
+    campaigns.add_items(session, project=project, rows=rows, actor=ACTOR)
     return {item_id: meta["sim_truth"] for item_id, meta in session.execute(select(Item.id, Item.meta).where(Item.project_id == project.id))}
 
 
@@ -132,7 +132,7 @@ def run_annotators(url: str, project_name: str, annotators: list[SimAnnotator], 
     simulated clock, so the store records the time it spent. Returns judgments per annotator."""
     from sqlalchemy import select
 
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.db import session_scope
     from tether.store.tables import Item, Project, User
 
@@ -150,14 +150,14 @@ def run_annotators(url: str, project_name: str, annotators: list[SimAnnotator], 
                 project = session.scalars(select(Project).where(Project.name == project_name)).one()
                 user = session.scalars(select(User).where(User.name == annotator.name)).one()
                 now = clock[annotator.name]
-                assignment = annotation.next_assignment(session, project=project, user=user, now=now, rng=rng)
+                assignment = campaigns.next_assignment(session, project=project, user=user, now=now, rng=rng)
                 if assignment is None:
                     active.remove(annotator)
                     continue
                 truth = session.get(Item, assignment.item_id).meta["sim_truth"]
                 value, time_ms = annotator.answer(truth, list(assignment.shown_order), rng)
                 clock[annotator.name] = now + timedelta(milliseconds=time_ms)
-                annotation.submit_judgment(
+                campaigns.submit_judgment(
                     session, assignment_id=assignment.id, user=user, value=value, time_spent_ms=time_ms,
                     source=SOURCE, now=clock[annotator.name], actor=f"{ACTOR}:{annotator.name}",
                 )

@@ -83,7 +83,7 @@ def model_identity(path: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    from tether.workspace import find_workspace
+    from tether.store.workspace import find_workspace
 
     root = find_workspace()
     if root is not None and (root / "tether.toml").exists():
@@ -169,6 +169,7 @@ def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any
     from tether.math.losses import dpo_loss, ipo_loss
     from tether.models.hf import load_causal_lm, load_tokenizer
     from tether.store.snapshots import training_rows
+    from tether.store.workspace import current_workspace
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -180,7 +181,6 @@ def train_dpo(cfg: DPOConfig, *, stop_after: int | None = None) -> dict[str, Any
         shard_batch,
         total_optimizer_steps,
     )
-    from tether.workspace import current_workspace
 
     # --- setup -----------------------------------------------------------------------------------------------
     accelerator, n_micro, micro_size = make_accelerator(cfg)

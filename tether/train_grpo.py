@@ -57,6 +57,7 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
     )
     from tether.rewards import load_reward
     from tether.store.snapshots import training_rows
+    from tether.store.workspace import current_workspace
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -68,7 +69,6 @@ def train_grpo(cfg: GRPOConfig, *, on_step: Callable[[int, int, int, dict[str, f
         set_seed,
         shard_batch,
     )
-    from tether.workspace import current_workspace
 
     # ---- setup: data, reward, models, optimizer (plumbing) -------------------------------------------------
     set_seed(cfg.seed)

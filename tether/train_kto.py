@@ -63,7 +63,7 @@ def load_kto_rows(spec: str, say: Any = print) -> tuple[list[dict[str, Any]], st
     from tether.data.records import read_records
     from tether.data.rows import load_rows
     from tether.store.snapshots import spec_path
-    from tether.workspace import current_workspace
+    from tether.store.workspace import current_workspace
 
     path, is_snapshot = spec_path(spec, current_workspace())
     first = next((record for _, record in read_records(path)), {})

@@ -67,6 +67,7 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
     )
     from tether.rewards import load_reward
     from tether.store.snapshots import training_rows
+    from tether.store.workspace import current_workspace
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -78,7 +79,6 @@ def train_ppo(cfg: PPOConfig, *, on_step: Callable[[int, int, int, dict[str, flo
         set_seed,
         shard_batch,
     )
-    from tether.workspace import current_workspace
 
     # ---- setup: data, reward, models, optimizers (plumbing) ------------------------------------------------
     set_seed(cfg.seed)

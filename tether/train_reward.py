@@ -314,7 +314,7 @@ def _load_data(cfg: RewardConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     import random
 
     from tether.store.snapshots import training_rows
-    from tether.workspace import current_workspace
+    from tether.store.workspace import current_workspace
 
     workspace = current_workspace()
     kind = "preference" if cfg.objective == "pairwise" else "rating"
@@ -449,7 +449,7 @@ def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any
         name = "training chosen completions" if cfg.objective == "pairwise" else "training completions"
     else:
         from tether.store.snapshots import training_rows
-        from tether.workspace import current_workspace
+        from tether.store.workspace import current_workspace
 
         rows = training_rows(cfg.normalize_data, "sft", workspace=current_workspace())
         prompts = [r["messages"][:-1] if "messages" in r else r["prompt"] for r in rows]

@@ -115,6 +115,7 @@ def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any
     from tether.data.canonical import rows_digest
     from tether.models.hf import load_tokenizer
     from tether.store.snapshots import training_rows
+    from tether.store.workspace import current_workspace
     from tether.training import (
         Checkpointer,
         MetricsLogger,
@@ -126,7 +127,6 @@ def train_sft(cfg: SFTConfig, *, stop_after: int | None = None) -> dict[str, Any
         shard_batch,
         total_optimizer_steps,
     )
-    from tether.workspace import current_workspace
 
     # --- setup -----------------------------------------------------------------------------------------------
     accelerator, n_micro, _ = make_accelerator(cfg)

@@ -189,13 +189,13 @@ class MetricsLogger:
 
 def _start_mlflow_run(run_name: str, cfg: TrainConfig) -> Any:
     """Start a run in the workspace's MLflow store; None when there is no workspace or MLflow fails."""
-    from tether.workspace import find_workspace
+    from tether.store.workspace import find_workspace
 
     root = find_workspace()
     if root is None or not (root / "tether.toml").exists():
         return None
     try:
-        from tether.workspace import configure_mlflow
+        from tether.store.workspace import configure_mlflow
 
         mlflow = configure_mlflow(root)
         mlflow.start_run(run_name=run_name)

@@ -83,7 +83,7 @@ def actor_of(user: User, via: str = "user") -> str:
 
 
 def optional_web_user(request: Request, session: DbSession) -> User | None:
-    from tether.app.service import user_for_session
+    from tether.store.accounts import user_for_session
 
     user = user_for_session(session, request.cookies.get(security.SESSION_COOKIE))
     if user is None:
@@ -165,7 +165,7 @@ def is_htmx(request: Request) -> bool:
 
 def token_holder(session: Session, authorization: str) -> tuple[User, str]:
     """``(user, scope)`` of the bearer token of an ``Authorization`` header; 401 without a live one."""
-    from tether.app.service import user_for_token
+    from tether.store.accounts import user_for_token
 
     scheme, _, token = authorization.partition(" ")
     found = user_for_token(session, token.strip()) if scheme.lower() == "bearer" else None

@@ -66,7 +66,7 @@ class UserCreate(Body):
 
 
 class LabelSchemaIn(Body):
-    """A label schema; see ``tether.store.annotation.normalize_schema`` for the fields and their defaults."""
+    """A label schema; see ``tether.store.campaigns.normalize_schema`` for the fields and their defaults."""
 
     kind: str = "pairwise"
     strength: bool | None = None
@@ -120,7 +120,7 @@ class VersionOut(BaseModel):
 
 
 class ItemsPush(Body):
-    """Rows of prompts and completions; each one of the shapes in ``tether.store.annotation.item_row``."""
+    """Rows of prompts and completions; each one of the shapes in ``tether.store.campaigns.item_row``."""
 
     items: list[dict[str, Any]]
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.errors import TetherError
+from tether.store.accounts import PASSWORD_PROFILES
 
-PASSWORD_PROFILES = ("default", "cheapest")
 MIB = 1024 * 1024
 
 
@@ -71,6 +71,6 @@ class AppSettings:
 
 def _read_or_make_secret(path: Path) -> str:
     """The workspace's secret key, made once (readable by its owner only)."""
-    from tether.workspace import read_or_make_secret
+    from tether.store.workspace import read_or_make_secret
 
     return read_or_make_secret(path)

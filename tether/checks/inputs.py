@@ -2,7 +2,7 @@
 
 Every boundary runs it: the API's request bodies (``tether.app.schemas``), the web forms and query strings
 (``tether.app.deps``), the importers (``tether.data.formats.parse_record``), the store's own write functions
-(``tether.store.annotation``) and ``tether.client`` before it sends.
+(``tether.store.campaigns``) and ``tether.client`` before it sends.
 
 What it refuses, and why refused rather than cleaned:
 - NUL (U+0000): PostgreSQL cannot store it in text or JSON columns; SQLite stores it and C-string tools cut the

@@ -54,7 +54,7 @@ def init(
 
     Example:  tether init my-workspace && cd my-workspace
     """
-    from tether.workspace import init_workspace
+    from tether.store.workspace import init_workspace
 
     ws = init_workspace(directory)
     typer.echo(f"workspace ready: {ws.root}")
@@ -70,7 +70,7 @@ def db_upgrade() -> None:
     Example:  TETHER_DATABASE_URL=postgresql+psycopg://me@db:5432/tether tether db upgrade
     """
     from tether.store.db import current_revision, upgrade
-    from tether.workspace import open_workspace
+    from tether.store.workspace import open_workspace
 
     ws = open_workspace()
     upgrade(ws.database_url)
@@ -84,7 +84,7 @@ def db_current() -> None:
     Example:  tether db current
     """
     from tether.store.db import current_revision, head_revision
-    from tether.workspace import open_workspace
+    from tether.store.workspace import open_workspace
 
     ws = open_workspace()
     typer.echo(f"database: {current_revision(ws.database_url) or '(empty)'}  code: {head_revision()}")

@@ -95,8 +95,8 @@ def user_add(
 
     Example:  tether user add alice --role annotator
     """
-    from tether.app.service import create_user
     from tether.cli.common import workspace_url
+    from tether.store.accounts import create_user
     from tether.store.db import session_scope
 
     _ws, url = workspace_url()
@@ -118,8 +118,8 @@ def user_token(
 
     Example:  TOKEN=$(tether user token pipeline-bot --scope annotate --days 30)
     """
-    from tether.app.service import get_user_by_name, issue_token
     from tether.cli.common import workspace_url
+    from tether.store.accounts import get_user_by_name, issue_token
     from tether.store.db import session_scope
 
     _ws, url = workspace_url()
@@ -136,8 +136,8 @@ def user_tokens(name: Annotated[str, typer.Argument(help="Whose tokens to list."
 
     Example:  tether user tokens pipeline-bot
     """
-    from tether.app.service import get_user_by_name, list_tokens
     from tether.cli.common import workspace_url
+    from tether.store.accounts import get_user_by_name, list_tokens
     from tether.store.db import session_scope
 
     _ws, url = workspace_url()
@@ -160,8 +160,8 @@ def user_revoke_tokens(
 
     Example:  tether user revoke-tokens pipeline-bot
     """
-    from tether.app.service import get_user_by_name, revoke_tokens
     from tether.cli.common import workspace_url
+    from tether.store.accounts import get_user_by_name, revoke_tokens
     from tether.store.db import session_scope
 
     _ws, url = workspace_url()
@@ -178,8 +178,8 @@ def user_passwd(name: Annotated[str, typer.Argument(help="Whose password to set.
 
     Example:  tether user passwd alice
     """
-    from tether.app.service import get_user_by_name, set_password
     from tether.cli.common import workspace_url
+    from tether.store.accounts import get_user_by_name, set_password
     from tether.store.db import session_scope
 
     _ws, url = workspace_url()
@@ -202,8 +202,8 @@ def user_set(
 
     Example:  tether user set mallory --inactive
     """
-    from tether.app.service import get_user_by_name, set_role
     from tether.cli.common import workspace_url
+    from tether.store.accounts import get_user_by_name, set_role
     from tether.store.db import session_scope
 
     if role is None and active is None:
@@ -220,15 +220,13 @@ def user_list() -> None:
 
     Example:  tether user list
     """
-    from sqlalchemy import select
-
     from tether.cli.common import workspace_url
+    from tether.store.accounts import login_users
     from tether.store.db import session_scope
-    from tether.store.tables import User
 
     _ws, url = workspace_url()
     with session_scope(url) as session:
-        users = session.scalars(select(User).where(User.role != "external").order_by(User.name)).all()
+        users = login_users(session)
         for user in users:
             typer.echo(f"{user.name:<24} {user.role:<10} {'active' if user.active else 'inactive'}")
     if not users:
@@ -238,7 +236,7 @@ def user_list() -> None:
 def _password_profile() -> str:
     import os
 
-    from tether.app.settings import PASSWORD_PROFILES
+    from tether.store.accounts import PASSWORD_PROFILES
 
     profile = os.environ.get("TETHER_PASSWORD_PROFILE", "default")
     if profile not in PASSWORD_PROFILES:

@@ -139,7 +139,8 @@ def candidate_pairs(*, session: Any, project: Any, extra: Sequence[dict[str, Any
 
     from sqlalchemy import select
 
-    from tether.store.annotation import content_hash, item_row
+    from tether.data.records import content_hash
+    from tether.store.campaigns import item_row
     from tether.store.tables import Completion, Item, ItemCompletion, Prompt
 
     prompts = {
@@ -205,7 +206,7 @@ def select_for_labeling(
     as pairwise items of the project. Returns a summary with the picks."""
     from sqlalchemy import select
 
-    from tether.store import annotation
+    from tether.store import campaigns
     from tether.store.db import session_scope
     from tether.store.tables import Project
 
@@ -226,7 +227,7 @@ def select_for_labeling(
         project = session.scalars(select(Project).where(Project.name == project_name)).first()
         if project is None:
             raise TetherError(f"no project named {project_name!r}", fix="create the annotation project first (web app Admin page or the API)")
-        kind = annotation.project_kind(session, project)
+        kind = campaigns.project_kind(session, project)
         if kind != "pairwise":
             raise TetherError(f"project {project_name!r} asks for {kind} judgments; selection queues pairs", fix="use a pairwise project")
         candidates = candidate_pairs(session=session, project=project, extra=extra)
@@ -265,7 +266,7 @@ def select_for_labeling(
     if rows and not dry_run:
         with session_scope(url) as session:
             project = session.scalars(select(Project).where(Project.name == project_name)).one()
-            counts = annotation.add_items(session, project=project, rows=rows)
+            counts = campaigns.add_items(session, project=project, rows=rows)
     return {
         "project": project_name,
         "strategy": strategy,

@@ -60,7 +60,7 @@ from tether.store.tables import (
 
 EXPORT_FORMATS = ("trl", "hh", "jsonl")
 SNAPSHOT_DIR = Path("artifacts") / "snapshots"
-# Judgments with this source are a reviewer's decisions (tether.store.annotation.adjudicate), not votes.
+# Judgments with this source are a reviewer's decisions (tether.store.campaigns.adjudicate), not votes.
 REVIEW_SOURCE = "review"
 
 

@@ -101,7 +101,7 @@ def _default_name_key(context: Any) -> str | None:
 class User(Base):
     """An annotator, reviewer or admin; imported annotators are role "external" and cannot log in.
 
-    ``name_key`` is the login name NFKC-normalized and case-folded (tether.app.service.name_key), unique among login
+    ``name_key`` is the login name NFKC-normalized and case-folded (tether.store.accounts.name_key), unique among login
     accounts (migration 0004), so ``ADMIN1`` cannot sit beside ``admin1``. Imported annotators have none: their
     names come from the data as they are.
     """
@@ -213,7 +213,7 @@ class Item(Base):
     external_id: Mapped[str | None] = mapped_column(String(200), default=None)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # The project's overlap minus the item's pending and done assignments, kept by tether.store.annotation in the
+    # The project's overlap minus the item's pending and done assignments, kept by tether.store.campaigns in the
     # transaction that changes either (gold items keep it too, though the queue ignores it for them).
     open_slots: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 

@@ -10,13 +10,12 @@ from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
-from tether.app import service
 from tether.app.deps import DbSession, Settings, WebAdmin, actor_of, csrf_protect, page
 from tether.app.schemas import MAX_ID, IdPath
 from tether.app.settings import AppSettings
-from tether.errors import TetherError
+from tether.errors import NotFound, TetherError
 from tether.feedback.judgments import FLAG_CATEGORIES
-from tether.store import annotation
+from tether.store import accounts, campaigns
 from tether.store.tables import AuditEvent, Guideline, LabelSchema, Project, User
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(csrf_protect)])
@@ -74,7 +73,7 @@ def upload_rows(upload: UploadFile, settings: AppSettings) -> tuple[list[dict[st
 def admin_home(request: Request, session: DbSession, user: WebAdmin) -> Response:
     rows = []
     for project in session.scalars(select(Project).order_by(Project.id.desc())).all():
-        progress = annotation.project_progress(session, project=project) if project.source == "web" else None
+        progress = campaigns.project_progress(session, project=project) if project.source == "web" else None
         rows.append({"project": project, "progress": progress})
     return page(request, "admin_index.html", user=user, rows=rows)
 
@@ -82,7 +81,7 @@ def admin_home(request: Request, session: DbSession, user: WebAdmin) -> Response
 @router.get("/projects/new")
 def new_project_form(request: Request, user: WebAdmin) -> Response:
     return page(request, "admin_project_new.html", user=user, default_flags=", ".join(FLAG_CATEGORIES),
-                default_aspects=", ".join(annotation.DEFAULT_ASPECTS))
+                default_aspects=", ".join(campaigns.DEFAULT_ASPECTS))
 
 
 @router.post("/projects/new")
@@ -106,32 +105,32 @@ def create_project(
     ttl_minutes: Annotated[int, Form()] = 60,
     file: UploadFile | None = None,
 ) -> Response:
-    project = annotation.create_project(
+    project = campaigns.create_project(
         session, name=name, description=description, guidelines=guidelines,
         schema=schema_from_form(kind, strength, aspects, scale_low, scale_high, flags, critique, rewrite),
         overlap=overlap, gold_rate=gold_percent / 100, assignment_ttl_s=ttl_minutes * 60, actor=actor_of(user),
     )
     if file is not None and file.filename:
         rows, labels = upload_rows(file, settings)
-        annotation.add_items(session, project=project, rows=rows, where=labels, max_text_chars=settings.max_text_chars,
+        campaigns.add_items(session, project=project, rows=rows, where=labels, max_text_chars=settings.max_text_chars,
                              max_items=settings.max_items_per_upload, actor=actor_of(user))
     return RedirectResponse(f"/admin/projects/{project.id}", status_code=303)
 
 
 @router.get("/projects/{project_id}")
 def project_page(request: Request, project_id: IdPath, session: DbSession, user: WebAdmin, notice: str | None = None) -> Response:
-    project = annotation.get_project(session, project_id)
+    project = campaigns.get_project(session, project_id)
     guidelines = session.scalars(select(Guideline).where(Guideline.project_id == project.id).order_by(Guideline.version.desc())).all()
     schemas = session.scalars(select(LabelSchema).where(LabelSchema.project_id == project.id).order_by(LabelSchema.version.desc())).all()
-    progress = annotation.project_progress(session, project=project) if schemas else None
+    progress = campaigns.project_progress(session, project=project) if schemas else None
     return page(request, "admin_project.html", user=user, project=project, guidelines=guidelines, schemas=schemas,
                 spec=schemas[0].spec if schemas else None, progress=progress, notice=notice)
 
 
 @router.post("/projects/{project_id}/guidelines")
 def new_guidelines(project_id: IdPath, session: DbSession, user: WebAdmin, text: Annotated[str, Form()] = "") -> Response:
-    project = annotation.get_project(session, project_id)
-    guideline = annotation.add_guideline_version(session, project=project, text=text, actor=actor_of(user))
+    project = campaigns.get_project(session, project_id)
+    guideline = campaigns.add_guideline_version(session, project=project, text=text, actor=actor_of(user))
     return RedirectResponse(f"/admin/projects/{project.id}?notice=guidelines+now+at+version+{guideline.version}", status_code=303)
 
 
@@ -148,9 +147,9 @@ def new_schema(
     critique: Annotated[bool, Form()] = False,
     rewrite: Annotated[bool, Form()] = False,
 ) -> Response:
-    project = annotation.get_project(session, project_id)
-    kind = annotation.project_kind(session, project)
-    schema = annotation.add_schema_version(
+    project = campaigns.get_project(session, project_id)
+    kind = campaigns.project_kind(session, project)
+    schema = campaigns.add_schema_version(
         session, project=project, spec=schema_from_form(kind, strength, aspects, scale_low, scale_high, flags, critique, rewrite),
         actor=actor_of(user),
     )
@@ -166,17 +165,17 @@ def project_settings(
     gold_percent: Annotated[float, Form()],
     ttl_minutes: Annotated[int, Form()],
 ) -> Response:
-    project = annotation.get_project(session, project_id)
-    annotation.update_project(session, project=project, overlap=overlap, gold_rate=gold_percent / 100,
+    project = campaigns.get_project(session, project_id)
+    campaigns.update_project(session, project=project, overlap=overlap, gold_rate=gold_percent / 100,
                               assignment_ttl_s=ttl_minutes * 60, actor=actor_of(user))
     return RedirectResponse(f"/admin/projects/{project.id}?notice=settings+saved", status_code=303)
 
 
 @router.post("/projects/{project_id}/upload")
 def upload(project_id: IdPath, session: DbSession, user: WebAdmin, settings: Settings, file: UploadFile) -> Response:
-    project = annotation.get_project(session, project_id)
+    project = campaigns.get_project(session, project_id)
     rows, labels = upload_rows(file, settings)
-    counts = annotation.add_items(session, project=project, rows=rows, where=labels, max_text_chars=settings.max_text_chars,
+    counts = campaigns.add_items(session, project=project, rows=rows, where=labels, max_text_chars=settings.max_text_chars,
                                   max_items=settings.max_items_per_upload, actor=actor_of(user))
     notice = f"added {counts['items']} items ({counts['duplicates']} duplicates skipped)"
     return RedirectResponse(f"/admin/projects/{project.id}?notice={notice.replace(' ', '+')}", status_code=303)
@@ -184,8 +183,8 @@ def upload(project_id: IdPath, session: DbSession, user: WebAdmin, settings: Set
 
 @router.get("/users")
 def users_page(request: Request, session: DbSession, user: WebAdmin) -> Response:
-    users = session.scalars(select(User).where(User.role != "external").order_by(User.name)).all()
-    return page(request, "admin_users.html", user=user, users=users, roles=service.LOGIN_ROLES, token=None, token_user=None)
+    users = accounts.login_users(session)
+    return page(request, "admin_users.html", user=user, users=users, roles=accounts.LOGIN_ROLES, token=None, token_user=None)
 
 
 @router.post("/users")
@@ -197,7 +196,7 @@ def add_user(
     role: Annotated[str, Form()],
     password: Annotated[str, Form(max_length=1024)],
 ) -> Response:
-    service.create_user(session, name=name, role=role, password=password, password_profile=settings.password_profile, actor=actor_of(user))
+    accounts.create_user(session, name=name, role=role, password=password, password_profile=settings.password_profile, actor=actor_of(user))
     return RedirectResponse("/admin/users", status_code=303)
 
 
@@ -207,10 +206,10 @@ def update_user(
 ) -> Response:
     target = session.get(User, user_id)
     if target is None or target.role == "external":
-        raise annotation.NotFound(f"no user with id {user_id}", fix="pick a user from the list")
+        raise NotFound(f"no user with id {user_id}", fix="pick a user from the list")
     if target.id == user.id and (role != "admin" or not active):
         raise TetherError("you cannot remove your own admin role or deactivate yourself", fix="ask another admin")
-    service.set_role(session, user=target, role=role, active=active, actor=actor_of(user))
+    accounts.set_role(session, user=target, role=role, active=active, actor=actor_of(user))
     return RedirectResponse("/admin/users", status_code=303)
 
 
@@ -222,16 +221,16 @@ def new_token(
     user: WebAdmin,
     label: Annotated[str, Form(max_length=200)] = "",
     scope: Annotated[str, Form(max_length=20)] = "full",
-    days: Annotated[int, Form(ge=1, le=service.MAX_TOKEN_DAYS)] = service.DEFAULT_TOKEN_DAYS,
+    days: Annotated[int, Form(ge=1, le=accounts.MAX_TOKEN_DAYS)] = accounts.DEFAULT_TOKEN_DAYS,
 ) -> Response:
     target = session.get(User, user_id)
     if target is None or target.role == "external":
-        raise annotation.NotFound(f"no user with id {user_id}", fix="pick a user from the list")
+        raise NotFound(f"no user with id {user_id}", fix="pick a user from the list")
     # Audited as this admin's act (the actor), with the user as its subject.
-    token = service.issue_token(session, user=target, label=label or "web", scope=scope, days=days, actor=actor_of(user))
-    users = session.scalars(select(User).where(User.role != "external").order_by(User.name)).all()
+    token = accounts.issue_token(session, user=target, label=label or "web", scope=scope, days=days, actor=actor_of(user))
+    users = accounts.login_users(session)
     # Shown once, in this response only; the store keeps its sha256.
-    return page(request, "admin_users.html", user=user, users=users, roles=service.LOGIN_ROLES, token=token, token_user=target.name,
+    return page(request, "admin_users.html", user=user, users=users, roles=accounts.LOGIN_ROLES, token=token, token_user=target.name,
                 token_scope=scope, token_days=days)
 
 

@@ -11,13 +11,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
 
 from tether.app.deps import DbSession, Settings, WebUser, actor_of, csrf_protect, is_htmx, page
 from tether.app.schemas import MAX_ID, IdPath, plain_int
-from tether.errors import TetherError
+from tether.errors import Forbidden, TetherError
 from tether.feedback.judgments import STRENGTH_LABELS
-from tether.store import annotation
+from tether.store import campaigns
 from tether.store.tables import Project, User
 
 router = APIRouter(prefix="/annotate", dependencies=[Depends(csrf_protect)])
@@ -97,18 +96,18 @@ def value_from_form(spec: dict[str, Any], form: Any, shown_order: list[int]) -> 
 def _project(session: Any, project_id: int) -> Project:
     project = session.get(Project, project_id)
     if project is None or project.source != "web":
-        raise annotation.Forbidden(f"project {project_id} is not open for annotation", fix="pick a project from your list")
+        raise Forbidden(f"project {project_id} is not open for annotation", fix="pick a project from your list")
     return project
 
 
 def task_context(session: Any, project: Project, user: User, assignment: Any) -> dict[str, Any]:
     """Everything the task template needs (or the "all done" state when ``assignment`` is None)."""
-    progress = annotation.user_progress(session, project=project, user=user)
+    progress = campaigns.user_progress(session, project=project, user=user)
     context: dict[str, Any] = {"project": project, "progress": progress, "task": None, "skip_reasons": SKIP_REASONS}
     if assignment is None:
-        context["guideline"] = annotation.current_guideline(session, project.id)
+        context["guideline"] = campaigns.current_guideline(session, project.id)
         return context
-    task = annotation.task_view(session, assignment, with_guideline=True)
+    task = campaigns.task_view(session, assignment, with_guideline=True)
     context["guideline"] = task["guideline"]
     spec = task["schema"]
     context["task"] = task
@@ -124,9 +123,9 @@ def task_context(session: Any, project: Project, user: User, assignment: Any) ->
 @router.get("")
 def projects(request: Request, session: DbSession, user: WebUser) -> Response:
     rows = []
-    for project in session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all():
-        rows.append({"project": project, "progress": annotation.user_progress(session, project=project, user=user),
-                     "kind": annotation.project_kind(session, project)})
+    for project in campaigns.web_projects(session):
+        rows.append({"project": project, "progress": campaigns.user_progress(session, project=project, user=user),
+                     "kind": campaigns.project_kind(session, project)})
     return page(request, "annotate_index.html", user=user, rows=rows)
 
 
@@ -135,7 +134,7 @@ def task_page(request: Request, project_id: IdPath, session: DbSession, user: We
     """The annotator's pending task, or a button that takes the next one: a GET assigns nothing (a link
     preview, a prefetch or a crawler would otherwise take items from the queue)."""
     project = _project(session, project_id)
-    assignment = annotation.pending_assignment(session, project=project, user=user)
+    assignment = campaigns.pending_assignment(session, project=project, user=user)
     return page(request, "annotate.html", user=user, done=done, **task_context(session, project, user, assignment))
 
 
@@ -148,7 +147,7 @@ def take_next(request: Request, project_id: IdPath, session: DbSession, user: We
 def _next(request: Request, session: Any, project: Project, user: User) -> Response:
     """The reply to a submit, a skip or a start: the next item is assigned here, in the POST; then the task
     (HTMX fragment) or a redirect to the task page, which shows it."""
-    assignment = annotation.next_assignment(session, project=project, user=user)
+    assignment = campaigns.next_assignment(session, project=project, user=user)
     if not is_htmx(request):
         return RedirectResponse(f"/annotate/{project.id}" + ("" if assignment is not None else "?done=true"), status_code=303)
     return page(request, "_task.html", user=user, done=assignment is None, **task_context(session, project, user, assignment))
@@ -162,11 +161,11 @@ async def submit(request: Request, project_id: IdPath, assignment_id: IdPath, se
 
 def _submit_sync(request: Request, form: Any, project_id: int, assignment_id: int, session: Any, user: User, settings: Any) -> Response:
     project = _project(session, project_id)
-    assignment = annotation.own_assignment(session, assignment_id=assignment_id, user=user)
+    assignment = campaigns.own_assignment(session, assignment_id=assignment_id, user=user)
     schema_version, guideline_version = _version(form, "schema_version"), _version(form, "guideline_version")
-    spec = annotation.schema_version(session, project.id, schema_version).spec
+    spec = campaigns.schema_version(session, project.id, schema_version).spec
     value = value_from_form(spec, form, list(assignment.shown_order))
-    annotation.submit_judgment(
+    campaigns.submit_judgment(
         session,
         assignment_id=assignment.id,
         user=user,
@@ -192,7 +191,7 @@ def _skip_sync(request: Request, form: Any, project_id: int, assignment_id: int,
     reason = form.get("reason") or ""
     if reason == "Other":
         reason = (form.get("reason_other") or "").strip() or "Other"
-    annotation.skip_assignment(session, assignment_id=assignment_id, user=user, reason=str(reason), actor=actor_of(user))
+    campaigns.skip_assignment(session, assignment_id=assignment_id, user=user, reason=str(reason), actor=actor_of(user))
     return _next(request, session, project, user)
 
 

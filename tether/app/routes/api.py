@@ -13,7 +13,6 @@ from fastapi.security import HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.app import service
 from tether.app.deps import (
     ApiAdmin,
     ApiReviewer,
@@ -45,7 +44,8 @@ from tether.app.schemas import (
     UserPublic,
     VersionOut,
 )
-from tether.store import annotation
+from tether.errors import Forbidden
+from tether.store import accounts, campaigns
 from tether.store.tables import Item, Project, User
 
 ERRORS = {
@@ -60,9 +60,9 @@ router = APIRouter(
 
 
 def _project_public(session: DbSession, project: Project) -> ProjectPublic:
-    guideline = annotation.current_guideline(session, project.id)
+    guideline = campaigns.current_guideline(session, project.id)
     try:
-        schema = annotation.current_schema(session, project.id)
+        schema = campaigns.current_schema(session, project.id)
     except Exception:  # an imported feedback set has no schema
         schema = None
     return ProjectPublic(
@@ -76,16 +76,16 @@ def _project_public(session: DbSession, project: Project) -> ProjectPublic:
 def _task_public(session: DbSession, assignment: object | None) -> TaskPublic | None:
     if assignment is None:
         return None
-    task = annotation.task_view(session, assignment)
+    task = campaigns.task_view(session, assignment)
     task["label_schema"] = task.pop("schema")
     task.pop("guideline")
     return TaskPublic(**task)
 
 
 def _web_project(session: DbSession, project_id: int) -> Project:
-    project = annotation.get_project(session, project_id)
+    project = campaigns.get_project(session, project_id)
     if project.source != "web":
-        raise annotation.Forbidden(f"project {project_id} is an imported feedback set, not open for annotation", fix="pick a campaign")
+        raise Forbidden(f"project {project_id} is an imported feedback set, not open for annotation", fix="pick a campaign")
     return project
 
 
@@ -96,13 +96,13 @@ def me(user: ApiUser) -> UserPublic:
 
 @router.get("/projects", response_model=list[ProjectPublic])
 def projects(session: DbSession, user: ApiUser) -> list[ProjectPublic]:
-    rows = session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all()
+    rows = campaigns.web_projects(session)
     return [_project_public(session, p) for p in rows]
 
 
 @router.post("/projects", response_model=ProjectPublic, status_code=201)
 def create_project(body: ProjectCreate, session: DbSession, user: ApiAdmin) -> ProjectPublic:
-    project = annotation.create_project(
+    project = campaigns.create_project(
         session, name=body.name, description=body.description, guidelines=body.guidelines, schema=body.label_schema.spec(),
         overlap=body.overlap, gold_rate=body.gold_rate, assignment_ttl_s=body.assignment_ttl_s, actor=actor_of(user, "api"),
     )
@@ -116,8 +116,8 @@ def get_project(project_id: IdPath, session: DbSession, user: ApiUser) -> Projec
 
 @router.patch("/projects/{project_id}", response_model=ProjectPublic)
 def patch_project(project_id: IdPath, body: ProjectPatch, session: DbSession, user: ApiAdmin) -> ProjectPublic:
-    project = annotation.get_project(session, project_id)
-    annotation.update_project(session, project=project, overlap=body.overlap, gold_rate=body.gold_rate,
+    project = campaigns.get_project(session, project_id)
+    campaigns.update_project(session, project=project, overlap=body.overlap, gold_rate=body.gold_rate,
                               assignment_ttl_s=body.assignment_ttl_s, description=body.description, actor=actor_of(user, "api"))
     return _project_public(session, project)
 
@@ -125,19 +125,19 @@ def patch_project(project_id: IdPath, body: ProjectPatch, session: DbSession, us
 @router.put("/projects/{project_id}/guidelines", response_model=VersionOut)
 def put_guidelines(project_id: IdPath, body: GuidelinesIn, session: DbSession, user: ApiAdmin) -> dict:
     project = _web_project(session, project_id)
-    return {"version": annotation.add_guideline_version(session, project=project, text=body.text, actor=actor_of(user, "api")).version}
+    return {"version": campaigns.add_guideline_version(session, project=project, text=body.text, actor=actor_of(user, "api")).version}
 
 
 @router.put("/projects/{project_id}/schema", response_model=VersionOut)
 def put_schema(project_id: IdPath, body: LabelSchemaIn, session: DbSession, user: ApiAdmin) -> dict:
     project = _web_project(session, project_id)
-    return {"version": annotation.add_schema_version(session, project=project, spec=body.spec(), actor=actor_of(user, "api")).version}
+    return {"version": campaigns.add_schema_version(session, project=project, spec=body.spec(), actor=actor_of(user, "api")).version}
 
 
 @router.post("/projects/{project_id}/items", response_model=ItemsAdded, status_code=201)
 def push_items(project_id: IdPath, body: ItemsPush, session: DbSession, user: ApiAdmin, settings: Settings) -> ItemsAdded:
     project = _web_project(session, project_id)
-    counts = annotation.add_items(session, project=project, rows=body.items, max_text_chars=settings.max_text_chars,
+    counts = campaigns.add_items(session, project=project, rows=body.items, max_text_chars=settings.max_text_chars,
                                   max_items=settings.max_items_per_upload, actor=actor_of(user, "api"))
     return ItemsAdded(**counts)
 
@@ -151,14 +151,14 @@ def pull_judgments(
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     include_text: bool = False,
 ) -> dict:
-    annotation.get_project(session, project_id)
-    rows = annotation.list_judgments(session, project_id=project_id, after_id=after_id, limit=limit, include_text=include_text)
+    campaigns.get_project(session, project_id)
+    rows = campaigns.list_judgments(session, project_id=project_id, after_id=after_id, limit=limit, include_text=include_text)
     return {"judgments": rows, "next_after_id": rows[-1]["id"] if rows else after_id}
 
 
 @router.get("/projects/{project_id}/progress")
 def progress(project_id: IdPath, session: DbSession, user: ApiReviewer) -> dict:
-    return annotation.project_progress(session, project=_web_project(session, project_id))
+    return campaigns.project_progress(session, project=_web_project(session, project_id))
 
 
 # The annotators' two hot calls run their store work in one hop (see deps.as_token_holder); the rest use the
@@ -167,7 +167,7 @@ def progress(project_id: IdPath, session: DbSession, user: ApiReviewer) -> dict:
 async def next_item(project_id: IdPath, request: Request) -> TaskPublic | Response:
     def work(session: Session, user: User) -> TaskPublic | None:
         project = _web_project(session, project_id)
-        return _task_public(session, annotation.next_assignment(session, project=project, user=user))
+        return _task_public(session, campaigns.next_assignment(session, project=project, user=user))
 
     task = await as_token_holder(request, work)
     return task if task is not None else Response(status_code=204)
@@ -176,7 +176,7 @@ async def next_item(project_id: IdPath, request: Request) -> TaskPublic | Respon
 @router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentCreated, status_code=201)
 async def submit(assignment_id: IdPath, body: JudgmentIn, request: Request, settings: Settings, next: bool = False) -> JudgmentCreated:
     def work(session: Session, user: User) -> JudgmentCreated:
-        judgment = annotation.submit_judgment(
+        judgment = campaigns.submit_judgment(
             session, assignment_id=assignment_id, user=user, value=body.value, time_spent_ms=body.time_spent_ms,
             guideline_version=body.guideline_version, schema_version_number=body.schema_version, source="api",
             max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"),
@@ -184,7 +184,7 @@ async def submit(assignment_id: IdPath, body: JudgmentIn, request: Request, sett
         upcoming = None
         if next:  # the next item in the same request
             project = session.get(Project, session.scalar(select(Item.project_id).where(Item.id == judgment.item_id)))
-            upcoming = _task_public(session, annotation.next_assignment(session, project=project, user=user))
+            upcoming = _task_public(session, campaigns.next_assignment(session, project=project, user=user))
         return JudgmentCreated(judgment_id=judgment.id, next=upcoming)
 
     return await as_token_holder(request, work)
@@ -192,20 +192,20 @@ async def submit(assignment_id: IdPath, body: JudgmentIn, request: Request, sett
 
 @router.post("/assignments/{assignment_id}/skip", status_code=204)
 def skip(assignment_id: IdPath, body: SkipIn, session: DbSession, user: ApiUser) -> Response:
-    annotation.skip_assignment(session, assignment_id=assignment_id, user=user, reason=body.reason, actor=actor_of(user, "api"))
+    campaigns.skip_assignment(session, assignment_id=assignment_id, user=user, reason=body.reason, actor=actor_of(user, "api"))
     return Response(status_code=204)
 
 
 @router.post("/judgments/{judgment_id}/correct", response_model=JudgmentCreated, status_code=201)
 def correct(judgment_id: IdPath, body: CorrectionIn, session: DbSession, user: ApiUser, settings: Settings) -> JudgmentCreated:
-    judgment = annotation.correct_judgment(session, judgment_id=judgment_id, user=user, value=body.value,
+    judgment = campaigns.correct_judgment(session, judgment_id=judgment_id, user=user, value=body.value,
                                            max_answer_chars=settings.max_answer_chars, source="api", actor=actor_of(user, "api"))
     return JudgmentCreated(judgment_id=judgment.id)
 
 
 @router.get("/items/{item_id}/judgments")
 def item_judgments(item_id: IdPath, session: DbSession, user: ApiReviewer) -> dict:
-    detail = annotation.item_detail(session, item_id)
+    detail = campaigns.item_detail(session, item_id)
     return {
         "item_id": item_id,
         "is_gold": detail["item"].is_gold,
@@ -221,19 +221,19 @@ def item_judgments(item_id: IdPath, session: DbSession, user: ApiReviewer) -> di
 
 @router.post("/items/{item_id}/gold")
 def set_gold(item_id: IdPath, body: GoldIn, session: DbSession, user: ApiReviewer, settings: Settings) -> dict:
-    item = annotation.mark_gold(session, item_id=item_id, value=body.value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"))
+    item = campaigns.mark_gold(session, item_id=item_id, value=body.value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user, "api"))
     return {"item_id": item.id, "is_gold": item.is_gold, "gold_value": item.gold_value}
 
 
 @router.get("/users", response_model=list[UserPublic])
 def users(session: DbSession, user: ApiAdmin) -> list[UserPublic]:
-    rows = session.scalars(select(User).where(User.role != "external").order_by(User.name)).all()
+    rows = accounts.login_users(session)
     return [UserPublic(id=u.id, name=u.name, role=u.role, active=u.active) for u in rows]
 
 
 @router.post("/users", response_model=UserPublic, status_code=201)
 def create_user(body: UserCreate, session: DbSession, user: ApiAdmin, settings: Settings) -> UserPublic:
-    new = service.create_user(session, name=body.name, role=body.role, password=body.password,
+    new = accounts.create_user(session, name=body.name, role=body.role, password=body.password,
                               password_profile=settings.password_profile, actor=actor_of(user, "api"))
     return UserPublic(id=new.id, name=new.name, role=new.role, active=new.active)
 

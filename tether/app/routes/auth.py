@@ -1,5 +1,5 @@
 """Signing in and out, and changing one's own password. A session is a row in the store named by a random HttpOnly,
-SameSite=Lax cookie (see tether.app.service); every password check is throttled per account and per client address
+SameSite=Lax cookie (see tether.store.accounts); every password check is throttled per account and per client address
 (tether.app.throttle).
 
 A password check takes three steps, so its hash (0.2 s of CPU) runs outside the store gate: (1) refuse a throttled
@@ -17,7 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from tether.app import security, service, throttle
+from tether.app import security, throttle
 from tether.app.deps import (
     DbSession,
     LoginRequired,
@@ -30,6 +30,7 @@ from tether.app.deps import (
 )
 from tether.app.settings import AppSettings
 from tether.errors import TetherError
+from tether.store import accounts
 from tether.store.db import audit
 from tether.store.tables import User
 
@@ -69,13 +70,13 @@ def _address(request: Request) -> str:
 def _attempt(session: Session, check: Check, name: str) -> None:
     check.wait, check.locked_s = throttle.attempt(session, check.keys, throttle.store_now(session))
     if check.wait is None:
-        check.found = service.find_user(session, name)
+        check.found = accounts.find_user(session, name)
 
 
 def _still_right(session: Session, check: Check) -> User | None:
     """Step (3): the account, when the password was right and the account is as it was checked."""
     user = session.get(User, check.found.id) if check.found is not None else None
-    if check.right and service.can_sign_in(user) and user.password_hash == check.found.password_hash:
+    if check.right and accounts.can_sign_in(user) and user.password_hash == check.found.password_hash:
         throttle.forgive(session, check.keys)
         return user
     return None
@@ -125,19 +126,19 @@ async def login(
     await in_store(request, lambda session: _attempt(session, check, name))
     if check.wait is not None:
         return _throttled(request, "login.html", check.wait, next=_safe_next(next) or "")
-    check.right = await run_in_threadpool(service.check_login, check.found, password, settings.password_profile)
+    check.right = await run_in_threadpool(accounts.check_login, check.found, password, settings.password_profile)
 
     def after(session: Session) -> tuple[str, str, bool] | None:
         user = _still_right(session, check)
         if user is None:
             _failed(session, check, "user.login_failed")
             return None
-        if security.needs_rehash(user.password_hash, settings.password_profile):
-            user.password_hash = security.hash_password(password, settings.password_profile)
-        cookie = service.start_session(session, user=user, ttl_s=settings.session_ttl_s, address=address)
+        if accounts.needs_rehash(user.password_hash, settings.password_profile):
+            user.password_hash = accounts.hash_password(password, settings.password_profile)
+        cookie = accounts.start_session(session, user=user, ttl_s=settings.session_ttl_s, address=address)
         audit(session, "user.login", "user", user.id, actor_name=f"user:{user.name}", address=address)
         try:
-            service.check_password_rules(password, role=user.role, name=user.name)
+            accounts.check_password_rules(password, role=user.role, name=user.name)
             weak = False
         except TetherError:
             weak = True
@@ -156,7 +157,7 @@ async def login(
 @router.post("/logout")
 def logout(request: Request, session: DbSession) -> Response:
     """End this browser's session in the store: a copy of the cookie taken before opens nothing afterwards."""
-    user_id = service.end_session(session, request.cookies.get(security.SESSION_COOKIE))
+    user_id = accounts.end_session(session, request.cookies.get(security.SESSION_COOKIE))
     if user_id is not None:
         user = session.get(User, user_id)
         audit(session, "user.logout", "user", user_id, actor_name=f"user:{user.name}" if user else None)
@@ -166,7 +167,7 @@ def logout(request: Request, session: DbSession) -> Response:
 
 
 def _rules_hint(role: str) -> str:
-    minimum = security.MIN_PRIVILEGED_PASSWORD_CHARS if role in service.PRIVILEGED_ROLES else security.MIN_PASSWORD_CHARS
+    minimum = accounts.MIN_PRIVILEGED_PASSWORD_CHARS if role in accounts.PRIVILEGED_ROLES else accounts.MIN_PASSWORD_CHARS
     return f"{minimum}+ characters; not your name, not a common password"
 
 
@@ -195,7 +196,7 @@ async def change_password(
     check = Check(address, [], None, None, False, 0.0)
 
     def before(session: Session) -> User | None:
-        user = service.user_for_session(session, cookie)
+        user = accounts.user_for_session(session, cookie)
         if user is not None:
             check.keys = throttle.keys_for(user.name, address, settings.secret_key)
             _attempt(session, check, user.name)
@@ -207,14 +208,14 @@ async def change_password(
     context = {"user": user, "notice": None, "hint": _rules_hint(user.role)}
     if check.wait is not None:
         return _throttled(request, "account.html", check.wait, **context)
-    check.right = await run_in_threadpool(service.check_login, check.found, current_password, settings.password_profile)
+    check.right = await run_in_threadpool(accounts.check_login, check.found, current_password, settings.password_profile)
     problem, new_hash = None, None
     if check.right:
         try:
             if new_password != new_password_again:
                 raise TetherError("the two new passwords differ", fix="type the same new password twice")
-            service.check_password_rules(new_password, role=user.role, name=user.name)
-            new_hash = await run_in_threadpool(security.hash_password, new_password, settings.password_profile)
+            accounts.check_password_rules(new_password, role=user.role, name=user.name)
+            new_hash = await run_in_threadpool(accounts.hash_password, new_password, settings.password_profile)
         except TetherError as exc:
             problem = f"{exc.message}; {exc.fix}" if exc.fix else exc.message
 
@@ -225,8 +226,8 @@ async def change_password(
             return None
         if problem is not None:  # the current password was right: not a failed guess, nothing changes
             return None
-        service.store_password_hash(session, user=account, password_hash=new_hash, actor=f"user:{account.name}")
-        return service.start_session(session, user=account, ttl_s=settings.session_ttl_s, address=address)
+        accounts.store_password_hash(session, user=account, password_hash=new_hash, actor=f"user:{account.name}")
+        return accounts.start_session(session, user=account, ttl_s=settings.session_ttl_s, address=address)
 
     fresh = await in_store(request, after)
     if fresh is None:

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from tether.app.deps import DbSession, Settings, WebReviewer, actor_of, csrf_protect, page
 from tether.app.schemas import MAX_ID, IdPath, plain_int
-from tether.store import annotation
+from tether.errors import NotFound
+from tether.store import campaigns
 from tether.store.tables import Item, Judgment, Project
 
 router = APIRouter(prefix="/review", dependencies=[Depends(csrf_protect)])
@@ -28,7 +29,7 @@ def review_index(
     disagree: bool = False,
     offset: Annotated[int, Query(le=MAX_ID)] = 0,
 ) -> Response:
-    projects = session.scalars(select(Project).where(Project.source == "web").order_by(Project.id)).all()
+    projects = campaigns.web_projects(session)
     project = session.get(Project, project_id) if project_id else (projects[0] if projects else None)
     offset = max(0, offset)
     rows: list[dict] = []
@@ -105,8 +106,8 @@ def _headline(kind: str, value: dict) -> str:
 
 @router.get("/items/{item_id}")
 def item_page(request: Request, item_id: IdPath, session: DbSession, user: WebReviewer) -> Response:
-    detail = annotation.item_detail(session, item_id)
-    schema = annotation.current_schema(session, detail["item"].project_id)
+    detail = campaigns.item_detail(session, item_id)
+    schema = campaigns.current_schema(session, detail["item"].project_id)
     project = session.get(Project, detail["item"].project_id)
     for row in detail["judgments"]:
         row["headline"] = _headline(detail["item"].kind, row["judgment"].value)
@@ -119,20 +120,20 @@ def _listed_judgment(session: Session, item_id: int, raw: str) -> Judgment:
     number = plain_int(raw)
     judgment = session.get(Judgment, number) if number is not None and 1 <= number <= MAX_ID else None
     if judgment is None or judgment.item_id != item_id:
-        raise annotation.NotFound(f"item {item_id} has no judgment {raw[:40]!r}", fix="pick one of the judgments listed")
+        raise NotFound(f"item {item_id} has no judgment {raw[:40]!r}", fix="pick one of the judgments listed")
     return judgment
 
 
 @router.post("/items/{item_id}/gold")
 def gold(item_id: IdPath, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[str, Form()] = "") -> Response:
     value = _listed_judgment(session, item_id, judgment_id).value if judgment_id else None  # none: ordinary again
-    annotation.mark_gold(session, item_id=item_id, value=value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user))
+    campaigns.mark_gold(session, item_id=item_id, value=value, max_answer_chars=settings.max_answer_chars, actor=actor_of(user))
     return RedirectResponse(f"/review/items/{item_id}", status_code=303)
 
 
 @router.post("/items/{item_id}/adjudicate")
 def adjudicate(item_id: IdPath, session: DbSession, user: WebReviewer, settings: Settings, judgment_id: Annotated[str, Form()]) -> Response:
     judgment = _listed_judgment(session, item_id, judgment_id)
-    annotation.adjudicate(session, item_id=item_id, reviewer=user, value=dict(judgment.value), max_answer_chars=settings.max_answer_chars,
+    campaigns.adjudicate(session, item_id=item_id, reviewer=user, value=dict(judgment.value), max_answer_chars=settings.max_answer_chars,
                           actor=actor_of(user))
     return RedirectResponse(f"/review/items/{item_id}", status_code=303)

@@ -5,7 +5,7 @@ Revises: 0001
 Create Date: 2026-11-27
 
 ``open_slots = project.overlap - (assignments of the item that are pending or done)``. Pending assignments hold
-their slot until the queue marks them expired (see tether.store.annotation), so the count is exact for the rows as
+their slot until the queue marks them expired (see tether.store.campaigns), so the count is exact for the rows as
 stored; this migration computes it once for existing items. Indexes:
 - ``ix_item_open`` (project_id, is_gold, id) over items with open slots: next item = first entry not yet given to
   the annotator, instead of a scan of every item with a count of its assignments;

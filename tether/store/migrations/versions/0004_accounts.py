@@ -32,7 +32,7 @@ LEGACY_TOKEN_DAYS = 90
 
 
 def _name_key(name: str) -> str:
-    # The same rule as tether.app.service.name_key, kept here so this migration never changes with the code.
+    # The same rule as tether.store.accounts.name_key, kept here so this migration never changes with the code.
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 

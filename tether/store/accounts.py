@@ -1,5 +1,5 @@
-"""Store functions for accounts: users, passwords, web sessions and API tokens. Every write takes a keyword-only
-session and leaves an audit event. There is no default account and no default password: the first admin comes from
+"""Accounts in the store: users, passwords (argon2id), web sessions and API tokens; the CLI (``tether user``) and
+the web app both go through these functions. Every write takes a keyword-only session and leaves an audit event. There is no default account and no default password: the first admin comes from
 ``tether user add NAME --role admin``.
 
 Sessions and tokens live in the store, so ending one holds at once for every worker and host on it: logout ends
@@ -10,17 +10,20 @@ role), so reactivating an account revives nothing.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 
+from argon2 import PasswordHasher, profiles
+from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, bindparam, case, delete, or_, select
 from sqlalchemy.orm import Session
 
-from tether.app import security
 from tether.errors import Conflict, NotFound, TetherError
 from tether.store.db import audit
 from tether.store.tables import TOKEN_SCOPES, ApiToken, User, WebSession, as_utc, name_key, utcnow
@@ -32,6 +35,57 @@ MAX_NAME_CHARS = 200
 # An API token's lifetime: this many days unless its maker says otherwise, at most MAX_TOKEN_DAYS.
 DEFAULT_TOKEN_DAYS = 90
 MAX_TOKEN_DAYS = 3650
+
+
+# --- the primitives: password hashes, session ids and API tokens (random; the store keeps their sha256) --------
+
+PASSWORD_PROFILES = ("default", "cheapest")  # argon2id cost: default (RFC 9106 low memory), cheapest (tests only)
+TOKEN_PREFIX = "tth_"
+SESSION_PREFIX = "tts_"
+# Shortest password: for annotators, and for admins and reviewers, whose accounts can change every project.
+MIN_PASSWORD_CHARS = 8
+MIN_PRIVILEGED_PASSWORD_CHARS = 12
+
+
+@lru_cache(maxsize=2)
+def _hasher(profile: str) -> PasswordHasher:
+    if profile == "cheapest":
+        return PasswordHasher.from_parameters(profiles.CHEAPEST)
+    return PasswordHasher.from_parameters(profiles.RFC_9106_LOW_MEMORY)
+
+
+def hash_password(password: str, profile: str = "default") -> str:
+    return _hasher(profile).hash(password)
+
+
+def verify_password(password_hash: str | None, password: str, profile: str = "default") -> bool:
+    """True when ``password`` matches; a missing hash (an account without a password) never matches."""
+    if not password_hash:
+        # Spend the same time as a real check, so a wrong name and a wrong password look alike.
+        _hasher(profile).hash(password)
+        return False
+    try:
+        return _hasher(profile).verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(password_hash: str, profile: str = "default") -> bool:
+    return _hasher(profile).check_needs_rehash(password_hash)
+
+
+def new_session_id() -> str:
+    """The random id a session cookie carries (256 bits); the store keeps only ``token_hash`` of it."""
+    return SESSION_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_api_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """sha256 of an API token or a session id: what the store keeps (both are random, so no salt is needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 # --- names and passwords ------------------------------------------------------------------------------------------
@@ -59,8 +113,8 @@ def normalize_name(name: str) -> str:
 
 @lru_cache(maxsize=1)
 def common_passwords() -> frozenset[str]:
-    """The packaged list of the most common passwords and stems (tether/app/data/common_passwords.txt)."""
-    text = resources.files("tether.app").joinpath("data/common_passwords.txt").read_text(encoding="utf-8")
+    """The packaged list of the most common passwords and stems (tether/store/data/common_passwords.txt)."""
+    text = resources.files("tether.store").joinpath("data/common_passwords.txt").read_text(encoding="utf-8")
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
@@ -89,7 +143,7 @@ def _weak_reason(folded: str) -> str | None:
 def check_password_rules(password: str, *, role: str, name: str) -> None:
     """Refuse a password that is easy to guess for this account. Annotators: 8+ characters; admins and reviewers:
     12+. For everyone: not whitespace only, not the user name nor containing it, not a common password."""
-    minimum = security.MIN_PRIVILEGED_PASSWORD_CHARS if role in PRIVILEGED_ROLES else security.MIN_PASSWORD_CHARS
+    minimum = MIN_PRIVILEGED_PASSWORD_CHARS if role in PRIVILEGED_ROLES else MIN_PASSWORD_CHARS
     fix = "choose a passphrase of a few unrelated words (e.g. four words and a number)"
     if not password.strip():
         raise TetherError("the password is empty or only spaces", fix=fix)
@@ -126,11 +180,16 @@ def create_user(
     if clash is not None:
         same = "exists already" if clash == name else f"exists already as {clash!r} (names are compared without case)"
         raise Conflict(f"a user named {name!r} {same}", fix="choose another name")
-    user = User(name=name, name_key=key, role=role, password_hash=security.hash_password(password, password_profile))
+    user = User(name=name, name_key=key, role=role, password_hash=hash_password(password, password_profile))
     session.add(user)
     session.flush()
     audit(session, "user.create", "user", user.id, actor_name=actor, name=name, role=role)
     return user
+
+
+def login_users(session: Session) -> list[User]:
+    """Every account that can sign in (not the external annotators of imported sets), by name."""
+    return list(session.scalars(select(User).where(User.role != "external").order_by(User.name)))
 
 
 def _by_name(name: str):
@@ -161,9 +220,9 @@ def check_login(user: User | None, password: str, password_profile: str = "defau
     """Does ``password`` open ``user``'s account? A missing, inactive or imported user costs the same hash time as
     a wrong password, so timing does not tell which names exist."""
     if not can_sign_in(user):
-        security.verify_password(None, password, password_profile)
+        verify_password(None, password, password_profile)
         return False
-    return security.verify_password(user.password_hash, password, password_profile)
+    return verify_password(user.password_hash, password, password_profile)
 
 
 def authenticate(session: Session, *, name: str, password: str, password_profile: str = "default") -> User | None:
@@ -171,8 +230,8 @@ def authenticate(session: Session, *, name: str, password: str, password_profile
     user = find_user(session, name)
     if not check_login(user, password, password_profile):
         return None
-    if security.needs_rehash(user.password_hash, password_profile):
-        user.password_hash = security.hash_password(password, password_profile)
+    if needs_rehash(user.password_hash, password_profile):
+        user.password_hash = hash_password(password, password_profile)
     return user
 
 
@@ -181,7 +240,7 @@ def set_password(session: Session, *, user: User, password: str, password_profil
     if user.role not in LOGIN_ROLES:
         raise TetherError(f"user {user.name!r} is an imported annotator and cannot sign in", fix="add a login account with `tether user add`")
     check_password_rules(password, role=user.role, name=user.name)
-    store_password_hash(session, user=user, password_hash=security.hash_password(password, password_profile), actor=actor)
+    store_password_hash(session, user=user, password_hash=hash_password(password, password_profile), actor=actor)
 
 
 def store_password_hash(session: Session, *, user: User, password_hash: str, actor: str | None = None) -> None:
@@ -225,8 +284,8 @@ def start_session(session: Session, *, user: User, ttl_s: int, address: str | No
     now = now or utcnow()
     expired = select(WebSession.id).where(WebSession.expires_at < now).with_for_update(skip_locked=True)
     session.execute(delete(WebSession).where(WebSession.id.in_(expired)))
-    cookie = security.new_session_id()
-    session.add(WebSession(id_hash=security.token_hash(cookie), user_id=user.id, created_at=now,
+    cookie = new_session_id()
+    session.add(WebSession(id_hash=token_hash(cookie), user_id=user.id, created_at=now,
                            expires_at=now + timedelta(seconds=ttl_s), address=(address or "")[:64] or None))
     return cookie
 
@@ -236,9 +295,9 @@ _SESSION_AND_USER = select(WebSession.expires_at, User).join(User, User.id == We
 
 def user_for_session(session: Session, cookie: str | None, now: datetime | None = None) -> User | None:
     """The user of a live session cookie, or None (unknown, ended, expired, or the account can no longer sign in)."""
-    if not cookie or not cookie.startswith(security.SESSION_PREFIX) or len(cookie) > 100:
+    if not cookie or not cookie.startswith(SESSION_PREFIX) or len(cookie) > 100:
         return None
-    row = session.execute(_SESSION_AND_USER, {"id_hash": security.token_hash(cookie)}).first()
+    row = session.execute(_SESSION_AND_USER, {"id_hash": token_hash(cookie)}).first()
     if row is None:
         return None
     expires_at, user = row
@@ -251,7 +310,7 @@ def end_session(session: Session, cookie: str | None) -> int | None:
     """Sign out one browser; returns the user id of the ended session, or None when there was none."""
     if not cookie:
         return None
-    row = session.scalar(select(WebSession).where(WebSession.id_hash == security.token_hash(cookie)))
+    row = session.scalar(select(WebSession).where(WebSession.id_hash == token_hash(cookie)))
     if row is None:
         return None
     session.delete(row)
@@ -281,8 +340,8 @@ def issue_token(
     if not 1 <= days <= MAX_TOKEN_DAYS:
         raise TetherError(f"a token lasts 1..{MAX_TOKEN_DAYS} days, got {days}", fix=f"e.g. --days {DEFAULT_TOKEN_DAYS}")
     now = now or utcnow()
-    token = security.new_api_token()
-    row = ApiToken(user_id=user.id, token_hash=security.token_hash(token), label=(label or "")[:200], scope=scope,
+    token = new_api_token()
+    row = ApiToken(user_id=user.id, token_hash=token_hash(token), label=(label or "")[:200], scope=scope,
                    created_at=now, expires_at=now + timedelta(days=days), issued_by=actor or _cli_actor())
     session.add(row)
     session.flush()
@@ -352,9 +411,9 @@ def _expired(row: ApiToken, now: datetime) -> bool:
 
 def user_for_token(session: Session, token: str, now: datetime | None = None) -> tuple[User, str] | None:
     """``(user, scope)`` of a live API token (not revoked, not expired, its holder active), or None."""
-    if not token.startswith(security.TOKEN_PREFIX):
+    if not token.startswith(TOKEN_PREFIX):
         return None
-    row = session.execute(_TOKEN_AND_USER, {"token_hash": security.token_hash(token)}).first()
+    row = session.execute(_TOKEN_AND_USER, {"token_hash": token_hash(token)}).first()
     if row is None:
         return None
     api_token, user = row
@@ -364,3 +423,4 @@ def user_for_token(session: Session, token: str, now: datetime | None = None) ->
     if api_token.last_used_at is None or now - as_utc(api_token.last_used_at) > LAST_USED_RESOLUTION:
         api_token.last_used_at = now
     return user, api_token.scope
+
