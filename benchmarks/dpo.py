@@ -39,8 +39,8 @@ def tether_worker(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (imported before the clock, as on TRL's side)
 
-    from tether.config import DPOConfig
-    from tether.train_dpo import train_dpo
+    from tether.recipes.configs import DPOConfig
+    from tether.recipes.dpo import train_dpo
 
     base = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +51,7 @@ def tether_worker(a: argparse.Namespace) -> dict:
             mlflow=False, progress=False, ref_cache_dir=Path(tmp) / "cache", seed=0, bf16=a.gpu,
         )
         started = time.perf_counter()
-        final = train_dpo(cfg)
+        final = train_dpo(cfg).metrics
         total = time.perf_counter() - started
         losses = [json.loads(line)["train/loss"] for line in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
     pairs = a.steps * a.batch_size

@@ -92,7 +92,7 @@ def peak_gpu_mb(args: argparse.Namespace) -> float | None:
 def run_tether(root: Path, args: argparse.Namespace, algo: str, sets: list[str] | None = None) -> dict:
     import torch
 
-    from tether.config import GRPOConfig, PPOConfig, load_config
+    from tether.recipes.configs import GRPOConfig, PPOConfig, load_config
 
     torch.set_num_threads(1)
     out = Path(tempfile.mkdtemp(prefix=f"tether-{algo}-"))
@@ -105,10 +105,10 @@ def run_tether(root: Path, args: argparse.Namespace, algo: str, sets: list[str] 
     )
     if algo == "ppo":
         cfg = load_config(PPOConfig, None, ["missing_eos_penalty=null"], max_steps=args.steps * 4, ppo_epochs=4, **common)
-        from tether.train_ppo import train_ppo as trainer
+        from tether.recipes.ppo import train_ppo as trainer
     else:
         cfg = load_config(GRPOConfig, None, sets or [], algo="grpo", group_size=args.group_size, max_steps=args.steps, kl_estimator="k3", aggregation="token", **common)
-        from tether.train_grpo import train_grpo as trainer
+        from tether.recipes.grpo import train_grpo as trainer
     rss_start = peak_rss_mb()
     stamps: list[tuple[float, float]] = []
     started = time.perf_counter()

@@ -7,7 +7,7 @@ test files) are split 80/20 with a fixed seed, tokenized once by Tether's `encod
 --max-length are used, so Tether truncates nothing and TRL drops nothing. Same hyperparameters on both sides:
 steps, global batch, learning rate (linear decay, no warmup), AdamW, grad-norm clip 1.0, dropout off, fp32 on the
 CPU, no gradient checkpointing (TRL: bf16=False, gradient_checkpointing=False). Both models are scored on the
-same held-out pairs by the same evaluator (`tether.evaluate.evaluate_reward_model`).
+same held-out pairs by the same evaluator (`tether.models.reward_eval.evaluate_reward_model`).
 
 Each measured run is its own process, so peak memory is per run: ``ru_maxrss`` of the process (resident set high-
 water mark, imports + model + data + training) read right after training, and the same minus the RSS just before
@@ -107,7 +107,7 @@ def fitting(rows: list[dict], tokenizer, max_length: int, limit: int) -> list[di
 
 
 def evaluate(model, tokenizer, test_rows: list[dict], max_length: int, device: str) -> float:
-    from tether.evaluate import evaluate_reward_model
+    from tether.models.reward_eval import evaluate_reward_model
     from tether.models.reward_model import RewardModel
 
     scorer = RewardModel(model, tokenizer, {"reward": {"max_length": max_length}}, device)
@@ -122,12 +122,12 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     import accelerate  # noqa: F401  (imported before the baseline RSS, as TRL's side imports its libraries first)
     import transformers  # noqa: F401
 
-    from tether.config import RewardConfig
     from tether.models.hf import load_tokenizer
-    from tether.train_reward import train_reward
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
 
     test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
-    from tether.config import load_config
+    from tether.recipes.configs import load_config
 
     cfg = load_config(
         RewardConfig, None, a.tether_set,
@@ -138,7 +138,7 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     )
     base = rss_mb()
     started = time.perf_counter()
-    final = train_reward(cfg)
+    final = train_reward(cfg).metrics
     total = time.perf_counter() - started
     peak = peak_memory(a.device == "cuda")
     from tether.models.reward_model import RewardModel
@@ -152,8 +152,8 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
 
 def tether_order(a: argparse.Namespace, n: int) -> list[int]:
     """The training rows in the order Tether's trainer visits them over the run (its batches, epoch after epoch)."""
-    from tether.config import RewardConfig
-    from tether.train_reward import _batches
+    from tether.data.batching import epoch_batches
+    from tether.recipes.configs import RewardConfig
 
     cfg = RewardConfig(model="m", data="d.jsonl", output_dir="o", batch_size=a.batch_size, seed=a.seed, group_by_length=a.bucketing)
     if a.bucketing:
@@ -161,7 +161,7 @@ def tether_order(a: argparse.Namespace, n: int) -> list[int]:
     steps_per_epoch = n // a.batch_size
     order: list[int] = []
     for epoch in range(-(-a.steps // steps_per_epoch)):
-        order += [i for batch in _batches([0] * n, cfg, epoch) for i in batch]
+        order += [i for batch in epoch_batches([0] * n, cfg, epoch) for i in batch]
     return order[: a.steps * a.batch_size]
 
 

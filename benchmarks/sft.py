@@ -41,8 +41,8 @@ def tether_worker(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (imported before the clock, as on TRL's side)
 
-    from tether.config import SFTConfig
-    from tether.train_sft import train_sft
+    from tether.recipes.configs import SFTConfig
+    from tether.recipes.sft import train_sft
 
     base = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +53,7 @@ def tether_worker(a: argparse.Namespace) -> dict:
             mlflow=False, progress=False, seed=0, bf16=a.gpu,
         )
         started = time.perf_counter()
-        final = train_sft(cfg)
+        final = train_sft(cfg).metrics
         total = time.perf_counter() - started
         losses = [json.loads(line)["train/loss"] for line in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
     n = a.steps * a.batch_size

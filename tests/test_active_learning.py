@@ -123,8 +123,8 @@ WORDS = "hello how can i help you today thank order has shipped reset password a
 @pytest.fixture(scope="module")
 def ensemble_dir(tiny_lm_dir, tmp_path_factory):
     """A tiny Llama reward model with 2 heads, trained for a few steps (enough to make the heads differ)."""
-    from tether.config import RewardConfig
-    from tether.train_reward import train_reward
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
 
     root = tmp_path_factory.mktemp("al")
     rows = [{"prompt": f"{WORDS[i % 14]} {WORDS[(i * 3) % 14]}\n", "chosen": f"thank {WORDS[i % 14]}", "rejected": f"sorry {WORDS[i % 14]}"} for i in range(32)]

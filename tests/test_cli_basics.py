@@ -44,7 +44,7 @@ def test_train_fields_lists_every_config_field(cli):
     """`tether train fields NAME` is where --config and --set point: every field, its default, its description."""
     import json
 
-    from tether.config import GRPOConfig, RewardConfig
+    from tether.recipes.configs import GRPOConfig, RewardConfig
 
     result = cli("train", "fields", "reward", "--json")
     assert result.code == 0, result.stderr

@@ -408,8 +408,8 @@ def thank_reward_model(tiny_lm_dir, tmp_path_factory):
     """A tiny reward model that prefers answers saying "thank" to answers saying "sorry"."""
     import random
 
-    from tether.config import RewardConfig
-    from tether.train_reward import train_reward
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
 
     rng = random.Random(0)
     words = "hello how can i help you today order has shipped quick brown fox reset password account page".split()

@@ -229,7 +229,7 @@ def test_admin_with_password_must_give_it(ws, model_dir):
 
 def _trained(path, kind, *, snapshot=None, inputs=()):
     """A folder with the tether.json a trainer writes: its kind, its data and the models it came from."""
-    from tether.registry import fingerprint
+    from tether.recipes.lineage import fingerprint
 
     path.mkdir()
     (path / "config.json").write_text("{}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tether.evaluate import evaluate_reward_model, expected_calibration_error
+from tether.models.reward_eval import evaluate_reward_model, expected_calibration_error
 
 
 def sigmoid(x: float) -> float:
@@ -74,8 +74,8 @@ def test_evaluate_needs_pairs(tiny_lm_dir):
 
 @pytest.fixture(scope="module")
 def small_rm(tiny_lm_dir, tmp_path_factory) -> tuple[Path, Path]:
-    from tether.config import RewardConfig
-    from tether.train_reward import train_reward
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
 
     root = tmp_path_factory.mktemp("rm-eval")
     rows = [{"prompt": f"q{i}\n", "chosen": "thank you", "rejected": "sorry no", "subset": "a" if i % 2 else "b"} for i in range(16)]

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tether.config import DPOConfig, KTOConfig
 from tether.models.hf import load_tokenizer
 from tether.models.logprobs import collate_pairs, score_pairs, sequence_logps
-from tether.train_dpo import TokenLogProbs, encode_pairs, train_dpo
-from tether.train_kto import train_kto
+from tether.recipes.configs import DPOConfig, KTOConfig
+from tether.recipes.dpo import TokenLogProbs, encode_pairs, train_dpo
+from tether.recipes.kto import train_kto
 
 WORDS = "apple river stone cloud green quick lazy order ship account page help support data reset".split()
 
@@ -122,7 +122,7 @@ def _heldout_accuracy(policy_dir: Path, ref_dir: Path, rows: list[dict]) -> tupl
 def test_learns_a_synthetic_preference_that_generalizes(tiny_lm_dir, tmp_path, loss):
     data = _write(tmp_path / "pairs.jsonl", _pairs(64, seed=1))
     extra = {"label_smoothing": 0.1} if loss == "cdpo" else {}
-    metrics = train_dpo(_config(tiny_lm_dir, tmp_path, data, loss, loss=loss, epochs=3, **extra))
+    metrics = train_dpo(_config(tiny_lm_dir, tmp_path, data, loss, loss=loss, epochs=3, **extra)).metrics
     accuracy, policy_gap, ref_gap = _heldout_accuracy(tmp_path / loss, tiny_lm_dir, _pairs(32, seed=2))
     assert accuracy >= 0.9
     assert policy_gap > ref_gap + 1.0  # the chosen answer's log-prob rose relative to the rejected one
@@ -138,7 +138,12 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_lm_dir, tmp_p
     data = _write(tmp_path / "pairs.jsonl", _pairs(16, seed=3))
     kw = dict(max_steps=4, batch_size=4, micro_batch_size=2, save_steps=2, warmup_ratio=0.25)
     train_dpo(_config(tiny_lm_dir, tmp_path, data, "full", **kw))
-    train_dpo(_config(tiny_lm_dir, tmp_path, data, "resumed", **kw), stop_after=2)  # preempted after step 2
+    def preempt(step: int, _stats: dict) -> None:
+        if step == 2:
+            raise KeyboardInterrupt  # preempted after step 2 (its checkpoint written)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(_config(tiny_lm_dir, tmp_path, data, "resumed", **kw), on_step=preempt)
     assert (tmp_path / "resumed" / "checkpoints" / "step-2").is_dir() and not (tmp_path / "resumed" / "tether.json").exists()
     train_dpo(_config(tiny_lm_dir, tmp_path, data, "resumed", resume=True, **kw))
     full, resumed = _history(tmp_path / "full"), _history(tmp_path / "resumed")
@@ -170,7 +175,7 @@ def test_kto_learns_from_unpaired_thumbs(tiny_lm_dir, tmp_path):
         model=str(tiny_lm_dir), data=str(data), output_dir=tmp_path / "kto", batch_size=8, learning_rate=1e-3, epochs=3,
         mlflow=False, progress=False, logging_steps=1, ref_cache_dir=tmp_path / "cache", undesirable_weight=1.2,
     )
-    metrics = train_kto(cfg)
+    metrics = train_kto(cfg).metrics
     first = _history(tmp_path / "kto")[0]
     assert metrics["rewards/chosen"] > 0 > metrics["rewards/rejected"]
     assert metrics["train/loss"] < first["train/loss"] and metrics["objective/kl"] >= 0
@@ -200,8 +205,8 @@ def test_cli_dpo_refuses_bad_input_clearly(cli, tiny_lm_dir, tmp_path):
 
 _TWO_PROCESS_SCRIPT = """
 import sys
-from tether.config import DPOConfig
-from tether.train_dpo import train_dpo
+from tether.recipes.configs import DPOConfig
+from tether.recipes.dpo import train_dpo
 cfg = DPOConfig(model=sys.argv[1], data=sys.argv[2], output_dir=sys.argv[3], max_steps=3, batch_size=8,
                 micro_batch_size=int(sys.argv[4]), learning_rate=1e-3, logging_steps=1, mlflow=False, progress=False,
                 ref_cache_dir=sys.argv[3] + "-cache")
@@ -244,7 +249,7 @@ def test_bf16_flag_runs_the_same_loop_in_mixed_precision(tiny_lm_dir, tmp_path):
     # Accelerate keeps the precision in a process-wide singleton: reset it around this test (not the process group).
     AcceleratorState._reset_state(reset_partial_state=False)
     try:
-        metrics = train_dpo(_config(tiny_lm_dir, tmp_path, data, "bf16", max_steps=2, batch_size=4, bf16=True))
+        metrics = train_dpo(_config(tiny_lm_dir, tmp_path, data, "bf16", max_steps=2, batch_size=4, bf16=True)).metrics
     finally:
         AcceleratorState._reset_state(reset_partial_state=False)
     assert 0.0 < metrics["train/loss"] < 2.0

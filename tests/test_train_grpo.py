@@ -1,4 +1,4 @@
-"""GRPO and RLOO (tether.train_grpo) on a tiny policy with a rule reward; resume; the CLI and its errors."""
+"""GRPO and RLOO (tether.recipes.grpo) on a tiny policy with a rule reward; resume; the CLI and its errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tether.config import GRPOConfig, load_config
+from tether.recipes.configs import GRPOConfig, load_config
 
 PROMPTS = ["Hello, how", "Your order", "Please reset", "The quick", "Thank you", "I am"]
 
@@ -39,7 +39,7 @@ def history(out):
 def test_mean_reward_rises_with_bounded_kl(tiny_lm_dir, task, tmp_path, algo):
     """From seed 0 the rule's mean reward goes from about 0.2 to above 0.7 within 20 steps (measured: 1.0 for GRPO
     and RLOO); the summed KL per completion (8 tokens) stays below 20 nats."""
-    from tether.train_grpo import train_grpo
+    from tether.recipes.grpo import train_grpo
 
     out = tmp_path / algo
     train_grpo(config(tiny_lm_dir, task, out, algo=algo, max_steps=20))
@@ -60,11 +60,11 @@ def test_mean_reward_rises_with_bounded_kl(tiny_lm_dir, task, tmp_path, algo):
 def test_ratio_is_one_on_the_first_minibatch(tiny_lm_dir, task, tmp_path):
     """Old log-probs are computed on the first pass's own micro-batches: the first step's log-ratio is exactly 0
     (approx_kl and clipfrac exactly 0); later steps move."""
-    from tether.train_grpo import train_grpo
+    from tether.recipes.grpo import train_grpo
 
     seen = []
     cfg = config(tiny_lm_dir, task, tmp_path / "ratio", batch_size=16, micro_batch_size=4, num_minibatches=2, ppo_epochs=2, max_steps=4)
-    train_grpo(cfg, on_step=lambda step, epoch, mb, stats: seen.append((epoch, mb, stats)))
+    train_grpo(cfg, on_step=lambda step, stats: seen.append((stats["update/pass"], stats["update/minibatch"], stats)))
     (epoch, mb, stats), later = seen[0], seen[1:]
     assert (epoch, mb) == (0, 0)
     assert stats["policy/approx_kl"] == 0.0 and stats["policy/clipfrac"] == 0.0
@@ -75,7 +75,7 @@ def test_ratio_is_one_on_the_first_minibatch(tiny_lm_dir, task, tmp_path):
 def test_resume_equals_an_uninterrupted_run(tiny_lm_dir, task, tmp_path):
     from safetensors.torch import load_file
 
-    from tether.train_grpo import train_grpo
+    from tether.recipes.grpo import train_grpo
 
     settings = dict(batch_size=16, num_minibatches=2, ppo_epochs=1, max_steps=8, save_steps=4, kl_coef=0.04)
     train_grpo(config(tiny_lm_dir, task, tmp_path / "straight", **settings))
@@ -97,7 +97,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_lm_dir, task, tmp_path):
 
 
 def test_lora_uses_the_policy_without_adapter_as_reference(tiny_lm_dir, task, tmp_path):
-    from tether.train_grpo import train_grpo
+    from tether.recipes.grpo import train_grpo
 
     out = tmp_path / "lora"
     train_grpo(config(tiny_lm_dir, task, out, lora_r=4, lora_alpha=8, max_steps=3, learning_rate=5e-2))
@@ -181,7 +181,7 @@ def test_two_processes_run_the_same_schedule(tiny_lm_dir, task, tmp_path):
     import sys
     from pathlib import Path
 
-    from tether.train_grpo import train_grpo
+    from tether.recipes.grpo import train_grpo
 
     train_grpo(config(tiny_lm_dir, task, tmp_path / "one", max_steps=4, lr_schedule="linear", learning_rate=1e-3))
     accelerate = Path(sys.executable).parent / "accelerate"
@@ -257,7 +257,7 @@ def test_vllm_sampler_path_with_a_stand_in_engine(tiny_lm_dir, task, tmp_path, m
     import sys
     import types
 
-    from tether.train_grpo import train_grpo
+    from tether.recipes.grpo import train_grpo
 
     fake = types.ModuleType("vllm")
     fake.LLM = _StandInVLLM

@@ -1,4 +1,4 @@
-"""PPO with a critic (tether.train_ppo) on a tiny policy: ratio exactly 1 at first, learning a rule reward with
+"""PPO with a critic (tether.recipes.ppo) on a tiny policy: ratio exactly 1 at first, learning a rule reward with
 bounded KL, resume equal to an uninterrupted run, the critic started from a reward model, the CLI."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tether.config import PPOConfig, load_config
+from tether.recipes.configs import PPOConfig, load_config
 
 PROMPTS = ["Hello, how", "Your order", "Please reset", "The quick", "Thank you", "I am"]
 
@@ -56,11 +56,11 @@ def history(out):
 
 
 def test_ratio_is_exactly_one_on_the_first_minibatch_of_the_first_epoch(tiny_lm_dir, task, tmp_path):
-    from tether.train_ppo import train_ppo
+    from tether.recipes.ppo import train_ppo
 
     seen = []
     cfg = config(tiny_lm_dir, task, tmp_path / "ratio", micro_batch_size=4, max_steps=4)
-    train_ppo(cfg, on_step=lambda step, epoch, mb, stats: seen.append((epoch, mb, stats)))
+    train_ppo(cfg, on_step=lambda step, stats: seen.append((stats["update/pass"], stats["update/minibatch"], stats)))
     assert [(e, m) for e, m, _ in seen] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     first = seen[0][2]
     # approx_kl is the mean of (log ratio)^2 / 2: exactly 0 only when every token's ratio is exactly 1.
@@ -74,7 +74,7 @@ def test_ratio_is_exactly_one_on_the_first_minibatch_of_the_first_epoch(tiny_lm_
 def test_mean_reward_rises_with_bounded_kl(tiny_lm_dir, task, tmp_path):
     """20 rollouts of 32 completions, 2 epochs x 2 minibatches each: the rule's mean reward goes from about 0.25
     to above 0.6 (measured: 0.75), the summed KL per completion stays below 15 nats (measured: 3.8)."""
-    from tether.train_ppo import train_ppo
+    from tether.recipes.ppo import train_ppo
 
     out = tmp_path / "learn"
     train_ppo(config(tiny_lm_dir, task, out, max_steps=80))
@@ -94,7 +94,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_lm_dir, task, tmp_path):
     adaptive KL coefficient end exactly where an uninterrupted run ends."""
     from safetensors.torch import load_file
 
-    from tether.train_ppo import train_ppo
+    from tether.recipes.ppo import train_ppo
 
     settings = dict(batch_size=8, num_minibatches=1, ppo_epochs=2, max_steps=8, save_steps=4, adaptive_kl=True, kl_target=0.01, kl_horizon=100)
     train_ppo(config(tiny_lm_dir, task, tmp_path / "straight", **settings))
@@ -156,7 +156,7 @@ def test_critic_falls_back_to_the_policy_when_the_reward_model_tokenizes_differe
 
 def test_ppo_with_a_reward_model_and_rules(tiny_lm_dir, task, reward_model_dir, tmp_path):
     """A reward model and a weighted rules file together: both components are logged, scores are their sum."""
-    from tether.train_ppo import train_ppo
+    from tether.recipes.ppo import train_ppo
 
     out = tmp_path / "rm"
     train_ppo(config(tiny_lm_dir, task, out, reward=[str(reward_model_dir), f"rules:{task / 'rules.yaml'}@0.5"], max_steps=2, batch_size=8, num_minibatches=1, ppo_epochs=2))

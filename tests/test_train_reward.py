@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tether.config import RewardConfig
+from tether.recipes.configs import RewardConfig
 
 WORDS = "hello how can i help you today thank order has shipped quick brown fox jumps over lazy dog reset password account page".split()
 
@@ -54,12 +54,12 @@ def pair_files(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
 def trained(tiny_lm_dir, pair_files, tmp_path_factory):
     """One tiny Llama reward model trained for 3 epochs, with its head's and backbone's initial weights."""
     import tether.models.reward_model
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     train_file, test_file, _ = pair_files
     out = tmp_path_factory.mktemp("rm") / "model"
     initial: dict[str, torch.Tensor] = {}
-    original = tether.models.reward_model.load_reward_backbone
+    original = tether.recipes.reward.load_reward_backbone
 
     def capture(*args, **kwargs):
         model = original(*args, **kwargs)
@@ -67,13 +67,13 @@ def trained(tiny_lm_dir, pair_files, tmp_path_factory):
         return model
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tether.models.reward_model, "load_reward_backbone", capture)
-        metrics = train_reward(config(tiny_lm_dir, train_file, out, epochs=3, eval_data=str(test_file)))
+        mp.setattr(tether.recipes.reward, "load_reward_backbone", capture)
+        metrics = train_reward(config(tiny_lm_dir, train_file, out, epochs=3, eval_data=str(test_file))).metrics
     return out, metrics, initial
 
 
 def test_learns_a_synthetic_preference(trained, pair_files):
-    from tether.evaluate import evaluate_reward
+    from tether.lifecycle.evaluate_reward import evaluate_reward
 
     out, metrics, _ = trained
     assert metrics["eval/accuracy"] >= 0.95
@@ -150,7 +150,7 @@ def test_truncation_keeps_the_end_and_skips_what_cannot_fit(tiny_lm_dir):
 
 
 def test_skipped_pairs_are_counted(tiny_lm_dir, tmp_path, capsys):
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     rows = make_pairs(40, seed=3)
     rows[0]["chosen"] = " ".join(["thank"] * 200)
@@ -163,8 +163,8 @@ def test_skipped_pairs_are_counted(tiny_lm_dir, tmp_path, capsys):
 def test_resume_equals_uninterrupted(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import tether.training
-    from tether.train_reward import train_reward
+    import tether.recipes.runtime
+    from tether.recipes.reward import train_reward
 
     train_file = pair_files[0]
     train_reward(config(tiny_lm_dir, train_file, tmp_path / "straight", max_steps=6, batch_size=8))
@@ -172,16 +172,16 @@ def test_resume_equals_uninterrupted(tiny_lm_dir, pair_files, tmp_path, monkeypa
     class Stop(Exception):
         pass
 
-    original = tether.training.Checkpointer.save
+    original = tether.recipes.checkpoints.Checkpointer.save
 
     def save_then_stop(self, step, state=None):
         original(self, step, state)
         raise Stop
 
-    monkeypatch.setattr(tether.training.Checkpointer, "save", save_then_stop)
+    monkeypatch.setattr(tether.recipes.checkpoints.Checkpointer, "save", save_then_stop)
     with pytest.raises(Stop):
         train_reward(config(tiny_lm_dir, train_file, tmp_path / "resumed", max_steps=6, batch_size=8, save_steps=3))
-    monkeypatch.setattr(tether.training.Checkpointer, "save", original)
+    monkeypatch.setattr(tether.recipes.checkpoints.Checkpointer, "save", original)
     assert (tmp_path / "resumed" / "checkpoints" / "step-3").is_dir()
     steps_run = []
     original_step = torch.optim.AdamW.step
@@ -198,7 +198,7 @@ def test_two_processes_match_one(tiny_lm_dir, pair_files, tmp_path):
     """`accelerate launch` on 2 CPU processes (gloo) = 1 process with the same global batch."""
     from safetensors.torch import load_file
 
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     train_file = pair_files[0]
     train_reward(config(tiny_lm_dir, train_file, tmp_path / "one", max_steps=6, batch_size=8))
@@ -221,19 +221,19 @@ def test_two_processes_match_one(tiny_lm_dir, pair_files, tmp_path):
 
 
 def test_lora_trains_adapters_and_saves_a_merged_folder(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
-    import tether.models.hf
+    import tether.recipes.reward
     from tether.models.reward_model import RewardModel
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     trainable: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-    original = tether.models.hf.apply_lora
+    original = tether.recipes.reward.apply_lora
 
     def capture(model, cfg, task_type="CAUSAL_LM"):
         wrapped = original(model, cfg, task_type)
         trainable.update({n: (p, p.detach().clone()) for n, p in wrapped.named_parameters() if p.requires_grad})
         return wrapped
 
-    monkeypatch.setattr(tether.models.hf, "apply_lora", capture)
+    monkeypatch.setattr(tether.recipes.reward, "apply_lora", capture)
     train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "lora", max_steps=3, batch_size=8, lora_r=4))
     assert any("lora_A" in n for n in trainable) and any("score" in n for n in trainable)
     unchanged = [n for n, (p, before) in trainable.items() if torch.equal(p.detach(), before)]
@@ -244,7 +244,7 @@ def test_lora_trains_adapters_and_saves_a_merged_folder(tiny_lm_dir, pair_files,
 
 def test_ensemble_reports_mean_and_spread(tiny_lm_dir, pair_files, tmp_path):
     from tether.models.reward_model import RewardModel
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "ens", max_steps=4, batch_size=8, ensemble=3))
     rm = RewardModel.load(tmp_path / "ens", device="cpu")
@@ -260,7 +260,7 @@ def test_ensemble_reports_mean_and_spread(tiny_lm_dir, pair_files, tmp_path):
 
 def test_rating_objective_one_head_per_aspect(tiny_lm_dir, tmp_path):
     from tether.models.reward_model import RewardModel
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     rng = random.Random(1)
     rows = []
@@ -272,7 +272,7 @@ def test_rating_objective_one_head_per_aspect(tiny_lm_dir, tmp_path):
             ratings["safe"] = 4 if polite else 2
         rows.append({"prompt": "hello\n", "completion": text, "ratings": ratings})
     data = write_jsonl(tmp_path / "ratings.jsonl", rows)
-    metrics = train_reward(config(tiny_lm_dir, data, tmp_path / "rate", epochs=4, batch_size=8, objective="rating"))
+    metrics = train_reward(config(tiny_lm_dir, data, tmp_path / "rate", epochs=4, batch_size=8, objective="rating")).metrics
     assert metrics["reward/mse"] < 0.5
     rm = RewardModel.load(tmp_path / "rate", device="cpu")
     assert rm.aspects == ["helpful", "safe"]
@@ -305,7 +305,7 @@ def test_encoder_backbone_minilm(tmp_path, pair_files):
     from tether.models.hf import load_tokenizer
     from tether.models.reward_model import RewardModel
     from tether.models.tokens import encode_many
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     path = Path(minilm.__file__).parent / "model"
     tok = load_tokenizer(path)
@@ -389,7 +389,7 @@ def test_cli_errors_on_bad_inputs(cli, tiny_lm_dir, pair_files, tmp_path):
 def test_token_budget_splits_passes_without_changing_the_result(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import tether.train_reward as tr
+    import tether.recipes.reward as tr
 
     tr.train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "whole", max_steps=3, batch_size=8))
     passes = []
@@ -409,7 +409,7 @@ def test_token_budget_splits_passes_without_changing_the_result(tiny_lm_dir, pai
 def test_sorted_passes_give_the_rewards_and_gradients_of_one_pass(tiny_lm_dir):
     """The batch's sequences are cut into several length-sorted forward passes; each reward and every gradient must
     equal those of one pass over the whole batch padded to its longest sequence."""
-    import tether.train_reward as tr
+    import tether.recipes.reward as tr
     from tether.data.batching import pad_right
     from tether.models.hf import disable_dropout, load_tokenizer
     from tether.models.reward_model import RewardForward, load_reward_backbone
@@ -445,7 +445,7 @@ def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny
     """Decoders: one row per pair (the common start once, each answer attending to it alone, positions restarting)
     gives each reward and every gradient of two separate rows, including pairs where one answer is a prefix of the
     other and pairs with nothing in common."""
-    import tether.train_reward as tr
+    import tether.recipes.reward as tr
     from tether.models.hf import disable_dropout, load_tokenizer
     from tether.models.reward_model import RewardForward, load_reward_backbone
 
@@ -494,7 +494,7 @@ def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny
 def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_files, tmp_path):
     from safetensors.torch import load_file
 
-    from tether.train_reward import train_reward
+    from tether.recipes.reward import train_reward
 
     train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "plain", max_steps=2, batch_size=8))
     train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "ckpt", max_steps=2, batch_size=8, gradient_checkpointing=True))
@@ -505,7 +505,7 @@ def test_gradient_checkpointing_same_result_and_bf16_runs(tiny_lm_dir, pair_file
 
     AcceleratorState._reset_state(reset_partial_state=False)  # one process, two precisions: Accelerate's state is global
     try:
-        metrics = train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "bf16", max_steps=1, batch_size=8, bf16=True))
+        metrics = train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "bf16", max_steps=1, batch_size=8, bf16=True)).metrics
     finally:
         AcceleratorState._reset_state(reset_partial_state=False)
     assert np.isfinite(metrics["train/loss"])
@@ -529,16 +529,16 @@ def test_yaml_config_and_mlflow_metrics(cli, workspace, tiny_lm_dir, pair_files,
 
 @pytest.mark.parametrize("group_by_length", [True, False])
 def test_batches_cover_every_row_once_per_epoch(group_by_length):
-    from tether.train_reward import _batches
+    from tether.data.batching import epoch_batches
 
     lengths = [random.Random(i).randint(5, 300) for i in range(103)]
     cfg = RewardConfig(model="m", data="d.jsonl", output_dir="o", batch_size=8, seed=3, group_by_length=group_by_length)
-    batches = _batches(lengths, cfg, epoch=0)
+    batches = epoch_batches(lengths, cfg, epoch=0)
     flat = [i for b in batches for i in b]
     assert all(len(b) == 8 for b in batches) and len(batches) == 103 // 8
     assert len(set(flat)) == len(flat)  # no row twice in an epoch
-    assert _batches(lengths, cfg, epoch=0) == batches  # deterministic for (seed, epoch)
-    assert _batches(lengths, cfg, epoch=1) != batches  # reshuffled every epoch
+    assert epoch_batches(lengths, cfg, epoch=0) == batches  # deterministic for (seed, epoch)
+    assert epoch_batches(lengths, cfg, epoch=1) != batches  # reshuffled every epoch
     # Bucketed batches have little spread of lengths inside a batch; plain shuffled batches are as mixed as the data.
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert (spread < 60) if group_by_length else (spread > 150)
@@ -549,12 +549,13 @@ def test_freed_memory_is_checked_after_every_cpu_step(tiny_lm_dir, pair_files, t
     the loop checks once per optimizer step on the CPU, and trims through glibc's malloc_trim where the C library has it."""
     import platform
 
-    import tether.train_reward as tr
+    import tether.recipes.reward as tr
+    import tether.recipes.runtime as runtime
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert tr._malloc_trim() is not None
+        assert runtime._malloc_trim() is not None
     calls = []
-    monkeypatch.setattr(tr, "_return_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(tr, "return_freed_memory", lambda: calls.append(1))
     tr.train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "m", max_steps=3, batch_size=8))
     assert len(calls) == 3
 
@@ -562,7 +563,7 @@ def test_freed_memory_is_checked_after_every_cpu_step(tiny_lm_dir, pair_files, t
 def test_heap_is_trimmed_only_after_it_has_grown(monkeypatch):
     """Trimming every step cost 7-10% of a MiniLM step (the pages fault back in), so the loop trims once the RSS
     after a step has grown by a quarter (at least 256 MB) over the first step's since the last trim."""
-    import tether.train_reward as tr
+    import tether.recipes.runtime as tr
 
     mb = 2**20
     trims = []
@@ -572,12 +573,12 @@ def test_heap_is_trimmed_only_after_it_has_grown(monkeypatch):
     monkeypatch.setattr(tr, "_rss_bytes", lambda: next(readings) * mb)
     seen = []
     for _ in range(7):
-        tr._return_freed_memory()
+        tr.return_freed_memory()
         seen.append(len(trims))
     # 1000 is the baseline; 1200 and 1255 stay within +256 MB; 1300 trims; 1100 is the new baseline (the working set
     # faulted back in); 1200 is within; 1500 trims.
     assert seen == [0, 0, 0, 1, 1, 1, 2] and trims == [0, 0]
     monkeypatch.setattr(tr, "_TRIM_STATE", {"baseline": 3000 * mb})  # a big process: the threshold is a quarter
     monkeypatch.setattr(tr, "_rss_bytes", lambda: 3700 * mb)
-    tr._return_freed_memory()
+    tr.return_freed_memory()
     assert trims == [0, 0]

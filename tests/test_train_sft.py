@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tether.config import SFTConfig
 from tether.models.hf import load_tokenizer
 from tether.models.logprobs import TokenLogProbs, collate_completions, sequence_logps
-from tether.train_sft import encode_sft_rows, train_sft
+from tether.recipes.configs import SFTConfig
+from tether.recipes.sft import encode_sft_rows, train_sft
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -81,7 +81,7 @@ def test_sft_memorizes_a_completion_and_writes_a_loadable_model(tiny_lm_dir, tmp
 
     data = _write(tmp_path / "sft.jsonl", [{"prompt": "Q: where is my order?\nA:", "completion": " Your order has shipped."}] * 4)
     cfg = _config(tiny_lm_dir, data, tmp_path / "out", max_steps=60, learning_rate=1e-2, lr_schedule="constant")
-    metrics = train_sft(cfg)
+    metrics = train_sft(cfg).metrics
     history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["train/loss"] > 3.0 and metrics["train/loss"] < 0.05
     # the saved folder is an ordinary HF model that scores the completion almost surely

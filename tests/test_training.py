@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from tether.config import TrainConfig, load_config
 from tether.data.batching import (
     length_bucketed_batches,
     pad_left,
@@ -17,7 +16,8 @@ from tether.data.batching import (
 )
 from tether.errors import TetherError
 from tether.models.logprobs import sequence_logps
-from tether.training import make_scheduler, total_optimizer_steps
+from tether.recipes.configs import TrainConfig, load_config
+from tether.recipes.runtime import make_scheduler, total_optimizer_steps
 
 
 def test_bucketed_batches_cover_every_index_once_and_are_deterministic():
@@ -145,7 +145,7 @@ def test_conflicting_settings_are_refused_not_silently_ordered(tmp_path):
     with pytest.raises(TetherError, match=r"--set seed=1 and --set seed=2 both set seed"):
         load_config(TrainConfig, None, ["seed=1", "seed=2"], model="m", output_dir=tmp_path)
     assert load_config(TrainConfig, None, ["batch_size=8"], model="m", output_dir=tmp_path, batch_size=8).batch_size == 8
-    from tether.config import GRPOConfig
+    from tether.recipes.configs import GRPOConfig
 
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("algo: grpo\n")
@@ -156,7 +156,7 @@ def test_conflicting_settings_are_refused_not_silently_ordered(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The output folder and resume, through the CLI (tether.training.Checkpointer: one place for every trainer)
+# The output folder and resume, through the CLI (tether.recipes.checkpoints.Checkpointer: one place for every trainer)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -116,8 +116,8 @@ def test_kto_splits_preference_pairs_as_trl_does_and_skips_ties(cli, in_pandalm,
 @pytest.fixture(scope="module")
 def rating_rm(tiny_lm_dir, tmp_path_factory) -> Path:
     """A tiny rating model with a helpfulness aspect and a harm aspect (higher is worse)."""
-    from tether.config import RewardConfig
-    from tether.train_reward import train_reward
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
 
     rng = random.Random(3)
     rows = []
@@ -152,7 +152,7 @@ def test_score_writes_every_aspect_and_combines_them_only_with_weights(cli, rati
 
 def test_rl_and_eval_refuse_a_rating_model_without_weights_and_use_them_when_given(cli, rating_rm, tiny_lm_dir, tmp_path):
     from tether.models.reward_model import RewardModel
-    from tether.rewards import load_reward
+    from tether.recipes.reward_specs import load_reward
 
     prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": "hello"}] * 4)
     _refused(cli("train", "grpo", "--model", tiny_lm_dir, "--reward", rating_rm, "--prompts", prompts, "--output-dir", tmp_path / "g",
@@ -172,7 +172,7 @@ def test_rl_and_eval_refuse_a_rating_model_without_weights_and_use_them_when_giv
 
 
 def test_lineage_finds_reward_models_named_by_a_weighted_or_aspect_spec(rating_rm, tiny_rm_dir, tiny_lm_dir):
-    from tether.registry import model_lineage
+    from tether.recipes.lineage import model_lineage
 
     lineage = model_lineage({"model": str(tiny_lm_dir), "prompts": "p.jsonl", "reward": [f"{tiny_rm_dir}@0.5", f"{rating_rm}:helpful=1,harm=-1", "rules:r.yaml"]})
     assert [(i["role"], i["path"]) for i in lineage["inputs"]] == [("reward", str(tiny_rm_dir.resolve())), ("reward", str(rating_rm.resolve()))]
@@ -181,10 +181,10 @@ def test_lineage_finds_reward_models_named_by_a_weighted_or_aspect_spec(rating_r
 def test_a_ppo_critic_started_from_a_rating_model_reads_the_weighted_reward(rating_rm, tiny_lm_dir, tmp_path):
     import torch
 
-    from tether.config import PPOConfig
     from tether.models.hf import load_tokenizer
     from tether.models.reward_model import RewardModel
     from tether.models.value_model import load_critic
+    from tether.recipes.configs import PPOConfig
 
     cfg = PPOConfig(model=str(tiny_lm_dir), reward=[f"{rating_rm}:helpful=1,harm=-1"], prompts="p.jsonl", output_dir=tmp_path / "o")
     rm = RewardModel.load(f"{rating_rm}:helpful=1,harm=-1", device="cpu")
@@ -219,7 +219,7 @@ def base_lm_dir(tmp_path_factory) -> Path:
 
 def test_string_prompts_go_through_a_chat_models_template_and_the_run_says_which(cli, tiny_lm_dir, tmp_path):
     from tether.models.hf import load_tokenizer
-    from tether.train_sft import encode_sft_rows
+    from tether.recipes.sft import encode_sft_rows
 
     data = _write(tmp_path / "sft.jsonl", [{"prompt": "where is my order?", "completion": "It has shipped."}] * 4)
     result = _ok(cli("train", "sft", "--model", tiny_lm_dir, "--data", data, "--output-dir", tmp_path / "sft", *TRAIN))
@@ -249,8 +249,8 @@ def test_a_tokenizer_without_a_template_gets_plain_text_and_no_made_up_template_
 @pytest.fixture(scope="module")
 def tiny_rm_dir(tiny_lm_dir, tmp_path_factory) -> Path:
     """A tiny pairwise reward model trained for 2 steps (a scorer with tether.json, not a good one)."""
-    from tether.config import RewardConfig
-    from tether.train_reward import train_reward
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
 
     root = tmp_path_factory.mktemp("pair-rm")
     rows = [{"prompt": "hello\n", "chosen": "thank you", "rejected": "sorry"}] * 8
@@ -323,7 +323,7 @@ def test_a_hugging_face_reward_model_without_tether_json_is_accepted_on_its_raw_
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from tether.rewards import load_reward
+    from tether.recipes.reward_specs import load_reward
 
     hf_rm = tmp_path / "hf-rm"
     torch.manual_seed(0)

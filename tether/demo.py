@@ -2,7 +2,7 @@
 
 Stages (each one is the library function a user would call, on the same store and files):
 
-1. a tokenizer and a tiny base policy are built (tether.tiny) and fine-tuned (tether.train_sft) on generated
+1. a tokenizer and a tiny base policy are built (tether.tiny) and fine-tuned (tether.recipes.sft) on generated
    replies in every style, good and bad mixed (tether.demo_task);
 2. the SFT policy samples two replies per request (tether.models.sampling) and the pairs are queued as comparison items of
    a feedback project (tether.store.campaigns: the web app's store path);
@@ -10,7 +10,7 @@ Stages (each one is the library function a user would call, on the same store an
    answer through the same store functions as people; they follow the hidden gold preference, with noise;
 4. quality control (tether.qc) flags the spammer; the judgments are aggregated into a frozen snapshot with a digest
    (tether.store.snapshots), the flagged annotator left out;
-5. a reward model is trained on the snapshot (tether.train_reward); the policy is trained with PPO (or GRPO) against
+5. a reward model is trained on the snapshot (tether.recipes.reward); the policy is trained with PPO (or GRPO) against
    the reward model plus the rule rewards of the guidelines (personal data, forbidden phrases);
 6. the policy is evaluated against the SFT policy (tether.evaluate_policy), by the reward model and by the hidden
    gold preference, and an HTML report is written (tether.report); the reward model and the policy are registered
@@ -224,7 +224,7 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
 
     # 1 ---------------------------------------------------------------------------------------------------------
     with stages.stage("tokenizer, tiny base policy, SFT on mixed replies") as st:
-        sft_dir = _stage_sft(task, size, models, run_dir, seed, stages.enabled, say)
+        sft_dir = _stage_sft(ws, task, size, models, run_dir, seed, stages.enabled, say)
         st.detail = f"{size.sft_requests * size.sft_replies_per_request} demonstrations (all styles) -> {sft_dir}"
 
     # 2 ---------------------------------------------------------------------------------------------------------
@@ -250,9 +250,9 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
 
     # 5 ---------------------------------------------------------------------------------------------------------
     with stages.stage(f"reward model, then {algo.upper()} against it plus the rule rewards") as st:
-        rm_dir, rm_metrics = _stage_reward(size, sft_dir, snapshot["name"], models, seed, stages.enabled)
+        rm_dir, rm_metrics = _stage_reward(ws, size, sft_dir, snapshot["name"], models, seed, stages.enabled)
         say(f"reward model: held-out accuracy {rm_metrics.get('eval/accuracy', float('nan')):.1%} on the snapshot's pairs")
-        policy_dir, used_algo, notes = _stage_policy(task, size, sft_dir, rm_dir, rules_path, models, run_dir, seed, algo, stages.enabled)
+        policy_dir, used_algo, notes = _stage_policy(ws, task, size, sft_dir, rm_dir, rules_path, models, run_dir, seed, algo, stages.enabled)
         st.notes += notes
         st.detail = f"reward model -> {rm_dir.name}; policy ({used_algo}) -> {policy_dir.name}"
         out["algo"] = used_algo
@@ -293,11 +293,11 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _stage_sft(task: Any, size: DemoSize, models: Path, run_dir: Path, seed: int, progress: bool, say: Callable[[str], None]) -> Path:
-    from tether.config import SFTConfig
+def _stage_sft(ws: Any, task: Any, size: DemoSize, models: Path, run_dir: Path, seed: int, progress: bool, say: Callable[[str], None]) -> Path:
+    from tether.recipes.configs import SFTConfig
+    from tether.recipes.runtime import set_seed
+    from tether.recipes.sft import train_sft
     from tether.tiny import build_causal_lm, build_tokenizer
-    from tether.train_sft import train_sft
-    from tether.training import set_seed
 
     set_seed(seed)
     # a base model without a chat template: the task writes its own prompt format (Customer: ... Agent:)
@@ -314,7 +314,7 @@ def _stage_sft(task: Any, size: DemoSize, models: Path, run_dir: Path, seed: int
         learning_rate=size.sft_learning_rate, warmup_ratio=0.05, max_length=192, seed=seed, logging_steps=5,
         progress=progress,
     )
-    train_sft(cfg)
+    train_sft(cfg, workspace=ws)
     return sft_dir
 
 
@@ -408,10 +408,10 @@ def _stage_snapshot(ws: Any, url: str, project: str) -> tuple[dict[str, Any], di
     return report, snap, notes
 
 
-def _stage_reward(size: DemoSize, sft_dir: Path, snapshot_name: str, models: Path, seed: int, progress: bool) -> tuple[Path, dict[str, float]]:
-    from tether.config import RewardConfig
+def _stage_reward(ws: Any, size: DemoSize, sft_dir: Path, snapshot_name: str, models: Path, seed: int, progress: bool) -> tuple[Path, dict[str, float]]:
     from tether.models.hf import read_tether_meta
-    from tether.train_reward import train_reward
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
 
     rm_dir = models / "reward"
     cfg = RewardConfig(
@@ -419,13 +419,13 @@ def _stage_reward(size: DemoSize, sft_dir: Path, snapshot_name: str, models: Pat
         batch_size=16, learning_rate=size.reward_learning_rate, max_length=192, eval_fraction=0.1, seed=seed,
         logging_steps=5, progress=progress,
     )
-    train_reward(cfg)
+    train_reward(cfg, workspace=ws)
     meta = read_tether_meta(rm_dir)
     metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
     return rm_dir, metrics
 
 
-def _stage_policy(task: Any, size: DemoSize, sft_dir: Path, rm_dir: Path, rules_path: Path, models: Path, run_dir: Path, seed: int, algo: str, progress: bool) -> tuple[Path, str, list[str]]:
+def _stage_policy(ws: Any, task: Any, size: DemoSize, sft_dir: Path, rm_dir: Path, rules_path: Path, models: Path, run_dir: Path, seed: int, algo: str, progress: bool) -> tuple[Path, str, list[str]]:
     notes: list[str] = []
     prompts = _write_jsonl(run_dir / "rl-prompts.jsonl", [{"prompt": r.prompt} for r in task.requests(size.rl_prompts, "rl")])
     rewards = [str(rm_dir), f"rules:{rules_path}"]
@@ -436,23 +436,23 @@ def _stage_policy(task: Any, size: DemoSize, sft_dir: Path, rm_dir: Path, rules_
     )
     if algo == "ppo":
         try:
-            from tether.train_ppo import train_ppo
+            from tether.recipes.ppo import train_ppo
         except ImportError:
-            notes.append("PPO (tether.train_ppo) is not in this checkout yet: GRPO was used instead")
+            notes.append("PPO (tether.recipes.ppo) is not in this checkout yet: GRPO was used instead")
             algo = "grpo"
         else:
-            from tether.config import PPOConfig
+            from tether.recipes.configs import PPOConfig
 
             out = models / "policy-ppo"
-            train_ppo(PPOConfig(output_dir=out, **common))
+            train_ppo(PPOConfig(output_dir=out, **common), workspace=ws)
             return out, "ppo", notes
-    from tether.config import GRPOConfig
-    from tether.train_grpo import train_grpo
+    from tether.recipes.configs import GRPOConfig
+    from tether.recipes.grpo import train_grpo
 
     out = models / "policy-grpo"
     group = 4
     cfg = GRPOConfig(output_dir=out, group_size=group, **common)
-    train_grpo(cfg)
+    train_grpo(cfg, workspace=ws)
     return out, "grpo", notes
 
 

@@ -7,7 +7,7 @@ the artifact ``model/`` of an MLflow run, with tags:
 - ``tether.kind`` (``reward`` or ``policy``), ``tether.base_model``, ``tether.parent`` (the version it was trained
   against: a policy's reward model) and ``tether.parents`` (every registered model it came from, with its role),
   ``tether.snapshot`` and ``tether.snapshot_digest`` (the frozen judgments), ``tether.lineage`` (the lineage in the
-  model's own tether.json), ``tether.fingerprint`` (sha256 of that tether.json), ``tether.config`` (the training
+  model's own tether.json), ``tether.fingerprint`` (sha256 of that tether.json), ``tether.recipes.configs`` (the training
   config as JSON), ``tether.source_dir``;
 - ``eval.<figure>`` for each evaluation figure (``eval.win_rate``, ``eval.violation_rate``, ``eval.kl``, ...);
 - ``tether.approved_by`` / ``tether.approved_at`` and ``tether.promoted_by`` / ``tether.promoted_at``.
@@ -28,7 +28,6 @@ whose lineage reaches a snapshot marked as purged (tether.governance), directly 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError
+from tether.models.hf import read_tether_meta
+from tether.recipes.lineage import fingerprint, model_lineage
+from tether.store.snapshots import snapshot_digest, snapshot_with_digest
 
 KINDS = ("reward", "policy")
 # The registry kind of each tether.json kind (what the trainers write).
 KIND_OF_META = {"reward": "reward", "policy": "policy", "sft": "policy", "dpo": "policy", "ipo": "policy", "cdpo": "policy", "kto": "policy"}
-# The models a training run starts from or is trained against: (role, config field).
-INPUT_FIELDS = (("base", "model"), ("reference", "reference_model"), ("reward", "reward"))
 ALIASES = ("candidate", "champion")
 _REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:(?:/|:)(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))?$")
 
@@ -174,9 +174,9 @@ def register_model(
     if not model_dir.is_dir():
         raise TetherError(f"model folder not found: {model_dir}", fix="pass the output folder of a `tether train` command")
     parse_ref(name)
-    meta = _read_meta(model_dir)
+    meta = read_tether_meta(model_dir)
     kind = _checked_kind(model_dir, meta, kind)
-    lineage_meta = (meta.get("lineage") or model_lineage(meta.get("config") or {}, database_url=ws.database_url)) if meta else None
+    lineage_meta = (meta.get("lineage") or model_lineage(meta.get("config") or {}, workspace=ws)) if meta else None
     snapshot_name, snapshot_digest = _checked_snapshot(ws, model_dir, meta, lineage_meta, snapshot_name, snapshot_digest)
     config = config if config is not None else meta.get("config", {})
     base_model = base_model or meta.get("base_model")
@@ -208,7 +208,7 @@ def register_model(
         "tether.kind": kind,
         "tether.source_dir": str(model_dir.resolve()),
         "tether.registered_at": _now(),
-        "tether.config": json.dumps(config, sort_keys=True, default=str)[:20000],
+        "tether.recipes.configs": json.dumps(config, sort_keys=True, default=str)[:20000],
         "tether.lineage_from": "tether.json" if meta else "flags",
     }
     parent = parent or next((p["version"] for p in parents if p["role"] == "reward"), None)
@@ -263,13 +263,13 @@ def _checked_snapshot(
 ) -> tuple[str | None, str | None]:
     """``(snapshot name, digest)`` the folder was trained on, from its metadata; given ones must agree with it."""
     if name is not None and digest is None:
-        digest = _store_snapshot_digest(ws.database_url, name)
+        digest = snapshot_digest(ws.database_url, name)
         if digest is None:
             raise TetherError(f"no snapshot named {name!r}", fix="see `tether data list`")
     own = (lineage_meta or {}).get("snapshot") or {}
     data_digest = meta.get("data_digest")
     if own.get("name"):
-        known = own.get("digest") or _store_snapshot_digest(ws.database_url, own["name"])
+        known = own.get("digest") or snapshot_digest(ws.database_url, own["name"])
         if (name and name != own["name"]) or (digest and known and digest != known):
             raise TetherError(
                 f"{model_dir} was trained on snapshot {own['name']!r} (its tether.json says so); "
@@ -284,7 +284,7 @@ def _checked_snapshot(
                 f"snapshot {name or '?'} has sha256 {digest[:12]}...",
                 fix="leave --snapshot out, or name the snapshot whose rows it was trained on",
             )
-        found = name or _store_snapshot_by_digest(ws.database_url, data_digest)
+        found = name or snapshot_with_digest(ws.database_url, data_digest)
         return (found, data_digest) if found else (None, None)  # rows from a file that is no snapshot
     return name, digest
 
@@ -331,92 +331,9 @@ def _version_by_source(client: Any, path: str | None) -> str | None:
     return None
 
 
-def _store_snapshot_digest(database_url: str, name: str) -> str | None:
-    from sqlalchemy import select
-
-    from tether.store.db import session_scope
-    from tether.store.tables import Snapshot
-
-    with session_scope(database_url, readonly=True) as session:
-        return session.scalar(select(Snapshot.digest).where(Snapshot.name == name))
-
-
-def _store_snapshot_by_digest(database_url: str, digest: str) -> str | None:
-    from sqlalchemy import select
-
-    from tether.store.db import session_scope
-    from tether.store.tables import Snapshot
-
-    with session_scope(database_url, readonly=True) as session:
-        return session.scalar(select(Snapshot.name).where(Snapshot.digest == digest).order_by(Snapshot.id).limit(1))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Lineage in a model's own metadata
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def fingerprint(model_dir: Path) -> str | None:
-    """sha256 of a model folder's tether.json (config, metrics, lineage: one run's), or None without one."""
-    path = Path(model_dir) / "tether.json"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def model_lineage(config: dict[str, Any], *, database_url: str | None = None, _seen: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The ``lineage`` a trainer writes into tether.json, from its config: ``{"snapshot": {"name", "digest"} | None,
-    "inputs": [{"role", "path", "fingerprint", "kind", "snapshot", "inputs"}]}``.
-
-    ``snapshot``: the snapshot its data (or prompts) came from, with the digest the store holds for it. ``inputs``:
-    the Tether models (folders with a tether.json) it started from (``base``), kept near (``reference``) or was
-    trained against (``reward``), each with the lineage written in it (computed from its config when it has none).
-    ``database_url``: the store to read snapshot digests from (default: the current workspace's, if any).
-    """
-    source = config.get("data") or config.get("prompts")
-    snapshot = None
-    if isinstance(source, str) and source.startswith("snapshot:"):
-        name = source.split(":", 1)[1]
-        snapshot = {"name": name, "digest": _digest_now(name, database_url)}
-    inputs = []
-    for role, key in INPUT_FIELDS:
-        values = config.get(key)
-        for value in values if isinstance(values, list) else [values]:
-            if role == "reward" and isinstance(value, str):
-                value = _reward_folder(value)  # a SPEC: DIR, DIR@W, DIR:ASPECT=W,... (rules: and py: are no models)
-            if not isinstance(value, str) or value.startswith("rules:") or not (Path(value) / "tether.json").is_file():
-                continue
-            path = str(Path(value).resolve())
-            if path in _seen:  # trained into its own starting folder: the old run's metadata, no deeper
-                continue
-            meta = _read_meta(Path(value))
-            upstream = meta.get("lineage") or model_lineage(meta.get("config") or {}, database_url=database_url, _seen=_seen | {path})
-            inputs.append({"role": role, "path": path, "fingerprint": fingerprint(Path(value)), "kind": meta.get("kind"),
-                           "snapshot": upstream.get("snapshot"), "inputs": upstream.get("inputs") or []})
-    return {"snapshot": snapshot, "inputs": inputs}
-
-
-def _reward_folder(spec: str) -> str | None:
-    """The reward-model folder a ``--reward`` SPEC names, or None (rules, Python functions, a SPEC that does not parse)."""
-    from tether.rewards import parse_spec
-
-    try:
-        parsed = parse_spec(spec)
-    except TetherError:
-        return None
-    return str(parsed.path) if parsed.kind == "model" else None
-
-
-def _digest_now(name: str, database_url: str | None) -> str | None:
-    """The digest the store holds for snapshot ``name`` (None when there is no store or no such snapshot)."""
-    try:
-        if database_url is None:
-            from tether.store.workspace import find_workspace, open_workspace
-
-            if find_workspace() is None:
-                return None
-            database_url = open_workspace().database_url
-        return _store_snapshot_digest(database_url, name)
-    except Exception:  # metadata is best effort: a model is saved even when the store cannot be read
-        return None
 
 
 def upstream_snapshots(lineage_meta: dict[str, Any] | None, via: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -447,11 +364,6 @@ def record_eval(ws: Any, ref: str, figures: dict[str, float | None]) -> dict[str
     return _figures(dict(mv.tags))
 
 
-def _read_meta(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / "tether.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _flat(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts as one level of dotted keys."""
     out: dict[str, Any] = {}
@@ -478,7 +390,7 @@ def _finite(value: Any) -> bool:
 def model_card(ref: str, tags: dict[str, str]) -> str:
     """A markdown model card from a version's tags: data, method, metrics, limits, lineage."""
     kind = tags.get("tether.kind", "?")
-    config = _json(tags.get("tether.config")) or {}
+    config = _json(tags.get("tether.recipes.configs")) or {}
     data = _json(tags.get("tether.data")) or {}
     figures = _figures(tags)
     lines = [f"# Model card: {ref}", "", f"**Kind:** {kind} model.  **Registered:** {tags.get('tether.registered_at', '?')}", ""]

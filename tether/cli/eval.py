@@ -29,7 +29,7 @@ def eval_reward_command(
     Example:  tether eval reward --model rm --data test.jsonl --json
     """
     from tether.cli.common import data_workspace
-    from tether.evaluate import evaluate_reward
+    from tether.lifecycle.evaluate_reward import evaluate_reward
     from tether.store.snapshots import training_rows
 
     rows = training_rows(data, "preference", workspace=data_workspace(data))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -67,7 +67,7 @@ def train_reward_command(
 
     Example:  tether train reward --model ./minilm --data pairs.jsonl --output-dir rm --epochs 1 --batch-size 16
     """
-    from tether.config import RewardConfig, load_config
+    from tether.recipes.configs import RewardConfig, load_config
 
     cfg = load_config(
         RewardConfig, config, set_values,
@@ -76,9 +76,10 @@ def train_reward_command(
         objective=objective, eval_data=eval_data, gradient_checkpointing=gradient_checkpointing, bf16=bf16, resume=resume,
         overwrite=overwrite,
     )
-    from tether.train_reward import train_reward
+    from tether.cli.common import data_workspace
+    from tether.recipes.reward import train_reward
 
-    _done(cfg.output_dir, train_reward(cfg), ("train/loss", "reward/accuracy", "eval/accuracy", "eval/ece"))
+    _done(train_reward(cfg, workspace=data_workspace(cfg.data, cfg.eval_data, cfg.normalize_data)), ("train/loss", "reward/accuracy", "eval/accuracy", "eval/ece"))
 
 
 # --- sft / dpo / kto (offline policy training) --------------------------------------------------------------
@@ -90,10 +91,10 @@ Beta = Annotated[float | None, typer.Option("--beta", help="KL strength of the i
 ReferenceModel = Annotated[str | None, typer.Option("--reference-model", help="Frozen reference (default: the starting model; with LoRA, the adapter disabled).")]
 
 
-def _done(output_dir: object, metrics: dict, keys: tuple[str, ...]) -> None:
+def _done(result: Any, keys: tuple[str, ...]) -> None:
     """The last line of a run (under `accelerate launch` the other processes' stdout is silenced, so it is said once)."""
-    shown = {k: round(v, 4) for k, v in metrics.items() if k in keys}
-    typer.echo(f"done: {output_dir}  {shown}")
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k in keys}
+    typer.echo(f"done: {result.output_dir}  {shown}")
 
 
 @train_app.command("sft")
@@ -125,7 +126,7 @@ def train_sft_command(
 
     Example:  tether train sft --model ./base --data demos.jsonl --output-dir sft --epochs 2 --batch-size 16
     """
-    from tether.config import SFTConfig, load_config
+    from tether.recipes.configs import SFTConfig, load_config
 
     cfg = load_config(
         SFTConfig, config, set_values,
@@ -133,9 +134,10 @@ def train_sft_command(
         learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, merge=merge, packing=packing,
         bf16=bf16, resume=resume, overwrite=overwrite,
     )
-    from tether.train_sft import train_sft
+    from tether.cli.common import data_workspace
+    from tether.recipes.sft import train_sft
 
-    _done(cfg.output_dir, train_sft(cfg), ("train/loss",))
+    _done(train_sft(cfg, workspace=data_workspace(cfg.data)), ("train/loss",))
 
 
 @train_app.command("dpo")
@@ -170,7 +172,7 @@ def train_dpo_command(
 
     Example:  tether train dpo --model ./sft --data snapshot:prefs --output-dir dpo --loss dpo --beta 0.1 --lora-r 16
     """
-    from tether.config import DPOConfig, load_config
+    from tether.recipes.configs import DPOConfig, load_config
 
     cfg = load_config(
         DPOConfig, config, set_values,
@@ -179,9 +181,10 @@ def train_dpo_command(
         learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, merge=merge, bf16=bf16, resume=resume,
         overwrite=overwrite,
     )
-    from tether.train_dpo import train_dpo
+    from tether.cli.common import data_workspace
+    from tether.recipes.dpo import train_dpo
 
-    _done(cfg.output_dir, train_dpo(cfg), ("train/loss", "rewards/accuracies", "rewards/margins"))
+    _done(train_dpo(cfg, workspace=data_workspace(cfg.data)), ("train/loss", "rewards/accuracies", "rewards/margins"))
 
 
 @train_app.command("kto")
@@ -213,7 +216,7 @@ def train_kto_command(
 
     Example:  tether train kto --model ./sft --data thumbs.jsonl --output-dir kto --beta 0.1 --undesirable-weight 1.3
     """
-    from tether.config import KTOConfig, load_config
+    from tether.recipes.configs import KTOConfig, load_config
 
     cfg = load_config(
         KTOConfig, config, set_values,
@@ -222,9 +225,10 @@ def train_kto_command(
         batch_size=batch_size, learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r,
         merge=merge, bf16=bf16, resume=resume, overwrite=overwrite,
     )
-    from tether.train_kto import train_kto
+    from tether.cli.common import data_workspace
+    from tether.recipes.kto import train_kto
 
-    _done(cfg.output_dir, train_kto(cfg), ("train/loss", "rewards/chosen", "rewards/rejected"))
+    _done(train_kto(cfg, workspace=data_workspace(cfg.data)), ("train/loss", "rewards/chosen", "rewards/rejected"))
 
 
 # --- ppo / grpo / rloo (online RL) ---------------------------------------------------------------------------
@@ -240,10 +244,9 @@ KlCoef = Annotated[float | None, typer.Option("--kl-coef", help="beta, the weigh
 
 def _online_rl(cls_name: str, algo: str | None, **flags: object) -> None:
     """Build the config, train, report: shared by ppo, grpo and rloo."""
-    import json
     from pathlib import Path
 
-    import tether.config as config_module
+    import tether.recipes.configs as config_module
     from tether.cli.common import require_file
 
     config, set_values = flags.pop("config"), flags.pop("set_values")
@@ -253,14 +256,13 @@ def _online_rl(cls_name: str, algo: str | None, **flags: object) -> None:
     if not cfg.prompts.startswith("snapshot:"):
         require_file(Path(cfg.prompts), "prompts file")
     if cls_name == "PPOConfig":
-        from tether.train_ppo import train_ppo as trainer
+        from tether.recipes.ppo import train_ppo as trainer
     else:
-        from tether.train_grpo import train_grpo as trainer
-    output_dir = trainer(cfg)
-    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1]) if lines else {}
+        from tether.recipes.grpo import train_grpo as trainer
+    from tether.cli.common import data_workspace
+
     keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "completions/mean_length")
-    _done(output_dir, last, keys)
+    _done(trainer(cfg, workspace=data_workspace(cfg.prompts)), keys)
 
 
 @train_app.command("ppo")
@@ -373,8 +375,8 @@ def train_fields_command(
     Example: tether train fields grpo
     """
     from tether.cli.common import console, emit_json
-    from tether.config import DPOConfig, GRPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
     from tether.errors import TetherError
+    from tether.recipes.configs import DPOConfig, GRPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 
     classes = {"reward": RewardConfig, "sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "rloo": GRPOConfig}
     if kind not in classes:

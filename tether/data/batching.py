@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Planning: which examples each step sees
@@ -173,9 +176,47 @@ def plan_batches(lengths: list[int], cfg: Any, total_steps: int) -> list[list[in
     return [stream[s * cfg.batch_size : (s + 1) * cfg.batch_size] for s in range(total_steps)]
 
 
+def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
+    """This process's share of ``items`` (a global batch, a rollout's prompts, a list of passes): every ``world``-th
+    item from ``rank``, so the shares are equal when ``world`` divides the count, and balanced when the items are
+    sorted by length."""
+    return list(items[rank::world])
+
+
 def split_micro_batches(local: list[int], n_micro: int, lengths: list[int]) -> list[list[int]]:
     """This process's share of a batch in ``n_micro`` equal micro batches of similar lengths (the gradient of the
     step is the same whatever the split)."""
     ordered = sorted(local, key=lambda i: lengths[i])
     size = math.ceil(len(ordered) / n_micro)
     return [ordered[k * size : (k + 1) * size] for k in range(n_micro) if ordered[k * size : (k + 1) * size]]
+
+
+def epoch_batches(lengths: list[int], cfg: Any, epoch: int) -> list[list[int]]:
+    """This epoch's full global batches, bucketed by length when ``cfg.group_by_length`` (a partial last batch is left
+    out; the reward trainer's plan: every step sees exactly ``batch_size`` rows)."""
+    if cfg.group_by_length:
+        batches = length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+    else:
+        order = list(range(len(lengths)))
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    return [b for b in batches if len(b) == cfg.batch_size]
+
+
+def capped_micro_batches(batch: list[int], lengths: list[int], micro_batch: int, max_tokens: int | None, rank: int, world: int) -> list[list[int]]:
+    """Process ``rank``'s shard cut into forward passes of at most ``micro_batch`` rows and (when set) ``max_tokens``
+    padded tokens (chosen + rejected). Every process makes the same number of passes (DDP syncs on the last). The
+    shard is sorted by length first, so each pass pads to its own longest pair; the step's gradient is the mean
+    over the whole batch either way."""
+    shards = [sorted(shard(batch, r, world), key=lambda i: lengths[i]) for r in range(world)]
+
+    def passes(part: list[int]) -> int:
+        rows = micro_batch
+        if max_tokens:
+            rows = min(rows, max(1, max_tokens // (2 * max(lengths[i] for i in part))))
+        return math.ceil(len(part) / rows)
+
+    n = max(passes(part) for part in shards)
+    mine = shards[rank]
+    size = math.ceil(len(mine) / n)
+    return [mine[i : i + size] for i in range(0, len(mine), size)]

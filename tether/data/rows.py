@@ -73,3 +73,13 @@ def _judged_preference_rows(path: Path, records: list[tuple[int, dict[str, Any]]
     return rows
 
 
+def skip_ties(rows: list[dict[str, Any]], reading: str, say: Any = print) -> tuple[list[dict[str, Any]], int]:
+    """The rows that are not ties, and how many ties were skipped (with a note). A tie (``"tie": true``) says neither
+    answer is better; ``reading`` says how the trainer would misread it (e.g. "DPO would read it as chosen > rejected")."""
+    kept = [row for row in rows if not row.get("tie")]
+    ties = len(rows) - len(kept)
+    if ties:
+        say(f"note: skipped {ties} tie(s) of {len(rows)} rows: a tie prefers neither answer ({reading}); counted as ties_skipped in tether.json")
+    if rows and not kept:
+        raise TetherError(f"all {len(rows)} rows are ties: nothing says which answer is better", fix="give preference rows with a winner, or a snapshot made without --keep-ties")
+    return kept, ties

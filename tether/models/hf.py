@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import TetherError
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded: reading tether.json stays light
+    import torch
 
 PROMPT_FORMATS = ("chat", "chat_messages_only", "plain")
 TETHER_META = "tether.json"  # what Tether writes beside every model it saves
@@ -138,6 +139,7 @@ def prompt_format_line(tokenizer: Any, source: str | Path) -> str:
 
 def load_causal_lm(path: str | Path, *, bf16: bool = False, gradient_checkpointing: bool = False) -> Any:
     """A causal LM for training (fp32 master weights unless bf16)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     source = check_model_path(path, "model")
@@ -227,6 +229,8 @@ def disable_dropout(model: torch.nn.Module) -> None:
     """Dropout off everywhere: ``nn.Dropout`` modules and the float ``attention_dropout`` some attentions keep. A
     policy and its reference must score a sequence the same way (as TRL does), RL needs log-probs that do not change
     between two passes (Huang et al. 2024), and reward models train reproducibly."""
+    import torch
+
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

@@ -411,6 +411,22 @@ def snapshot_file(workspace: Any, name: str) -> Path:
     return path
 
 
+def snapshot_digest(database_url: str, name: str) -> str | None:
+    """The digest of the snapshot ``name`` (None when there is none)."""
+    from tether.store.db import session_scope
+
+    with session_scope(database_url, readonly=True) as session:
+        return session.scalar(select(Snapshot.digest).where(Snapshot.name == name))
+
+
+def snapshot_with_digest(database_url: str, digest: str) -> str | None:
+    """The name of the first snapshot whose rows have ``digest`` (None when there is none)."""
+    from tether.store.db import session_scope
+
+    with session_scope(database_url, readonly=True) as session:
+        return session.scalar(select(Snapshot.name).where(Snapshot.digest == digest).order_by(Snapshot.id).limit(1))
+
+
 def spec_path(spec: str | Path, workspace: Any) -> tuple[Path, bool]:
     """Where the rows of ``spec`` are: ``snapshot:NAME`` (its file in ``workspace``) or a file path; and whether it is a
     snapshot's file."""

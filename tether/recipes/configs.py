@@ -69,7 +69,7 @@ class TrainConfig(BaseModel):
 
 # The fields a resumed run may change: how it runs (memory, speed, logging, where caches go, how the result is
 # saved), never what it computes. Every other field must equal the checkpoint's run, or resume is refused
-# (tether.training.Checkpointer); a new field is therefore checked unless it is added here. model, data and prompts
+# (tether.recipes.checkpoints.Checkpointer); a new field is therefore checked unless it is added here. model, data and prompts
 # are checked by what they are (the model's fingerprint, the rows' digest), not by how they are spelled.
 RESUME_MAY_CHANGE = frozenset({
     "output_dir", "resume", "overwrite", "progress", "mlflow", "logging_steps", "save_steps", "micro_batch_size",
@@ -200,7 +200,7 @@ class OnlineRLConfig(TrainConfig):
     prompts: str = Field(description="The prompts: a file (.jsonl/.json/.parquet rows with a 'prompt') or snapshot:NAME.")
     reward: list[str] = Field(
         min_length=1,
-        description="Reward SPECs, summed: a reward-model folder, rules:FILE.yaml or py:FILE.py:FUNCTION, each optionally weighted as SPEC@W (see tether.rewards).",
+        description="Reward SPECs, summed: a reward-model folder, rules:FILE.yaml or py:FILE.py:FUNCTION, each optionally weighted as SPEC@W (see tether.recipes.reward_specs).",
     )
     group_size: int = Field(1, ge=1, description="Completions sampled per prompt.")
     max_new_tokens: int = Field(64, ge=1, description="Most tokens generated per completion (a completion stops earlier at EOS).")

@@ -1,19 +1,15 @@
-"""Evaluation: reward models (accuracy, margin, calibration), and policies.
-
-Reward models here; policies (win-rate, KL, length, red-team) in tether/evaluate_policy.py.
-"""
+"""A reward model's figures on preference pairs: accuracy, mean margin, calibration (ECE), accuracy by length and by
+subset. The reward trainer evaluates its held-out rows with them; ``tether eval reward`` (tether.lifecycle.
+evaluate_reward) loads a saved model first."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reward models
-# ---------------------------------------------------------------------------------------------------------------
+from tether.errors import TetherError
+from tether.models.tokens import encode_many
 
 LENGTH_BUCKETS = (128, 256, 512, 1024)  # upper edges in tokens of prompt+chosen (untruncated); the last is open
 
@@ -55,9 +51,6 @@ def evaluate_reward_model(rm: Any, rows: list[dict[str, Any]], batch_size: int =
     ``mean_margin`` is in normalized reward units (std 1 over the normalization reference); ``ece`` uses the raw
     rewards, whose difference is the Bradley-Terry logit the model was trained on.
     """
-    from tether.errors import TetherError
-    from tether.models.tokens import encode_many
-
     pairs = [r for r in rows if not r.get("tie")]
     if not pairs:
         raise TetherError("no preference pairs to evaluate (empty data, or ties only)", fix="give rows with prompt, chosen, rejected")
@@ -89,12 +82,3 @@ def evaluate_reward_model(rm: Any, rows: list[dict[str, Any]], batch_size: int =
     if any("subset" in r for r in pairs):
         report["by_subset"] = accuracy_by([str(r.get("subset", "(none)")) for r in pairs])
     return report
-
-
-def evaluate_reward(model_dir: str | Path, rows: list[dict[str, Any]], batch_size: int = 32, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Load the reward model in ``model_dir`` (``DIR:ASPECT=W,...`` for a rating model, see tether.models.reward_model) and
-    evaluate it on preference ``rows`` (see ``evaluate_reward_model``): ``{"n", "n_ties", "accuracy",
-    "mean_margin", "ece", "by_length", "by_subset"?}``."""
-    from tether.models.reward_model import RewardModel
-
-    return evaluate_reward_model(RewardModel.load(model_dir, say=say), rows, batch_size)

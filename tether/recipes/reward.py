@@ -13,147 +13,104 @@ so that the averaged gradient is the gradient of the global batch's mean loss.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tether.config import RewardConfig
+from tether.data.batching import (
+    branch_rows,
+    capped_micro_batches,
+    epoch_batches,
+    pad_right,
+    padded_passes,
+    shard,
+)
+from tether.data.canonical import rows_digest
 from tether.errors import TetherError
 from tether.math import losses
+from tether.models.hf import apply_lora, disable_dropout, load_tokenizer
+from tether.models.reward_eval import evaluate_reward_model
+from tether.models.reward_model import RewardForward, RewardModel, load_reward_backbone, raw_rewards
+from tether.models.tokens import encode_many
+from tether.recipes.configs import RewardConfig
+from tether.recipes.runtime import Run, StepHook, TrainResult, reset_memory_baseline, return_freed_memory
 
 
-def train_reward(cfg: RewardConfig) -> dict[str, Any]:
-    """Train a reward model as ``cfg`` says and save it in ``cfg.output_dir``; returns the final metrics."""
-    from accelerate.utils import gather_object
-
-    from tether.models.hf import apply_lora, disable_dropout, load_tokenizer
-    from tether.models.reward_model import RewardForward, load_reward_backbone, raw_rewards
-    from tether.training import (
-        Checkpointer,
-        MetricsLogger,
-        Progress,
-        make_accelerator,
-        make_optimizer,
-        make_scheduler,
-        set_seed,
-    )
-
+def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook | None = None) -> TrainResult:
+    """Train a reward model as ``cfg`` says (data: a file, or ``snapshot:NAME`` in ``workspace``) and save it in
+    ``cfg.output_dir``; ``on_step(step, stats)`` after every optimizer step."""
     # ---------------------------------------------------------------- setup (plumbing)
-    accelerator, _, micro_batch = make_accelerator(cfg)
-    say = accelerator.print
-    set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=say)
-    rows, eval_rows = _load_data(cfg)
-    data = _tokenize(rows, tokenizer, cfg, say)
+    run = Run(cfg, "reward", workspace=workspace, on_step=on_step)
+    tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=run.say)
+    rows, eval_rows = _load_data(cfg, run)
+    data = _tokenize(rows, tokenizer, cfg, run.say)
     n = len(data["lengths"])
     if n < cfg.batch_size:
         raise TetherError(f"--batch-size {cfg.batch_size} is larger than the {n} usable training rows", fix=f"use --batch-size {n} or less, or more data")
     steps_per_epoch = n // cfg.batch_size  # every step sees exactly batch_size rows (the last partial batch waits)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    checkpointer = Checkpointer(cfg, accelerator, data_digest=data["digest"], total_steps=total_steps)  # checks the folder
-
-    aspects = data["aspects"]
-    outputs = cfg.ensemble * len(aspects)
-    model = load_reward_backbone(cfg.model, outputs, tokenizer.pad_token_id)  # fp32 weights; --bf16 is autocast
-    if cfg.disable_dropout:
-        disable_dropout(model)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_lora(model, cfg, task_type="SEQ_CLS")
-    forward = RewardForward(model)
-    branches = cfg.share_prompts and forward.takes_branch_masks()  # one row per pair, the shared prompt once
-    optimizer = make_optimizer(forward, cfg)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    forward, optimizer = accelerator.prepare(forward, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
+    run.plan(data["digest"], total_steps)
+    outputs = cfg.ensemble * len(data["aspects"])
+    (forward,) = run.prepare(_reward_forward(cfg, tokenizer, outputs))
+    accelerator, pad_id = run.accelerator, tokenizer.pad_token_id
+    branches = cfg.share_prompts and accelerator.unwrap_model(forward).takes_branch_masks()  # one row per pair, the prompt once
     # Bootstrap weights, Poisson(1) per (row, member): each head sees its own resample of the data.
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     boot = torch.poisson(torch.ones(n, cfg.ensemble), generator=generator) if cfg.ensemble > 1 else None
-
-    start_step = int(checkpointer.restore().get("step", 0))
-    logger = MetricsLogger(cfg.output_dir, cfg, run_name=f"reward-{Path(cfg.output_dir).name}", accelerator=accelerator)
+    start_step = int(run.start()["step"])
 
     # ---------------------------------------------------------------- train
-    _TRIM_STATE["baseline"] = None  # this run's own heap baseline
+    reset_memory_baseline()  # this run's own heap baseline
     window: dict[str, list[float]] = {}
-    epoch_batches: dict[int, list[list[int]]] = {}
+    batches_of: dict[int, list[list[int]]] = {}
     started = time.perf_counter()
     forward.train()
-    with Progress(total_steps, "reward", enabled=cfg.progress and accelerator.is_main_process, completed=start_step) as bar:
-        for step in range(start_step, total_steps):
-            epoch = step // steps_per_epoch
-            if epoch not in epoch_batches:
-                epoch_batches = {epoch: _batches(data["lengths"], cfg, epoch)}
-            batch = epoch_batches[epoch][step % steps_per_epoch]  # the global batch, identical on every process
-            shard = _shard(batch, accelerator)
-            chunks = _micro_batches(batch, data["lengths"], micro_batch, cfg.max_tokens_per_forward, accelerator)
-            step_stats: dict[str, torch.Tensor] = {}
-            for j, chunk in enumerate(chunks):
-                sync = j == len(chunks) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(forward):
-                    loss, stats = _loss(forward, chunk, data, boot, cfg, tokenizer.pad_token_id, accelerator.device, branches)
-                    # Scale so that the processes' averaged gradient is that of the global batch's mean loss.
-                    accelerator.backward(loss * len(chunk) * accelerator.num_processes / len(batch))
-                for key, value in {"train/loss": loss.detach(), **stats}.items():
-                    step_stats[key] = step_stats.get(key, 0) + value * len(chunk) / len(shard)
-            grad_norm = accelerator.clip_grad_norm_(forward.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if accelerator.device.type == "cpu":
-                _return_freed_memory()
-
-            reduced = accelerator.reduce(torch.stack(list(step_stats.values())), reduction="mean").tolist()
-            for key, value in zip(step_stats, reduced):
-                window.setdefault(key, []).append(value)
-            shown = {k.split("/")[1]: v for k, v in zip(step_stats, reduced) if k in ("train/loss", "reward/accuracy", "reward/mse")}
-            bar.advance(1, **shown)
-            done = step + 1
-            if done % cfg.logging_steps == 0 or done == total_steps:
-                record = {k: sum(v) / len(v) for k, v in window.items()}
-                record.update({"train/grad_norm": float(grad_norm), "train/learning_rate": scheduler.get_last_lr()[0], "train/epoch": done / steps_per_epoch})
-                logger.log(done, record)
-                window = {}
-            if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
-                checkpointer.save(done)
+    for step in range(start_step, total_steps):
+        epoch = step // steps_per_epoch
+        if epoch not in batches_of:
+            batches_of = {epoch: epoch_batches(data["lengths"], cfg, epoch)}
+        batch = batches_of[epoch][step % steps_per_epoch]  # the global batch, identical on every process
+        rank = accelerator.process_index
+        chunks = capped_micro_batches(batch, data["lengths"], run.micro_batch, cfg.max_tokens_per_forward, rank, run.world)
+        share = len(shard(batch, rank, run.world))
+        step_stats: dict[str, torch.Tensor] = {}
+        for j, chunk in enumerate(chunks):
+            with run.accumulating(last=j == len(chunks) - 1):
+                loss, stats = _loss(forward, chunk, data, boot, cfg, pad_id, accelerator.device, branches)
+                # Scale so that the processes' averaged gradient is that of the global batch's mean loss.
+                accelerator.backward(loss * len(chunk) * run.world / len(batch))
+            for key, value in {"train/loss": loss.detach(), **stats}.items():
+                step_stats[key] = step_stats.get(key, 0) + value * len(chunk) / share
+        grad_norm = run.optimizer_step()
+        if accelerator.device.type == "cpu":
+            return_freed_memory()
+        # ---- metrics and checkpoints (plumbing): logged records are means over the logging window
+        reduced = run.reduce({key: float(value) for key, value in step_stats.items()}, "mean")
+        for key in step_stats:
+            window.setdefault(key, []).append(reduced[key])
+        done = step + 1
+        record = {k: sum(v) / len(v) for k, v in window.items()}
+        record.update({"train/grad_norm": grad_norm, "train/learning_rate": run.learning_rate, "train/epoch": done / steps_per_epoch})
+        if run.log(done, record, last=done == total_steps):
+            window = {}
+        run.checkpoint(done, last=done == total_steps)
+        run.step_done(done, record, **{k.split("/")[1]: reduced[k] for k in step_stats if k in ("train/loss", "reward/accuracy", "reward/mse")})
     train_seconds = time.perf_counter() - started
 
-    # ---------------------------------------------------------------- normalize
-    # Mean 0 and std 1 over the reference completions (default: a seeded sample of at most normalize_max_rows of the
-    # training prompts' chosen ones), per output, as the trained model scores them.
-    reference, reference_name, available = _reference_sequences(cfg, data, tokenizer, say)
-    started_norm = time.perf_counter()
-    say(f"normalizing rewards: scoring {len(reference)}" + (f" of {available}" if available > len(reference) else "") + f" {reference_name} with the trained model")
-    mine = list(range(accelerator.process_index, len(reference), accelerator.num_processes))
-    scored = raw_rewards(forward, [reference[i] for i in mine], tokenizer.pad_token_id, cfg.eval_batch_size, accelerator.device)
-    pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
-    ref_raw = torch.tensor([row for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A)
-    std = ref_raw.std(dim=0) if len(ref_raw) > 1 else torch.ones(outputs, dtype=torch.float64)
-    normalization = {
-        "mean": ref_raw.mean(dim=0).tolist(),
-        "std": torch.where(std > 1e-8, std, torch.ones_like(std)).tolist(),
-        "reference": reference_name,
-        "n": len(ref_raw),
-        "of": available,
-    }
-    say(f"normalization: raw mean {ref_raw.mean().item():.4g}, std {ref_raw.std().item() if len(ref_raw) > 1 else 1.0:.4g} over {len(ref_raw)} completions ({time.perf_counter() - started_norm:.1f}s)")
-
-    # ---------------------------------------------------------------- save (and evaluate held-out rows)
+    # ---------------------------------------------------------------- normalize, evaluate held-out rows, save
+    normalization = _normalization(cfg, run, forward, data, tokenizer, outputs)
     hf_model = accelerator.unwrap_model(forward).model
     if cfg.lora_r:
         hf_model = hf_model.merge_and_unload()  # a plain HF folder: the adapter folded into the weights
-    final = {k: v for k, v in (logger.history[-1] if logger.history else {}).items() if k != "step"}
+    final = {k: v for k, v in (run.logger.history[-1] if run.logger.history else {}).items() if k != "step"}
     final.update({"train/seconds": train_seconds, "train/pairs_per_second": (total_steps - start_step) * cfg.batch_size / max(train_seconds, 1e-9)})
     reward_info = {
         "objective": cfg.objective,
         "ensemble": cfg.ensemble,
-        "aspects": aspects,
+        "aspects": data["aspects"],
         "max_length": cfg.max_length,
         "reads": "last_token" if accelerator.unwrap_model(forward).last_token else "pooler",
         "normalization": normalization,
@@ -161,21 +118,49 @@ def train_reward(cfg: RewardConfig) -> dict[str, Any]:
         "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows)},
     }
     if eval_rows and accelerator.is_main_process and cfg.objective == "pairwise":
-        from tether.evaluate import evaluate_reward_model
-        from tether.models.reward_model import RewardModel
-
         scorer = RewardModel(hf_model, tokenizer, {"reward": reward_info, "config": {"max_length": cfg.max_length}}, accelerator.device)
         report = evaluate_reward_model(scorer, eval_rows, batch_size=cfg.eval_batch_size)
         final.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
-        logger.log(total_steps, {k: v for k, v in final.items() if k.startswith("eval/")})
-    from tether.training import save_model_dir
+        run.logger.log(total_steps, {k: v for k, v in final.items() if k.startswith("eval/")})
+    hf_model.config.pad_token_id = pad_id
+    result = run.save(hf_model, tokenizer, kind="reward", metrics=final, extra={"reward": reward_info}, merge=False)
+    run.say(f"saved reward model to {cfg.output_dir}  ({total_steps} steps, {train_seconds:.1f}s)")
+    return result
 
-    hf_model.config.pad_token_id = tokenizer.pad_token_id
-    save_model_dir(hf_model, tokenizer, cfg.output_dir, kind="reward", cfg=cfg, data_digest=data["digest"], metrics=final, extra={"reward": reward_info})
-    logger.close()
-    accelerator.wait_for_everyone()
-    say(f"saved reward model to {cfg.output_dir}  ({total_steps} steps, {train_seconds:.1f}s)")
-    return final
+
+def _reward_forward(cfg: RewardConfig, tokenizer: Any, outputs: int) -> RewardForward:
+    """The backbone with ``outputs`` heads (ensemble members x aspects; fp32 weights, --bf16 is autocast), dropout
+    off unless asked, gradient checkpointing and LoRA as ``cfg`` says, read as rewards by ``RewardForward``."""
+    model = load_reward_backbone(cfg.model, outputs, tokenizer.pad_token_id)
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return RewardForward(apply_lora(model, cfg, task_type="SEQ_CLS"))
+
+
+def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, Any], tokenizer: Any, outputs: int) -> dict[str, Any]:
+    """Mean 0 and std 1 over the reference completions (default: a seeded sample of at most normalize_max_rows of the
+    training prompts' chosen ones), per output, as the trained model scores them (each process scores a share)."""
+    from accelerate.utils import gather_object
+
+    reference, reference_name, available = _reference_sequences(cfg, data, tokenizer, run)
+    started = time.perf_counter()
+    run.say(f"normalizing rewards: scoring {len(reference)}" + (f" of {available}" if available > len(reference) else "") + f" {reference_name} with the trained model")
+    rank, world = run.accelerator.process_index, run.world
+    mine = shard(list(range(len(reference))), rank, world)
+    scored = raw_rewards(forward, [reference[i] for i in mine], tokenizer.pad_token_id, cfg.eval_batch_size, run.accelerator.device)
+    pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
+    ref_raw = torch.tensor([row for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A)
+    std = ref_raw.std(dim=0) if len(ref_raw) > 1 else torch.ones(outputs, dtype=torch.float64)
+    run.say(f"normalization: raw mean {ref_raw.mean().item():.4g}, std {ref_raw.std().item() if len(ref_raw) > 1 else 1.0:.4g} over {len(ref_raw)} completions ({time.perf_counter() - started:.1f}s)")
+    return {
+        "mean": ref_raw.mean(dim=0).tolist(),
+        "std": torch.where(std > 1e-8, std, torch.ones_like(std)).tolist(),
+        "reference": reference_name,
+        "n": len(ref_raw),
+        "of": available,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,8 +202,6 @@ def _rewards(forward: Any, seqs: list[list[int]], pad_id: int, device: Any) -> t
     so the memory is that of the padded tokens of all passes, which is never more than one pass over the whole
     chunk would hold.
     """
-    from tether.data.batching import pad_right, padded_passes
-
     passes = padded_passes([len(s) for s in seqs], _pass_overhead(device))
     padded = [pad_right([seqs[i] for i in part], pad_id) for part in passes]
     rewards = forward([ids.to(device) for ids, _ in padded], [mask.to(device) for _, mask in padded]).float()
@@ -235,8 +218,6 @@ def _branch_rewards(forward: Any, chosen: list[list[int]], rejected: list[list[i
     reward is the one a row of its own would give. On the HH-RLHF split (pairs within 256 tokens) this computes
     1.48x fewer tokens than two rows per pair. The rows are then cut into length-sorted passes as in ``_rewards``.
     """
-    from tether.data.batching import branch_rows, padded_passes
-
     rows = []
     for c, r in zip(chosen, rejected):
         shared = next((k for k, (x, y) in enumerate(zip(c, r)) if x != y), min(len(c), len(r)))
@@ -255,72 +236,17 @@ def _branch_rewards(forward: Any, chosen: list[list[int]], rejected: list[list[i
     return torch.cat([paired[:, 0], paired[:, 1]])
 
 
-def _return_freed_memory() -> None:
-    """Give the memory freed during the step back to the OS when the heap has grown (glibc's ``malloc_trim``; a
-    no-op elsewhere).
-
-    On the CPU, torch takes activations from malloc. glibc raises its mmap threshold to the size of the first large
-    block freed (up to 32 MB), so later activations come from the heap; batches of new tensor sizes every step
-    fragment it and freed blocks stay resident. With MiniLM at batch 16 x 256 tokens the RSS after a step crept from
-    0.6 GB to 2.2 GB in 25 steps and peaked at 3.5 GB over an epoch, when the live tensors between steps are 0.3 GB
-    (weights and AdamW state). Trimming after every step kept it near the live size but cost 7-10% of the step time
-    (the next step faults the same pages in again), so the heap is trimmed only when the RSS after a step has grown
-    by a quarter (at least 256 MB) over the first step's since the last trim: the working set a step needs stays
-    resident, the creep of a fragmenting heap does not.
-    """
-    trim = _malloc_trim()
-    rss = _rss_bytes() if trim is not None else None
-    if rss is None:
-        return
-    baseline = _TRIM_STATE.get("baseline")
-    if baseline is None:
-        _TRIM_STATE["baseline"] = rss
-    elif rss > baseline + max(256 * 2**20, baseline // 4):
-        trim(0)
-        _TRIM_STATE["baseline"] = None  # the next step's RSS, with its working set faulted in again
-
-
-_TRIM_STATE: dict[str, int | None] = {"baseline": None}
-
-
-def _rss_bytes() -> int | None:
-    """This process's resident set size from ``/proc/self/statm`` (Linux), or None."""
-    import os
-
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    import ctypes
-
-    try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only (not musl, macOS or Windows)
-    except (OSError, TypeError):
-        return None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Data (plumbing): rows -> token ids, batches, shards, the normalization reference
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load_data(cfg: RewardConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _load_data(cfg: RewardConfig, run: Run) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training rows and held-out rows (eval_data, or a seeded eval_fraction of the data)."""
-    import random
-
-    from tether.store.snapshots import training_rows
-    from tether.store.workspace import current_workspace
-
-    workspace = current_workspace()
     kind = "preference" if cfg.objective == "pairwise" else "rating"
-    rows = training_rows(cfg.data, kind, workspace=workspace)
+    rows = run.rows(cfg.data, kind)
     if cfg.eval_data:
-        return rows, training_rows(cfg.eval_data, "preference", workspace=workspace)
+        return rows, run.rows(cfg.eval_data, "preference")
     if cfg.eval_fraction:
         order = list(range(len(rows)))
         random.Random(cfg.seed).shuffle(order)
@@ -331,9 +257,6 @@ def _load_data(cfg: RewardConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any) -> dict[str, Any]:
     """Token ids per row (over-long rows skipped and counted), lengths for bucketing, margins, ties, targets."""
-    from tether.data.canonical import rows_digest
-    from tether.models.tokens import encode_many
-
     digest = rows_digest(rows)
     if cfg.objective == "rating":
         return _tokenize_ratings(rows, tokenizer, cfg, say, digest)
@@ -361,8 +284,6 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
 
 
 def _tokenize_ratings(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any, digest: str) -> dict[str, Any]:
-    from tether.models.tokens import encode_many
-
     aspects = sorted({a for r in rows for a in r["ratings"]})
     seqs = encode_many(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], cfg.max_length)
     keep = [i for i, s in enumerate(seqs) if s is not None]
@@ -400,58 +321,19 @@ def _report_skipped(skipped: int, total: int, cfg: RewardConfig, say: Any) -> No
         say(f"skipped {skipped} of {total} rows whose completion alone exceeds --max-length {cfg.max_length}")
 
 
-def _batches(lengths: list[int], cfg: RewardConfig, epoch: int) -> list[list[int]]:
-    """This epoch's full global batches, bucketed by length unless ``group_by_length`` is off (a partial last batch
-    is left out)."""
-    from tether.data.batching import length_bucketed_batches
-
-    if cfg.group_by_length:
-        batches = length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-    else:
-        order = list(range(len(lengths)))
-        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    return [b for b in batches if len(b) == cfg.batch_size]
-
-
 def _shard(batch: list[int], accelerator: Any) -> list[int]:
     """This process's share of the global batch: every process gets the same number of rows."""
     return batch[accelerator.process_index :: accelerator.num_processes]
 
 
-def _micro_batches(batch: list[int], lengths: list[int], micro_batch: int, max_tokens: int | None, accelerator: Any) -> list[list[int]]:
-    """This process's shard cut into forward passes of at most ``micro_batch`` rows and (when set) ``max_tokens``
-    padded tokens (chosen + rejected). Every process makes the same number of passes (DDP syncs on the last). The
-    shard is sorted by length first, so each pass pads to its own longest pair; the step's gradient is the mean
-    over the whole batch either way."""
-    world = accelerator.num_processes
-    shards = [sorted(batch[rank::world], key=lambda i: lengths[i]) for rank in range(world)]
-
-    def passes(shard: list[int]) -> int:
-        rows = micro_batch
-        if max_tokens:
-            rows = min(rows, max(1, max_tokens // (2 * max(lengths[i] for i in shard))))
-        return math.ceil(len(shard) / rows)
-
-    n = max(passes(shard) for shard in shards)
-    mine = shards[accelerator.process_index]
-    size = math.ceil(len(mine) / n)
-    return [mine[i : i + size] for i in range(0, len(mine), size)]
-
-
-def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, say: Any) -> tuple[list[list[int]], str, int]:
+def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, run: Run) -> tuple[list[list[int]], str, int]:
     """The token ids of the normalization's reference completions (a seeded random sample of at most
     ``normalize_max_rows``), their name, and how many there were before sampling."""
-    from tether.models.tokens import encode_many
-
     if cfg.normalize_data is None:
         seqs = data["chosen"] if cfg.objective == "pairwise" else data["seqs"]
         name = "training chosen completions" if cfg.objective == "pairwise" else "training completions"
     else:
-        from tether.store.snapshots import training_rows
-        from tether.store.workspace import current_workspace
-
-        rows = training_rows(cfg.normalize_data, "sft", workspace=current_workspace())
+        rows = run.rows(cfg.normalize_data, "sft")
         prompts = [r["messages"][:-1] if "messages" in r else r["prompt"] for r in rows]
         completions = [r["messages"][-1:] if "messages" in r else r["completion"] for r in rows]
         seqs = [s for s in encode_many(tokenizer, prompts, completions, cfg.max_length) if s is not None]

@@ -1,0 +1,1 @@
+"""The model lifecycle after training: evaluation, the registry, governance, monitoring, reports."""
