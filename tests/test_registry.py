@@ -99,6 +99,8 @@ def test_register_sets_candidate_tags_and_card(ws, model_dir):
     assert rm["tags"]["tether.snapshot_digest"] == "d" * 64
     assert policy["figures"] == PASSING
     assert "## Limits" in policy["card"] and "| win_rate | 0.8 |" in policy["card"]
+    # the training config is kept under the tag names registries already hold (the card's config comes from it)
+    assert json.loads(policy["tags"]["tether.config"]) == {"learning_rate": 1e-4} and "learning_rate" in policy["card"]
     # the version's files were copied into the workspace's artifact store
     from tether.registry import local_path
 

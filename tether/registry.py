@@ -7,7 +7,7 @@ the artifact ``model/`` of an MLflow run, with tags:
 - ``tether.kind`` (``reward`` or ``policy``), ``tether.base_model``, ``tether.parent`` (the version it was trained
   against: a policy's reward model) and ``tether.parents`` (every registered model it came from, with its role),
   ``tether.snapshot`` and ``tether.snapshot_digest`` (the frozen judgments), ``tether.lineage`` (the lineage in the
-  model's own tether.json), ``tether.fingerprint`` (sha256 of that tether.json), ``tether.recipes.configs`` (the training
+  model's own tether.json), ``tether.fingerprint`` (sha256 of that tether.json), ``tether.config`` (the training
   config as JSON), ``tether.source_dir``;
 - ``eval.<figure>`` for each evaluation figure (``eval.win_rate``, ``eval.violation_rate``, ``eval.kl``, ...);
 - ``tether.approved_by`` / ``tether.approved_at`` and ``tether.promoted_by`` / ``tether.promoted_at``.
@@ -208,7 +208,7 @@ def register_model(
         "tether.kind": kind,
         "tether.source_dir": str(model_dir.resolve()),
         "tether.registered_at": _now(),
-        "tether.recipes.configs": json.dumps(config, sort_keys=True, default=str)[:20000],
+        "tether.config": json.dumps(config, sort_keys=True, default=str)[:20000],
         "tether.lineage_from": "tether.json" if meta else "flags",
     }
     parent = parent or next((p["version"] for p in parents if p["role"] == "reward"), None)
@@ -390,7 +390,7 @@ def _finite(value: Any) -> bool:
 def model_card(ref: str, tags: dict[str, str]) -> str:
     """A markdown model card from a version's tags: data, method, metrics, limits, lineage."""
     kind = tags.get("tether.kind", "?")
-    config = _json(tags.get("tether.recipes.configs")) or {}
+    config = _json(tags.get("tether.config")) or {}
     data = _json(tags.get("tether.data")) or {}
     figures = _figures(tags)
     lines = [f"# Model card: {ref}", "", f"**Kind:** {kind} model.  **Registered:** {tags.get('tether.registered_at', '?')}", ""]
