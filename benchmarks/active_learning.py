@@ -115,7 +115,7 @@ def load_qa_feedback() -> Pairs:
 
 
 def embed(texts: list[str], max_length: int = 128) -> np.ndarray:
-    """MiniLM embeddings from ``tether.monitor.minilm_embedder`` (mean-pooled, L2-normalized), (N, 384), cached
+    """MiniLM embeddings from ``tether.lifecycle.monitor.minilm_embedder`` (mean-pooled, L2-normalized), (N, 384), cached
     per text under bench-out/ (the first run of a data set embeds its texts: minutes on 2 CPU cores)."""
     path = CACHE / f"minilm-{max_length}.npz"
     cache: dict[str, np.ndarray] = {}
@@ -125,7 +125,7 @@ def embed(texts: list[str], max_length: int = 128) -> np.ndarray:
     keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items(), key=lambda kv: len(kv[1]))
     if missing:
-        from tether.monitor import minilm_embedder
+        from tether.lifecycle.monitor import minilm_embedder
 
         start = time.perf_counter()
         vectors = minilm_embedder(max_length=max_length)([t for _, t in missing])  # sorted by length: less padding

@@ -70,7 +70,7 @@ def naive_orm_report(url: str, window_s: float = 86400.0) -> tuple[float, int]:
 
 
 def run(url: str, data: Path, label: str, repeats: int, naive: bool) -> dict:
-    from tether.monitor import ReportOptions, build_report, hash_embedder, ingest_file
+    from tether.lifecycle.monitor import ReportOptions, build_report, hash_embedder, ingest_file
     from tether.store.db import session_scope, upgrade
 
     upgrade(url)
@@ -83,7 +83,7 @@ def run(url: str, data: Path, label: str, repeats: int, naive: bool) -> dict:
         t = time.perf_counter()
         report = build_report(url, options=ReportOptions(window="1d", baseline="7d"), embed_fn=hash_embedder())
         times.append(time.perf_counter() - t)
-    from tether.monitor import load_columns
+    from tether.lifecycle.monitor import load_columns
 
     t = time.perf_counter()
     load_columns(url, ReportOptions())

@@ -38,7 +38,7 @@ def test_rules_flag_exactly_the_leaks_and_policy_breaks():
 
     from tether.checks.rules import parse_rules
     from tether.demo_task import RULES_YAML
-    from tether.evaluate_policy import violations
+    from tether.lifecycle.evaluate_policy import violations
 
     rules = parse_rules(yaml.safe_load(RULES_YAML))
     task = DemoTask(3)
@@ -76,8 +76,8 @@ def test_demo_rejects_an_unknown_algorithm(cli, tmp_path):
 
 @pytest.mark.slow
 def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path, monkeypatch):
-    from tether.registry import lineage
-    from tether.report import external_references
+    from tether.lifecycle.registry import lineage
+    from tether.lifecycle.reports.html import external_references
     from tether.store.workspace import open_workspace
 
     result = cli("demo", "--fast", "--workspace", tmp_path / "demo", "--json")

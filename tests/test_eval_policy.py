@@ -9,7 +9,7 @@ import pytest
 
 
 def test_win_outcomes_and_rate_by_hand():
-    from tether.evaluate_policy import win_outcomes, win_rate
+    from tether.lifecycle.evaluate_policy import win_outcomes, win_rate
 
     # policy wins prompts 0 and 3, ties prompt 1, loses prompt 2: (1 + 0.5 + 0 + 1) / 4 = 0.625
     policy, baseline = [2.0, 1.0, 0.0, 5.0], [1.0, 1.0, 3.0, -1.0]
@@ -23,7 +23,7 @@ def test_win_outcomes_and_rate_by_hand():
 
 
 def test_bootstrap_ci_of_a_constant_is_the_constant():
-    from tether.evaluate_policy import bootstrap_ci
+    from tether.lifecycle.evaluate_policy import bootstrap_ci
 
     assert bootstrap_ci([1.0] * 10) == (1.0, 1.0)
     low, high = bootstrap_ci([0.0, 1.0] * 50, seed=3)
@@ -32,7 +32,7 @@ def test_bootstrap_ci_of_a_constant_is_the_constant():
 
 def test_violations_count_pii_and_forbidden_rules_only():
     from tether.checks.rules import parse_rules
-    from tether.evaluate_policy import violations
+    from tether.lifecycle.evaluate_policy import violations
 
     rules = parse_rules(
         {
@@ -80,7 +80,7 @@ PROMPTS = ["Customer: where is my order?\nAgent:", "Customer: reset my password\
 
 
 def test_evaluate_policy_on_tiny_models(tiny_lm_dir, other_policy_dir, tiny_reward_dir):
-    from tether.evaluate_policy import evaluate_policy
+    from tether.lifecycle.evaluate_policy import evaluate_policy
 
     same = evaluate_policy(tiny_lm_dir, tiny_lm_dir, tiny_reward_dir, PROMPTS, max_new_tokens=8, n_pairs=3)
     # the same model on its own samples: every log-ratio is exactly 0
@@ -96,7 +96,7 @@ def test_evaluate_policy_on_tiny_models(tiny_lm_dir, other_policy_dir, tiny_rewa
 
 def test_evaluate_policy_refuses_empty_prompts(tiny_lm_dir, tiny_reward_dir):
     from tether.errors import TetherError
-    from tether.evaluate_policy import evaluate_policy
+    from tether.lifecycle.evaluate_policy import evaluate_policy
 
     with pytest.raises(TetherError, match="no prompts"):
         evaluate_policy(tiny_lm_dir, tiny_lm_dir, tiny_reward_dir, [])
@@ -126,14 +126,14 @@ def test_cli_eval_policy_json_and_offline_html(cli, tmp_path, tiny_lm_dir, other
 
 def assert_offline_html(page: str) -> None:
     """Nothing in the page reaches a network: no URLs, scripts, imports, fonts."""
-    from tether.report import external_references
+    from tether.lifecycle.reports.html import external_references
 
     assert page.startswith("<!DOCTYPE html>")
     assert external_references(page) == []
 
 
 def test_external_references_finds_what_a_page_would_fetch():
-    from tether.report import external_references
+    from tether.lifecycle.reports.html import external_references
 
     page = '<img src="https://x.org/a.png"><script src="//cdn/x.js"></script><style>@import "a.css";</style>'
     assert external_references(page) == ["https://x.org/a.png", 'src="//cdn/x.js', "<script", "@import"]
@@ -150,7 +150,7 @@ def test_cli_eval_policy_errors(cli, tmp_path, tiny_lm_dir, tiny_reward_dir):
 
 
 def test_load_redteam_shared_sets(shared_data):
-    from tether.evaluate_policy import load_redteam
+    from tether.lifecycle.evaluate_policy import load_redteam
 
     sets = load_redteam(shared_data / "redteam")
     assert len(sets["harmful"]) == 100 + 520

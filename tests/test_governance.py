@@ -298,7 +298,7 @@ def test_purge_scrubs_the_registry_and_the_run_records(cli, workspace, tmp_path)
     """The purged name leaves the registry (tags, description, model_card.md) and the demo's run records
     (evaluation.json, summary.jsonl); where it is data, not a person field (a prompt that happens to read like a
     name), it stays. A report Tether did not write is listed, not rewritten."""
-    from tether.registry import register_model, show
+    from tether.lifecycle.registry import register_model, show
     from tether.simulate import SimAnnotator, simulate
 
     name = "ann-2"

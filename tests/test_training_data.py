@@ -260,7 +260,7 @@ def tiny_rm_dir(tiny_lm_dir, tmp_path_factory) -> Path:
 
 
 def test_eval_policy_redteam_prompts_go_through_the_chat_template(cli, tiny_lm_dir, tiny_rm_dir, tmp_path, monkeypatch):
-    import tether.evaluate_policy as ep
+    import tether.lifecycle.evaluate_policy as ep
 
     seen: list[str] = []
     original = ep.sample
@@ -386,7 +386,7 @@ def test_report_shows_conversational_prompts_as_turns(cli, tiny_lm_dir, tiny_rm_
 
 
 def test_a_one_point_training_curve_is_drawn_as_a_point_with_its_value(monkeypatch):
-    import tether.report as report
+    import tether.lifecycle.reports.policy as report
 
     figures = []
     monkeypatch.setattr(report, "figure_html", lambda fig, alt: figures.append(fig) or "<img>")
@@ -407,7 +407,7 @@ def _result(**overrides) -> dict:
 
 
 def test_a_win_rate_whose_interval_spans_half_is_not_coloured_as_a_win():
-    from tether.report import policy_report
+    from tether.lifecycle.reports.policy import policy_report
 
     spans = policy_report(_result())
     assert '<div class="card "><div class="label">win-rate (reward model)</div>' in spans and "spans 50%, no clear win or loss" in spans
@@ -416,8 +416,8 @@ def test_a_win_rate_whose_interval_spans_half_is_not_coloured_as_a_win():
 
 
 def test_a_negative_kl_estimate_is_flagged_and_never_passes_max_kl_as_it_is():
-    from tether.evaluate_policy import kl_reading
-    from tether.report import policy_report
+    from tether.lifecycle.evaluate_policy import kl_reading
+    from tether.lifecycle.reports.policy import policy_report
 
     noise = kl_reading(-0.02, 0.05)  # within its noise of 0: its 95% upper bound 0.078 stands for it
     assert noise["kl_negative"] and noise["kl_gate"] == pytest.approx(-0.02 + 1.96 * 0.05)
@@ -428,14 +428,14 @@ def test_a_negative_kl_estimate_is_flagged_and_never_passes_max_kl_as_it_is():
     assert "invalid" in page and "-2 ±" not in page.split("KL to")[1].split("</div>")[1]  # the card's value is not -2
     assert '<div class="card bad"><div class="label">KL to baseline</div>' in page
     assert "≈ 0 (≤ 0.078)" in policy_report(_result(kl=-0.02, kl_se=0.05, **noise))
-    from tether.evaluate_policy import summary_lines
+    from tether.lifecycle.evaluate_policy import summary_lines
 
     (line,) = [x for x in summary_lines(_result(kl=-2.0, kl_se=0.1, win_rate_detail={}, **off)) if x.startswith("KL")]
     assert "-2.000 nats" not in line and "not a KL" in line
 
 
 def test_recording_a_negative_kl_removes_an_earlier_kl_so_the_gate_fails(workspace, tiny_lm_dir):
-    from tether.registry import check_gates, gates_for, record_eval, register_model, show
+    from tether.lifecycle.registry import check_gates, gates_for, record_eval, register_model, show
 
     version = register_model(workspace, tiny_lm_dir, name="kl-policy", kind="policy")["version"]
     record_eval(workspace, version, {"win_rate": 0.8, "violation_rate": 0.0, "kl": 2.0})

@@ -12,9 +12,9 @@ Stages (each one is the library function a user would call, on the same store an
    (tether.store.snapshots), the flagged annotator left out;
 5. a reward model is trained on the snapshot (tether.recipes.reward); the policy is trained with PPO (or GRPO) against
    the reward model plus the rule rewards of the guidelines (personal data, forbidden phrases);
-6. the policy is evaluated against the SFT policy (tether.evaluate_policy), by the reward model and by the hidden
-   gold preference, and an HTML report is written (tether.report); the reward model and the policy are registered
-   with lineage (tether.registry), approved by the demo's admin and promoted when the gates pass;
+6. the policy is evaluated against the SFT policy (tether.lifecycle.evaluate_policy), by the reward model and by the hidden
+   gold preference, and an HTML report is written (tether.lifecycle.reports.html); the reward model and the policy are registered
+   with lineage (tether.lifecycle.registry), approved by the demo's admin and promoted when the gates pass;
 7. a summary is printed.
 
 Everything is deterministic for a seed (the timings and the MLflow run ids aside).
@@ -272,7 +272,7 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
         st.seconds = time.perf_counter() - st_started
         out["seconds"] = round(time.perf_counter() - started, 1)
         out["stages"] = [asdict(r) for r in stages.records]
-        from tether.report import read_metrics, write
+        from tether.lifecycle.reports.html import read_metrics, write
 
         # Everything the report shows, kept beside the run so it can be re-read (or re-rendered) later.
         (run_dir / "evaluation.json").write_text(json.dumps({"summary": out, "evaluation": result, "qc": qc_report}, default=str), encoding="utf-8")
@@ -320,7 +320,7 @@ def _stage_sft(ws: Any, task: Any, size: DemoSize, models: Path, run_dir: Path, 
 
 def _stage_queue(task: Any, size: DemoSize, sft_dir: Path, url: str, project: str, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
     from tether.demo_task import GUIDELINES
-    from tether.evaluate_policy import load_policy, sample
+    from tether.lifecycle.evaluate_policy import load_policy, sample
     from tether.store import campaigns
     from tether.store.db import session_scope
 
@@ -458,7 +458,7 @@ def _stage_policy(ws: Any, task: Any, size: DemoSize, sft_dir: Path, rm_dir: Pat
 
 def _stage_evaluate(task: Any, size: DemoSize, policy_dir: Path, sft_dir: Path, rm_dir: Path, rules_path: Path, seed: int, redteam: Path | None, say: Callable[[str], None]) -> dict[str, Any]:
     from tether.demo_task import format_prompt
-    from tether.evaluate_policy import evaluate_policy, load_redteam
+    from tether.lifecycle.evaluate_policy import evaluate_policy, load_redteam
 
     prompts = [r.prompt for r in task.requests(size.eval_prompts, "eval")]
     sets = None
@@ -514,7 +514,7 @@ def _headline(result: dict[str, Any], task: Any) -> dict[str, Any]:
 def _stage_register(ws: Any, rm_dir: Path, policy_dir: Path, sft_dir: Path, snapshot: dict[str, Any], rm_metrics: dict[str, float], result: dict[str, Any], algo: str, qc_report: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Register both models with lineage; the demo's admin approves the policy; promotion to champion when the
     gates of tether.toml pass (a refusal is reported, not hidden)."""
-    from tether.registry import approve, promote, register_model
+    from tether.lifecycle.registry import approve, promote, register_model
 
     notes: list[str] = []
     annotators = {r["annotator"]: r["n_answers"] for r in qc_report["annotators"]}
@@ -522,7 +522,7 @@ def _stage_register(ws: Any, rm_dir: Path, policy_dir: Path, sft_dir: Path, snap
     data = {
         "pairs": snapshot["row_count"],
         "aggregate": snapshot["aggregate"],
-        "annotators": dict(sorted(annotators.items())),  # structured, so a purge can replace one name (tether.governance)
+        "annotators": dict(sorted(annotators.items())),  # structured, so a purge can replace one name (tether.lifecycle.governance)
         "flagged_by_qc": flagged,
         "task": "tether demo: customer-support replies (generated offline)",
     }
@@ -579,7 +579,7 @@ def _ensure_admin(ws: Any) -> None:
 def rewrite_report(run_dir: Path, report_path: Path) -> None:
     """Render a run's HTML report again from its ``evaluation.json`` (after a purge rewrote the names in it)."""
     from tether.demo_task import DemoTask
-    from tether.report import read_metrics, write
+    from tether.lifecycle.reports.html import read_metrics, write
 
     saved = json.loads((Path(run_dir) / "evaluation.json").read_text(encoding="utf-8"))
     out, result, qc_report = saved["summary"], saved["evaluation"], saved["qc"]
@@ -597,19 +597,16 @@ STYLE_COLORS = {
 def demo_report(out: dict[str, Any], result: dict[str, Any], qc_report: dict[str, Any], policy_metrics: list[dict[str, Any]], rm_metrics: list[dict[str, Any]], task: Any) -> str:
     """The HTML report of one demo run."""
     from tether.demo_task import GUIDELINES
-    from tether.report import (
+    from tether.lifecycle.reports.html import (
         Section,
         esc,
-        kl_text,
         pct,
         plot_bars,
         plot_stacked_mix,
-        policy_sections,
         render,
         table_html,
-        win_rate_note,
-        win_rate_tone,
     )
+    from tether.lifecycle.reports.policy import kl_text, policy_sections, win_rate_note, win_rate_tone
 
     gwr, (glo, ghi) = out["gold_win_rate"], out["gold_win_rate_ci"]
     cards = [

@@ -28,7 +28,7 @@ def _time(value: str | None, name: str) -> Any:
     if value is None:
         return None
     from tether.errors import TetherError
-    from tether.monitor import parse_time
+    from tether.lifecycle.monitor import parse_time
 
     try:
         return parse_time(value)
@@ -52,7 +52,7 @@ def export(
     Example:  tether audit export --since 2025-03-01 -o audit-march.csv
     """
     from tether.cli.common import workspace_url, writing
-    from tether.governance import export_audit
+    from tether.lifecycle.governance import export_audit
     from tether.store.db import session_scope
 
     if fmt is None:
@@ -96,7 +96,7 @@ def purge(
     """
     from tether.cli.common import emit_json, workspace_url
     from tether.errors import TetherError
-    from tether.governance import (
+    from tether.lifecycle.governance import (
         purge_annotator,
         purge_expired,
         purge_user_ref,
@@ -117,15 +117,17 @@ def purge(
     with session_scope(url) as session:
         if annotator is not None:
             result = purge_annotator(annotator, session=session, reason=reason, key=ws.pseudonym_key(), **common)
+            from tether.demo import rewrite_report
+
             # before the store commits: should this fail, the purge is undone and can run again
-            scrubbed = scrub_workspace(ws, annotator, result.pseudonym or "", dry_run=not yes)
+            scrubbed = scrub_workspace(ws, annotator, result.pseudonym or "", dry_run=not yes, rewrite_report=rewrite_report)
         elif user_ref is not None:
             result = purge_user_ref(user_ref, session=session, reason=reason, key=ws.pseudonym_key(), **common)
         else:
             result = purge_expired(days, session=session, **common)
     models: list[str] = []
     if result.snapshots_marked and (ws.root / "mlflow.db").exists():
-        from tether.registry import versions_resting_on
+        from tether.lifecycle.registry import versions_resting_on
 
         models = versions_resting_on(ws, result.snapshots_marked)
     if json_out:

@@ -152,7 +152,7 @@ def eval_policy_command(
     Example:  tether eval policy --policy runs/ppo --baseline runs/sft --reward runs/rm --prompts heldout.jsonl --redteam ../shared/data/redteam --html report.html
     """
     from tether.cli.common import require_file
-    from tether.evaluate_policy import evaluate_policy, load_prompts, load_redteam, summary_lines
+    from tether.lifecycle.evaluate_policy import evaluate_policy, load_prompts, load_redteam, summary_lines
 
     require_file(prompts, "prompts file")
     if rules is not None:
@@ -166,13 +166,14 @@ def eval_policy_command(
     )
     result["policy"], result["baseline"], result["reward"] = str(policy), str(baseline), str(reward)
     if html_out is not None:
-        from tether.report import policy_report, read_metrics, write
+        from tether.lifecycle.reports.html import read_metrics, write
+        from tether.lifecycle.reports.policy import policy_report
 
         history = read_metrics(training if training is not None else policy)
         page = policy_report(result, title="Policy evaluation", subtitle=f"{policy} against {baseline}, judged by {reward}", training=history)
         result["report"] = str(write(html_out, page))
     if record:
-        from tether.registry import record_eval
+        from tether.lifecycle.registry import record_eval
         from tether.store.workspace import open_workspace
 
         figures: dict[str, float | None] = {"win_rate": result["win_rate"], "violation_rate": result["violation_rate_policy"], "length": result["length_policy"]}

@@ -11,7 +11,7 @@ from tether.cli.common import JsonFlag
 
 monitor_app = typer.Typer(help="Production monitoring: ingest records, drift and failure-mode reports, sampling for review.", no_args_is_help=True)
 
-# Exit status of `tether monitor report` when an alert is raised (same value as tether.monitor.ALERT_EXIT_CODE;
+# Exit status of `tether monitor report` when an alert is raised (same value as tether.lifecycle.monitor.ALERT_EXIT_CODE;
 # kept here so that `--help` needs no numpy).
 ALERT_EXIT_CODE = 3
 
@@ -24,7 +24,7 @@ def _time_option(value: str | None, name: str) -> Any:
     if value is None:
         return None
     from tether.errors import TetherError
-    from tether.monitor import parse_time
+    from tether.lifecycle.monitor import parse_time
 
     try:
         return parse_time(value)
@@ -86,7 +86,7 @@ def ingest(
     """
     from tether.checks.redact import check_redact
     from tether.cli.common import emit_json, require_file, workspace_url
-    from tether.monitor import ingest_file
+    from tether.lifecycle.monitor import ingest_file
     from tether.store.db import session_scope
 
     require_file(path)
@@ -138,7 +138,7 @@ def report(
     Example:  tether monitor report --window 1d --baseline 7d --html artifacts/reports/monitor.html
     """
     from tether.cli.common import emit_json, workspace_url
-    from tether.monitor import (
+    from tether.lifecycle.monitor import (
         ReportOptions,
         Thresholds,
         build_report,
@@ -200,7 +200,7 @@ def sample(
     Example:  tether monitor sample --n 200 --strategy low-reward
     """
     from tether.cli.common import emit_json, workspace_url
-    from tether.monitor import SAMPLE_STRATEGIES, sample_for_review
+    from tether.lifecycle.monitor import SAMPLE_STRATEGIES, sample_for_review
     from tether.store.db import session_scope
 
     if strategy not in SAMPLE_STRATEGIES:

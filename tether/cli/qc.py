@@ -34,7 +34,8 @@ def qc_command(
     Example:  tether qc pandalm --html qc-pandalm.html
     """
     from tether.cli.common import emit_json, workspace_url, writing
-    from tether.qc import QCConfig, format_report, parse_metrics, project_qc, render_html
+    from tether.lifecycle.reports.qc import render_html
+    from tether.qc import QCConfig, format_report, parse_metrics, project_qc
 
     _, url = workspace_url()
     report = project_qc(url, name, config=QCConfig(mace=mace), metrics=parse_metrics(metric or []))

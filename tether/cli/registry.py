@@ -29,7 +29,7 @@ def list_cmd(as_json: JsonFlag = False) -> None:
 
     Example:  tether registry list
     """
-    from tether.registry import list_versions
+    from tether.lifecycle.registry import list_versions
 
     rows = list_versions(_ws())
     if as_json:
@@ -61,7 +61,7 @@ def show_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
 
     Example:  tether registry show support-policy@candidate
     """
-    from tether.registry import show
+    from tether.lifecycle.registry import show
 
     info = show(_ws(), version)
     if as_json:
@@ -95,7 +95,7 @@ def register_cmd(
 
     Example:  tether registry register runs/rm --name support-reward
     """
-    from tether.registry import register_model
+    from tether.lifecycle.registry import register_model
 
     info = register_model(_ws(), model_dir, name=name, kind=kind, parent=parent, snapshot_name=snapshot)
     if as_json:
@@ -122,7 +122,7 @@ def approve_cmd(
 
     Example:  tether registry approve support-policy/2 --admin alice --note "reviewed the report"
     """
-    from tether.registry import approve
+    from tether.lifecycle.registry import approve
 
     info = approve(_ws(), version, admin=admin, password=password, note=note)
     if as_json:
@@ -141,7 +141,7 @@ def promote_cmd(
 
     Example:  tether registry promote support-policy/2 --to champion
     """
-    from tether.registry import promote
+    from tether.lifecycle.registry import promote
 
     info = promote(_ws(), version, alias=to)
     if as_json:
@@ -159,7 +159,7 @@ def lineage_cmd(version: VersionArg, as_json: JsonFlag = False) -> None:
 
     Example:  tether registry lineage support-policy@champion
     """
-    from tether.registry import lineage
+    from tether.lifecycle.registry import lineage
 
     info = lineage(_ws(), version)
     if as_json:

@@ -14,7 +14,7 @@ Two parts, each pure functions over plain records and numpy arrays (the store is
   optional embedding-distance dedupe as the diversity guard.
 
 One module per part, everything re-exported here (``from tether.qc import ...``): ``agreement`` (answers,
-Krippendorff's alpha), ``annotators`` (Dawid-Skene reliability, MACE, per-annotator figures and flags), ``select`` (active learning) and ``report`` (the report from the store, as text, JSON and HTML).
+Krippendorff's alpha), ``annotators`` (Dawid-Skene reliability, MACE, per-annotator figures and flags), ``select`` (active learning) and ``report`` (the report from the store, as text and JSON; its HTML page is tether.lifecycle.reports.qc).
 """
 
 from tether.qc.agreement import (
@@ -36,8 +36,6 @@ from tether.qc.report import (
     parse_metrics,
     project_qc,
     qc_report,
-    render_html,
-    report_figures,
     snapshot_qc,
     snapshot_qc_record,
 )
@@ -60,5 +58,5 @@ __all__ = [
     "default_metric", "find_project", "format_report", "krippendorff_alpha",
     "leave_one_out_agreement", "load_judgments", "mace", "pairwise_agreement", "parse_metrics",
     "preference_stats", "primary_question", "project_agreement", "project_qc", "qc_report", "question_agreement", "reliability_matrix",
-    "render_html", "report_figures", "select_candidates", "select_for_labeling", "snapshot_qc", "snapshot_qc_record",
+    "select_candidates", "select_for_labeling", "snapshot_qc", "snapshot_qc_record",
 ]

@@ -93,7 +93,7 @@ class Workspace:
         return dict(self.config.get(name, {}))
 
     def pseudonym_key(self) -> bytes:
-        """The key of purge pseudonyms (tether.governance): ``TETHER_PSEUDONYM_KEY``, else the workspace's
+        """The key of purge pseudonyms (tether.lifecycle.governance): ``TETHER_PSEUDONYM_KEY``, else the workspace's
         ``pseudonym.key`` file, made on first use (readable by its owner only). Teams that share a database share
         the key too (copy the file or set the variable), so that one person gets one pseudonym."""
         env = os.environ.get("TETHER_PSEUDONYM_KEY")

@@ -286,16 +286,7 @@ def evaluate_policy(
     result["win_rate_ci"] = [wr["ci_low"], wr["ci_high"]]
     result["win_rate_detail"] = wr
 
-    if _same_tokenizer(pol_tok, base_tok):
-        totals = kl_per_reply(pol_model, base_model, pol_rollouts, temperature)
-        result["kl"] = float(np.mean(totals))
-        result["kl_se"] = float(np.std(totals, ddof=1) / np.sqrt(len(totals))) if len(totals) > 1 else 0.0
-        result.update(kl_reading(result["kl"], result["kl_se"]))
-        if result["kl_negative"]:
-            say("warning: " + result["kl_note"])
-    else:
-        result["kl"] = None
-        result["kl_note"] = "the policy and the baseline use different tokenizers: KL not estimated"
+    result.update(_kl(pol_model, pol_tok, base_model, base_tok, pol_rollouts, temperature, say))
 
     pol_tokens = [len(pol_tok(t, add_special_tokens=False)["input_ids"]) for t in pol_texts]
     base_tokens = [len(base_tok(t, add_special_tokens=False)["input_ids"]) for t in base_texts]
@@ -348,6 +339,18 @@ def evaluate_policy(
     }
     result["completions"] = {"prompts": [p if isinstance(p, str) else json.dumps(p) for p in prompts], "policy": pol_texts, "baseline": base_texts}
     return result
+
+
+def _kl(pol_model: Any, pol_tok: Any, base_model: Any, base_tok: Any, rollouts: Any, temperature: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """KL(policy || baseline) from the policy's samples, with its reading (tokenizers must match)."""
+    if not _same_tokenizer(pol_tok, base_tok):
+        return {"kl": None, "kl_note": "the policy and the baseline use different tokenizers: KL not estimated"}
+    totals = kl_per_reply(pol_model, base_model, rollouts, temperature)
+    out = {"kl": float(np.mean(totals)), "kl_se": float(np.std(totals, ddof=1) / np.sqrt(len(totals))) if len(totals) > 1 else 0.0}
+    out.update(kl_reading(out["kl"], out["kl_se"]))
+    if out["kl_negative"]:
+        say("warning: " + out["kl_note"])
+    return out
 
 
 def _redteam(sets: dict[str, list[str]], template: str, n: int, policy: tuple[Any, Any], baseline: tuple[Any, Any], gen: dict[str, Any], seed: int, say: Callable[[str], None]) -> dict[str, Any]:
