@@ -1,6 +1,6 @@
 """Online RL side by side: Tether GRPO against TRL's GRPOTrainer, and Tether PPO, on one tiny task.
 
-Both GRPO runs get the same tiny Llama (built offline by tether.tiny), the same prompts, the same Python reward
+Both GRPO runs get the same tiny Llama (built offline by tether.demo.tiny), the same prompts, the same Python reward
 function, group size, completion length, batch, learning rate, KL coefficient and number of optimizer steps, in
 fp32 (TRL: bf16=False, gradient_checkpointing=False), the token-level "dapo" loss with group std scaling on both
 sides. Each run is its own subprocess (so peak memory is its own) with one torch thread; the sides alternate
@@ -60,7 +60,7 @@ def hh_prompts(tokenizer, count: int, max_tokens: int) -> list[str]:
 
 
 def build_task(root: Path, hidden: int, layers: int, prompts: str = "short", prompt_tokens: int = 128, max_positions: int = 256) -> None:
-    from tether.tiny import build_causal_lm, build_tokenizer
+    from tether.demo.tiny import build_causal_lm, build_tokenizer
 
     corpus = [
         "Hello, how can I help you today?", "Thank you for contacting support. Your order has shipped.",

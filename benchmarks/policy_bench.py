@@ -86,7 +86,7 @@ def print_mfu(label: str, rates: dict[str, float], flops_per_unit: float) -> Non
 def prepare(workdir: Path, n_rows: int, max_length: int, vocab: int, hidden: int, layers: int, answer: str) -> dict[str, Any]:
     """Build (once) the tokenizer and model in ``workdir`` and write the first ``n_rows`` usable HH pairs."""
     from tether.data.rows import load_rows
-    from tether.tiny import build_causal_lm, build_tokenizer
+    from tether.demo.tiny import build_causal_lm, build_tokenizer
 
     if not HH.exists():
         sys.exit(f"HH-RLHF not found at {HH} (the shared data lies beside the checkout)")

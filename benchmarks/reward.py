@@ -56,7 +56,7 @@ def backbone_path(a: argparse.Namespace) -> str:
         return a.backbone
     model_dir = Path(tempfile.gettempdir()) / f"tether-bench-reward-llama-v{a.vocab}-h{a.hidden}-l{a.layers}"
     if not (model_dir / "config.json").exists():
-        from tether.tiny import build_causal_lm, build_tokenizer
+        from tether.demo.tiny import build_causal_lm, build_tokenizer
 
         train, test = hh_split()
         tokenizer = build_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in train + test], vocab_size=a.vocab, chat_template=False)  # plain text, as TRL

@@ -139,7 +139,7 @@ def cli(capsys):
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> Path:
     """A tiny Llama and its BPE tokenizer, built offline once per test session."""
-    from tether.tiny import build_causal_lm, build_tokenizer
+    from tether.demo.tiny import build_causal_lm, build_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-lm")
     corpus = [

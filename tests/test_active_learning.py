@@ -70,7 +70,7 @@ def test_project_agreement_through_the_store(tmp_path, accuracy, expected):
     Coin flips: they agree about half the time, below 0.70, so auto picks certainty."""
     from sqlalchemy import select
 
-    from tether import simulate
+    from tether.demo import simulate
     from tether.store.db import session_scope, upgrade
     from tether.store.tables import Project
 

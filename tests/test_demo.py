@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.demo_task import STYLES, DemoTask
+from tether.demo.task import STYLES, DemoTask
 
 
 def test_gold_orders_the_styles_as_the_guidelines_say():
@@ -37,7 +37,7 @@ def test_rules_flag_exactly_the_leaks_and_policy_breaks():
     import yaml
 
     from tether.checks.rules import parse_rules
-    from tether.demo_task import RULES_YAML
+    from tether.demo.task import RULES_YAML
     from tether.lifecycle.evaluate_policy import violations
 
     rules = parse_rules(yaml.safe_load(RULES_YAML))

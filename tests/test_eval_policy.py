@@ -69,7 +69,7 @@ def tiny_reward_dir(tiny_lm_dir, tmp_path_factory):
 def other_policy_dir(tiny_lm_dir, tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from tether.tiny import build_causal_lm
+    from tether.demo.tiny import build_causal_lm
 
     out = tmp_path_factory.mktemp("tiny-lm-2")
     build_causal_lm(AutoTokenizer.from_pretrained(tiny_lm_dir), out, hidden_size=32, num_layers=2, num_heads=2, seed=7)

@@ -216,7 +216,7 @@ def test_purge_follows_lineage_not_timestamps(cli, any_workspace):
     """Simulated annotators stamp their judgments with their own clock, ahead of the wall clock (as in the demo's
     workspace), so a snapshot made at once is older than the judgments it holds: marking by timestamps missed it.
     A snapshot that left the annotator out is not marked."""
-    from tether.simulate import SimAnnotator, simulate
+    from tether.demo.simulate import SimAnnotator, simulate
     from tether.store.snapshots import make_snapshot
 
     url = any_workspace.database_url
@@ -257,7 +257,7 @@ def test_a_snapshot_made_before_lineage_was_recorded_is_marked(cli, any_workspac
 def test_pseudonyms_are_keyed_and_rewrite_only_person_fields(cli, workspace):
     """Purging user `annotator` leaves other users' role "annotator" alone; purging user `a` leaves a gold choice
     "a" alone. The pseudonym is keyed with the workspace's secret, not sha256(name) that anyone can recompute."""
-    from tether.simulate import SimAnnotator, simulate
+    from tether.demo.simulate import SimAnnotator, simulate
     from tether.store import accounts, campaigns
 
     url = workspace.database_url
@@ -298,8 +298,8 @@ def test_purge_scrubs_the_registry_and_the_run_records(cli, workspace, tmp_path)
     """The purged name leaves the registry (tags, description, model_card.md) and the demo's run records
     (evaluation.json, summary.jsonl); where it is data, not a person field (a prompt that happens to read like a
     name), it stays. A report Tether did not write is listed, not rewritten."""
+    from tether.demo.simulate import SimAnnotator, simulate
     from tether.lifecycle.registry import register_model, show
-    from tether.simulate import SimAnnotator, simulate
 
     name = "ann-2"
     simulate(workspace.database_url, name="camp", n_items=4, overlap=3, gold_rate=0.0, seed=4,

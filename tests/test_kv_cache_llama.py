@@ -82,8 +82,8 @@ def test_selecting_rows_keeps_their_cache():
 def test_unsupported_models_say_why(tiny_lm_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from tether.demo.tiny import build_causal_lm
     from tether.models.hf import load_causal_lm, load_tokenizer
-    from tether.tiny import build_causal_lm
 
     gpt2 = build_causal_lm(load_tokenizer(tiny_lm_dir), tmp_path / "gpt2", arch="gpt2", hidden_size=32, num_layers=1, num_heads=2)
     assert "model type 'gpt2'" in unsupported_reason(gpt2)

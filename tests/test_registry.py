@@ -303,7 +303,7 @@ def _set_up_source(source, url, cli, shared_data):
         return "pandalm", "pandalm/annotator2", 999, {"ties_kept": 105, "judgments": 2997, "labels_from_gold": 0, "labels_from_adjudication": 0}
     from sqlalchemy import select
 
-    from tether.simulate import SimAnnotator, simulate
+    from tether.demo.simulate import SimAnnotator, simulate
     from tether.store import campaigns
     from tether.store.db import session_scope
     from tether.store.tables import Item, User

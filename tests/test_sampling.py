@@ -259,8 +259,8 @@ def test_sample_rollout_picks_the_sampler(lm, monkeypatch):
 
 def test_loop_falls_back_to_the_model_forward_where_the_decoder_cannot_run(lm, tmp_path):
     """A GPT-2 policy: auto samples with its own forward and says so once; decoder=fast is a clear error."""
+    from tether.demo.tiny import build_causal_lm
     from tether.errors import TetherError
-    from tether.tiny import build_causal_lm
 
     _, tokenizer = lm
     gpt2 = build_causal_lm(tokenizer, tmp_path / "gpt2", arch="gpt2", hidden_size=32, num_layers=1, num_heads=2).eval()

@@ -7,7 +7,8 @@ import random
 import pytest
 from sqlalchemy import func, select
 
-from tether import qc, simulate
+from tether import qc
+from tether.demo import simulate
 from tether.feedback.aggregation import Vote, dawid_skene_pairs, majority_pairs
 from tether.store.db import session_scope, upgrade
 from tether.store.tables import Assignment, AuditEvent, Item, Judgment, User

@@ -294,7 +294,7 @@ def test_a_snapshot_records_the_judgments_it_used(any_workspace, cli, shared_dat
 
 def _campaign(url):
     """A campaign of 12 pairwise items judged by 3 simulated annotators through the store (3 votes each)."""
-    from tether.simulate import SimAnnotator, simulate
+    from tether.demo.simulate import SimAnnotator, simulate
 
     crew = [SimAnnotator(f"ann-{n}", accuracy=0.9) for n in (1, 2, 3)]
     simulate(url, name="camp", n_items=12, overlap=3, gold_rate=0.0, annotators=crew, seed=3)

@@ -65,7 +65,7 @@ def _pair_logps(model, triples):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_one_row_per_pair_gives_the_log_probs_of_separate_sequences(tmp_path, arch):
-    from tether.tiny import build_causal_lm, build_tokenizer
+    from tether.demo.tiny import build_causal_lm, build_tokenizer
 
     tokenizer = build_tokenizer(["hello world"] * 4, vocab_size=300)
     model = build_causal_lm(tokenizer, arch=arch, hidden_size=32, num_layers=2, num_heads=2).eval()

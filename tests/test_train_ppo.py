@@ -139,9 +139,9 @@ def test_critic_starts_from_a_reward_model_on_the_same_tokenizer(tiny_lm_dir, ta
 
 
 def test_critic_falls_back_to_the_policy_when_the_reward_model_tokenizes_differently(tiny_lm_dir, task, reward_model_dir, tmp_path):
+    from tether.demo.tiny import build_tokenizer
     from tether.models.hf import load_tokenizer
     from tether.models.value_model import load_critic
-    from tether.tiny import build_tokenizer
 
     other = tmp_path / "other-rm"
     other.mkdir()

@@ -451,7 +451,7 @@ def test_shared_prompt_rows_give_the_rewards_and_gradients_of_separate_rows(tiny
 
     model_dir = tiny_lm_dir
     if arch == "gpt2":
-        from tether.tiny import build_causal_lm
+        from tether.demo.tiny import build_causal_lm
 
         model_dir = tmp_path / "gpt2"
         build_causal_lm(load_tokenizer(str(tiny_lm_dir)), model_dir, hidden_size=32, num_layers=2, num_heads=2, max_positions=256, seed=0, arch="gpt2")

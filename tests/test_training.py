@@ -194,7 +194,7 @@ def _other_model(tiny_lm_dir, folder):
     """A tiny Llama of another width, on the same tokenizer."""
     from transformers import AutoTokenizer
 
-    from tether.tiny import build_causal_lm
+    from tether.demo.tiny import build_causal_lm
 
     build_causal_lm(AutoTokenizer.from_pretrained(tiny_lm_dir), folder, hidden_size=48, num_layers=2, num_heads=2)
     return folder

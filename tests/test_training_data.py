@@ -207,7 +207,7 @@ def test_a_ppo_critic_started_from_a_rating_model_reads_the_weighted_reward(rati
 @pytest.fixture(scope="module")
 def base_lm_dir(tmp_path_factory) -> Path:
     """A tiny Llama whose tokenizer has no chat template (a base model)."""
-    from tether.tiny import build_causal_lm, build_tokenizer
+    from tether.demo.tiny import build_causal_lm, build_tokenizer
 
     out = tmp_path_factory.mktemp("base-lm")
     corpus = ["Hello, how can I help you today?", "Your order has shipped.", "Please reset your password."] * 20

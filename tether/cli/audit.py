@@ -117,7 +117,7 @@ def purge(
     with session_scope(url) as session:
         if annotator is not None:
             result = purge_annotator(annotator, session=session, reason=reason, key=ws.pseudonym_key(), **common)
-            from tether.demo import rewrite_report
+            from tether.demo.report import rewrite_report
 
             # before the store commits: should this fail, the purge is undone and can run again
             scrubbed = scrub_workspace(ws, annotator, result.pseudonym or "", dry_run=not yes, rewrite_report=rewrite_report)

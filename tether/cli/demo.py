@@ -25,7 +25,7 @@ def demo_command(
     Example:  tether demo --fast
     """
     from tether.cli.common import emit_json
-    from tether.demo import run_demo
+    from tether.demo.run import run_demo
 
     if as_json:  # stdout carries the one JSON object: what the trainers print goes to stderr with the progress
         import contextlib

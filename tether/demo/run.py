@@ -2,18 +2,18 @@
 
 Stages (each one is the library function a user would call, on the same store and files):
 
-1. a tokenizer and a tiny base policy are built (tether.tiny) and fine-tuned (tether.recipes.sft) on generated
-   replies in every style, good and bad mixed (tether.demo_task);
+1. a tokenizer and a tiny base policy are built (tether.demo.tiny) and fine-tuned (tether.recipes.sft) on generated
+   replies in every style, good and bad mixed (tether.demo.task);
 2. the SFT policy samples two replies per request (tether.models.sampling) and the pairs are queued as comparison items of
    a feedback project (tether.store.campaigns: the web app's store path);
-3. simulated annotators of different accuracies and one spammer (tether.simulate) take items from the queue and
+3. simulated annotators of different accuracies and one spammer (tether.demo.simulate) take items from the queue and
    answer through the same store functions as people; they follow the hidden gold preference, with noise;
 4. quality control (tether.qc) flags the spammer; the judgments are aggregated into a frozen snapshot with a digest
    (tether.store.snapshots), the flagged annotator left out;
 5. a reward model is trained on the snapshot (tether.recipes.reward); the policy is trained with PPO (or GRPO) against
    the reward model plus the rule rewards of the guidelines (personal data, forbidden phrases);
 6. the policy is evaluated against the SFT policy (tether.lifecycle.evaluate_policy), by the reward model and by the hidden
-   gold preference, and an HTML report is written (tether.lifecycle.reports.html); the reward model and the policy are registered
+   gold preference, and an HTML report is written (tether.demo.report); the reward model and the policy are registered
    with lineage (tether.lifecycle.registry), approved by the demo's admin and promoted when the gates pass;
 7. a summary is printed.
 
@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.demo.report import demo_report
 from tether.errors import TetherError
 
 PROJECT_PREFIX = "support-demo"
@@ -124,8 +125,9 @@ class Stages:
 
 @contextmanager
 def _demo_environment(root: Path):
-    """TETHER_HOME points at the demo's workspace while it runs (the trainers log to its MLflow store and read its
-    snapshots); a TETHER_DATABASE_URL of the user's is set aside so the demo never writes into their database."""
+    """TETHER_HOME points at the demo's workspace while it runs (the stages are also handed it: the trainers log to
+    its MLflow store and read its snapshots); a TETHER_DATABASE_URL of the user's is set aside so the demo never
+    writes into their database."""
     saved = {k: os.environ.get(k) for k in ("TETHER_HOME", "TETHER_DATABASE_URL", "MLFLOW_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM")}
     os.environ["TETHER_HOME"] = str(root)
     os.environ.pop("TETHER_DATABASE_URL", None)
@@ -208,7 +210,7 @@ def run_demo(
 
 
 def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: Stages, redteam: Path | None, started: float) -> dict[str, Any]:
-    from tether.demo_task import GUIDELINES, RULES_YAML, DemoTask
+    from tether.demo.task import GUIDELINES, RULES_YAML, DemoTask
 
     url = ws.database_url
     task = DemoTask(seed)
@@ -294,10 +296,10 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
 
 
 def _stage_sft(ws: Any, task: Any, size: DemoSize, models: Path, run_dir: Path, seed: int, progress: bool, say: Callable[[str], None]) -> Path:
+    from tether.demo.tiny import build_causal_lm, build_tokenizer
     from tether.recipes.configs import SFTConfig
     from tether.recipes.runtime import set_seed
     from tether.recipes.sft import train_sft
-    from tether.tiny import build_causal_lm, build_tokenizer
 
     set_seed(seed)
     # a base model without a chat template: the task writes its own prompt format (Customer: ... Agent:)
@@ -319,7 +321,7 @@ def _stage_sft(ws: Any, task: Any, size: DemoSize, models: Path, run_dir: Path, 
 
 
 def _stage_queue(task: Any, size: DemoSize, sft_dir: Path, url: str, project: str, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
-    from tether.demo_task import GUIDELINES
+    from tether.demo.task import GUIDELINES
     from tether.lifecycle.evaluate_policy import load_policy, sample
     from tether.store import campaigns
     from tether.store.db import session_scope
@@ -359,7 +361,7 @@ def _stage_queue(task: Any, size: DemoSize, sft_dir: Path, url: str, project: st
 
 def demo_crew() -> list[Any]:
     """Annotators of different accuracies and one spammer (answers at random, fast)."""
-    from tether.simulate import SimAnnotator
+    from tether.demo.simulate import SimAnnotator
 
     return [
         SimAnnotator("ann-expert", accuracy=0.95, median_time_s=25.0),
@@ -370,7 +372,7 @@ def demo_crew() -> list[Any]:
 
 
 def _stage_annotate(url: str, project: str, seed: int) -> tuple[list[Any], dict[str, int]]:
-    from tether.simulate import run_annotators
+    from tether.demo.simulate import run_annotators
 
     crew = demo_crew()
     done = run_annotators(url, project, crew, seed=seed)
@@ -457,7 +459,7 @@ def _stage_policy(ws: Any, task: Any, size: DemoSize, sft_dir: Path, rm_dir: Pat
 
 
 def _stage_evaluate(task: Any, size: DemoSize, policy_dir: Path, sft_dir: Path, rm_dir: Path, rules_path: Path, seed: int, redteam: Path | None, say: Callable[[str], None]) -> dict[str, Any]:
-    from tether.demo_task import format_prompt
+    from tether.demo.task import format_prompt
     from tether.lifecycle.evaluate_policy import evaluate_policy, load_redteam
 
     prompts = [r.prompt for r in task.requests(size.eval_prompts, "eval")]
@@ -576,123 +578,3 @@ def _ensure_admin(ws: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def rewrite_report(run_dir: Path, report_path: Path) -> None:
-    """Render a run's HTML report again from its ``evaluation.json`` (after a purge rewrote the names in it)."""
-    from tether.demo_task import DemoTask
-    from tether.lifecycle.reports.html import read_metrics, write
-
-    saved = json.loads((Path(run_dir) / "evaluation.json").read_text(encoding="utf-8"))
-    out, result, qc_report = saved["summary"], saved["evaluation"], saved["qc"]
-    models = Path(run_dir) / "models"
-    policy_dir = models / f"policy-{out['algo']}"
-    write(report_path, demo_report(out, result, qc_report, read_metrics(policy_dir), read_metrics(models / "reward"), DemoTask(out["seed"])))
-
-STYLE_ORDER = ["good", "verbose", "off_topic", "unhelpful", "rude", "pii_leak", "policy_break", "other"]
-STYLE_COLORS = {
-    "good": "#2ca02c", "verbose": "#98df8a", "off_topic": "#17becf", "unhelpful": "#bcbd22", "rude": "#ff7f0e",
-    "pii_leak": "#d62728", "policy_break": "#9467bd", "other": "#7f7f7f",
-}
-
-
-def demo_report(out: dict[str, Any], result: dict[str, Any], qc_report: dict[str, Any], policy_metrics: list[dict[str, Any]], rm_metrics: list[dict[str, Any]], task: Any) -> str:
-    """The HTML report of one demo run."""
-    from tether.demo_task import GUIDELINES
-    from tether.lifecycle.reports.html import (
-        Section,
-        esc,
-        pct,
-        plot_bars,
-        plot_stacked_mix,
-        render,
-        table_html,
-    )
-    from tether.lifecycle.reports.policy import kl_text, policy_sections, win_rate_note, win_rate_tone
-
-    gwr, (glo, ghi) = out["gold_win_rate"], out["gold_win_rate_ci"]
-    cards = [
-        ("gold win-rate vs SFT", pct(gwr), f"{win_rate_note(glo, ghi)}, by the hidden guidelines", "good" if gwr >= 0.7 and glo > 0.5 else win_rate_tone(glo, ghi) or "bad"),
-        ("rule violations", f"{pct(out['violation_rate_sft'], 0)} → {pct(out['violation_rate_policy'], 0)}", "SFT → policy (personal data, forbidden phrases)", "good" if out["violation_rate_policy"] < out["violation_rate_sft"] else "bad"),
-        ("good replies", f"{pct(out['good_style_sft'], 0)} → {pct(out['good_style_policy'], 0)}", "share of replies in the good style", "good" if out["good_style_policy"] > out["good_style_sft"] else "bad"),
-        ("reward-model win-rate", pct(out["reward_win_rate"]), "the proxy the policy was trained on", ""),
-        ("KL to SFT", *kl_text(out)),
-    ]
-    sections: list[Section] = []
-    stage_rows = [[r["number"], r["title"], f"{r['seconds']:.1f} s", r["detail"], " ".join(r["notes"])] for r in out["stages"]]
-    intro = (
-        "<p>A tiny language model plays a customer-support agent for a fictional shop. Its first version was fine-tuned on "
-        "replies of every kind, good and bad. Simulated annotators then compared pairs of its replies; quality control "
-        "caught the one who clicked at random; their judgments, frozen in a snapshot, trained a reward model; and "
-        f"{esc(out['algo'].upper())} moved the policy toward what the reward model and the rule checks prefer. The annotators "
-        "follow a hidden <em>gold</em> preference written from the guidelines below; it is never shown to the reward model "
-        "or the policy, so the gold win-rate measures whether the loop really moved the model toward the guidelines.</p>"
-    )
-    sections.append(Section("What this run did", [intro, table_html(["#", "stage", "time", "result", "notes"], stage_rows, numeric=(0, 2))]))
-    sections.append(Section("The guidelines (what the annotators are asked to judge)", [f"<pre>{esc(GUIDELINES)}</pre>"]))
-    policy_parts = policy_sections(result, training=policy_metrics, baseline_name="SFT")
-    sections.append(policy_parts[0])
-    mix = result["style_mix"]
-    sections.append(
-        Section(
-            "Reply styles before and after",
-            [
-                plot_stacked_mix({"SFT": mix["SFT"], "policy": mix["policy"]}, STYLE_ORDER, STYLE_COLORS, "reply style mix on held-out requests"),
-                "<p class='small'>Styles read from the reply text with the task's own markers (tether.demo_task.DemoTask.style_of): "
-                "\"good\" gives the next step of <em>this</em> request; \"off_topic\" is polite and concrete but answers another "
-                "kind of request (a policy that collapses onto one safe-looking reply shows here); \"other\" matches no style "
-                "(garbled or mixed).</p>",
-            ],
-        )
-    )
-    sections.extend(policy_parts[1:-1])
-    rows = []
-    truth = out.get("annotators", {})
-    for r in qc_report["annotators"]:
-        hidden = truth.get(r["annotator"], {})
-        rows.append([
-            r["annotator"], r["n_answers"], pct(hidden.get("accuracy")), f"{r['reliability']:.2f}",
-            pct(r["loo_agreement"]) if r["loo_agreement"] is not None else "n/a",
-            pct(r["gold_accuracy"]) if r["gold_accuracy"] is not None else "n/a",
-            "; ".join(f["reason"] for f in r["flags"]) or "-",
-        ])
-    names = [r["annotator"] for r in qc_report["annotators"]]
-    qc_parts = [
-        plot_bars(names, [r["reliability"] for r in qc_report["annotators"]], "Dawid-Skene reliability per annotator (red: flagged)", "reliability", [bool(r["flags"]) for r in qc_report["annotators"]]),
-        table_html(["annotator", "answers", "true accuracy (hidden)", "reliability", "agrees with others", "gold accuracy", "QC flags"], rows, numeric=(1, 2, 3, 4, 5)),
-        f"<p class='small'>Snapshot <code>{esc(out['snapshot']['name'])}</code>: {out['snapshot']['row_count']} pairs, aggregate "
-        f"{esc(out['snapshot']['aggregate'])}, sha256 <code>{esc(out['snapshot']['digest'])}</code>.</p>",
-    ]
-    sections.append(Section("Annotators and quality control", qc_parts))
-    rmm = out.get("reward_model_metrics", {})
-    agreement = result.get("proxy_gold_agreement")
-    rm_parts = [
-        table_html(
-            ["figure", "value"],
-            [
-                ["held-out accuracy on the snapshot's pairs", pct(rmm.get("eval/accuracy"))],
-                ["calibration error (ECE) on them", f"{rmm['eval/ece']:.3f}" if "eval/ece" in rmm else "n/a"],
-                ["agrees with the gold on policy-vs-SFT pairs", pct(agreement)],
-            ],
-            numeric=(1,),
-        )
-    ]
-    sections.append(Section("Reward model", rm_parts))
-    sections.append(policy_parts[-1])
-    reg = out.get("registry", {})
-    sections.append(
-        Section(
-            "Registry and lineage",
-            [
-                table_html(
-                    ["what", "value"],
-                    [
-                        ["reward model", reg.get("reward_model", "")],
-                        ["policy", reg.get("policy", "")],
-                        ["policy promoted to champion", "yes" if reg.get("champion") else "no (see the notes above)"],
-                        ["trace it back", f"tether registry lineage {reg.get('policy', '')}"],
-                    ],
-                )
-            ],
-        )
-    )
-    subtitle = f"workspace {out['workspace']} · project {out['project']} · seed {out['seed']} · {'fast' if out['fast'] else 'default'} size · {out['seconds']:.0f} s"
-    return render("Tether demo: aligning a support assistant with human feedback", subtitle, cards, sections, footer="Generated by tether demo; self-contained, works offline.")
