@@ -78,7 +78,7 @@ def test_demo_rejects_an_unknown_algorithm(cli, tmp_path):
 def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path, monkeypatch):
     from tether.lifecycle.registry import lineage
     from tether.lifecycle.reports.html import external_references
-    from tether.store.workspace import open_workspace
+    from tether.store.workspace import load_workspace
 
     result = cli("demo", "--fast", "--workspace", tmp_path / "demo", "--json")
     assert result.code == 0, result.stderr[-3000:]
@@ -91,7 +91,7 @@ def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path, monkeyp
     page = Path(out["report"]).read_text(encoding="utf-8")
     assert external_references(page) == []
     assert "gold win-rate" in page and "Annotators and quality control" in page
-    info = lineage(open_workspace(Path(out["workspace"])), out["registry"]["policy"])
+    info = lineage(load_workspace(Path(out["workspace"])), out["registry"]["policy"])
     assert info["snapshot_digest"] == out["snapshot"]["digest"]
     # the judgments the snapshot used, recorded with it: the spammer's were left out
     assert info["judgments"]["recorded"] and info["judgments"]["count"] == info["judgments"]["used"] > 0

@@ -69,8 +69,8 @@ def db_upgrade() -> None:
 
     Example:  TETHER_DATABASE_URL=postgresql+psycopg://me@db:5432/tether tether db upgrade
     """
+    from tether.cli.workspace import open_workspace
     from tether.store.db import current_revision, upgrade
-    from tether.store.workspace import open_workspace
 
     ws = open_workspace()
     upgrade(ws.database_url)
@@ -83,8 +83,8 @@ def db_current() -> None:
 
     Example:  tether db current
     """
+    from tether.cli.workspace import open_workspace
     from tether.store.db import current_revision, head_revision
-    from tether.store.workspace import open_workspace
 
     ws = open_workspace()
     typer.echo(f"database: {current_revision(ws.database_url) or '(empty)'}  code: {head_revision()}")

@@ -104,7 +104,7 @@ def writing(path: Path, flag: str = "-o") -> Iterator[None]:
 def data_workspace(*specs: Any) -> Any:
     """The workspace the rows of ``specs`` are read from: the current one, opened with its schema checked when a spec
     names a snapshot (``snapshot:NAME``; no workspace then is an error), else the current one if any (or None)."""
-    from tether.store.workspace import current_workspace
+    from tether.cli.workspace import current_workspace
 
     if any(str(spec).startswith("snapshot:") for spec in specs if spec is not None):
         return workspace_url()[0]
@@ -113,8 +113,8 @@ def data_workspace(*specs: Any) -> Any:
 
 def workspace_url() -> tuple[Any, str]:
     """The current workspace and its database URL, with the schema checked."""
+    from tether.cli.workspace import open_workspace
     from tether.store.db import check_schema
-    from tether.store.workspace import open_workspace
 
     ws = open_workspace()
     check_schema(ws.database_url)

@@ -169,7 +169,7 @@ def export(
     """
     from tether.cli.common import emit_json, workspace_url, writing
     from tether.store.db import session_scope
-    from tether.store.snapshots import export as export_rows
+    from tether.store.export import export as export_rows
 
     ws, url = workspace_url()
     with writing(output), session_scope(url) as session:

@@ -173,8 +173,8 @@ def eval_policy_command(
         page = policy_report(result, title="Policy evaluation", subtitle=f"{policy} against {baseline}, judged by {reward}", training=history)
         result["report"] = str(write(html_out, page))
     if record:
+        from tether.cli.workspace import open_workspace
         from tether.lifecycle.registry import record_eval
-        from tether.store.workspace import open_workspace
 
         figures: dict[str, float | None] = {"win_rate": result["win_rate"], "violation_rate": result["violation_rate_policy"], "length": result["length_policy"]}
         # the KL a gate may read: a negative estimate counts as its upper bound, or as no figure (kl_reading)

@@ -1,7 +1,14 @@
-"""`tether train ...`."""
+"""`tether train ...`: seven trainers, one way to take options.
+
+Every command takes its inputs, its own options, then the shared ones (declared once, in ``SHARED``); the command
+builds the config (defaults < --config < flags and --set) and hands it to one recipe function. PPO, GRPO and RLOO
+are one definition registered three times.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -22,8 +29,8 @@ from tether.cli.common import (
 
 train_app = typer.Typer(
     help=(
-        "Train models: sft, reward, dpo, kto, ppo, grpo, rloo (shared options: --epochs --max-steps --batch-size "
-        "--learning-rate --max-length --seed --output-dir --resume --overwrite --config --set).\n\n"
+        "Train models: sft, reward, dpo, kto, ppo, grpo, rloo (shared options: --output-dir --epochs --max-steps "
+        "--batch-size --learning-rate --max-length --seed --lora-r --bf16 --resume --overwrite --config --set).\n\n"
         "Where values come from, lowest first: the defaults, the --config YAML file (any field, model, data and "
         "output_dir included), then the flags and --set; a flag and a --set for the same field with different "
         "values are refused. A new run into a folder that holds an earlier run is refused unless --overwrite; "
@@ -37,58 +44,55 @@ def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
 
 
-@train_app.command("reward")
-def train_reward_command(
-    model: Annotated[str | None, typer.Option("--model", help="Base model folder: an encoder (BERT-like) or a decoder (Llama, Qwen2, GPT-2). Required (here or in --config).")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Preference rows (prompt/chosen/rejected) or ratings: a file or snapshot:NAME. Required (here or in --config).")] = None,
-    output_dir: OutputDir = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = None,
-    learning_rate: LearningRate = None,
-    max_length: MaxLength = None,
-    seed: Seed = None,
-    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (0: full fine-tuning).")] = None,
-    ensemble: Annotated[int | None, typer.Option("--ensemble", help="Train K reward heads (bootstrap ensemble); scoring reports mean and spread.")] = None,
-    objective: Annotated[str | None, typer.Option("--objective", help="pairwise (Bradley-Terry on pairs) or rating (regression, one head per aspect).")] = None,
-    eval_data: Annotated[str | None, typer.Option("--eval-data", help="Held-out preference rows evaluated after training.")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations: less memory, slower.")] = None,
-    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 mixed precision (GPUs that have it).")] = None,
-    resume: Resume = None,
-    overwrite: Overwrite = None,
-    config: ConfigFile = None,
-    set_values: SetValues = None,
-) -> None:
-    """Train a reward model on preference pairs (Bradley-Terry) or ratings; saves a Hugging Face folder + tether.json.
-
-    Other fields (margins, ties, centering, normalization reference, ...) go through --config FILE.yaml or --set.
-    Several GPUs: `accelerate launch --multi_gpu --num_processes 8 -m tether train reward ...` (the same global
-    --batch-size); several CPU processes: the same with ACCELERATE_USE_CPU=1 (gloo).
-
-    Example:  tether train reward --model ./minilm --data pairs.jsonl --output-dir rm --epochs 1 --batch-size 16
-    """
-    from tether.recipes.configs import RewardConfig, load_config
-
-    cfg = load_config(
-        RewardConfig, config, set_values,
-        model=model, data=data, output_dir=output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, ensemble=ensemble,
-        objective=objective, eval_data=eval_data, gradient_checkpointing=gradient_checkpointing, bf16=bf16, resume=resume,
-        overwrite=overwrite,
-    )
-    from tether.cli.common import data_workspace
-    from tether.recipes.reward import train_reward
-
-    _done(train_reward(cfg, workspace=data_workspace(cfg.data, cfg.eval_data, cfg.normalize_data)), ("train/loss", "reward/accuracy", "eval/accuracy", "eval/ece"))
-
-
-# --- sft / dpo / kto (offline policy training) --------------------------------------------------------------
 LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (0: full fine-tuning).")]
-Merge = Annotated[bool | None, typer.Option("--merge/--no-merge", help="With LoRA, save merged full weights instead of the adapter.")]
 Bf16 = Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 mixed precision (GPUs that have it).")]
-PolicyModel = Annotated[str | None, typer.Option("--model", help="The starting policy: a causal LM folder (Llama, Qwen2, GPT-2, ...). Required (here or in --config).")]
-Beta = Annotated[float | None, typer.Option("--beta", help="KL strength of the implicit reward (DPO's beta, IPO's tau).")]
-ReferenceModel = Annotated[str | None, typer.Option("--reference-model", help="Frozen reference (default: the starting model; with LoRA, the adapter disabled).")]
+
+# The options of every `tether train` command, in the order --help lists them (after the command's own).
+SHARED: dict[str, Any] = {
+    "output_dir": OutputDir, "epochs": Epochs, "max_steps": MaxSteps, "batch_size": BatchSize,
+    "learning_rate": LearningRate, "max_length": MaxLength, "seed": Seed, "lora_r": LoraR, "bf16": Bf16,
+    "resume": Resume, "overwrite": Overwrite, "config": ConfigFile, "set_values": SetValues,
+}
+
+
+def _opt(flag: str, help: str, kind: Any = str) -> Any:
+    return Annotated[kind | None, typer.Option(flag, help=help)]
+
+
+PolicyModel = _opt("--model", "The starting policy: a causal LM folder (Llama, Qwen2, GPT-2, ...). Required (here or in --config).")
+Merge = _opt("--merge/--no-merge", "With LoRA, save merged full weights instead of the adapter.", bool)
+Beta = _opt("--beta", "KL strength of the implicit reward (DPO's beta, IPO's tau).", float)
+ReferenceModel = _opt("--reference-model", "Frozen reference (default: the starting model; with LoRA, the adapter disabled).")
+
+
+def _trainer(
+    name: str, config_class: str, *, inputs: dict[str, Any], options: dict[str, Any] | None = None,
+    algo: str | None = None, doc: str | None = None,
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Register `tether train NAME`, whose options are ``inputs``, ``options`` and ``SHARED``: the command builds a
+    ``tether.recipes.configs.<config_class>`` from them and calls the decorated function with it. ``algo``, when
+    given, is the algorithm the command fixes (a --config or --set that names another is refused)."""
+
+    def decorate(run: Callable[[Any], None]) -> Callable[[Any], None]:
+        declared = {**inputs, **(options or {}), **SHARED}
+        params = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind) for key, kind in declared.items()]
+
+        def command(**flags: Any) -> None:
+            import tether.recipes.configs as configs
+
+            config, set_values = flags.pop("config"), flags.pop("set_values")
+            flags = {key: None if value == [] else value for key, value in flags.items()}  # an unused list option
+            implied = {"algo": (algo, f"`tether train {algo}`")} if algo is not None else None
+            run(configs.load_config(getattr(configs, config_class), config, set_values, implied=implied, **flags))
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__ = f"train_{name}_command"
+        command.__doc__ = doc or run.__doc__
+        train_app.command(name)(command)
+        return run
+
+    return decorate
 
 
 def _done(result: Any, keys: tuple[str, ...]) -> None:
@@ -97,26 +101,40 @@ def _done(result: Any, keys: tuple[str, ...]) -> None:
     typer.echo(f"done: {result.output_dir}  {shown}")
 
 
-@train_app.command("sft")
-def train_sft_command(
-    model: PolicyModel = None,
-    data: Annotated[str | None, typer.Option("--data", help="prompt/completion or messages rows: a file or snapshot:NAME. Required (here or in --config).")] = None,
-    output_dir: OutputDir = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = None,
-    learning_rate: LearningRate = None,
-    max_length: MaxLength = None,
-    seed: Seed = None,
-    lora_r: LoraR = None,
-    merge: Merge = None,
-    packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack examples into rows without padding (no cross-attention between them).")] = None,
-    bf16: Bf16 = None,
-    resume: Resume = None,
-    overwrite: Overwrite = None,
-    config: ConfigFile = None,
-    set_values: SetValues = None,
-) -> None:
+@_trainer(
+    "reward", "RewardConfig",
+    inputs={
+        "model": _opt("--model", "Base model folder: an encoder (BERT-like) or a decoder (Llama, Qwen2, GPT-2). Required (here or in --config)."),
+        "data": _opt("--data", "Preference rows (prompt/chosen/rejected) or ratings: a file or snapshot:NAME. Required (here or in --config)."),
+    },
+    options={
+        "ensemble": _opt("--ensemble", "Train K reward heads (bootstrap ensemble); scoring reports mean and spread.", int),
+        "objective": _opt("--objective", "pairwise (Bradley-Terry on pairs) or rating (regression, one head per aspect)."),
+        "eval_data": _opt("--eval-data", "Held-out preference rows evaluated after training."),
+        "gradient_checkpointing": _opt("--gradient-checkpointing/--no-gradient-checkpointing", "Recompute activations: less memory, slower.", bool),
+    },
+)
+def _train_reward(cfg: Any) -> None:
+    """Train a reward model on preference pairs (Bradley-Terry) or ratings; saves a Hugging Face folder + tether.json.
+
+    Other fields (margins, ties, centering, normalization reference, ...) go through --config FILE.yaml or --set.
+    Several GPUs: `accelerate launch --multi_gpu --num_processes 8 -m tether train reward ...` (the same global
+    --batch-size); several CPU processes: the same with ACCELERATE_USE_CPU=1 (gloo).
+
+    Example:  tether train reward --model ./minilm --data pairs.jsonl --output-dir rm --epochs 1 --batch-size 16
+    """
+    from tether.cli.common import data_workspace
+    from tether.recipes.reward import train_reward
+
+    _done(train_reward(cfg, workspace=data_workspace(cfg.data, cfg.eval_data, cfg.normalize_data)), ("train/loss", "reward/accuracy", "eval/accuracy", "eval/ece"))
+
+
+@_trainer(
+    "sft", "SFTConfig",
+    inputs={"model": PolicyModel, "data": _opt("--data", "prompt/completion or messages rows: a file or snapshot:NAME. Required (here or in --config).")},
+    options={"merge": Merge, "packing": _opt("--packing/--no-packing", "Pack examples into rows without padding (no cross-attention between them).", bool)},
+)
+def _train_sft(cfg: Any) -> None:
     """Supervised fine-tuning; the loss is on the completion (last assistant turn) only. Saves a HF folder + tether.json.
 
     Prompts go through the tokenizer's chat template, plain-text ones as a user turn (--set chat_template=false:
@@ -126,43 +144,24 @@ def train_sft_command(
 
     Example:  tether train sft --model ./base --data demos.jsonl --output-dir sft --epochs 2 --batch-size 16
     """
-    from tether.recipes.configs import SFTConfig, load_config
-
-    cfg = load_config(
-        SFTConfig, config, set_values,
-        model=model, data=data, output_dir=output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, merge=merge, packing=packing,
-        bf16=bf16, resume=resume, overwrite=overwrite,
-    )
     from tether.cli.common import data_workspace
     from tether.recipes.sft import train_sft
 
     _done(train_sft(cfg, workspace=data_workspace(cfg.data)), ("train/loss",))
 
 
-@train_app.command("dpo")
-def train_dpo_command(
-    model: PolicyModel = None,
-    data: Annotated[str | None, typer.Option("--data", help="Preference rows (prompt/chosen/rejected, or HH-RLHF dialogues): a file or snapshot:NAME. Required (here or in --config).")] = None,
-    output_dir: OutputDir = None,
-    loss: Annotated[str | None, typer.Option("--loss", help="dpo, ipo or cdpo (DPO with label smoothing for noisy labels).")] = None,
-    beta: Beta = None,
-    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="cDPO: assumed probability that a label is flipped (0 < eps < 0.5).")] = None,
-    reference_model: ReferenceModel = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = None,
-    learning_rate: LearningRate = None,
-    max_length: MaxLength = None,
-    seed: Seed = None,
-    lora_r: LoraR = None,
-    merge: Merge = None,
-    bf16: Bf16 = None,
-    resume: Resume = None,
-    overwrite: Overwrite = None,
-    config: ConfigFile = None,
-    set_values: SetValues = None,
-) -> None:
+@_trainer(
+    "dpo", "DPOConfig",
+    inputs={"model": PolicyModel, "data": _opt("--data", "Preference rows (prompt/chosen/rejected, or HH-RLHF dialogues): a file or snapshot:NAME. Required (here or in --config).")},
+    options={
+        "loss": _opt("--loss", "dpo, ipo or cdpo (DPO with label smoothing for noisy labels)."),
+        "beta": Beta,
+        "label_smoothing": _opt("--label-smoothing", "cDPO: assumed probability that a label is flipped (0 < eps < 0.5).", float),
+        "reference_model": ReferenceModel,
+        "merge": Merge,
+    },
+)
+def _train_dpo(cfg: Any) -> None:
     """Preference optimization on pairs with DPO, IPO or cDPO; no reward model. Saves a HF folder + tether.json.
 
     Ties ("tie": true, `data snapshot --keep-ties`) are skipped and counted (ties_skipped in tether.json), never
@@ -172,193 +171,97 @@ def train_dpo_command(
 
     Example:  tether train dpo --model ./sft --data snapshot:prefs --output-dir dpo --loss dpo --beta 0.1 --lora-r 16
     """
-    from tether.recipes.configs import DPOConfig, load_config
-
-    cfg = load_config(
-        DPOConfig, config, set_values,
-        model=model, data=data, output_dir=output_dir, loss=loss, beta=beta, label_smoothing=label_smoothing,
-        reference_model=reference_model, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r, merge=merge, bf16=bf16, resume=resume,
-        overwrite=overwrite,
-    )
     from tether.cli.common import data_workspace
     from tether.recipes.dpo import train_dpo
 
     _done(train_dpo(cfg, workspace=data_workspace(cfg.data)), ("train/loss", "rewards/accuracies", "rewards/margins"))
 
 
-@train_app.command("kto")
-def train_kto_command(
-    model: PolicyModel = None,
-    data: Annotated[str | None, typer.Option("--data", help="Unpaired rows {prompt, completion, label: true/false} (thumbs up/down), or preference pairs (each split into a desirable and an undesirable example, ties skipped): a file or snapshot:NAME. Required (here or in --config).")] = None,
-    output_dir: OutputDir = None,
-    beta: Beta = None,
-    desirable_weight: Annotated[float | None, typer.Option("--desirable-weight", help="lambda_D, the weight of thumbs-up examples.")] = None,
-    undesirable_weight: Annotated[float | None, typer.Option("--undesirable-weight", help="lambda_U, the weight of thumbs-down examples.")] = None,
-    reference_model: ReferenceModel = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = None,
-    learning_rate: LearningRate = None,
-    max_length: MaxLength = None,
-    seed: Seed = None,
-    lora_r: LoraR = None,
-    merge: Merge = None,
-    bf16: Bf16 = None,
-    resume: Resume = None,
-    overwrite: Overwrite = None,
-    config: ConfigFile = None,
-    set_values: SetValues = None,
-) -> None:
+@_trainer(
+    "kto", "KTOConfig",
+    inputs={
+        "model": PolicyModel,
+        "data": _opt("--data", "Unpaired rows {prompt, completion, label: true/false} (thumbs up/down), or preference pairs (each split into a desirable and an undesirable example, ties skipped): a file or snapshot:NAME. Required (here or in --config)."),
+    },
+    options={
+        "beta": Beta,
+        "desirable_weight": _opt("--desirable-weight", "lambda_D, the weight of thumbs-up examples.", float),
+        "undesirable_weight": _opt("--undesirable-weight", "lambda_U, the weight of thumbs-down examples.", float),
+        "reference_model": ReferenceModel,
+        "merge": Merge,
+    },
+)
+def _train_kto(cfg: Any) -> None:
     """KTO on unpaired thumbs-up / thumbs-down feedback; saves a HF folder + tether.json.
 
     Several processes/GPUs: `accelerate launch -m tether train kto ...`.
 
     Example:  tether train kto --model ./sft --data thumbs.jsonl --output-dir kto --beta 0.1 --undesirable-weight 1.3
     """
-    from tether.recipes.configs import KTOConfig, load_config
-
-    cfg = load_config(
-        KTOConfig, config, set_values,
-        model=model, data=data, output_dir=output_dir, beta=beta, desirable_weight=desirable_weight,
-        undesirable_weight=undesirable_weight, reference_model=reference_model, epochs=epochs, max_steps=max_steps,
-        batch_size=batch_size, learning_rate=learning_rate, max_length=max_length, seed=seed, lora_r=lora_r,
-        merge=merge, bf16=bf16, resume=resume, overwrite=overwrite,
-    )
     from tether.cli.common import data_workspace
     from tether.recipes.kto import train_kto
 
     _done(train_kto(cfg, workspace=data_workspace(cfg.data)), ("train/loss", "rewards/chosen", "rewards/rejected"))
 
 
-# --- ppo / grpo / rloo (online RL) ---------------------------------------------------------------------------
-RewardSpecs = Annotated[
-    list[str] | None,
-    typer.Option("--reward", help="A reward SPEC, repeatable (summed): a reward-model folder (a rating model with its aspects' weights, DIR:helpful=1,harm=-1), rules:FILE.yaml or py:FILE.py:FUNCTION; weight one with SPEC@W. Required (here or in --config)."),
-]
-Prompts = Annotated[str | None, typer.Option("--prompts", help="Prompt rows {prompt: text or messages}: a file or snapshot:NAME. Required (here or in --config).")]
-GroupSize = Annotated[int | None, typer.Option("--group-size", help="Completions sampled per prompt (--batch-size counts completions).")]
-MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", help="Most tokens generated per completion.")]
-KlCoef = Annotated[float | None, typer.Option("--kl-coef", help="beta, the weight of KL(policy || reference); 0 loads no reference.")]
-
-
-def _online_rl(cls_name: str, algo: str | None, **flags: object) -> None:
-    """Build the config, train, report: shared by ppo, grpo and rloo."""
-    from pathlib import Path
-
-    import tether.recipes.configs as config_module
-    from tether.cli.common import require_file
-
-    config, set_values = flags.pop("config"), flags.pop("set_values")
-    flags["reward"] = flags["reward"] or None  # no --reward: the config file may give it
-    implied = {"algo": (algo, f"`tether train {algo}`")} if algo is not None else None
-    cfg = config_module.load_config(getattr(config_module, cls_name), config, set_values, implied=implied, **flags)
-    if not cfg.prompts.startswith("snapshot:"):
-        require_file(Path(cfg.prompts), "prompts file")
-    if cls_name == "PPOConfig":
-        from tether.recipes.ppo import train_ppo as trainer
-    else:
-        from tether.recipes.grpo import train_grpo as trainer
-    from tether.cli.common import data_workspace
-
-    keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "completions/mean_length")
-    _done(trainer(cfg, workspace=data_workspace(cfg.prompts)), keys)
-
-
-@train_app.command("ppo")
-def train_ppo_command(
-    model: PolicyModel = None,
-    reward: RewardSpecs = None,
-    prompts: Prompts = None,
-    output_dir: OutputDir = None,
-    group_size: GroupSize = None,
-    max_new_tokens: MaxNewTokens = None,
-    kl_coef: KlCoef = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = None,
-    learning_rate: LearningRate = None,
-    max_length: MaxLength = None,
-    seed: Seed = None,
-    lora_r: LoraR = None,
-    bf16: Bf16 = None,
-    resume: Resume = None,
-    overwrite: Overwrite = None,
-    config: ConfigFile = None,
-    set_values: SetValues = None,
-) -> None:
-    """PPO with a critic: per-token KL-penalized rewards, GAE, clipped policy and value losses (Huang et al. 2024).
+# --- ppo / grpo / rloo: one definition ------------------------------------------------------------------------
+ONLINE_INPUTS = {
+    "model": PolicyModel,
+    "reward": Annotated[
+        list[str] | None,
+        typer.Option("--reward", help="A reward SPEC, repeatable (summed): a reward-model folder (a rating model with its aspects' weights, DIR:helpful=1,harm=-1), rules:FILE.yaml or py:FILE.py:FUNCTION; weight one with SPEC@W. Required (here or in --config)."),
+    ],
+    "prompts": _opt("--prompts", "Prompt rows {prompt: text or messages}: a file or snapshot:NAME. Required (here or in --config)."),
+}
+ONLINE_OPTIONS = {
+    "group_size": _opt("--group-size", "Completions sampled per prompt (--batch-size counts completions).", int),
+    "max_new_tokens": _opt("--max-new-tokens", "Most tokens generated per completion.", int),
+    "kl_coef": _opt("--kl-coef", "beta, the weight of KL(policy || reference); 0 loads no reference.", float),
+}
+ONLINE_DOCS = {
+    "ppo": """PPO with a critic: per-token KL-penalized rewards, GAE, clipped policy and value losses (Huang et al. 2024).
 
     The critic starts from the reward model when it shares the policy's tokenizer, else from the policy. More
     fields (ppo_epochs, num_minibatches, vf_coef, lam, adaptive_kl, kl_target, missing_eos_penalty, temperature,
     sampler=vllm, ...) go through --config FILE.yaml or --set. Writes metrics.jsonl, samples.jsonl, checkpoints.
 
     Example:  tether train ppo --model ./sft --reward ./rm --reward rules:policy.yaml@0.5 --prompts prompts.jsonl --output-dir ppo --batch-size 64 --max-new-tokens 128
-    """
-    _online_rl("PPOConfig", None, **locals())  # first statement: locals() holds exactly the options
-
-
-@train_app.command("grpo")
-def train_grpo_command(
-    model: PolicyModel = None,
-    reward: RewardSpecs = None,
-    prompts: Prompts = None,
-    output_dir: OutputDir = None,
-    group_size: GroupSize = None,
-    max_new_tokens: MaxNewTokens = None,
-    kl_coef: KlCoef = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = None,
-    learning_rate: LearningRate = None,
-    max_length: MaxLength = None,
-    seed: Seed = None,
-    lora_r: LoraR = None,
-    bf16: Bf16 = None,
-    resume: Resume = None,
-    overwrite: Overwrite = None,
-    config: ConfigFile = None,
-    set_values: SetValues = None,
-) -> None:
-    """GRPO: group-normalized advantages over --group-size samples per prompt, KL to the reference in the loss.
+    """,
+    "grpo": """GRPO: group-normalized advantages over --group-size samples per prompt, KL to the reference in the loss.
 
     More fields (scale_rewards=false for Dr. GRPO, aggregation=sequence|token, kl_estimator, ppo_epochs,
     temperature, sampler=vllm, ...) go through --config FILE.yaml or --set.
 
     Example:  tether train grpo --model ./sft --reward py:checks.py:passes --prompts snapshot:prompts --output-dir grpo --group-size 8 --batch-size 64
-    """
-    _online_rl("GRPOConfig", "grpo", **locals())  # first statement: locals() holds exactly the options
-
-
-@train_app.command("rloo")
-def train_rloo_command(
-    model: PolicyModel = None,
-    reward: RewardSpecs = None,
-    prompts: Prompts = None,
-    output_dir: OutputDir = None,
-    group_size: GroupSize = None,
-    max_new_tokens: MaxNewTokens = None,
-    kl_coef: KlCoef = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = None,
-    learning_rate: LearningRate = None,
-    max_length: MaxLength = None,
-    seed: Seed = None,
-    lora_r: LoraR = None,
-    bf16: Bf16 = None,
-    resume: Resume = None,
-    overwrite: Overwrite = None,
-    config: ConfigFile = None,
-    set_values: SetValues = None,
-) -> None:
-    """RLOO: each completion's baseline is the mean reward of its prompt's other samples; KL in the reward.
+    """,
+    "rloo": """RLOO: each completion's baseline is the mean reward of its prompt's other samples; KL in the reward.
 
     The same loop and fields as `tether train grpo` (kl_in_reward, kl_estimator, ... through --config or --set).
 
     Example:  tether train rloo --model ./sft --reward ./rm --prompts prompts.jsonl --output-dir rloo --group-size 4 --batch-size 32
-    """
-    _online_rl("GRPOConfig", "rloo", **locals())  # first statement: locals() holds exactly the options
+    """,
+}
+
+
+def _train_online(cfg: Any) -> None:
+    from pathlib import Path
+
+    from tether.cli.common import data_workspace, require_file
+
+    if not cfg.prompts.startswith("snapshot:"):
+        require_file(Path(cfg.prompts), "prompts file")
+    from tether.recipes.configs import PPOConfig
+
+    if isinstance(cfg, PPOConfig):
+        from tether.recipes.ppo import train_ppo as trainer
+    else:
+        from tether.recipes.grpo import train_grpo as trainer
+    keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "completions/mean_length")
+    _done(trainer(cfg, workspace=data_workspace(cfg.prompts)), keys)
+
+
+for _name, _class, _algo in (("ppo", "PPOConfig", None), ("grpo", "GRPOConfig", "grpo"), ("rloo", "GRPOConfig", "rloo")):
+    _trainer(_name, _class, inputs=ONLINE_INPUTS, options=ONLINE_OPTIONS, algo=_algo, doc=ONLINE_DOCS[_name])(_train_online)
 
 
 @train_app.command("fields")

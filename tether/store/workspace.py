@@ -1,8 +1,8 @@
 """The workspace: a folder with ``tether.toml``, the SQLite database and ``artifacts/``.
 
-Which workspace a command uses, in order: ``TETHER_HOME``; else the nearest folder at or above the current one
-that holds a ``tether.toml``. ``TETHER_DATABASE_URL`` points the store at another database (PostgreSQL for a team)
-while artifacts stay in the workspace folder.
+``TETHER_DATABASE_URL`` points the store at another database (PostgreSQL for a team) while artifacts stay in the
+workspace folder. Which workspace a command uses (``TETHER_HOME``, else the current folder and its parents) is the
+command line's business: ``tether.cli.workspace``. Library code is handed a ``Workspace``.
 """
 
 from __future__ import annotations
@@ -120,44 +120,19 @@ def read_or_make_secret(path: Path) -> str:
     return secret
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise TetherError(f"{path} is not valid TOML: {exc}", fix=f"correct the file or remove it and run `tether init {path.parent}`") from None
 
 
-def find_workspace(start: Path | None = None) -> Path | None:
-    """The workspace folder in use, or None when there is none."""
-    env = os.environ.get("TETHER_HOME")
-    if env:
-        return Path(env).expanduser().resolve()
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / CONFIG_NAME).is_file():
-            return folder
-    return None
-
-
-def open_workspace(start: Path | None = None) -> Workspace:
-    """The current workspace; a clear error when there is none."""
-    root = find_workspace(start)
-    if root is None:
-        raise TetherError(
-            "no Tether workspace here (no tether.toml in this folder or above, and TETHER_HOME is not set)",
-            fix="run `tether init` to make one here, or set TETHER_HOME=/path/to/workspace",
-        )
+def load_workspace(root: Path) -> Workspace:
+    """The workspace in the folder ``root`` (no search): a clear error when it holds no ``tether.toml``."""
+    root = Path(root).expanduser().resolve()
     if not (root / CONFIG_NAME).is_file():
-        raise TetherError(
-            f"TETHER_HOME={root} is not a Tether workspace (no {CONFIG_NAME})",
-            fix=f"run `tether init {root}`",
-        )
-    return Workspace(root=root, config=_read_config(root / CONFIG_NAME))
-
-
-def current_workspace() -> Workspace | None:
-    """The workspace in use (see ``find_workspace``), or None when there is none."""
-    return open_workspace() if find_workspace() is not None else None
+        raise TetherError(f"{root} is not a Tether workspace (no {CONFIG_NAME})", fix=f"run `tether init {root}`")
+    return Workspace(root=root, config=read_config(root / CONFIG_NAME))
 
 
 def init_workspace(root: Path) -> Workspace:
@@ -171,7 +146,7 @@ def init_workspace(root: Path) -> Workspace:
     config_path = root / CONFIG_NAME
     if not config_path.exists():
         config_path.write_text(DEFAULT_TOML, encoding="utf-8")
-    ws = Workspace(root=root, config=_read_config(config_path))
+    ws = Workspace(root=root, config=read_config(config_path))
     for folder in (ws.artifacts, ws.snapshots_dir, ws.models_dir, ws.reports_dir):
         folder.mkdir(parents=True, exist_ok=True)
     upgrade(ws.database_url)
