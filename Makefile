@@ -33,9 +33,13 @@ demo: install
 
 # The full suite, slow tests included (what CI runs). PostgreSQL tests run when TETHER_TEST_POSTGRES_URL
 # is set or a server answers on 127.0.0.1:5432.
-test: install-test browser-deps
-	$(BIN)/ruff check .
+test: install-test browser-deps lint
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+# Style and the layer contracts of DESIGN.md (pyproject.toml, tool.importlinter).
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 # The quick loop while developing: slow tests left out.
 test-fast: install-test

@@ -14,8 +14,9 @@ from tether.data.rows import load_rows
 from tether.errors import TetherError
 from tether.feedback.aggregation import AggregatedPair, Vote, aggregate_pairs, majority_pairs
 from tether.store.db import session_scope
+from tether.store.export import export_rows
 from tether.store.importer import import_file
-from tether.store.snapshots import export_rows, make_snapshot, training_rows
+from tether.store.snapshots import make_snapshot, training_rows
 from tether.store.tables import Judgment, Project, Snapshot, User
 
 PANDALM = "pandalm/testset-v1.json"

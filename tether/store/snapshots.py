@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
-from tether.data.canonical import HH_ASSISTANT, canonical_line
+from tether.data.canonical import canonical_line
 from tether.data.rows import load_rows, read_snapshot_rows
 from tether.errors import TetherError
 from tether.feedback.aggregation import AGGREGATES, AggregatedPair, Vote, aggregate_pairs
@@ -58,7 +58,6 @@ from tether.store.tables import (
     User,
 )
 
-EXPORT_FORMATS = ("trl", "hh", "jsonl")
 SNAPSHOT_DIR = Path("artifacts") / "snapshots"
 # Judgments with this source are a reviewer's decisions (tether.store.campaigns.adjudicate), not votes.
 REVIEW_SOURCE = "review"
@@ -158,52 +157,73 @@ def set_rows(
     def text_of(item_id: int, position: int) -> Any:
         return completions[positions[item_id, position]]
 
-    rows: list[dict[str, Any]] = []
     if kind == "preference":
-        ties_kept = ties_dropped = 0
-        figures = qc if qc is not None else {}
-        pairs = [pair for pair in aggregate_pairs(aggregate, votes, qc=figures) if pair.item_id not in decided]
-        if min_agreement is not None:
-            agreed = [pair for pair in pairs if pair.agreement >= min_agreement]
-            counts["low_agreement"] = len(pairs) - len(agreed)
-            pairs = agreed
-        pairs = sorted(pairs + decided_pairs(items, decided), key=lambda p: (p.item_id, min(p.chosen, p.rejected), max(p.chosen, p.rejected)))
-        for pair in pairs:
-            if pair.tie and not keep_ties:
-                ties_dropped += 1
-                continue
-            ties_kept += pair.tie
-            prompt_id, meta, _, _ = items[pair.item_id]
-            row = {"prompt": prompts[prompt_id], "chosen": text_of(pair.item_id, pair.chosen), "rejected": text_of(pair.item_id, pair.rejected)}
-            if pair.margin is not None:
-                row["margin"] = float(pair.margin)
-            if pair.tie:
-                row["tie"] = True
-            if isinstance(meta.get("subset"), str):
-                row["subset"] = meta["subset"]
-            rows.append(row)
-        counts.update({"pairs": len(pairs), "ties_kept": ties_kept, "ties_dropped": ties_dropped, "no_majority": figures.get("aggregate/no_majority")})
+        figures = qc if qc is not None else {}  # the aggregation adds its own figures (no_majority) to it
+        rows = _preference_rows(aggregate_pairs(aggregate, votes, qc=figures), items, prompts, decided, text_of,
+                                keep_ties=keep_ties, min_agreement=min_agreement, counts=counts)
+        counts["no_majority"] = figures.get("aggregate/no_majority")
     else:
-        by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for vote in votes:
-            by_item[vote.item_id].append(vote.value)
-        split = 0
-        for item_id in sorted(set(by_item) | set(decided)):
-            prompt_id = items[item_id][0]
-            values = [decided[item_id]] if item_id in decided else by_item[item_id]
-            if kind == "rating":
-                rows.append({"prompt": prompts[prompt_id], "completion": text_of(item_id, 0), "ratings": _mean_ratings(values)})
-            else:
-                labels = Counter(v["label"] for v in values)
-                if labels[True] == labels[False]:
-                    split += 1
-                    continue
-                label = labels[True] > labels[False]
-                rows.append({"prompt": prompts[prompt_id], "completion": text_of(item_id, 0), "label": label})
-        if kind == "unpaired":
-            counts["no_majority"] = split
+        rows = _per_completion_rows(kind, votes, items, prompts, decided, text_of, counts=counts)
     counts["rows"] = len(rows)
     return kind, rows, counts
+
+
+def _preference_rows(
+    aggregated: list[AggregatedPair], items: dict[int, tuple[Any, ...]], prompts: dict[int, Any], decided: dict[int, dict[str, Any]],
+    text_of: Any, *, keep_ties: bool, min_agreement: float | None, counts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Preference rows from the aggregated pairs, the decided items' pairs taking the place of theirs; the counts
+    (pairs, ties, low agreement) are added to ``counts``."""
+    pairs = [pair for pair in aggregated if pair.item_id not in decided]
+    if min_agreement is not None:
+        agreed = [pair for pair in pairs if pair.agreement >= min_agreement]
+        counts["low_agreement"] = len(pairs) - len(agreed)
+        pairs = agreed
+    pairs = sorted(pairs + decided_pairs(items, decided), key=lambda p: (p.item_id, min(p.chosen, p.rejected), max(p.chosen, p.rejected)))
+    rows: list[dict[str, Any]] = []
+    ties_kept = ties_dropped = 0
+    for pair in pairs:
+        if pair.tie and not keep_ties:
+            ties_dropped += 1
+            continue
+        ties_kept += pair.tie
+        prompt_id, meta, _, _ = items[pair.item_id]
+        row = {"prompt": prompts[prompt_id], "chosen": text_of(pair.item_id, pair.chosen), "rejected": text_of(pair.item_id, pair.rejected)}
+        if pair.margin is not None:
+            row["margin"] = float(pair.margin)
+        if pair.tie:
+            row["tie"] = True
+        if isinstance(meta.get("subset"), str):
+            row["subset"] = meta["subset"]
+        rows.append(row)
+    counts.update({"pairs": len(pairs), "ties_kept": ties_kept, "ties_dropped": ties_dropped})
+    return rows
+
+
+def _per_completion_rows(
+    kind: str, votes: list[Vote], items: dict[int, tuple[Any, ...]], prompts: dict[int, Any], decided: dict[int, dict[str, Any]],
+    text_of: Any, *, counts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Rating rows (mean ratings) or unpaired rows (majority label; a split vote is left out and counted)."""
+    by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for vote in votes:
+        by_item[vote.item_id].append(vote.value)
+    rows: list[dict[str, Any]] = []
+    split = 0
+    for item_id in sorted(set(by_item) | set(decided)):
+        prompt_id = items[item_id][0]
+        values = [decided[item_id]] if item_id in decided else by_item[item_id]
+        if kind == "rating":
+            rows.append({"prompt": prompts[prompt_id], "completion": text_of(item_id, 0), "ratings": _mean_ratings(values)})
+            continue
+        labels = Counter(v["label"] for v in values)
+        if labels[True] == labels[False]:
+            split += 1
+            continue
+        rows.append({"prompt": prompts[prompt_id], "completion": text_of(item_id, 0), "label": labels[True] > labels[False]})
+    if kind == "unpaired":
+        counts["no_majority"] = split
+    return rows
 
 
 def decided_pairs(items: dict[int, tuple[Any, ...]], decided: dict[int, dict[str, Any]]) -> list[AggregatedPair]:
@@ -442,77 +462,6 @@ def training_rows(spec: str | Path, kind: str, *, workspace: Any = None) -> list
     """Training rows of ``kind`` (tether.data.rows) from ``snapshot:NAME`` (in ``workspace``) or a file."""
     path, is_snapshot = spec_path(spec, workspace)
     return load_rows(path, kind, snapshot=is_snapshot)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Export
-
-
-def _hh_turns(messages: list[dict[str, Any]]) -> str:
-    speaker = {"user": "Human", "assistant": "Assistant", "system": "Human"}
-    return "".join(f"\n\n{speaker.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
-
-
-def _hh_row(row: dict[str, Any]) -> dict[str, str]:
-    """A preference row as two whole HH dialogues. HH-shaped prompts round-trip exactly; others are wrapped."""
-    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-    if isinstance(prompt, list):
-        prompt = _hh_turns(prompt) + HH_ASSISTANT
-        chosen, rejected = (_hh_turns(c)[len("\n\nAssistant:"):] if isinstance(c, list) else c for c in (chosen, rejected))
-    elif not prompt.endswith(HH_ASSISTANT):
-        prompt = f"\n\nHuman: {prompt}{HH_ASSISTANT}"
-        chosen, rejected = (" " + c if c and not c.startswith(" ") else c for c in (chosen, rejected))
-    return {"chosen": prompt + chosen, "rejected": prompt + rejected}
-
-
-def export_rows(rows: list[dict[str, Any]], row_kind: str, fmt: str) -> tuple[list[dict[str, Any]], int]:
-    """``(rows in the export format, rows left out)``. TRL and HH have no tie: tie rows are left out of them."""
-    if fmt not in EXPORT_FORMATS:
-        raise TetherError(f"unknown export format {fmt!r}", fix=f"use one of: {', '.join(EXPORT_FORMATS)}")
-    if fmt == "jsonl":
-        return rows, 0
-    if row_kind == "preference":
-        kept = [row for row in rows if not row.get("tie")]
-        if fmt == "trl":
-            out = [{k: row[k] for k in ("prompt", "chosen", "rejected", "margin") if k in row} for row in kept]
-        else:
-            out = [_hh_row(row) for row in kept]
-        return out, len(rows) - len(kept)
-    if fmt == "trl" and row_kind in ("unpaired", "prompt"):  # TRL's unpaired-preference and prompt-only formats
-        return rows, 0
-    raise TetherError(
-        f"{row_kind} rows have no {fmt} format",
-        fix="use --format jsonl" + (" (TRL has no ratings format)" if row_kind == "rating" else ""),
-    )
-
-
-def write_jsonl(rows: list[dict[str, Any]], out: Path) -> None:
-    """One JSON object per line (canonical form), gzipped when ``out`` ends in .gz; written atomically."""
-    import gzip
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    data = "".join(canonical_line(row) + "\n" for row in rows).encode("utf-8")
-    if out.name.endswith(".gz"):
-        data = gzip.compress(data, mtime=0)
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-
-
-def export(name: str, fmt: str, out: Path, *, session: Session, root: Path, force: bool = False) -> dict[str, Any]:
-    """Write snapshot (or set) ``name`` to ``out`` as ``fmt``; returns a summary."""
-    out = Path(out)
-    if not (out.name.endswith(".jsonl") or out.name.endswith(".jsonl.gz")):
-        raise TetherError(f"export writes JSON lines: {out.name!r} should end in .jsonl or .jsonl.gz", fix="rename the output file")
-    if out.exists() and not force:
-        raise TetherError(f"{out} exists", fix="pass --force to overwrite it, or choose another -o")
-    resolved = resolve(name, session=session, root=root)
-    rows, left_out = export_rows(resolved["rows"], resolved["row_kind"], fmt)
-    write_jsonl(rows, out)
-    audit(session, "data.export", resolved["source"], name, format=fmt, path=str(out), rows=len(rows))
-    return {"name": name, "source": resolved["source"], "format": fmt, "path": str(out), "rows": len(rows),
-            "left_out_ties": left_out, "digest": resolved["digest"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------

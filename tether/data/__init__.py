@@ -1,0 +1,1 @@
+"""Training rows from files (paths only, no database), import parsing, batching and packing."""

@@ -1,0 +1,1 @@
+"""Judgment kinds and their validation; aggregation of votes into pairs (majority, Dawid-Skene, Bradley-Terry)."""
