@@ -321,11 +321,6 @@ def _report_skipped(skipped: int, total: int, cfg: RewardConfig, say: Any) -> No
         say(f"skipped {skipped} of {total} rows whose completion alone exceeds --max-length {cfg.max_length}")
 
 
-def _shard(batch: list[int], accelerator: Any) -> list[int]:
-    """This process's share of the global batch: every process gets the same number of rows."""
-    return batch[accelerator.process_index :: accelerator.num_processes]
-
-
 def _reference_sequences(cfg: RewardConfig, data: dict[str, Any], tokenizer: Any, run: Run) -> tuple[list[list[int]], str, int]:
     """The token ids of the normalization's reference completions (a seeded random sample of at most
     ``normalize_max_rows``), their name, and how many there were before sampling."""
