@@ -210,6 +210,10 @@ class OnlineRLConfig(TrainConfig):
     num_minibatches: int = Field(1, ge=1, description="Optimizer steps per pass; a rollout holds batch_size x num_minibatches completions.")
     clip_range: float = Field(0.2, gt=0, lt=1, description="PPO's epsilon: the probability ratio is clipped to [1 - eps, 1 + eps].")
     kl_coef: float = Field(0.05, ge=0, description="beta, the weight of KL(policy || reference); 0 skips the reference model.")
+    reference_model: str | None = Field(
+        None,
+        description="The frozen reference of the KL term; default: the starting model. `tether loop` continues RL from the current policy and keeps the KL to the first (SFT) policy this way. Not with LoRA (the reference is then the policy with its adapter off).",
+    )
     kl_estimator: str = Field("k1", pattern="^(k1|k2|k3)$", description="Per-token KL estimator (Schulman 2020): k1 = log ratio, k2 = its square / 2, k3 = exp(-log ratio) - 1 + log ratio.")
     aggregation: str = Field("token", pattern="^(token|sequence)$", description="Loss over tokens: token = mean over all completion tokens of the batch (DAPO); sequence = mean of per-completion means (GRPO paper).")
     missing_eos_penalty: float | None = Field(None, ge=0, description="Subtracted from the score of a completion that reached max_new_tokens without EOS (None: no penalty).")
@@ -246,6 +250,8 @@ class OnlineRLConfig(TrainConfig):
     def _check_online(self) -> OnlineRLConfig:
         if self.batch_size % self.group_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size}): it counts completions, prompts x group_size")
+        if self.reference_model is not None and self.lora_r:
+            raise ValueError("reference_model with LoRA: the reference is the policy with its adapter off; drop one of them")
         if self.max_new_tokens >= self.max_length:
             raise ValueError(f"max_new_tokens ({self.max_new_tokens}) must be below max_length ({self.max_length}), which also holds the prompt")
         return self

@@ -38,9 +38,10 @@ def model_lineage(config: dict[str, Any], *, workspace: Any = None, _seen: froze
     inputs = []
     for role, key in INPUT_FIELDS:
         values = config.get(key)
-        for value in values if isinstance(values, list) else [values]:
-            if role == "reward" and isinstance(value, str):
-                value = _reward_folder(value)  # a SPEC: DIR, DIR@W, DIR:ASPECT=W,... (rules: and py: are no models)
+        values = values if isinstance(values, list) else [values]
+        if role == "reward":  # SPECs: DIR, DIR@W, DIR:ASPECT=W,..., ensemble:DIRS (rules: and py: are no models)
+            values = [folder for value in values if isinstance(value, str) for folder in _reward_folders(value)]
+        for value in values:
             if not isinstance(value, str) or value.startswith("rules:") or not (Path(value) / TETHER_META).is_file():
                 continue
             path = str(Path(value).resolve())
@@ -53,15 +54,18 @@ def model_lineage(config: dict[str, Any], *, workspace: Any = None, _seen: froze
     return {"snapshot": snapshot, "inputs": inputs}
 
 
-def _reward_folder(spec: str) -> str | None:
-    """The reward-model folder a ``--reward`` SPEC names, or None (rules, Python functions, a SPEC that does not parse)."""
-    from tether.recipes.reward_specs import parse_spec
+def _reward_folders(spec: str) -> list[str]:
+    """The reward-model folders a ``--reward`` SPEC names: one, an ensemble's members, or none (rules, Python
+    functions, a SPEC that does not parse)."""
+    from tether.recipes.reward_specs import member_folders, parse_spec
 
     try:
         parsed = parse_spec(spec)
     except TetherError:
-        return None
-    return str(parsed.path) if parsed.kind == "model" else None
+        return []
+    if parsed.kind == "ensemble":
+        return [str(m) for folder in parsed.members for m in member_folders(folder)]
+    return [str(parsed.path)] if parsed.kind == "model" else []
 
 
 def _digest_now(name: str, workspace: Any) -> str | None:

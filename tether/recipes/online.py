@@ -65,7 +65,7 @@ def setup(cfg: Any, name: str, *, workspace: Any = None, on_step: StepHook | Non
     policy = load_policy(cfg, tokenizer, dropout=False)
     reference = None
     if cfg.kl_coef > 0 and not cfg.lora_r:
-        reference = load_causal_lm(cfg.model, bf16=cfg.bf16).to(run.accelerator.device).eval().requires_grad_(False)
+        reference = load_causal_lm(cfg.reference_model or cfg.model, bf16=cfg.bf16).to(run.accelerator.device).eval().requires_grad_(False)
     return Online(run, cfg, prompts, plan, reward, tokenizer, policy, reference)
 
 

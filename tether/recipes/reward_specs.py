@@ -9,6 +9,13 @@ A SPEC is one of:
   ``DIR:helpful=1,harm=-1`` (negative where higher is worse; every aspect named; 0 leaves one out), and each
   aspect is also logged on its own (``reward/<label>/<aspect>``).
 - ``rules:FILE.yaml``: rule-based rewards and filters (``tether.checks.rules``); every rule is also logged on its own.
+- ``ensemble:DIR[,DIR...][:COMBINE]``: a reward ensemble, its members combined into one conservative reward (Coste
+  et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"). The members are every head of every named
+  reward model (a model trained with ``--ensemble K`` brings K bootstrap heads), and a DIR that holds no
+  tether.json but member folders (``tether loop`` writes one: separately seeded models) brings each of them.
+  COMBINE: ``mean`` (default), ``uwo=LAMBDA`` (uncertainty-weighted: mean - LAMBDA x the members' standard
+  deviation) or ``min`` (worst case over the members). Logged: ``reward/<label>`` (the combined reward),
+  ``reward/<label>/mean`` and ``reward/<label>/spread`` (the members' mean and standard deviation).
 - ``py:FILE.py:FUNCTION``: your function ``FUNCTION(prompts: list[str], completions: list[str]) -> list[float]``
   (verifiable rewards: unit tests, checkers, exact match). Plain-text prompts come as they were given;
   conversations as the policy's rendered prompt text.
@@ -36,7 +43,7 @@ if TYPE_CHECKING:  # torch is imported where scores are computed: parsing a SPEC
 
 @dataclass
 class RewardSpec:
-    """One parsed SPEC. kind: "model", "rules" or "py"."""
+    """One parsed SPEC. kind: "model", "ensemble", "rules" or "py"."""
 
     kind: str
     path: Path
@@ -45,10 +52,55 @@ class RewardSpec:
     text: str = ""
     aspect_weights: dict[str, float] | None = None  # a rating model's DIR:ASPECT=W,... (tether.models.reward_model.split_aspect_weights)
     label: str = ""  # the name its metric is logged under: folder name, rules file stem or function name
+    members: list[Path] = field(default_factory=list)  # an ensemble's folders, as given
+    combine: str = "mean"  # an ensemble's combination: mean, uwo or min
+    coef: float = 0.0  # uwo's LAMBDA
 
     def __post_init__(self) -> None:
         if not self.label:
             self.label = str(self.function) if self.kind == "py" else (self.path.stem if self.kind == "rules" else self.path.name)
+
+
+COMBINES = ("mean", "uwo", "min")
+
+
+def combine_members(members: torch.Tensor, combine: str = "mean", coef: float = 0.0) -> torch.Tensor:
+    """One reward from an ensemble's member rewards (Coste et al. 2023, Sec. 3): ``mean``; ``uwo``, uncertainty-
+    weighted, mean - coef x std (the population std over members; Coste et al. penalize the variance, the std
+    keeps coef in reward units); ``min``, worst case over members.
+
+    members: (B, K) normalized rewards. Returns (B,)."""
+    if combine == "mean":
+        return members.mean(dim=1)
+    if combine == "uwo":
+        return members.mean(dim=1) - coef * members.std(dim=1, unbiased=False)
+    if combine == "min":
+        return members.min(dim=1).values
+    raise ValueError(f"unknown ensemble combination {combine!r}; valid: {', '.join(COMBINES)}")
+
+
+def parse_combine(text: str, spec: str) -> tuple[str, float]:
+    """``mean`` | ``min`` | ``uwo=LAMBDA`` -> (combine, coef)."""
+    name, _, value = text.partition("=")
+    if name == "uwo":
+        try:
+            coef = float(value)
+        except ValueError:
+            raise TetherError(f"--reward {spec!r}: uwo needs its LAMBDA, e.g. uwo=0.5", fix="write ensemble:DIR,DIR:uwo=0.5") from None
+        if coef < 0:
+            raise TetherError(f"--reward {spec!r}: uwo's LAMBDA must be >= 0", fix="write ensemble:DIR,DIR:uwo=0.5")
+        return "uwo", coef
+    if name in ("mean", "min") and not value:
+        return name, 0.0
+    raise TetherError(f"--reward {spec!r}: unknown ensemble combination {text!r}", fix="end with :mean, :min or :uwo=LAMBDA")
+
+
+def member_folders(folder: Path) -> list[Path]:
+    """The reward models an ensemble folder names: itself when it holds tether.json (its heads are members), else
+    its subfolders that do, sorted by name."""
+    if (folder / "tether.json").is_file() or not folder.is_dir():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if (p / "tether.json").is_file())
 
 
 def parse_spec(text: str) -> RewardSpec:
@@ -65,6 +117,17 @@ def parse_spec(text: str) -> RewardSpec:
         raise TetherError(f"--reward {text!r} is empty", fix="give a reward model folder, rules:FILE.yaml or py:FILE.py:FUNCTION")
     if raw.startswith("rules:"):
         return RewardSpec("rules", Path(raw[len("rules:") :]), weight, text=text)
+    if raw.startswith("ensemble:"):
+        body, combine, coef = raw[len("ensemble:") :], "mean", 0.0
+        head, sep, tail = body.rpartition(":")
+        if sep and head and (tail in ("mean", "min") or tail.startswith("uwo")):
+            body = head
+            combine, coef = parse_combine(tail, text)
+        folders = [Path(part) for part in body.split(",") if part.strip()]
+        if not folders:
+            raise TetherError(f"--reward {text!r}: no reward model folder after ensemble:", fix="write ensemble:DIR[,DIR...][:mean|:min|:uwo=LAMBDA]")
+        label = folders[0].name if len(folders) == 1 else "ensemble"
+        return RewardSpec("ensemble", folders[0], weight, text=text, label=label, members=folders, combine=combine, coef=coef)
     if raw.startswith("py:"):
         body = raw[len("py:") :]
         if ":" not in body:
@@ -102,8 +165,15 @@ class Reward:
 
     @property
     def reward_models(self) -> list[Any]:
-        """The loaded reward models (tether.models.reward_model.RewardModel) of the model SPECs, in order."""
-        return [scorer for s, scorer in zip(self.specs, self.scorers) if s.kind == "model"]
+        """The loaded reward models (tether.models.reward_model.RewardModel) of the model and ensemble SPECs, in
+        order (an ensemble's members each)."""
+        out: list[Any] = []
+        for spec, scorer in zip(self.specs, self.scorers):
+            if spec.kind == "model":
+                out.append(scorer)
+            elif spec.kind == "ensemble":
+                out.extend(scorer)
+        return out
 
     def score(self, prompts: Sequence[Any], prompt_texts: Sequence[str], completions: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
         """``prompts`` as given (strings or message lists, for reward models, which render them as their own
@@ -121,6 +191,11 @@ class Reward:
                 if len(scorer.aspects) > 1:
                     for a, aspect in enumerate(scorer.aspects):
                         metrics[f"reward/{spec.label}/{aspect}"] = float(normalized[:, a].mean()) if len(normalized) else 0.0
+            elif spec.kind == "ensemble":
+                members = ensemble_members(scorer, prompts, completions, self.batch_size)  # (B, K)
+                values = combine_members(members, spec.combine, spec.coef)
+                metrics[f"reward/{spec.label}/mean"] = float(members.mean()) if len(members) else 0.0
+                metrics[f"reward/{spec.label}/spread"] = float(members.std(dim=1, unbiased=False).mean()) if len(members) else 0.0
             elif spec.kind == "rules":
                 result = scorer.score(list(completions), list(prompts))
                 values = torch.tensor(result.total, dtype=torch.float32)
@@ -132,6 +207,13 @@ class Reward:
             total += spec.weight * values
             metrics[f"reward/{spec.label}"] = spec.weight * float(values.mean()) if len(values) else 0.0
         return total, metrics
+
+    def members(self, prompts: Sequence[Any], completions: Sequence[str]) -> torch.Tensor:
+        """The member rewards (B, K) of the first ensemble SPEC (a model SPEC's heads when there is none)."""
+        for spec, scorer in zip(self.specs, self.scorers):
+            if spec.kind in ("ensemble", "model"):
+                return ensemble_members(scorer if spec.kind == "ensemble" else [scorer], prompts, completions, self.batch_size)
+        raise TetherError("no reward model among the rewards", fix="add --reward ensemble:DIR or a reward model folder")
 
     @staticmethod
     def _call_function(spec: RewardSpec, function: Any, prompt_texts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
@@ -150,6 +232,15 @@ class Reward:
         return values
 
 
+def ensemble_members(models: Sequence[Any], prompts: Sequence[Any], completions: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    """Every member's normalized reward, (B, K): each model's heads side by side, in the order given."""
+    import numpy as np
+    import torch
+
+    parts = [m.score_members(list(prompts), list(completions), batch_size=batch_size) for m in models]  # (B, K_m) each
+    return torch.as_tensor(np.concatenate(parts, axis=1), dtype=torch.float32)
+
+
 def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_size: int = 32, bf16: bool = False, say: Callable[[str], None] | None = None) -> Reward:
     """Parse and load every SPEC; a clear ``TetherError`` for anything that does not load (a rating model without
     its aspects' weights too, before any training). ``say`` gets the notes (a foreign reward model's scale)."""
@@ -164,6 +255,8 @@ def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_s
             scorers.append(load_rules(spec.path))
         elif spec.kind == "py":
             scorers.append(_load_function(spec))
+        elif spec.kind == "ensemble":
+            scorers.append(_load_ensemble(spec, device=device, bf16=bf16, say=say))
         else:
             scorers.append(_load_reward_model(spec, device=device, bf16=bf16, say=say))
     labels = [s.label for s in specs]
@@ -171,6 +264,16 @@ def load_reward(spec_texts: Sequence[str], *, device: str | None = None, batch_s
         if labels.count(spec.label) > 1:
             spec.label = f"{spec.label}_{i + 1}"
     return Reward(specs, scorers, batch_size)
+
+
+def _load_ensemble(spec: RewardSpec, *, device: str | None, bf16: bool, say: Callable[[str], None] | None = None) -> list[Any]:
+    folders = [m for folder in spec.members for m in member_folders(folder)]
+    if not folders:
+        raise TetherError(f"--reward {spec.text}: no reward model in {', '.join(map(str, spec.members))}", fix="name reward model folders, or a folder of them (tether loop writes one)")
+    models = [_load_reward_model(RewardSpec("model", folder, text=spec.text), device=device, bf16=bf16, say=say) for folder in folders]
+    if spec.combine != "mean" and sum(m.ensemble for m in models) < 2:
+        raise TetherError(f"--reward {spec.text}: {spec.combine} over a single member is the member itself", fix="name two or more members (or a model trained with --ensemble K)")
+    return models
 
 
 def _load_reward_model(spec: RewardSpec, *, device: str | None, bf16: bool, say: Callable[[str], None] | None = None) -> Any:

@@ -1,0 +1,113 @@
+"""`tether loop`: seeded reward ensemble members, the pairs a round picks from the policy's own outputs, and a round's
+snapshot that unions the earlier rounds (each judgment once, lineage kept)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from tether.demo.simulate import SimAnnotator, run_annotators
+from tether.lifecycle import loop
+from tether.lifecycle.overoptimization import ensure_project
+
+CREW = [SimAnnotator("sim-a", accuracy=0.95), SimAnnotator("sim-b", accuracy=0.9), SimAnnotator("sim-c", accuracy=0.85)]
+
+
+def _judge(url, project):
+    run_annotators(url, project, CREW, seed=1)
+
+
+def _truth(prompt, a, b):
+    return {"sim_truth": "a" if len(a) >= len(b) else "b"}  # the hidden preference of this test: the longer reply
+
+
+def _rows(round_number, n):
+    return [{"prompt": f"question {round_number}-{i}", "completions": [{"text": "a long helpful reply", "model": "policy"}, {"text": "short", "model": "reference"}],
+             "external_id": f"round-{round_number}-{i}", "meta": {"round": round_number}} for i in range(n)]
+
+
+def test_a_rounds_snapshot_unions_the_earlier_rounds_each_judgment_once(workspace):
+    from tether.store.db import session_scope
+    from tether.store.tables import Item, Judgment, Snapshot, SnapshotJudgment
+
+    url = workspace.database_url
+    ensure_project(url, "fb", guidelines="Pick the better reply.", overlap=2, actor="test")
+    first = loop.queue_round(url, "fb", _rows(1, 5), _truth)
+    _judge(url, "fb")
+    snap1, _ = loop.round_snapshot(workspace, "fb", 1)
+    second = loop.queue_round(url, "fb", _rows(2, 4), _truth)
+    _judge(url, "fb")
+    snap2, _ = loop.round_snapshot(workspace, "fb", 2)
+    assert len(first) == 5 and len(second) == 4 and not set(first) & set(second)
+    assert (snap1["name"], snap2["name"]) == ("fb-round-1", "fb-round-2") and snap1["digest"] != snap2["digest"]
+    rows1 = [json.loads(x) for x in (workspace.root / snap1["path"]).read_text().splitlines()]
+    rows2 = [json.loads(x) for x in (workspace.root / snap2["path"]).read_text().splitlines()]
+    assert len(rows1) == 5 and len(rows2) == 9
+    assert all(r in rows2 for r in rows1)  # the earlier round's rows are all in the later snapshot
+    with session_scope(url) as session:
+        def used(name):
+            snapshot_id = session.scalar(select(Snapshot.id).where(Snapshot.name == name))
+            return list(session.scalars(select(SnapshotJudgment.judgment_id).where(SnapshotJudgment.snapshot_id == snapshot_id)))
+
+        ids1, ids2 = used("fb-round-1"), used("fb-round-2")
+        round_of = dict(session.execute(select(Judgment.id, Item.meta).join(Item, Item.id == Judgment.item_id)).all())
+        total = session.scalar(select(func.count(Judgment.id)))
+    assert len(ids2) == len(set(ids2)) == total == 18  # every judgment of both rounds, once (9 items x overlap 2)
+    assert set(ids1) < set(ids2) and {round_of[i]["round"] for i in ids1} == {1} and {round_of[i]["round"] for i in ids2} == {1, 2}
+    assert loop.judgments_in(url, "fb") == 18
+
+
+class _Ensemble:
+    """Members that disagree about replies holding "odd": member k scores such a reply k, the others 0."""
+
+    def members(self, prompts, completions):
+        return torch.tensor([[float(k) if "odd" in c else 0.0 for k in range(3)] for c in completions])
+
+
+def test_a_round_picks_pairs_of_the_policys_own_replies_where_the_members_disagree():
+    cfg = loop.LoopConfig(pairs_per_round=2, strategy="disagreement").validate()
+    prompts = ["p0", "p1", "p2"]
+    policy = [["odd reply", "plain reply"], ["plain one", "plain two"], ["odd one", "odd one"]]
+    reference = [["ref 0"], ["ref 1"], ["ref 2"]]
+    rows = loop.propose_pairs(cfg, 3, prompts, policy, reference, _Ensemble())
+    assert [r["prompt"] for r in rows] == ["p0", "p2"]  # the two prompts whose pairs split the members; p1's do not
+    for row in rows:
+        assert "policy" in row["meta"]["models"] and row["meta"]["round"] == 3 and row["meta"]["p_spread"] > 0
+    assert rows[1]["completions"][0]["text"] == "odd one"  # a repeated reply is one candidate, not a pair with itself
+    with pytest.raises(Exception, match="needs --members 2"):
+        loop.LoopConfig(members=1).validate()
+
+
+def test_seeded_members_differ_and_their_spread_grows_off_distribution(tiny_lm_dir, tmp_path):
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward_specs import load_reward
+
+    rng = random.Random(0)
+    words = "hello how can i help you today order has shipped".split()
+    rows = [{"prompt": "hello\n", "chosen": " ".join(rng.choices(words, k=4)) + " thank you", "rejected": " ".join(rng.choices(words, k=4)) + " sorry"} for _ in range(64)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = RewardConfig(model=str(tiny_lm_dir), data=str(data), output_dir=tmp_path / "x", epochs=3, batch_size=8, learning_rate=3e-3,
+                        progress=False, mlflow=False, seed=5)
+    folders = loop.train_members(base, 3, tmp_path / "ens")
+    assert [f.name for f in folders] == ["member-0", "member-1", "member-2"]
+    assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["seeds"] == [5, 5 + 1009, 5 + 2018]
+    ensemble = load_reward([f"ensemble:{tmp_path / 'ens'}"], device="cpu")
+    like = [r["chosen"] for r in rows[:24]] + [r["rejected"] for r in rows[:24]]
+    vocab = ensemble.reward_models[0].tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)[10:]
+    noise_rng = random.Random(1)
+    tokenizer = ensemble.reward_models[0].tokenizer
+    off = [tokenizer.convert_tokens_to_string(noise_rng.choices(tokens, k=12)) for _ in range(48)]
+    on_members = ensemble.members(["hello\n"] * len(like), like).numpy()
+    off_members = ensemble.members(["hello\n"] * len(off), off).numpy()
+    assert not np.allclose(on_members[:, 0], on_members[:, 1]) and not np.allclose(on_members[:, 1], on_members[:, 2])  # members differ
+    # each member learned the task: chosen above rejected
+    assert (on_members[:24].mean(0) > on_members[24:].mean(0)).all()
+    on_spread, off_spread = on_members.std(1).mean(), off_members.std(1).mean()
+    assert off_spread > 1.5 * on_spread, (on_spread, off_spread)
