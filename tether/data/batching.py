@@ -63,15 +63,49 @@ def branch_rows(triples: list[tuple[list[int], list[int], list[int]]], pad_id: i
     return input_ids, position_ids, branch_attention_mask(part)
 
 
-def branch_attention_mask(part: torch.Tensor) -> torch.Tensor:
+def packed_branch_rows(
+    triples: list[tuple[list[int], list[int], list[int]]], pad_id: int, capacity: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """``branch_rows`` without the padding: the ``prefix + a + b`` sequences laid end to end in as few rows of
+    ``capacity`` tokens (at least the longest sequence) as fit (``pack_rows``). Positions restart at each sequence
+    (and b's where its prefix ends); the mask keeps every sequence to itself and b away from a. Returns input_ids,
+    position_ids, the mask and where each triple starts, (row, column). shape: -> (R, T), (R, T), (R, 1, T, T)."""
+    lengths = [len(p) + len(a) + len(b) for p, a, b in triples]
+    groups = pack_rows(lengths, max(capacity, max(lengths)))
+    width = max(sum(lengths[i] for i in g) for g in groups)
+    input_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(groups), width), dtype=torch.long)
+    part = torch.full((len(groups), width), 3, dtype=torch.long)  # 0 prefix, 1 answer a, 2 answer b, 3 padding
+    segment = torch.full((len(groups), width), -1, dtype=torch.long)  # which sequence of the row; -1 padding
+    places = [(0, 0)] * len(triples)
+    for r, group in enumerate(groups):
+        start = 0
+        for k, i in enumerate(group):
+            p, a, b = triples[i]
+            P, A, B = len(p), len(a), len(b)
+            input_ids[r, start : start + P + A + B] = torch.tensor(p + a + b, dtype=torch.long)
+            position_ids[r, start : start + P + A] = torch.arange(P + A)
+            position_ids[r, start + P + A : start + P + A + B] = torch.arange(P, P + B)
+            part[r, start : start + P], part[r, start + P : start + P + A], part[r, start + P + A : start + P + A + B] = 0, 1, 2
+            segment[r, start : start + P + A + B] = k
+            places[i] = (r, start)
+            start += P + A + B
+    return input_ids, position_ids, branch_attention_mask(part, segment), places
+
+
+def branch_attention_mask(part: torch.Tensor, segment: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean attention mask (B, 1, T, T) for rows that hold one shared prefix and the branches that follow it:
     ``part`` (B, T) is 0 on the prefix, 1, 2, ... on each branch and any other id on padding. A token sees the
     tokens before it in its own part and the prefix, never another branch: each branch is computed as if it
-    followed the prefix alone (its positions restart where the prefix ends)."""
+    followed the prefix alone (its positions restart where the prefix ends). ``segment`` (B, T), for packed rows
+    that hold several such sequences: a token sees its own sequence's tokens only."""
     width = part.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=part.device).tril()
     same_part = part.unsqueeze(2) == part.unsqueeze(1)  # (B, T, T): query part == key part
-    return (causal & (same_part | (part == 0).unsqueeze(1))).unsqueeze(1)
+    mask = causal & (same_part | (part == 0).unsqueeze(1))
+    if segment is not None:
+        mask &= segment.unsqueeze(2) == segment.unsqueeze(1)
+    return mask.unsqueeze(1)
 
 
 def padded_passes(lengths: list[int], overhead_tokens: int, attention_width: int = 512) -> list[list[int]]:

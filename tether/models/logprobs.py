@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tether.data.batching import branch_rows, pack_rows
+from tether.data.batching import branch_rows, pack_rows, packed_branch_rows
 from tether.errors import TetherError
 from tether.math.losses import entropy_from_logits
 
@@ -127,14 +127,16 @@ class TokenLogProbs(torch.nn.Module):
     """``lm`` wrapped so that forward returns log p(targets) at ``gather_index`` only: shape (N,).
 
     The transformer runs on every token; the vocabulary projection (often the largest matmul of a small model) and
-    the log-softmax run on the N scored positions only. ``reference=True`` runs the model with its LoRA adapter
+    the log-softmax run on the N scored positions only; with ``chunk_tokens`` they run ``chunk_tokens`` positions at a
+    time (``linear_token_logps``), so not even the (N, V) logits exist at once. ``reference=True`` runs the model with its LoRA adapter
     disabled: the reference policy of DPO/KTO without a second model in memory. Accelerate wraps this module (DDP),
     so every forward goes through it.
     """
 
-    def __init__(self, lm: Any):
+    def __init__(self, lm: Any, chunk_tokens: int = 0):
         super().__init__()
         self.lm = lm
+        self.chunk_tokens = chunk_tokens
         core = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         config = core.config
         # Heads that rescale or cap logits are not reproduced here: fall back to the model's own logits.
@@ -166,26 +168,116 @@ class TokenLogProbs(torch.nn.Module):
             if self._plain_head:
                 hidden = getattr(core, core.base_model_prefix)(**inputs).last_hidden_state  # (R, T, H)
                 selected = hidden.reshape(-1, hidden.size(-1)).index_select(0, gather_index)  # (N, H)
-                logits = core.get_output_embeddings()(selected).float()  # (N, V)
+                head = core.get_output_embeddings()
+                if self.chunk_tokens and type(head) is torch.nn.Linear:  # a plain head (not one LoRA wraps)
+                    return linear_token_logps(selected, head.weight, head.bias, targets, self.chunk_tokens)
+                logits = head(selected).float()  # (N, V)
             else:
                 logits = core(**inputs).logits
                 logits = logits.reshape(-1, logits.size(-1)).index_select(0, gather_index).float()
         return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)  # (N,)
 
 
-def collate_pairs(triples: list[Triple], pad_id: int) -> ScoredBatch:
+class _LinearTokenLogps(torch.autograd.Function):
+    """log p(targets) under logits = (hidden @ weight.T + bias) * scale, computed ``chunk`` rows at a time.
+
+    Forward: per chunk, the (c, V) logits, their logsumexp and the target's logit; when ``hidden`` needs a gradient,
+    also d logp / d hidden = scale * (W[target] - softmax @ W), a (c, H) block kept for the backward pass (the plain
+    path computes the same product in its backward). Backward: the hidden gradient is that block times the incoming
+    (N,) gradient; the weight's gradient (full fine-tuning; a frozen head under LoRA skips it) recomputes each chunk's
+    softmax from the saved logsumexp. The logits are never kept: memory O(c x V) instead of O(N x V), as Liger's
+    fused linear cross-entropy does. Shapes: hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) -> (N,).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int, scale: float) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else weight.dtype
+        w = weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse_all = torch.empty_like(logps)
+        grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=hidden.device) if need_hidden else None
+        for start in range(0, hidden.shape[0], chunk):
+            end = min(start + chunk, hidden.shape[0])
+            logits = torch.nn.functional.linear(hidden[start:end].to(dtype), w, b).float() * scale  # (c, V)
+            lse = logits.logsumexp(-1)
+            rows = torch.arange(end - start, device=hidden.device)
+            logps[start:end] = logits[rows, targets[start:end]] - lse
+            lse_all[start:end] = lse
+            if need_hidden:
+                probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
+                probs[rows, targets[start:end]] -= 1.0  # softmax - onehot = -d logp / d logits
+                grad_hidden[start:end] = (probs.to(dtype) @ w) * -scale
+        ctx.chunk, ctx.scale, ctx.dtype, ctx.need_weight, ctx.hidden_dtype = chunk, scale, dtype, need_weight, hidden.dtype
+        ctx.save_for_backward(hidden if need_weight else None, weight, bias, targets, lse_all, grad_hidden)
+        return logps
+
+    @staticmethod
+    def backward(ctx: Any, grad_logps: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, bias, targets, lse_all, grad_hidden = ctx.saved_tensors
+        grad_h = None if grad_hidden is None else (grad_hidden.float() * grad_logps.unsqueeze(1)).to(ctx.hidden_dtype)
+        grad_w = grad_b = None
+        if ctx.need_weight:
+            w = weight.to(ctx.dtype)
+            b = None if bias is None else bias.to(ctx.dtype)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_b = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+            for start in range(0, hidden.shape[0], ctx.chunk):
+                end = min(start + ctx.chunk, hidden.shape[0])
+                h = hidden[start:end].to(ctx.dtype)
+                logits = torch.nn.functional.linear(h, w, b).float() * ctx.scale
+                probs = logits.sub_(lse_all[start:end].unsqueeze(1)).exp_()
+                probs[torch.arange(end - start, device=h.device), targets[start:end]] -= 1.0
+                grad_logits = probs.mul_(grad_logps[start:end].unsqueeze(1) * -ctx.scale)  # (c, V): d loss / d logits
+                grad_w += (grad_logits.to(ctx.dtype).t() @ h).float()
+                if grad_b is not None:
+                    grad_b += grad_logits.sum(0)
+            grad_w = grad_w.to(weight.dtype)
+            grad_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def linear_token_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int = 1024, temperature: float = 1.0
+) -> torch.Tensor:
+    """log_softmax((hidden @ weight.T + bias) / temperature)[targets], ``chunk`` rows at a time, the (N, V) logits
+    never held at once (``_LinearTokenLogps``): the values and gradients of the plain path, less memory.
+    shape: hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) -> (N,)."""
+    if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        with torch.no_grad():
+            return _LinearTokenLogps.forward(_NoGrad(), hidden, weight, bias, targets, chunk, 1.0 / temperature)
+    return _LinearTokenLogps.apply(hidden, weight, bias, targets, chunk, 1.0 / temperature)
+
+
+class _NoGrad:
+    """The ctx of a forward that no backward follows (no-grad scoring: reference log-probs)."""
+
+    needs_input_grad = (False, False, False)
+
+    def save_for_backward(self, *tensors: Any) -> None:
+        pass
+
+
+def collate_pairs(triples: list[Triple], pad_id: int, *, pack_to: int | None = None) -> ScoredBatch:
     """[(prompt, a, b)] → one row ``prompt + a + b`` per triple, scoring a (sequences 0..B-1) and b (B..2B-1).
 
     The attention mask (B, 1, T, T) is causal, and a token may attend to the prompt and to its own answer only;
     b's positions restart at len(prompt). So log p(b | prompt) is what a separate ``prompt + b`` row would give.
+    Packed (``pack_to``: row capacity in tokens): the triples end to end in fewer rows, no padding between them
+    (``packed_branch_rows``); the same log-probs.
     """
     n = len(triples)
-    input_ids, position_ids, mask = branch_rows(triples, pad_id)
+    if pack_to:
+        input_ids, position_ids, mask, places = packed_branch_rows(triples, pad_id, pack_to)
+    else:
+        input_ids, position_ids, mask = branch_rows(triples, pad_id)
+        places = [(r, 0) for r in range(n)]
     width = input_ids.shape[1]
     gather, targets, segments, lengths = [], [], [], [0] * (2 * n)
     for r, (p, a, b) in enumerate(triples):
         P, A, B = len(p), len(a), len(b)
-        base = r * width
+        base = places[r][0] * width + places[r][1]
         for j in range(A):  # a_j sits at P + j and is predicted from the position before it
             gather.append(base + P + j - 1)
             targets.append(a[j])
@@ -206,9 +298,10 @@ def collate_pairs(triples: list[Triple], pad_id: int) -> ScoredBatch:
     )
 
 
-def score_pairs(module: Any, triples: list[Triple], pad_id: int, device: Any, *, reference: bool = False) -> torch.Tensor:
-    """Summed log-probs of both answers of each triple: (B, 2) = [log p(a|prompt), log p(b|prompt)]."""
-    scored = collate_pairs(triples, pad_id)
+def score_pairs(module: Any, triples: list[Triple], pad_id: int, device: Any, *, reference: bool = False, pack_to: int | None = None) -> torch.Tensor:
+    """Summed log-probs of both answers of each triple: (B, 2) = [log p(a|prompt), log p(b|prompt)]; packed rows
+    with ``pack_to`` (``collate_pairs``)."""
+    scored = collate_pairs(triples, pad_id, pack_to=pack_to)
     logps = scored.sequence_logps(module(**scored.model_inputs(device), reference=reference))  # (2B,)
     return torch.stack(logps.chunk(2), dim=1)
 

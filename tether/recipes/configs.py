@@ -76,6 +76,7 @@ RESUME_MAY_CHANGE = frozenset({
     "gradient_checkpointing", "bf16", "merge", "ref_cache_dir", "ref_batch_size", "precompute_ref", "eval_batch_size",
     "eval_data", "max_tokens_per_forward", "normalize_data", "normalize_max_rows", "reward_batch_size", "sample_every",
     "num_samples", "sampler", "decoder", "cache", "share_prompts", "vllm_gpu_memory_utilization",
+    "lm_head_chunk",
     "model", "data", "prompts",
 })
 
@@ -137,6 +138,10 @@ class SFTConfig(TrainConfig):
     )
     shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
+    lm_head_chunk: int = Field(
+        0, ge=0,
+        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, far less memory with a large vocabulary). 0: all scored tokens in one product.",
+    )
     merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
 
@@ -156,6 +161,14 @@ class DPOConfig(TrainConfig):
     ref_batch_size: int | None = Field(None, ge=1, description="Pairs per forward pass when precomputing reference log-probs (default: the micro batch).")
     shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
     group_by_length: bool = Field(True, description="Batch pairs of similar length together (less padding).")
+    packing: bool = Field(
+        False,
+        description="Lay several pairs end to end in one row (each pair's prompt, chosen and rejected answers, none attending to another pair's) instead of one padded row per pair: no padding tokens, same log-probs.",
+    )
+    lm_head_chunk: int = Field(
+        0, ge=0,
+        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, far less memory with a large vocabulary). 0: all scored tokens in one product.",
+    )
     merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
     @model_validator(mode="after")
@@ -185,6 +198,10 @@ class KTOConfig(TrainConfig):
     ref_batch_size: int | None = Field(None, ge=1, description="Examples per forward pass when precomputing reference log-probs (default: the micro batch).")
     shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
+    lm_head_chunk: int = Field(
+        0, ge=0,
+        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, far less memory with a large vocabulary). 0: all scored tokens in one product.",
+    )
     merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
 

@@ -6,7 +6,8 @@ Speed comes from doing less work, not from different math:
 - one row per pair, ``prompt + chosen + rejected``: the prompt runs through the transformer once, and a custom
   attention mask lets the rejected answer see the prompt but not the chosen answer (its positions restart after
   the prompt). The log-probs equal those of two separate sequences; the prompt's tokens are not computed twice.
-- the LM head runs on the answer tokens only (``TokenLogProbs``).
+- the LM head runs on the answer tokens only, a chunk of them at a time (``TokenLogProbs``).
+- ``packing``: the pairs of a micro batch end to end in fewer rows, no padding (``collate_pairs``).
 - reference log-probs are computed once, before training, in one pass, and cached on disk
   (tether.recipes.reference_cache); with LoRA the reference is the policy with its adapter disabled, so one model
   sits in memory.
@@ -65,9 +66,10 @@ def train_dpo(cfg: DPOConfig, *, workspace: Any = None, on_step: StepHook | None
     total_steps = total_optimizer_steps(len(triples), cfg)
     batches = plan_batches(lengths, cfg, total_steps)
     run.plan(data_digest, total_steps)
-    (policy,) = run.prepare(TokenLogProbs(load_policy(cfg, tokenizer, dropout=False)))
+    (policy,) = run.prepare(TokenLogProbs(load_policy(cfg, tokenizer, dropout=False), chunk_tokens=cfg.lm_head_chunk))
     pad_id, accelerator = tokenizer.pad_token_id, run.accelerator
-    reference = setup_reference(cfg, run, policy, "pairs", data_digest, triples, pad_id)  # (N, 2): chosen, rejected
+    pack_to = cfg.max_length if cfg.packing else None  # rows of pairs end to end, no padding (same log-probs)
+    reference = setup_reference(cfg, run, policy, "pairs", data_digest, triples, pad_id, pack_to=pack_to)  # (N, 2): chosen, rejected
     start_step = run.start()["step"]
 
     # --- train -----------------------------------------------------------------------------------------------
@@ -82,12 +84,12 @@ def train_dpo(cfg: DPOConfig, *, workspace: Any = None, on_step: StepHook | None
             micro_triples = [triples[i] for i in micro]
             with run.accumulating(last=k == len(micro_batches) - 1):
                 # ALGO LOGIC: chosen and rejected in one forward pass, then the loss of the pair.
-                logps = score_pairs(policy, micro_triples, pad_id, accelerator.device)  # (b, 2)
+                logps = score_pairs(policy, micro_triples, pad_id, accelerator.device, pack_to=pack_to)  # (b, 2)
                 if reference.logps is not None:
                     ref = reference.logps[micro].to(logps.device)
                 else:
                     with torch.no_grad():
-                        ref = score_pairs(reference.module, micro_triples, pad_id, accelerator.device, reference=reference.disable_adapter)
+                        ref = score_pairs(reference.module, micro_triples, pad_id, accelerator.device, reference=reference.disable_adapter, pack_to=pack_to)
                 if cfg.loss == "ipo":  # IPO on per-token average log-probs (see ipo_loss)
                     n_tokens = torch.tensor([[len(c), len(r)] for _, c, r in micro_triples], dtype=logps.dtype, device=logps.device)
                     loss, stats = ipo_loss(*(logps / n_tokens).unbind(1), *(ref / n_tokens).unbind(1), beta=cfg.beta)

@@ -100,7 +100,7 @@ def train_kto(cfg: KTOConfig, *, workspace: Any = None, on_step: StepHook | None
     total_steps = total_optimizer_steps(len(triples), cfg)
     batches = plan_batches(lengths, cfg, total_steps)
     run.plan(data_digest, total_steps)
-    (policy,) = run.prepare(TokenLogProbs(load_policy(cfg, tokenizer, dropout=False)))
+    (policy,) = run.prepare(TokenLogProbs(load_policy(cfg, tokenizer, dropout=False), chunk_tokens=cfg.lm_head_chunk))
     pad_id, accelerator = tokenizer.pad_token_id, run.accelerator
     reference = setup_reference(cfg, run, policy, "unpaired", data_digest, triples, pad_id)  # (N, 2): completion, partner's
     start_step = run.start()["step"]

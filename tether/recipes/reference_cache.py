@@ -33,22 +33,22 @@ class Reference:
     disable_adapter: bool = False
 
 
-def setup_reference(cfg: Any, run: Any, policy: Any, kind: str, data_digest: str, triples: list[Triple], pad_id: int) -> Reference:
+def setup_reference(cfg: Any, run: Any, policy: Any, kind: str, data_digest: str, triples: list[Triple], pad_id: int, *, pack_to: int | None = None) -> Reference:
     """The reference of a DPO or KTO run; call it after ``run.prepare`` and before ``run.start`` (before any update
     and before a checkpoint is loaded: the policy is still the reference). ``triples`` are (prompt, a, b) ids; the
-    cached values are [log p(a | prompt), log p(b | prompt)]."""
+    cached values are [log p(a | prompt), log p(b | prompt)], computed in packed rows with ``pack_to``."""
     if cfg.precompute_ref:
         module, as_reference = reference_scorer(cfg, policy, run.accelerator)
         key = reference_cache_key(cfg, kind, data_digest, triples)
         batch_size = cfg.ref_batch_size or run.micro_batch
         logps = cached_reference_logps(
             cfg, run.accelerator, key,
-            lambda: compute_reference_logps(module, triples, pad_id, batch_size, run.accelerator, reference=as_reference),
+            lambda: compute_reference_logps(module, triples, pad_id, batch_size, run.accelerator, reference=as_reference, pack_to=pack_to),
             run.workspace,
         )
         return Reference(logps)
     if not cfg.lora_r:  # on the fly without LoRA: a frozen second model
-        ref = TokenLogProbs(load_causal_lm(cfg.reference_model or cfg.model)).requires_grad_(False)
+        ref = TokenLogProbs(load_causal_lm(cfg.reference_model or cfg.model), chunk_tokens=cfg.lm_head_chunk).requires_grad_(False)
         disable_dropout(ref)
         return Reference(None, run.accelerator.prepare_model(ref, evaluation_mode=True))
     return Reference(None, policy, disable_adapter=True)
@@ -95,14 +95,16 @@ def reference_cache_key(cfg: Any, kind: str, data_digest: str, triples: list[Tri
     }
 
 
-def compute_reference_logps(module: Any, triples: list[Triple], pad_id: int, batch_size: int, accelerator: Any, *, reference: bool) -> torch.Tensor:
+def compute_reference_logps(
+    module: Any, triples: list[Triple], pad_id: int, batch_size: int, accelerator: Any, *, reference: bool, pack_to: int | None = None
+) -> torch.Tensor:
     """(N, 2) reference log-probs of both answers of every triple, in one no-grad pass split over the processes."""
     order = sorted(range(len(triples)), key=lambda i: sum(map(len, triples[i])))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     values = torch.zeros((len(triples), 2), dtype=torch.float64, device=accelerator.device)
     with torch.no_grad(), accelerator.autocast():
         for batch in shard(batches, accelerator.process_index, accelerator.num_processes):
-            logps = score_pairs(module, [triples[i] for i in batch], pad_id, accelerator.device, reference=reference)
+            logps = score_pairs(module, [triples[i] for i in batch], pad_id, accelerator.device, reference=reference, pack_to=pack_to)
             values[torch.tensor(batch, device=values.device)] = logps.double()
     if accelerator.num_processes > 1:  # each row was computed by exactly one process: a sum gathers them
         values = accelerator.reduce(values, "sum")
@@ -136,7 +138,7 @@ def reference_scorer(cfg: Any, policy: Any, accelerator: Any) -> tuple[Any, bool
     """(module, reference flag) that scores with the reference: the policy with its adapter disabled (LoRA), the
     untrained policy itself (call before any update), or a separately loaded ``reference_model``."""
     if cfg.reference_model and cfg.reference_model != cfg.model:
-        ref = TokenLogProbs(load_causal_lm(cfg.reference_model)).requires_grad_(False)
+        ref = TokenLogProbs(load_causal_lm(cfg.reference_model), chunk_tokens=cfg.lm_head_chunk).requires_grad_(False)
         disable_dropout(ref)
         return accelerator.prepare_model(ref, evaluation_mode=True), False
     return policy, bool(cfg.lora_r)

@@ -53,7 +53,7 @@ def train_sft(cfg: SFTConfig, *, workspace: Any = None, on_step: StepHook | None
     total_steps = total_optimizer_steps(len(examples), cfg)
     batches = plan_batches(lengths, cfg, total_steps)
     run.plan(data_digest, total_steps)
-    (policy,) = run.prepare(TokenLogProbs(load_policy(cfg, tokenizer)))
+    (policy,) = run.prepare(TokenLogProbs(load_policy(cfg, tokenizer), chunk_tokens=cfg.lm_head_chunk))
     start_step = run.start()["step"]
     accelerator, pack_to = run.accelerator, cfg.max_length if cfg.packing else None
 
