@@ -92,9 +92,9 @@ def db_current() -> None:
 
 def _register_groups() -> None:
     """Attach the command groups. Each module imports only typer at import time."""
-    from tether.cli import audit, data, demo, eval, loop, monitor, qc, registry, serve, train
+    from tether.cli import audit, data, demo, eval, loop, models, monitor, qc, registry, serve, train
 
-    for group in (demo, data, train, loop, eval, qc, serve, registry, monitor, audit):
+    for group in (demo, data, train, loop, eval, qc, serve, registry, monitor, audit, models):
         group.register(app)
 
 
