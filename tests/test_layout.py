@@ -150,3 +150,27 @@ def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "Usage: tether" in result["help"]
     assert sorted(set(result["loaded"]) & set(HEAVY)) == []
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
+    """A user's `pip install tether` gets a wheel, not this checkout: every module, template, static file and
+    migration must be in it (a folder without __init__.py, or a data file that package-data does not name, is not)."""
+    source = tmp_path / "src"  # a copy: the build leaves build/ and egg-info behind, and stale files in build/ would pass
+    shutil.copytree(PACKAGE, source / "tether", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    import zipfile
+
+    [wheel] = tmp_path.glob("tether-*.whl")
+    packed = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("tether/")}
+    wanted = {
+        p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+    assert sorted(wanted - packed) == []
