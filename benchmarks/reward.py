@@ -134,7 +134,7 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
         model=a.backbone_path, bf16=a.bf16, data=str(work / "train.jsonl"), output_dir=work / f"tether-{os.getpid()}", max_steps=a.steps,
         batch_size=a.batch_size, learning_rate=a.learning_rate, lr_schedule="linear", max_length=a.max_length,
         seed=a.seed, logging_steps=10, mlflow=False, progress=False, max_tokens_per_forward=a.max_tokens_per_forward,
-        group_by_length=a.bucketing,
+        group_by_length=a.bucketing, validation_fraction=0.0,  # TRL trains on every row: no validation split here
     )
     base = rss_mb()
     started = time.perf_counter()

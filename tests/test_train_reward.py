@@ -582,3 +582,150 @@ def test_heap_is_trimmed_only_after_it_has_grown(monkeypatch):
     monkeypatch.setattr(tr, "_rss_bytes", lambda: 3700 * mb)
     tr.return_freed_memory()
     assert trims == [0, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defaults by backbone, the validation split, keeping the best checkpoint (early stopping)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_defaults_by_backbone_and_explicit_values_win(tiny_lm_dir):
+    from tether.models.reward_model import backbone_profile
+    from tether.recipes.reward_selection import backbone_defaults, resolve_defaults
+
+    assert backbone_defaults("encoder", 22_700_000) == {"learning_rate": 1e-4, "epochs": 2.0, "max_length": 256, "batch_size": 16}
+    assert backbone_defaults("encoder", 435_000_000)["learning_rate"] == 2e-5
+    assert backbone_defaults("decoder", 494_000_000)["learning_rate"] == 1e-5  # a 0.5B decoder: lower
+    assert backbone_defaults("decoder", 7_000_000_000)["learning_rate"] == 5e-6
+    with pytest.raises(ValueError, match="encoder, decoder"):
+        backbone_defaults("seq2seq", 1)
+    profile = backbone_profile(tiny_lm_dir)
+    assert profile["kind"] == "decoder" and 0 < profile["parameters"] < 100e6
+
+    said: list[str] = []
+    encoder = {"kind": "encoder", "parameters": 22_700_000}
+    unset = RewardConfig(model="m", data="d.jsonl", output_dir="o")
+    resolved = resolve_defaults(unset, lambda _: encoder, said.append)
+    assert (resolved.learning_rate, resolved.epochs, resolved.max_length, resolved.batch_size) == (1e-4, 2.0, 256, 16)
+    assert len(said) == 1 and "encoder of 22.7M parameters" in said[0] and "learning_rate=0.0001" in said[0]
+    given = RewardConfig(model="m", data="d.jsonl", output_dir="o", learning_rate=3e-5, max_length=128)
+    resolved = resolve_defaults(given, lambda _: encoder, said.append)
+    assert (resolved.learning_rate, resolved.epochs, resolved.max_length) == (3e-5, 2.0, 128)  # given values win
+    assert "given: learning_rate=3e-05, max_length=128" in said[1]
+    full = RewardConfig(model="m", data="d.jsonl", output_dir="o", learning_rate=3e-5, epochs=1, max_length=128, batch_size=8)
+    assert resolve_defaults(full, lambda _: pytest.fail("the backbone is not read when every field is given"), said.append) is full
+    assert len(said) == 2
+    with pytest.raises(ValueError, match="multiple of micro_batch_size"):  # checked again once batch_size is chosen
+        resolve_defaults(RewardConfig(model="m", data="d.jsonl", output_dir="o", micro_batch_size=3), lambda _: encoder, said.append)
+
+
+def test_cli_flags_win_over_backbone_defaults(cli, tiny_lm_dir, pair_files, tmp_path):
+    result = cli("train", "reward", "--model", tiny_lm_dir, "--data", pair_files[0], "--output-dir", tmp_path / "m", "--max-steps", "2",
+                 "--batch-size", "4", "--learning-rate", "3e-3", "--set", "progress=false", "--set", "mlflow=false")
+    assert result.code == 0, result.stderr
+    assert result.stdout.count("defaults for a decoder") == 1 and "given: learning_rate=0.003" in result.stdout
+    config = json.loads((tmp_path / "m" / "tether.json").read_text())["config"]
+    assert config["learning_rate"] == 3e-3 and config["epochs"] == 1.0 and config["max_length"] == 512
+
+
+def test_validation_split_is_by_prompt_and_never_overlaps():
+    from tether.recipes.reward_selection import carve_validation, prompt_key, validation_split
+
+    rows = [{"prompt": f"p{i % 40}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(200)]  # 5 pairs per prompt
+    rows += [{"prompt": [{"role": "user", "content": f"m{i}"}], "chosen": "x", "rejected": "y"} for i in range(10)]
+    train, held = validation_split(rows, 0.2, seed=0)
+    train_prompts, held_prompts = {prompt_key(r["prompt"]) for r in train}, {prompt_key(r["prompt"]) for r in held}
+    assert not train_prompts & held_prompts and len(held_prompts) == 10  # 20% of the 50 distinct prompts
+    assert sorted(map(json.dumps, train + held)) == sorted(map(json.dumps, rows))  # every row once, on one side
+    assert train == [r for r in rows if r in train]  # the order kept
+    assert validation_split(rows, 0.2, seed=0) == (train, held) and validation_split(rows, 0.2, seed=1) != (train, held)
+    # Default: 10% of the prompts once there are 500 pairs; fewer pairs: no split unless asked; ties never validate.
+    many = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b", "tie": i % 10 == 0} for i in range(600)]
+    said: list[str] = []
+    train, held = carve_validation(RewardConfig(model="m", data="d", output_dir="o"), many, said.append)
+    assert len(train) + len(held) + sum(1 for r in many[:] if r["tie"] and r not in train and r not in held) == 600
+    assert 45 <= len(held) <= 60 and not any(r.get("tie") for r in held) and "held out by prompt" in said[0]
+    assert carve_validation(RewardConfig(model="m", data="d", output_dir="o"), many[:499], said.append) == (many[:499], [])
+    assert carve_validation(RewardConfig(model="m", data="d", output_dir="o", validation_fraction=0), many, said.append) == (many, [])
+    assert len(carve_validation(RewardConfig(model="m", data="d", output_dir="o", validation_fraction=0.5), many[:20], said.append)[1]) >= 8
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
+    """Scripted validation accuracies that peak at the second evaluation: the saved weights are those of that step,
+    training stops after `patience` evaluations without a new best, and tether.json says so."""
+    from safetensors.torch import load_file
+
+    import tether.recipes.reward as tr
+
+    scripted = iter([0.60, 0.80, 0.70, 0.80, 0.65, 0.90, 0.95])
+    weights_at: dict[int, dict[str, torch.Tensor]] = {}
+    original = tr._selection
+
+    def scripted_selection(cfg, run, forward, *rest):
+        selection = original(cfg, run, forward, *rest)
+        model = selection.model
+
+        def score():
+            step = (len(selection.evaluations) + 1) * selection.every  # the step being evaluated
+            weights_at[step] = {n: p.detach().clone() for n, p in model.model.named_parameters()}
+            return {"accuracy": next(scripted), "loss": 0.5}
+
+        selection.score = score
+        return selection
+
+    monkeypatch.setattr(tr, "_selection", scripted_selection)
+    cfg = config(tiny_lm_dir, pair_files[0], tmp_path / "m", batch_size=8, epochs=3, validation_fraction=0.2, validation_steps=2, early_stopping_patience=3)
+    metrics = tr.train_reward(cfg).metrics
+    meta = json.loads((tmp_path / "m" / "tether.json").read_text())
+    selection = meta["reward"]["selection"]
+    # 0.60 (step 2), 0.80 (step 4, best), 0.70, 0.80 (equal: no new best, the first is kept), 0.65: 3 misses, stop
+    assert [e["step"] for e in selection["evaluations"]] == [2, 4, 6, 8, 10]
+    assert selection["best_step"] == 4 and selection["best_accuracy"] == 0.80 and selection["stopped_early_at"] == 10
+    assert metrics["validation/best_step"] == 4 and metrics["validation/accuracy"] == 0.80
+    saved = load_file(str(tmp_path / "m" / "model.safetensors"))
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, weights_at[4][name])
+    assert any(not torch.equal(weights_at[10][n], t) for n, t in saved.items())  # the last weights were not kept
+    records = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "validation/accuracy" in r] == [2, 4, 6, 8, 10]
+    assert max(r["step"] for r in records) == 10  # stopped there, not at the planned 3 epochs
+
+
+def test_early_stopping_on_a_validation_set_that_peaks_early(tiny_lm_dir, tmp_path):
+    """Validation pairs labelled by the untrained model's own preferences (it is right on all of them) and training
+    pairs that teach the opposite preference: the more the model learns, the worse it does on validation, so the
+    accuracy peaks at the first evaluation, training stops early and the saved model scores that first accuracy."""
+    from tether.lifecycle.evaluate_reward import evaluate_reward
+    from tether.models.hf import load_tokenizer
+    from tether.models.reward_model import RewardModel, load_reward_backbone
+    from tether.recipes.reward import train_reward
+    from tether.recipes.runtime import set_seed
+
+    tokenizer = load_tokenizer(tiny_lm_dir)
+    set_seed(0)  # as the trainer does before it loads the backbone: the same new head
+    untrained = RewardModel(load_reward_backbone(str(tiny_lm_dir), 1, tokenizer.pad_token_id), tokenizer, {"reward": {"max_length": 512}})
+    rows = make_pairs(60, seed=9)
+    prompts = [r["prompt"] for r in rows]
+    prefers_chosen = untrained.raw_scores(prompts, [r["chosen"] for r in rows])[:, 0, 0] > untrained.raw_scores(prompts, [r["rejected"] for r in rows])[:, 0, 0]
+    validation = [r if keep else {**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r, keep in zip(rows, prefers_chosen)]
+    liked = "thank" if sum("thank" in r["chosen"] for r in validation) >= len(validation) / 2 else "sorry"  # what validation rewards
+    training = [r if liked not in r["chosen"] else {**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in make_pairs(320, seed=0)]
+    cfg = config(tiny_lm_dir, write_jsonl(tmp_path / "train.jsonl", training), tmp_path / "m", batch_size=8, epochs=2, learning_rate=1e-4,
+                 validation_data=str(write_jsonl(tmp_path / "val.jsonl", validation)), validation_steps=1, early_stopping_patience=3)
+    train_reward(cfg)
+    selection = json.loads((tmp_path / "m" / "tether.json").read_text())["reward"]["selection"]
+    accuracies = [e["accuracy"] for e in selection["evaluations"]]
+    assert accuracies[0] >= 0.9 > max(accuracies[1:])  # learning the training preference unlearned the validation one
+    assert selection["best_step"] == 1 and selection["stopped_early_at"] == 4 and len(accuracies) == 4
+    assert evaluate_reward(tmp_path / "m", validation)["accuracy"] == pytest.approx(selection["best_accuracy"])
+
+
+def test_logged_records_are_means_over_the_logging_window(tiny_lm_dir, pair_files, tmp_path):
+    from tether.recipes.reward import train_reward
+
+    seen: list[float] = []
+    train_reward(config(tiny_lm_dir, pair_files[0], tmp_path / "m", max_steps=10, batch_size=8, logging_steps=5), on_step=lambda step, stats: seen.append(stats["train/loss"]))
+    records = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10]
+    assert records[0]["train/loss"] == pytest.approx(sum(seen[:5]) / 5)
+    assert records[1]["train/loss"] == pytest.approx(sum(seen[5:]) / 5)  # not the mean since the start

@@ -72,6 +72,49 @@ def load_reward_backbone(path: str | Path, num_labels: int, pad_token_id: int, *
     return model
 
 
+def backbone_profile(path: str | Path) -> dict[str, Any]:
+    """What a backbone is, read from its config without loading weights: ``{"kind": "encoder" | "decoder",
+    "parameters": N, "model_type": ...}`` (the sequence classifier built on the meta device, its parameters counted)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from tether.models.hf import check_model_path, refuse_adapter
+
+    source = check_model_path(path, "model")
+    refuse_adapter(source)
+    try:
+        config = AutoConfig.from_pretrained(source, num_labels=1)
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TetherError(f"cannot read {source} as a sequence classifier: {exc}", fix="point --model at a Hugging Face encoder or decoder folder") from None
+    return {"kind": "decoder" if reads_last_token(model) else "encoder", "parameters": sum(p.numel() for p in model.parameters()), "model_type": config.model_type}
+
+
+def output_head(model: Any) -> torch.nn.Linear:
+    """The linear layer that writes a sequence classifier's outputs (BERT's ``classifier``, RoBERTa's
+    ``classifier.out_proj``, a decoder's ``score``; under LoRA the trainable copy): the last ``Linear`` whose
+    ``out_features`` is the model's ``num_labels``."""
+    labels = unwrap_peft(model).config.num_labels
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == labels]
+    if not heads:
+        raise TetherError(f"no output layer of {labels} outputs found in {type(unwrap_peft(model)).__name__}", fix="use a *ForSequenceClassification model whose head ends in a Linear layer")
+    return heads[-1]
+
+
+def drop_extra_outputs(model: Any, keep: int) -> None:
+    """Keep the first ``keep`` outputs of a sequence classifier (its head's first rows; ``config.num_labels`` too):
+    a head trained beside the reward (ODIN's length head) leaves no trace in the saved model."""
+    head = output_head(model)
+    with torch.no_grad():
+        head.weight = torch.nn.Parameter(head.weight[:keep].clone())
+        if head.bias is not None:
+            head.bias = torch.nn.Parameter(head.bias[:keep].clone())
+    head.out_features = keep
+    model.config.num_labels = keep
+    if hasattr(model, "num_labels"):
+        model.num_labels = keep
+
+
 def unwrap_peft(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 

@@ -85,6 +85,15 @@ class RewardConfig(TrainConfig):
     """``tether train reward``: a reward model on preference pairs (Bradley-Terry) or ratings (regression)."""
 
     data: str = Field(description="Training rows: a file (.jsonl/.json/.parquet) or snapshot:NAME.")
+    # None: chosen by the backbone's kind and size (tether.recipes.reward_selection.BACKBONE_DEFAULTS), said in one line.
+    epochs: float | None = Field(None, gt=0, description="Passes over the training data. None: by backbone (small encoders 2, else 1).")
+    batch_size: int | None = Field(None, ge=1, description="Examples per optimizer step, summed over all processes. None: by backbone (encoders under 100M parameters 16, else 8).")
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Peak learning rate of AdamW. None: by backbone (encoders under 100M parameters 1e-4, larger 2e-5; decoders under 100M 5e-5, up to 3B 1e-5, larger 5e-6)."
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="Max tokens of prompt+completion; the prompt's start is cut first. None: by backbone (encoders under 100M parameters 256, else 512)."
+    )
     objective: str = Field(
         "pairwise", pattern="^(pairwise|rating)$",
         description="pairwise: Bradley-Terry on prompt/chosen/rejected rows; rating: regression on prompt/completion/ratings rows, one head per aspect.",
@@ -120,10 +129,31 @@ class RewardConfig(TrainConfig):
         description="Batch pairs of similar length together: a little less padding than the default, but each step then sees pairs of one length, and on HH-RLHF it looked like it cost held-out accuracy (docs/benchmarks.md; not settled). Off: plain shuffled batches, each cut into length-sorted forward passes (same gradient).",
     )
 
+    validation_fraction: float | None = Field(
+        None, ge=0, lt=1,
+        description="Carve this fraction of the training prompts (seeded; all pairs of a prompt on one side, never in training) as a validation split, evaluated during training; the checkpoint with the best validation accuracy is kept. None: 0.1 when there are at least 500 training pairs, else no split; 0: none.",
+    )
+    validation_data: str | None = Field(None, description="Validation rows given as a file or snapshot:NAME instead of a carved split (pairwise only).")
+    validation_steps: int | None = Field(None, ge=1, description="Evaluate the validation split every this many optimizer steps (and at the last). None: four times per epoch.")
+    early_stopping_patience: int = Field(
+        3, ge=0, description="Stop after this many validation evaluations in a row without a new best accuracy (0: never stop early; the best checkpoint is kept either way)."
+    )
+    @model_validator(mode="after")
+    def _check(self) -> RewardConfig:  # TrainConfig's checks, the batch ones once batch_size is known (None: by backbone)
+        if self.batch_size is not None:
+            return TrainConfig._check(self)
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in output_dir and overwrite deletes it: give one of them")
+        return self
+
     @model_validator(mode="after")
     def _check_reward(self) -> RewardConfig:
         if self.eval_data is not None and self.eval_fraction > 0:
             raise ValueError("give eval_data or eval_fraction, not both")
+        if self.validation_data is not None and self.validation_fraction:
+            raise ValueError("give validation_data or validation_fraction, not both")
+        if self.objective == "rating" and (self.validation_fraction or self.validation_data):
+            raise ValueError("validation_fraction and validation_data are for objective=pairwise")
         return self
 
 

@@ -33,19 +33,37 @@ from tether.errors import TetherError
 from tether.math import losses
 from tether.models.hf import apply_lora, disable_dropout, load_tokenizer
 from tether.models.reward_eval import evaluate_reward_model
-from tether.models.reward_model import RewardForward, RewardModel, load_reward_backbone, raw_rewards
+from tether.models.reward_model import (
+    RewardForward,
+    RewardModel,
+    backbone_profile,
+    load_reward_backbone,
+    raw_rewards,
+)
 from tether.models.tokens import encode_many
 from tether.recipes.configs import RewardConfig
-from tether.recipes.runtime import Run, StepHook, TrainResult, reset_memory_baseline, return_freed_memory
+from tether.recipes.reward_selection import Selection, carve_validation, resolve_defaults
+from tether.recipes.runtime import (
+    Run,
+    StepHook,
+    TrainResult,
+    crossed,
+    reset_memory_baseline,
+    return_freed_memory,
+)
 
 
 def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook | None = None) -> TrainResult:
     """Train a reward model as ``cfg`` says (data: a file, or ``snapshot:NAME`` in ``workspace``) and save it in
     ``cfg.output_dir``; ``on_step(step, stats)`` after every optimizer step."""
     # ---------------------------------------------------------------- setup (plumbing)
+    said: list[str] = []
+    cfg = resolve_defaults(cfg, backbone_profile, said.append)  # fields left unset: chosen by backbone
     run = Run(cfg, "reward", workspace=workspace, on_step=on_step)
+    for line in said:
+        run.say(line)
     tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template, say=run.say)
-    rows, eval_rows = _load_data(cfg, run)
+    rows, eval_rows, validation_rows = _load_data(cfg, run)
     data = _tokenize(rows, tokenizer, cfg, run.say)
     n = len(data["lengths"])
     if n < cfg.batch_size:
@@ -53,20 +71,24 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
     steps_per_epoch = n // cfg.batch_size  # every step sees exactly batch_size rows (the last partial batch waits)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     run.plan(data["digest"], total_steps)
-    outputs = cfg.ensemble * len(data["aspects"])
-    (forward,) = run.prepare(_reward_forward(cfg, tokenizer, outputs))
+    quality = cfg.ensemble * len(data["aspects"])  # the reward outputs
+    (forward,) = run.prepare(_reward_forward(cfg, tokenizer, quality))
     accelerator, pad_id = run.accelerator, tokenizer.pad_token_id
     branches = cfg.share_prompts and accelerator.unwrap_model(forward).takes_branch_masks()  # one row per pair, the prompt once
     # Bootstrap weights, Poisson(1) per (row, member): each head sees its own resample of the data.
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     boot = torch.poisson(torch.ones(n, cfg.ensemble), generator=generator) if cfg.ensemble > 1 else None
     start_step = int(run.start()["step"])
+    selection = _selection(cfg, run, forward, _tokenize(validation_rows, tokenizer, cfg, run.say), pad_id, quality, steps_per_epoch, total_steps) if validation_rows else None
+    if selection is not None and start_step:
+        run.say(f"resumed at step {start_step}: the best checkpoint is chosen among the evaluations from here on (earlier weights are not in the checkpoint)")
 
     # ---------------------------------------------------------------- train
     reset_memory_baseline()  # this run's own heap baseline
     window: dict[str, list[float]] = {}
     batches_of: dict[int, list[list[int]]] = {}
     started = time.perf_counter()
+    done = start_step
     forward.train()
     for step in range(start_step, total_steps):
         epoch = step // steps_per_epoch
@@ -87,26 +109,37 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         grad_norm = run.optimizer_step()
         if accelerator.device.type == "cpu":
             return_freed_memory()
-        # ---- metrics and checkpoints (plumbing): logged records are means over the logging window
+        # ---- metrics, validation and checkpoints (plumbing): logged records are means over the logging window
         reduced = run.reduce({key: float(value) for key, value in step_stats.items()}, "mean")
         for key in step_stats:
             window.setdefault(key, []).append(reduced[key])
         done = step + 1
-        record = {k: sum(v) / len(v) for k, v in window.items()}
-        record.update({"train/grad_norm": grad_norm, "train/learning_rate": run.learning_rate, "train/epoch": done / steps_per_epoch})
-        if run.log(done, record, last=done == total_steps):
+        stop = selection is not None and selection.due(done) and selection.evaluate(done)  # True: early stopping
+        last = done == total_steps or stop
+        plumbing = {"train/grad_norm": grad_norm, "train/learning_rate": run.learning_rate, "train/epoch": done / steps_per_epoch}
+        if last or crossed(done, cfg.logging_steps):
+            run.logger.log(done, {**{k: sum(v) / len(v) for k, v in window.items()}, **plumbing})
             window = {}
-        run.checkpoint(done, last=done == total_steps)
-        run.step_done(done, record, **{k.split("/")[1]: reduced[k] for k in step_stats if k in ("train/loss", "reward/accuracy", "reward/mse")})
+        if selection is not None and selection.evaluations[-1:] and selection.evaluations[-1]["step"] == done:
+            run.logger.log(done, {f"validation/{k}": v for k, v in selection.evaluations[-1].items() if k != "step"})
+        run.checkpoint(done, last=last)
+        run.step_done(done, {**reduced, **plumbing}, **{k.split("/")[1]: reduced[k] for k in step_stats if k in ("train/loss", "reward/accuracy", "reward/mse")})
+        if stop:
+            break
     train_seconds = time.perf_counter() - started
+    if selection is not None:
+        selection.restore()  # the best checkpoint by validation accuracy is the one normalized and saved
+        run.say(selection.line(len(validation_rows)))
 
     # ---------------------------------------------------------------- normalize, evaluate held-out rows, save
-    normalization = _normalization(cfg, run, forward, data, tokenizer, outputs)
+    normalization = _normalization(cfg, run, forward, data, tokenizer, quality)
     hf_model = accelerator.unwrap_model(forward).model
     if cfg.lora_r:
         hf_model = hf_model.merge_and_unload()  # a plain HF folder: the adapter folded into the weights
-    final = {k: v for k, v in (run.logger.history[-1] if run.logger.history else {}).items() if k != "step"}
-    final.update({"train/seconds": train_seconds, "train/pairs_per_second": (total_steps - start_step) * cfg.batch_size / max(train_seconds, 1e-9)})
+    final = {k: v for k, v in next((r for r in reversed(run.logger.history) if "train/loss" in r), {}).items() if k != "step"}
+    final.update({"train/seconds": train_seconds, "train/pairs_per_second": (done - start_step) * cfg.batch_size / max(train_seconds, 1e-9)})
+    if selection is not None:
+        final.update({"validation/accuracy": selection.best["accuracy"], "validation/best_step": selection.best["step"]})
     reward_info = {
         "objective": cfg.objective,
         "ensemble": cfg.ensemble,
@@ -115,17 +148,32 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         "reads": "last_token" if accelerator.unwrap_model(forward).last_token else "pooler",
         "normalization": normalization,
         "rating_scale": data.get("rating_scale"),
-        "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows)},
+        "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows), "validation": len(validation_rows)},
+        "selection": selection.record(len(validation_rows)) if selection is not None else None,
     }
     if eval_rows and accelerator.is_main_process and cfg.objective == "pairwise":
         scorer = RewardModel(hf_model, tokenizer, {"reward": reward_info, "config": {"max_length": cfg.max_length}}, accelerator.device)
         report = evaluate_reward_model(scorer, eval_rows, batch_size=cfg.eval_batch_size)
         final.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
-        run.logger.log(total_steps, {k: v for k, v in final.items() if k.startswith("eval/")})
+        run.logger.log(done, {k: v for k, v in final.items() if k.startswith("eval/")})
     hf_model.config.pad_token_id = pad_id
     result = run.save(hf_model, tokenizer, kind="reward", metrics=final, extra={"reward": reward_info}, merge=False)
-    run.say(f"saved reward model to {cfg.output_dir}  ({total_steps} steps, {train_seconds:.1f}s)")
+    run.say(f"saved reward model to {cfg.output_dir}  ({done} steps, {train_seconds:.1f}s)")
     return result
+
+
+def _selection(cfg: RewardConfig, run: Run, forward: Any, validation: dict[str, Any], pad_id: int, quality: int, steps_per_epoch: int, total_steps: int) -> Selection:
+    """Keeping the best checkpoint by validation accuracy (every process scores the whole split: the same decision)."""
+    every = cfg.validation_steps or max(1, steps_per_epoch // 4)
+    device = run.accelerator.device
+
+    def score() -> dict[str, float]:
+        b = len(validation["chosen"])
+        raw = raw_rewards(forward, validation["chosen"] + validation["rejected"], pad_id, cfg.eval_batch_size, device)[:, :quality]
+        diff = (raw[:b] - raw[b:]).mean(dim=1)  # (b,) the ensemble's mean reward difference
+        return {"accuracy": float((diff > 0).float().mean()), "loss": float(-torch.nn.functional.logsigmoid(diff).mean())}
+
+    return Selection(run.accelerator.unwrap_model(forward), score, every, cfg.early_stopping_patience, total_steps)
 
 
 def _reward_forward(cfg: RewardConfig, tokenizer: Any, outputs: int) -> RewardForward:
@@ -151,7 +199,7 @@ def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, An
     mine = shard(list(range(len(reference))), rank, world)
     scored = raw_rewards(forward, [reference[i] for i in mine], tokenizer.pad_token_id, cfg.eval_batch_size, run.accelerator.device)
     pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
-    ref_raw = torch.tensor([row for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A)
+    ref_raw = torch.tensor([row[:outputs] for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A): the reward outputs
     std = ref_raw.std(dim=0) if len(ref_raw) > 1 else torch.ones(outputs, dtype=torch.float64)
     run.say(f"normalization: raw mean {ref_raw.mean().item():.4g}, std {ref_raw.std().item() if len(ref_raw) > 1 else 1.0:.4g} over {len(ref_raw)} completions ({time.perf_counter() - started:.1f}s)")
     return {
@@ -241,18 +289,23 @@ def _branch_rewards(forward: Any, chosen: list[list[int]], rejected: list[list[i
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load_data(cfg: RewardConfig, run: Run) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Training rows and held-out rows (eval_data, or a seeded eval_fraction of the data)."""
+def _load_data(cfg: RewardConfig, run: Run) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training rows, held-out rows (eval_data, or a seeded eval_fraction of the data) and validation rows
+    (validation_data, or carved by prompt from what is left for training: tether.recipes.reward_selection)."""
     kind = "preference" if cfg.objective == "pairwise" else "rating"
     rows = run.rows(cfg.data, kind)
+    held: list[dict[str, Any]] = []
     if cfg.eval_data:
-        return rows, run.rows(cfg.eval_data, "preference")
-    if cfg.eval_fraction:
+        held = run.rows(cfg.eval_data, "preference")
+    elif cfg.eval_fraction:
         order = list(range(len(rows)))
         random.Random(cfg.seed).shuffle(order)
-        held = set(order[: int(round(cfg.eval_fraction * len(rows)))])
-        return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
-    return rows, []
+        out = set(order[: int(round(cfg.eval_fraction * len(rows)))])
+        rows, held = [r for i, r in enumerate(rows) if i not in out], [r for i, r in enumerate(rows) if i in out]
+    if cfg.validation_data:
+        return rows, held, [r for r in run.rows(cfg.validation_data, "preference") if not r.get("tie")]
+    train, validation = carve_validation(cfg, rows, run.say)
+    return train, held, validation
 
 
 def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any) -> dict[str, Any]:
