@@ -130,3 +130,146 @@ def test_cli_eval_and_score_errors(cli, small_rm, tiny_lm_dir, tmp_path):
     bad.write_text(json.dumps({"text": "no fields"}) + "\n")
     result = cli("score", "--model", model, "--data", bad, "-o", tmp_path / "o.jsonl")
     assert result.code != 0 and "record 1" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The suite: sections, bootstrap intervals, length diagnostics, a DPO policy's implicit reward
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_by_hand():
+    from tether.models.reward_eval import bootstrap_interval
+
+    assert bootstrap_interval(np.ones(3)) == (1.0, 1.0)  # every resample is all right
+    # [1, 0]: a resample's mean is 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and 97.5% quantiles of
+    # 1000 resamples are 0 and 1.
+    assert bootstrap_interval(np.array([1.0, 0.0])) == (0.0, 1.0)
+    # [1, 0, 1, 1]: the mean of a resample is Binomial(4, 3/4) / 4; P(0) = 1/256 < 2.5% < P(<= 1/4) = 13/256, and
+    # P(1) = 81/256 > 2.5%: the interval is [1/4, 1].
+    assert bootstrap_interval(np.array([1.0, 0.0, 1.0, 1.0])) == (0.25, 1.0)
+    assert bootstrap_interval(np.array([1.0, 0.0] * 50), seed=3) == bootstrap_interval(np.array([1.0, 0.0] * 50), seed=3)
+    low, high = bootstrap_interval(np.array([1.0, 0.0] * 50))
+    assert 0.38 < low < 0.45 and 0.55 < high < 0.62  # 0.5 +- 1.96 * 0.05
+    assert all(math.isnan(v) for v in bootstrap_interval(np.array([])))
+
+
+def test_sections_and_intervals_by_hand(tiny_lm_dir):
+    from tether.lifecycle.evaluate_reward import evaluate_sections
+    from tether.models.hf import load_tokenizer
+
+    rm = FakeRewardModel(load_tokenizer(tiny_lm_dir, chat_template=False), {"A": 2.0, "B": 0.0, "C": 0.0, "D": 1.0, "E": 3.0, "F": 0.0, "G": 1.0, "H": 0.5})
+    sections = {
+        "x": [{"prompt": "p", "chosen": "A", "rejected": "B"}, {"prompt": "p", "chosen": "C", "rejected": "D"}],  # right, wrong
+        "y": [{"prompt": "p", "chosen": "E", "rejected": "F"}, {"prompt": "p", "chosen": "G", "rejected": "H"}, {"prompt": "p", "chosen": "A", "rejected": "H"},
+              {"prompt": "p", "chosen": "A", "rejected": "B", "tie": True}],  # right x 3, a tie left out
+    }
+    report = evaluate_sections(rm, sections)
+    x, y = report["sections"]["x"], report["sections"]["y"]
+    assert (x["n"], x["accuracy"], x["accuracy_low"], x["accuracy_high"]) == (2, 0.5, 0.0, 1.0)
+    assert (y["n"], y["n_ties"], y["accuracy"], y["accuracy_low"], y["accuracy_high"]) == (3, 1, 1.0, 1.0, 1.0)
+    assert (report["n"], report["n_ties"], report["accuracy"]) == (5, 1, 0.8)  # pooled over both sections
+    # 4 of 5 right: a resample's mean is Binomial(5, 4/5) / 5; P(<= 2/5) = 0.058 > 2.5% > P(<= 1/5) = 0.0067
+    assert (report["accuracy_low"], report["accuracy_high"]) == (0.4, 1.0)
+    assert y["mean_margin_raw"] == pytest.approx((3 + 0.5 + 1.5) / 3)
+    one = evaluate_sections(rm, {"x": sections["x"]})
+    assert one["accuracy"] == 0.5 and set(one["sections"]) == {"x"}
+
+
+def test_length_diagnostics_by_hand(tiny_lm_dir):
+    from tether.models.hf import load_tokenizer
+
+    # chosen / rejected lengths in characters 4/1, 1/4, 2/2, 3/2; rewards 2/0 (right), 0/1 (wrong), 1/0 (right), 3/0 (right)
+    rm = FakeRewardModel(load_tokenizer(tiny_lm_dir, chat_template=False),
+                         {"aaaa": 2.0, "b": 0.0, "c": 0.0, "dddd": 1.0, "ee": 1.0, "ff": 0.0, "ggg": 3.0, "hh": 0.0})
+    rows = [{"prompt": "p", "chosen": c, "rejected": r} for c, r in (("aaaa", "b"), ("c", "dddd"), ("ee", "ff"), ("ggg", "hh"))]
+    length = evaluate_reward_model(rm, rows)["length"]
+    assert length["chosen_longer"] == {"accuracy": 1.0, "n": 2}  # pairs 1 and 4
+    assert length["chosen_shorter"] == {"accuracy": 0.0, "n": 1}  # pair 2
+    assert length["same_length"] == {"accuracy": 1.0, "n": 1} and length["share_chosen_longer"] == 0.5
+    # ratios 4, 0.25, 1, 1.5
+    assert length["by_length_ratio"] == {"0-0.5": {"accuracy": 0.0, "n": 1}, "0.8-1.25": {"accuracy": 1.0, "n": 1},
+                                         "1.25-2": {"accuracy": 1.0, "n": 1}, ">=2": {"accuracy": 1.0, "n": 1}}
+    # Pearson over the 8 completions: rewards (2, 0, 1, 3, 0, 1, 0, 0) against lengths (4, 1, 2, 3, 1, 4, 2, 2):
+    # sum of products of deviations 6.375, sums of squares 8.875 and 9.875 -> 6.375 / sqrt(8.875 * 9.875)
+    assert length["reward_length_correlation"] == pytest.approx(6.375 / math.sqrt(8.875 * 9.875))
+
+
+@pytest.fixture(scope="module")
+def dpo_pair(tiny_lm_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """A 'policy' (the tiny LM with its weights moved) and its reference (the tiny LM), saved with its tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("dpo")
+    policy_dir = root / "policy"
+    shutil.copytree(tiny_lm_dir, policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(str(policy_dir))
+    return policy_dir, Path(tiny_lm_dir)
+
+
+def test_implicit_reward_is_beta_times_the_log_ratio(dpo_pair, tmp_path, cli):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tether.lifecycle.evaluate_reward import load_implicit_reward
+    from tether.models.hf import load_tokenizer
+    from tether.models.tokens import encode_texts
+
+    policy_dir, reference_dir = dpo_pair
+    prompts, completions = ["hello how can i help", "order page"], [" thank you", " the quick brown fox"]
+    scorer = load_implicit_reward(policy_dir, reference_dir, beta=0.5)
+    got = scorer.raw_scores(prompts, completions, batch_size=1)[:, 0, 0]
+
+    def logp(model_dir: Path, prompt: str, completion: str) -> float:  # the plain way: full logits, log-softmax
+        tok = load_tokenizer(model_dir)
+        (p,), (c,) = encode_texts(tok, [prompt], [completion])
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c])).logits[0].log_softmax(-1)
+        return float(sum(logits[len(p) + j - 1, t] for j, t in enumerate(c)))
+
+    expected = [0.5 * (logp(policy_dir, p, c) - logp(reference_dir, p, c)) for p, c in zip(prompts, completions)]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert abs(expected[0]) > 1e-3  # the two models differ
+    # The CLI's report is made of those rewards: accuracy is the share of pairs with r(chosen) > r(rejected).
+    rows = [{"prompt": prompts[0], "chosen": completions[0], "rejected": completions[1]}, {"prompt": prompts[1], "chosen": completions[1], "rejected": completions[0]}]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", "reward", "--dpo-policy", policy_dir, "--reference", reference_dir, "--beta", "0.5", "--data", data, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    by_hand = scorer.raw_scores([prompts[0], prompts[0], prompts[1], prompts[1]], [completions[0], completions[1], completions[1], completions[0]])[:, 0, 0]
+    assert report["accuracy"] == pytest.approx(((by_hand[0] > by_hand[1]) + (by_hand[2] > by_hand[3])) / 2)
+    assert report["mean_margin_raw"] == pytest.approx(((by_hand[0] - by_hand[1]) + (by_hand[2] - by_hand[3])) / 2, abs=1e-4)
+
+
+def test_cli_suite_sections(cli, small_rm, tmp_path):
+    model, data = small_rm
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    rows = [json.loads(line) for line in Path(data).read_text().splitlines()]
+    (suite / "alpha.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
+    (suite / "beta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[10:]))
+    (suite / "notes.txt").write_text("not a section")
+    result = cli("eval", "reward", "--model", model, "--suite", suite, "--data", f"gamma={data}", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["sections"]) == {"alpha", "beta", "gamma"} and report["n"] == 32
+    assert [report["sections"][k]["n"] for k in ("alpha", "beta", "gamma")] == [10, 6, 16]
+    assert {"accuracy_low", "accuracy_high", "length", "ece"} <= set(report["sections"]["alpha"])
+    table = cli("eval", "reward", "--model", model, "--suite", suite)
+    assert table.code == 0 and "alpha" in table.stdout and "(all)" in table.stdout
+    helped = cli("eval", "reward", "--help")
+    assert "one preference file per section" in helped.stdout and "chat.jsonl" in helped.stdout
+    for args, needle in [((), "--model"), (("--model", model), "nothing to evaluate"), (("--model", model, "--dpo-policy", model, "--data", data), "one of them"),
+                         (("--dpo-policy", model, "--data", data), "--reference"), (("--model", model, "--suite", tmp_path / "none"), "not found"),
+                         (("--model", model, "--data", f"alpha={data}", "--suite", suite), "both")]:
+        result = cli("eval", "reward", *args)
+        assert result.code != 0 and needle in result.stderr and "Traceback" not in result.stderr, result.stderr

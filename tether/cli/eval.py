@@ -19,34 +19,85 @@ def register(app: typer.Typer) -> None:
 
 @eval_app.command("reward")
 def eval_reward_command(
-    model: Annotated[str, typer.Option("--model", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model); a rating model's aspects combine as DIR:helpful=1,harm=-1.")],
-    data: Annotated[str, typer.Option("--data", help="Preference rows (prompt/chosen/rejected): a file or snapshot:NAME.")],
+    model: Annotated[str | None, typer.Option("--model", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model); a rating model's aspects combine as DIR:helpful=1,harm=-1.")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", help="Preference rows (prompt/chosen/rejected): a file or snapshot:NAME, or NAME=FILE for a named section; repeatable.")] = None,
+    suite: Annotated[Path | None, typer.Option("--suite", help="A folder of preference files, one section per file (see above).")] = None,
+    dpo_policy: Annotated[Path | None, typer.Option("--dpo-policy", help="Evaluate a DPO policy's implicit reward beta * (log pi - log pi_ref) instead of a reward model.")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", help="With --dpo-policy: the reference model (the policy DPO started from).")] = None,
+    beta: Annotated[float | None, typer.Option("--beta", min=0.0, help="With --dpo-policy: beta (default: the one in the policy's tether.json).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 32,
+    resamples: Annotated[int, typer.Option("--resamples", min=10, help="Bootstrap resamples of each accuracy's 95% interval.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Evaluate a reward model on preference pairs: accuracy, mean margin, calibration (ECE), by length and subset.
+    """Evaluate a reward model (or a DPO policy's implicit reward) on preference pairs, section by section:
+    accuracy with a 95% bootstrap interval, mean margin, calibration (ECE), and the length diagnostics (accuracy when
+    the chosen answer is the longer or the shorter one, by length ratio, and the correlation of reward with length;
+    lengths in characters), then the pooled figures over all sections.
 
-    Example:  tether eval reward --model rm --data test.jsonl --json
+    A suite (--suite DIR) is a folder with one preference file per section, the section named by the file:
+    chat.jsonl, safety.jsonl.gz, follows-request.json (a JSON list) or .parquet; each row {"prompt", "chosen",
+    "rejected"} (an HH-RLHF dialogue pair {"chosen", "rejected"} works too; "tie": true rows are counted and left
+    out). For example DIR/chat.jsonl holding {"prompt": "Name a prime.", "chosen": "7", "rejected": "8"} per line
+    gives a section "chat".
+
+    Examples:  tether eval reward --model rm --suite evals/ --json;
+    tether eval reward --model rm --data hh=test.jsonl --data follows=follows.jsonl;
+    tether eval reward --dpo-policy dpo --reference sft --data test.jsonl
     """
     from tether.cli.common import data_workspace
-    from tether.lifecycle.evaluate_reward import evaluate_reward
+    from tether.errors import TetherError
+    from tether.lifecycle.evaluate_reward import (
+        evaluate_sections,
+        load_implicit_reward,
+        parse_data_specs,
+        suite_files,
+    )
+    from tether.models.reward_model import RewardModel
     from tether.store.snapshots import training_rows
 
-    rows = training_rows(data, "preference", workspace=data_workspace(data))
-    report = evaluate_reward(model, rows, batch_size=batch_size, say=lambda m: typer.echo(m, err=True))
+    if (model is None) == (dpo_policy is None):
+        raise TetherError("give --model (a reward model) or --dpo-policy (with --reference), one of them", fix="e.g. --model rm, or --dpo-policy dpo --reference sft")
+    if dpo_policy is not None and reference is None:
+        raise TetherError("--dpo-policy needs --reference, the model it was trained against", fix="add --reference DIR (the SFT model DPO started from)")
+    specs = parse_data_specs(data or [])
+    if suite is not None:
+        for name, path in suite_files(suite).items():
+            if name in specs:
+                raise TetherError(f"section {name!r} is both in --suite and --data", fix="rename one of them")
+            specs[name] = str(path)
+    if not specs:
+        raise TetherError("nothing to evaluate on", fix="give --data FILE (repeatable, NAME=FILE) or --suite DIR")
+    sections = {name: training_rows(path, "preference", workspace=data_workspace(path)) for name, path in specs.items()}
+    note = lambda m: typer.echo(m, err=True)  # noqa: E731
+    scorer = RewardModel.load(model, say=note) if model is not None else load_implicit_reward(dpo_policy, reference, beta, say=note)
+    report = evaluate_sections(scorer, sections, batch_size=batch_size, resamples=resamples, seed=seed)
+    what = f"reward model {model}" if model is not None else f"implicit reward of {dpo_policy} (beta {scorer.beta:g}) against {reference}"
+    report["scorer"] = what
     if as_json:
         emit_json(report)
         return
+    _print_reward_report(report, what, list(specs.values()))
+
+
+def _print_reward_report(report: dict, what: str, sources: list[str]) -> None:
     out = console()
-    out.print(f"reward model {model} on {data}: {report['n']} pairs ({report['n_ties']} ties left out)")
-    out.print(f"  accuracy     {report['accuracy']:.4f}")
-    out.print(f"  mean margin  {report['mean_margin']:.4f}  (normalized reward units)")
-    out.print(f"  ECE          {report['ece']:.4f}  (sigmoid(r_chosen - r_rejected), 10 bins)")
+    out.print(f"{what} on {', '.join(sources)}: {report['n']} pairs ({report['n_ties']} ties left out)")
+    rows = list(report["sections"].items()) + ([("(all)", report)] if len(report["sections"]) > 1 else [])
+    out.print(f"  {'section':>16}  {'n':>5}  {'accuracy [95% CI]':>24}  {'ECE':>6}  {'chosen longer':>13}  {'chosen shorter':>14}  {'r(reward, len)':>14}")
+    for name, cell in rows:
+        length = cell["length"]
+        longer, shorter = (length[k]["accuracy"] for k in ("chosen_longer", "chosen_shorter"))
+        corr = length["reward_length_correlation"]
+        shown = [f"{v:.3f}" if v is not None else "-" for v in (longer, shorter, corr)]
+        out.print(f"  {name:>16}  {cell['n']:>5}  {cell['accuracy']:.4f} [{cell['accuracy_low']:.3f}, {cell['accuracy_high']:.3f}]  {cell['ece']:>6.4f}  {shown[0]:>13}  {shown[1]:>14}  {shown[2]:>14}")
+    out.print(f"  mean margin {report['mean_margin']:.4f} (normalized reward units); ECE of sigmoid(r_chosen - r_rejected), 10 bins; lengths in characters")
     for title, key in (("length (tokens)", "by_length"), ("subset", "by_subset")):
         if key in report:
             out.print(f"  by {title}:")
             for name, cell in report[key].items():
                 out.print(f"    {name:>12}  accuracy {cell['accuracy']:.4f}  n={cell['n']}")
+    out.print("  by length ratio chosen / rejected: " + ", ".join(f"{k} {c['accuracy']:.3f} (n={c['n']})" for k, c in report["length"]["by_length_ratio"].items()))
 
 
 def score_command(
