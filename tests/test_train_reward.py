@@ -4,6 +4,7 @@ ratings, encoders, and the CLI's errors."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -729,3 +730,83 @@ def test_logged_records_are_means_over_the_logging_window(tiny_lm_dir, pair_file
     assert [r["step"] for r in records] == [5, 10]
     assert records[0]["train/loss"] == pytest.approx(sum(seen[:5]) / 5)
     assert records[1]["train/loss"] == pytest.approx(sum(seen[5:]) / 5)  # not the mean since the start
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ODIN's length head: trained beside the reward, never part of it
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_odin_length_loss_by_hand():
+    from tether.math.losses import odin_length_loss, pearson_correlation
+
+    lengths = torch.tensor([1.0, 2.0, 3.0, 4.0])  # deviations (-1.5, -0.5, 0.5, 1.5), sum of squares 5
+    # quality member 1: (1, 0, 0, 1), deviations (0.5, -0.5, -0.5, 0.5): sum of products 0 -> rho 0
+    # quality member 2: (1, 2, 3, 4) -> rho 1; the length head (0, 0, 1, 1): deviations (-0.5, -0.5, 0.5, 0.5),
+    # sum of products 2, norms 1 and sqrt(5) -> rho 2 / sqrt(5)
+    quality = torch.tensor([[1.0, 1.0], [0.0, 2.0], [0.0, 3.0], [1.0, 4.0]])
+    length = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert float(pearson_correlation(length, lengths)) == pytest.approx(2 / math.sqrt(5), abs=1e-6)
+    # heads: w_Q = (1, 0) and (0, 1), w_L = (2, -3): dot products 2 and -3 -> L_O = (2 + 3) / 2
+    correlation, orthogonal, stats = odin_length_loss(quality, length, lengths, torch.eye(2), torch.tensor([2.0, -3.0]))
+    assert float(correlation) == pytest.approx((0 + 1) / 2 - 2 / math.sqrt(5), abs=1e-6)  # mean |rho(r_Q, L)| - rho(r_L, L)
+    assert float(orthogonal) == pytest.approx(2.5)
+    assert float(stats["length/length_correlation"]) == pytest.approx(2 / math.sqrt(5), abs=1e-6)
+    assert float(stats["length/quality_correlation"]) == pytest.approx(0.5, abs=1e-6)
+    assert float(pearson_correlation(torch.ones(4), lengths)) == 0.0  # a constant reward: no correlation, no NaN
+    # Descending the loss moves the length head toward the length and the quality head away from it.
+    q, l_ = quality[:, :1].clone().add_(torch.tensor([[0.0], [0.3], [0.0], [0.0]])).requires_grad_(), length.clone().requires_grad_()
+    loss = odin_length_loss(q, l_, lengths, torch.eye(2)[:1], torch.tensor([0.0, 1.0]))[0]
+    loss.backward()
+    with torch.no_grad():
+        after = odin_length_loss(q - 0.1 * q.grad, l_ - 0.1 * l_.grad, lengths, torch.eye(2)[:1], torch.tensor([0.0, 1.0]))[2]
+    assert float(after["length/length_correlation"]) > 2 / math.sqrt(5)
+    assert abs(float(after["length/quality_correlation"])) < abs(float(pearson_correlation(q.detach()[:, 0], lengths)))
+
+
+def length_biased_pairs(n: int, seed: int) -> list[dict]:
+    """The chosen answer says "thank" and is usually the longer one: length and quality both predict the label."""
+    rng = random.Random(seed)
+    rows = make_pairs(n, seed)
+    for row in rows:
+        pad = " ".join(rng.choices(WORDS, k=rng.randint(1, 6)))
+        side = "chosen" if rng.random() < 0.8 else "rejected"
+        row[side] = row[side] + " " + pad
+    return rows
+
+
+def test_length_head_is_trained_and_left_out_of_scoring(tiny_lm_dir, tmp_path, monkeypatch):
+    import tether.recipes.reward as tr
+    from tether.models.reward_model import RewardModel, output_head, raw_rewards
+    from tether.models.tokens import encode_many
+
+    data = write_jsonl(tmp_path / "d.jsonl", length_biased_pairs(240, seed=4))
+    rows = make_pairs(8, seed=11)
+    prompts, completions = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    captured: dict = {}
+    original = tr._normalization
+
+    def checked_normalization(cfg, run, forward, data, tokenizer, outputs):
+        result = original(cfg, run, forward, data, tokenizer, outputs)
+        model = run.accelerator.unwrap_model(forward)
+        head = output_head(model.model)
+        assert head.weight.shape[0] == 2 and outputs == 1  # the quality head and the length head
+        with torch.no_grad():  # the scoring path reads the quality output only: a changed length head changes nothing
+            kept = head.weight[-1].clone()
+            head.weight[-1].mul_(-3.0).add_(0.5)
+            assert original(cfg, run, forward, data, tokenizer, outputs) == result
+            head.weight[-1].copy_(kept)
+        seqs = encode_many(tokenizer, prompts, completions, cfg.max_length)
+        captured["trained"] = raw_rewards(model, seqs, tokenizer.pad_token_id, 4, "cpu")  # (8, 2): quality, length
+        return result
+
+    monkeypatch.setattr(tr, "_normalization", checked_normalization)
+    metrics = tr.train_reward(config(tiny_lm_dir, data, tmp_path / "odin", epochs=3, batch_size=16, length_head=True)).metrics
+    assert metrics["length/length_correlation"] > 0.5 > abs(metrics["length/quality_correlation"])
+    meta = json.loads((tmp_path / "odin" / "tether.json").read_text())
+    assert meta["reward"]["length_head"]["dropped_at_saving"] and meta["config"]["length_head"] is True
+    rm = RewardModel.load(tmp_path / "odin", device="cpu")
+    assert rm.model.config.num_labels == 1 and output_head(rm.model).weight.shape[0] == 1
+    trained = captured["trained"]
+    np.testing.assert_allclose(rm.raw_scores(prompts, completions)[:, 0, 0], trained[:, 0].numpy(), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(trained[:, 1], trained[:, 0])  # the length head was a head of its own

@@ -100,6 +100,39 @@ def reward_centering_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.
     return ((chosen_rewards + rejected_rewards) ** 2).mean()
 
 
+def pearson_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson's correlation of two samples, differentiable; 0 when either is constant. shape: x, y (N,) -> ()."""
+    dx, dy = x - x.mean(), y - y.mean()
+    return (dx * dy).sum() / (dx.pow(2).sum().sqrt() * dy.pow(2).sum().sqrt() + eps)
+
+
+def odin_length_loss(
+    quality_rewards: torch.Tensor, length_rewards: torch.Tensor, lengths: torch.Tensor, quality_weight: torch.Tensor, length_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """ODIN's two auxiliary losses (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF", ICML 2024):
+    the preference loss is taken on the sum ``r = r_Q + r_L`` of a quality head and a length head; these two push
+    the length into the length head and out of the quality head, which alone is kept for scoring.
+
+    - correlation loss ``L_L = mean_k |rho(r_Q^k, L)| - rho(r_L, L)``: Pearson's rho over the batch's completions,
+      ``L`` their lengths in tokens (k: the ensemble's quality heads);
+    - orthogonality loss ``L_O = mean_k |w_Q^k . w_L|``: the heads' output weight vectors kept orthogonal.
+
+    shape: quality_rewards (N, K); length_rewards, lengths (N,); quality_weight (K, H); length_weight (H,)
+    -> (L_L (), L_O (), stats).
+    """
+    lengths = lengths.to(quality_rewards.dtype)
+    quality_corr = torch.stack([pearson_correlation(quality_rewards[:, k], lengths) for k in range(quality_rewards.shape[1])])  # (K,)
+    length_corr = pearson_correlation(length_rewards, lengths)
+    correlation_loss = quality_corr.abs().mean() - length_corr
+    orthogonal_loss = (quality_weight @ length_weight).abs().mean()
+    stats = {
+        "length/quality_correlation": quality_corr.mean().detach(),
+        "length/length_correlation": length_corr.detach(),
+        "length/orthogonality": orthogonal_loss.detach(),
+    }
+    return correlation_loss, orthogonal_loss, stats
+
+
 def normalize_ratings(ratings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-aspect z-scores of ratings, over the rated entries only (unrated entries stay 0).
 

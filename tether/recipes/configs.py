@@ -138,6 +138,13 @@ class RewardConfig(TrainConfig):
     early_stopping_patience: int = Field(
         3, ge=0, description="Stop after this many validation evaluations in a row without a new best accuracy (0: never stop early; the best checkpoint is kept either way)."
     )
+    length_head: bool = Field(
+        False,
+        description="ODIN (Chen et al. 2024): train a second head on the reward's sum with the quality head, pushed to correlate with the completion's length while the quality head is decorrelated from it (and their weights kept orthogonal); the length head is dropped at saving, so scores come from the quality head alone. Pairwise only.",
+    )
+    length_loss_coef: float = Field(1.0, ge=0, description="length_head: weight of the correlation loss |rho(r_Q, L)| - rho(r_L, L).")
+    orthogonal_loss_coef: float = Field(1.0, ge=0, description="length_head: weight of the orthogonality loss |w_Q . w_L| between the two heads' weight vectors.")
+
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:  # TrainConfig's checks, the batch ones once batch_size is known (None: by backbone)
         if self.batch_size is not None:
@@ -152,8 +159,8 @@ class RewardConfig(TrainConfig):
             raise ValueError("give eval_data or eval_fraction, not both")
         if self.validation_data is not None and self.validation_fraction:
             raise ValueError("give validation_data or validation_fraction, not both")
-        if self.objective == "rating" and (self.validation_fraction or self.validation_data):
-            raise ValueError("validation_fraction and validation_data are for objective=pairwise")
+        if self.objective == "rating" and (self.validation_fraction or self.validation_data or self.length_head):
+            raise ValueError("validation_fraction, validation_data and length_head are for objective=pairwise")
         return self
 
 

@@ -31,13 +31,15 @@ from tether.data.batching import (
 from tether.data.canonical import rows_digest
 from tether.errors import TetherError
 from tether.math import losses
-from tether.models.hf import apply_lora, disable_dropout, load_tokenizer
+from tether.models.hf import apply_lora, disable_dropout, load_tokenizer, render_completion
 from tether.models.reward_eval import evaluate_reward_model
 from tether.models.reward_model import (
     RewardForward,
     RewardModel,
     backbone_profile,
+    drop_extra_outputs,
     load_reward_backbone,
+    output_head,
     raw_rewards,
 )
 from tether.models.tokens import encode_many
@@ -71,8 +73,8 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
     steps_per_epoch = n // cfg.batch_size  # every step sees exactly batch_size rows (the last partial batch waits)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     run.plan(data["digest"], total_steps)
-    quality = cfg.ensemble * len(data["aspects"])  # the reward outputs
-    (forward,) = run.prepare(_reward_forward(cfg, tokenizer, quality))
+    quality = cfg.ensemble * len(data["aspects"])  # the reward outputs; ODIN's length head is one more, dropped at saving
+    (forward,) = run.prepare(_reward_forward(cfg, tokenizer, quality + cfg.length_head))
     accelerator, pad_id = run.accelerator, tokenizer.pad_token_id
     branches = cfg.share_prompts and accelerator.unwrap_model(forward).takes_branch_masks()  # one row per pair, the prompt once
     # Bootstrap weights, Poisson(1) per (row, member): each head sees its own resample of the data.
@@ -136,6 +138,8 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
     hf_model = accelerator.unwrap_model(forward).model
     if cfg.lora_r:
         hf_model = hf_model.merge_and_unload()  # a plain HF folder: the adapter folded into the weights
+    if cfg.length_head:
+        drop_extra_outputs(hf_model, quality)  # ODIN: the length head is not part of the reward
     final = {k: v for k, v in next((r for r in reversed(run.logger.history) if "train/loss" in r), {}).items() if k != "step"}
     final.update({"train/seconds": train_seconds, "train/pairs_per_second": (done - start_step) * cfg.batch_size / max(train_seconds, 1e-9)})
     if selection is not None:
@@ -150,6 +154,7 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         "rating_scale": data.get("rating_scale"),
         "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows), "validation": len(validation_rows)},
         "selection": selection.record(len(validation_rows)) if selection is not None else None,
+        "length_head": {"trained": True, "dropped_at_saving": True, "length_loss_coef": cfg.length_loss_coef, "orthogonal_loss_coef": cfg.orthogonal_loss_coef} if cfg.length_head else None,
     }
     if eval_rows and accelerator.is_main_process and cfg.objective == "pairwise":
         scorer = RewardModel(hf_model, tokenizer, {"reward": reward_info, "config": {"max_length": cfg.max_length}}, accelerator.device)
@@ -226,10 +231,19 @@ def _loss(
     # Chosen and rejected together: rows 0..b-1 are chosen, b..2b-1 rejected.
     chosen, rejected = [data["chosen"][i] for i in chunk], [data["rejected"][i] for i in chunk]
     rewards = _branch_rewards(forward, chosen, rejected, pad_id, device) if branches else _rewards(forward, chosen + rejected, pad_id, device)  # (2b, K)
+    if cfg.length_head:  # ODIN: the preference is fit by quality + length, (2b, K) and (2b,)
+        quality_rewards, length_rewards = rewards[:, :-1], rewards[:, -1]
+        rewards = quality_rewards + length_rewards.unsqueeze(1)
     chosen_rewards, rejected_rewards = rewards[: len(chunk)], rewards[len(chunk) :]
     margin = data["margin"][chunk].to(device) if data["margin"] is not None else None
     tie = data["tie"][chunk].to(device) if data["tie"] is not None else None
     loss, stats = losses.pairwise_reward_loss(chosen_rewards, rejected_rewards, margin, tie, weight)
+    if cfg.length_head:  # ... while the length head is pulled toward the length and the quality heads away from it
+        lengths = torch.cat([data["chosen_tokens"][chunk], data["rejected_tokens"][chunk]]).to(device)  # (2b,)
+        head = output_head(getattr(forward, "module", forward).model).weight  # (K + 1, H): the quality rows, then the length row
+        correlation, orthogonal, length_stats = losses.odin_length_loss(quality_rewards, length_rewards, lengths, head[:-1], head[-1])
+        loss = loss + cfg.length_loss_coef * correlation + cfg.orthogonal_loss_coef * orthogonal
+        stats.update(length_stats)
     if cfg.center_rewards_coef:
         loss = loss + cfg.center_rewards_coef * losses.reward_centering_loss(chosen_rewards, rejected_rewards)
     return loss, stats
@@ -324,6 +338,8 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
     kept = [rows[i] for i in keep]
     has_margin = cfg.use_margin and any("margin" in r for r in kept)
     has_tie = any(r.get("tie") for r in kept)
+    if cfg.length_head:  # ODIN's length: the completion's tokens (its whole length, even where the prompt was cut)
+        counts = {side: completion_tokens(tokenizer, [r["prompt"] for r in kept], [r[side] for r in kept]) for side in ("chosen", "rejected")}
     return {
         "digest": digest,
         "aspects": ["reward"],
@@ -333,7 +349,14 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
         "lengths": [max(len(chosen[i]), len(rejected[i])) for i in keep],
         "margin": torch.tensor([float(r.get("margin", 0.0)) for r in kept]) if has_margin else None,
         "tie": torch.tensor([bool(r.get("tie", False)) for r in kept]) if has_tie else None,
+        **({f"{side}_tokens": torch.tensor(counts[side], dtype=torch.float32) for side in ("chosen", "rejected")} if cfg.length_head else {}),
     }
+
+
+def completion_tokens(tokenizer: Any, prompts: list[Any], completions: list[Any]) -> list[int]:
+    """How many tokens each completion is, rendered as it is scored (tether.models.hf.render_completion)."""
+    texts = [render_completion(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]] if texts else []
 
 
 def _tokenize_ratings(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any, digest: str) -> dict[str, Any]:
