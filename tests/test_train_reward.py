@@ -78,6 +78,8 @@ def test_learns_a_synthetic_preference(trained, pair_files):
 
     out, metrics, _ = trained
     assert metrics["eval/accuracy"] >= 0.95
+    assert metrics["eval/accuracy_low"] <= metrics["eval/accuracy"] <= metrics["eval/accuracy_high"]
+    assert "eval/reward_length_correlation" in metrics and "eval/accuracy_chosen_longer" not in metrics  # no pair differs in length
     assert evaluate_reward(out, pair_files[2])["accuracy"] >= 0.95
 
 

@@ -160,6 +160,8 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         scorer = RewardModel(hf_model, tokenizer, {"reward": reward_info, "config": {"max_length": cfg.max_length}}, accelerator.device)
         report = evaluate_reward_model(scorer, eval_rows, batch_size=cfg.eval_batch_size)
         final.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+        length = {"accuracy_chosen_longer": report["length"]["chosen_longer"]["accuracy"], "accuracy_chosen_shorter": report["length"]["chosen_shorter"]["accuracy"], "reward_length_correlation": report["length"]["reward_length_correlation"]}
+        final.update({f"eval/{k}": v for k, v in length.items() if v is not None})
         run.logger.log(done, {k: v for k, v in final.items() if k.startswith("eval/")})
     hf_model.config.pad_token_id = pad_id
     result = run.save(hf_model, tokenizer, kind="reward", metrics=final, extra={"reward": reward_info}, merge=False)
