@@ -142,6 +142,12 @@ class TokenLogProbs(torch.nn.Module):
         # Heads that rescale or cap logits are not reproduced here: fall back to the model's own logits.
         self._plain_head = not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
         self._core = [core]  # a list: not registered twice as a submodule
+        self._no_split_modules = getattr(core, "_no_split_modules", None)  # FSDP's auto wrap shards these layers one by one
+
+    def tie_weights(self) -> None:
+        """Accelerate's FSDP2 setup moves the model to the meta device and back, then re-ties its embeddings
+        through this: without it the tied input and output embeddings would become two weights."""
+        self.lm.tie_weights()
 
     def forward(
         self,

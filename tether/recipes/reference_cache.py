@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from tether.data.batching import shard
 from tether.models.hf import disable_dropout, load_causal_lm
 from tether.models.logprobs import TokenLogProbs, Triple, score_pairs
+from tether.recipes.fsdp import even_share
 
 
 @dataclass
@@ -102,10 +102,12 @@ def compute_reference_logps(
     order = sorted(range(len(triples)), key=lambda i: sum(map(len, triples[i])))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     values = torch.zeros((len(triples), 2), dtype=torch.float64, device=accelerator.device)
+    mine, repeats = even_share(batches, accelerator)  # FSDP: every process makes as many passes
     with torch.no_grad(), accelerator.autocast():
-        for batch in shard(batches, accelerator.process_index, accelerator.num_processes):
+        for k, batch in enumerate(mine + (mine or batches)[:repeats]):
             logps = score_pairs(module, [triples[i] for i in batch], pad_id, accelerator.device, reference=reference, pack_to=pack_to)
-            values[torch.tensor(batch, device=values.device)] = logps.double()
+            if k < len(mine):
+                values[torch.tensor(batch, device=values.device)] = logps.double()
     if accelerator.num_processes > 1:  # each row was computed by exactly one process: a sum gathers them
         values = accelerator.reduce(values, "sum")
     return values.float().cpu()

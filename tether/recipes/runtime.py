@@ -41,6 +41,7 @@ from tether.errors import TetherError
 from tether.models.hf import TETHER_META
 from tether.recipes.checkpoints import Checkpointer
 from tether.recipes.configs import TrainConfig
+from tether.recipes.fsdp import gather_full_weights, is_fsdp, use_fsdp_on_cpu
 
 StepHook = Callable[[int, dict[str, float]], Any]
 
@@ -166,6 +167,8 @@ class Run:
         """Close the run and save ``model`` (unwrapped) as a Hugging Face folder + tether.json in the output folder;
         with LoRA, the adapter or (``merge``, default ``cfg.merge``) the merged weights."""
         self.close()
+        if is_fsdp(self.accelerator):  # each process holds shards: the whole weights, on every process, to save them
+            gather_full_weights(model)
         merge = getattr(self.cfg, "merge", False) if merge is None else merge
         if self.cfg.lora_r and merge:
             model = model.merge_and_unload()
@@ -228,6 +231,7 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Any, int, int]:
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True without CUDA: `accelerate launch --num_processes 2` then starts gloo processes on a CPU machine.
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    use_fsdp_on_cpu(accelerator)  # `accelerate launch --use_fsdp` on CPU processes: FSDP2 as on GPUs (tether.recipes.fsdp)
     if not accelerator.is_main_process:
         quiet_this_process()
     processes = accelerator.num_processes
