@@ -610,7 +610,7 @@ def test_defaults_by_backbone_and_explicit_values_win(tiny_lm_dir):
     unset = RewardConfig(model="m", data="d.jsonl", output_dir="o")
     resolved = resolve_defaults(unset, lambda _: encoder, said.append)
     assert (resolved.learning_rate, resolved.epochs, resolved.max_length, resolved.batch_size) == (1e-4, 2.0, 256, 16)
-    assert len(said) == 1 and "encoder of 22.7M parameters" in said[0] and "learning_rate=0.0001" in said[0]
+    assert len(said) == 1 and "defaults for an encoder of 22.7M parameters" in said[0] and "learning_rate=0.0001" in said[0]
     given = RewardConfig(model="m", data="d.jsonl", output_dir="o", learning_rate=3e-5, max_length=128)
     resolved = resolve_defaults(given, lambda _: encoder, said.append)
     assert (resolved.learning_rate, resolved.epochs, resolved.max_length) == (3e-5, 2.0, 128)  # given values win

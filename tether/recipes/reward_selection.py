@@ -55,7 +55,7 @@ def resolve_defaults(cfg: Any, profile_of: Any, say: Any) -> Any:
     chosen = {name: values[name] for name in unset}
     shown = ", ".join(f"{name}={chosen[name]:g}" for name in unset)
     given = [f"{name}={getattr(cfg, name):g}" for name in BY_BACKBONE if name not in unset]
-    say(f"defaults for a {profile['kind']} of {profile['parameters'] / 1e6:.1f}M parameters: {shown}" + (f" (given: {', '.join(given)})" if given else "") + "; set them with --learning-rate, --epochs, --max-length, --batch-size")
+    say(f"defaults for {'an' if profile['kind'] == 'encoder' else 'a'} {profile['kind']} of {profile['parameters'] / 1e6:.1f}M parameters: {shown}" + (f" (given: {', '.join(given)})" if given else "") + "; set them with --learning-rate, --epochs, --max-length, --batch-size")
     return type(cfg)(**{**cfg.model_dump(), **chosen})  # validated again: batch_size against micro_batch_size
 
 
