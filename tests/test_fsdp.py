@@ -92,3 +92,26 @@ def test_dpo_with_lora_on_two_fsdp_processes_matches_one(tiny_lm_dir, tmp_path):
     assert a.keys() == b.keys() and any("lora_A" in k for k in a)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_reward_model_on_two_fsdp_processes_matches_one(tiny_lm_dir, tmp_path):
+    from tether.recipes.configs import RewardConfig
+    from tether.recipes.reward import train_reward
+
+    rows = [{"prompt": f"Q: item {i} " + "word " * (i % 4) + "\nA:", "chosen": " thank you" + " yes" * (i % 2), "rejected": " go away" + " no" * (i % 3)} for i in range(41)]
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    settings = {"max_steps": 4, "batch_size": 8, "learning_rate": 3e-3, "eval_fraction": 0.1, "lora_r": 4}
+    train_reward(RewardConfig(model=str(tiny_lm_dir), data=str(data), output_dir=tmp_path / "one", mlflow=False, progress=False, logging_steps=1, **settings))
+    done = _launch("train", "reward", "--model", tiny_lm_dir, "--data", data, "--output-dir", tmp_path / "two", *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")])
+    assert "saved reward model" in done.stdout
+    one, two = _history(tmp_path / "one"), _history(tmp_path / "two")
+    losses = [[h["train/loss"] for h in history if "train/loss" in h] for history in (one, two)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")  # LoRA merged into plain weights on both sides
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
+    meta = [json.loads((tmp_path / d / "tether.json").read_text()) for d in ("one", "two")]
+    norm = [m["reward"]["normalization"] for m in meta]
+    assert norm[1]["n"] == norm[0]["n"] and norm[1]["mean"] == pytest.approx(norm[0]["mean"], abs=1e-4)
+    assert meta[1]["metrics"]["eval/accuracy"] == pytest.approx(meta[0]["metrics"]["eval/accuracy"])

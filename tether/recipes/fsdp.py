@@ -75,3 +75,15 @@ def gather_full_weights(model: torch.nn.Module) -> torch.nn.Module:
                 full[id(param)] = torch.nn.Parameter(param.full_tensor().detach().clone(), requires_grad=param.requires_grad)
             module._parameters[name] = full[id(param)]
     return model
+
+
+def unsharded(prepared: torch.nn.Module, build: Any) -> torch.nn.Module:
+    """A plain module (no FSDP) holding the whole trained weights of ``prepared``: ``build()`` makes a fresh module
+    of the same structure, and the full state dict is loaded into it on every process (a collective). For work after
+    training that runs on one process only (evaluation) or changes the weights (merging LoRA)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(prepared, options=StateDictOptions(full_state_dict=True))
+    fresh = build()
+    fresh.load_state_dict(full)
+    return fresh

@@ -44,6 +44,7 @@ from tether.models.reward_model import (
 )
 from tether.models.tokens import encode_many
 from tether.recipes.configs import RewardConfig
+from tether.recipes.fsdp import even_share, is_fsdp, unsharded
 from tether.recipes.reward_selection import Selection, carve_validation, resolve_defaults
 from tether.recipes.runtime import (
     Run,
@@ -135,6 +136,8 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
 
     # ---------------------------------------------------------------- normalize, evaluate held-out rows, save
     normalization = _normalization(cfg, run, forward, data, tokenizer, quality)
+    if is_fsdp(accelerator):  # whole weights in a plain copy: evaluation (one process) and merging need no collectives
+        forward = unsharded(forward, lambda: _reward_forward(cfg, tokenizer, quality + cfg.length_head))
     hf_model = accelerator.unwrap_model(forward).model
     if cfg.lora_r:
         hf_model = hf_model.merge_and_unload()  # a plain HF folder: the adapter folded into the weights
@@ -202,9 +205,9 @@ def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, An
     reference, reference_name, available = _reference_sequences(cfg, data, tokenizer, run)
     started = time.perf_counter()
     run.say(f"normalizing rewards: scoring {len(reference)}" + (f" of {available}" if available > len(reference) else "") + f" {reference_name} with the trained model")
-    rank, world = run.accelerator.process_index, run.world
-    mine = shard(list(range(len(reference))), rank, world)
-    scored = raw_rewards(forward, [reference[i] for i in mine], tokenizer.pad_token_id, cfg.eval_batch_size, run.accelerator.device)
+    mine, repeats = even_share(list(range(len(reference))), run.accelerator)  # FSDP: as many passes on every process
+    rows = [reference[i] for i in mine + (mine or [0])[:repeats]]
+    scored = raw_rewards(forward, rows, tokenizer.pad_token_id, cfg.eval_batch_size, run.accelerator.device)[: len(mine)]
     pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
     ref_raw = torch.tensor([row[:outputs] for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A): the reward outputs
     std = ref_raw.std(dim=0) if len(ref_raw) > 1 else torch.ones(outputs, dtype=torch.float64)
