@@ -183,3 +183,22 @@ def test_sft_runs_give_the_same_losses_chunked_or_plain(tiny_lm_dir, tmp_path):
         losses[name] = _losses(tmp_path / name)
     assert losses["chunked"] == pytest.approx(losses["plain"], rel=1e-5, abs=1e-6)
     assert losses["packed"] == pytest.approx(losses["plain"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.slow  # inductor compiles the decoder layer: a minute or more on a 2-core CPU
+def test_torch_compile_gives_the_losses_of_eager_mode(tiny_lm_dir, tmp_path):
+    from tether.recipes.configs import DPOConfig, SFTConfig
+    from tether.recipes.dpo import train_dpo
+    from tether.recipes.sft import train_sft
+
+    sft_data = _write(tmp_path / "sft.jsonl", [{"prompt": "Q: " + "word " * n, "completion": " answer" * (1 + n % 3)} for n in range(8)])
+    pairs = _write(tmp_path / "pairs.jsonl", _pairs(8, seed=5))
+    common = dict(model=str(tiny_lm_dir), batch_size=4, max_steps=3, max_length=64, learning_rate=1e-3, mlflow=False, progress=False, logging_steps=1)
+    for compiled in (False, True):
+        train_sft(SFTConfig(**common, data=str(sft_data), output_dir=tmp_path / f"sft-{compiled}", torch_compile=compiled))
+        train_dpo(DPOConfig(**common, data=str(pairs), output_dir=tmp_path / f"dpo-{compiled}", torch_compile=compiled, ref_cache_dir=tmp_path / f"cache-{compiled}", packing=True))
+    for kind in ("sft", "dpo"):
+        assert _losses(tmp_path / f"{kind}-True") == pytest.approx(_losses(tmp_path / f"{kind}-False"), rel=1e-5, abs=1e-6), kind
+    from transformers import AutoModelForCausalLM  # the compiled run saved an ordinary folder
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "sft-True") is not None

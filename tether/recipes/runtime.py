@@ -91,6 +91,9 @@ class Run:
     def prepare(self, *models: torch.nn.Module) -> tuple[Any, ...]:
         """An AdamW and a learning-rate schedule for each trainable model, all handed to Accelerate; the schedulers are
         registered for checkpointing, not prepared (Accelerate's wrapper would step once per process)."""
+        if self.cfg.torch_compile:
+            for model in models:
+                compile_blocks(model)
         self.optimizers = [make_optimizer(model, self.cfg) for model in models]
         self.schedulers = [make_scheduler(optimizer, self.cfg, self.total_steps) for optimizer in self.optimizers]
         prepared = self.accelerator.prepare(*models, *self.optimizers)
@@ -175,6 +178,18 @@ class Run:
         save_model_dir(model, tokenizer, self.output_dir, kind=kind, cfg=self.cfg, data_digest=self.data_digest, metrics=metrics,
                        extra=extra, accelerator=self.accelerator, workspace=self.workspace)
         return TrainResult(self.output_dir, metrics)
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """``torch.compile`` (inductor, dynamic shapes) each repeated block of ``model`` in place: the classes its Hugging
+    Face models name in ``_no_split_modules`` (decoder layers), else the whole model. In place (``Module.compile``), so
+    parameter names, checkpoints and saving are unchanged, and one compiled block serves every layer. Returns how
+    many modules were compiled."""
+    names = {name for module in model.modules() for name in (getattr(module, "_no_split_modules", None) or [])}
+    blocks = [module for module in model.modules() if type(module).__name__ in names]
+    for module in blocks or [model]:
+        module.compile(dynamic=True)
+    return len(blocks) or 1
 
 
 def crossed(step: int, every: int, steps: int = 1) -> bool:
