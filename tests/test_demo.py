@@ -120,3 +120,44 @@ def test_demo_fast_improves_the_policy_on_the_hidden_gold(cli, tmp_path, monkeyp
     for db in ("tether.db", "mlflow.db"):  # the store (audit log, QC figures) and the registry's own database
         assert "ann-expert" not in everything(f"sqlite:///{Path(out['workspace']) / db}"), db
 
+
+
+def first_digest(out):
+    """The round-0 snapshot's digest, from the store (the demo's own first snapshot)."""
+    from sqlalchemy import select
+
+    from tether.store.db import session_scope
+    from tether.store.tables import Snapshot
+
+    with session_scope(f"sqlite:///{Path(out['workspace']) / 'tether.db'}") as session:
+        return session.scalars(select(Snapshot.digest).order_by(Snapshot.id)).first()
+
+
+TINY_LOOP = dict(sft_requests=120, sft_epochs=2, annotate_requests=48, rl_prompts=64, rl_steps=4, rl_batch_size=8, eval_prompts=24,
+                 redteam_per_set=0, round_pairs=10, round_rl_steps=4, audit_every=2, audit_prompts=6, round_eval_prompts=16)
+
+
+@pytest.mark.slow
+def test_demo_rounds_run_the_loop_through_the_store_and_keep_lineage(tmp_path):
+    """A tiny demo with one on-policy round (sizes far below the real run: the mechanics, not the figures)."""
+    from tether.demo.run import run_demo
+    from tether.lifecycle.registry import lineage
+    from tether.store.workspace import load_workspace
+
+    out = run_demo(tmp_path / "demo", fast=True, seed=1, progress=False, rounds=1, overrides=TINY_LOOP)
+    assert [r["round"] for r in out["rounds"]] == [0, 1]
+    last = out["rounds"][-1]
+    assert last["pairs_queued"] > 0 and last["judgments_round"] > 0 and out["judgments_total"] == last["judgments_total"]
+    assert len(last["watch"]["audits"]) >= 1 and {"d", "human", "proxy"} <= set(last["watch"]["audits"][0])
+    assert out["snapshot"]["name"].endswith("-round-1") and out["snapshot"]["digest"] == last["snapshot_digest"]
+    for key in ("off_topic_rate_sft", "off_topic_rate_policy", "judgments_total"):
+        assert key in out
+    info = lineage(load_workspace(Path(out["workspace"])), out["registry"]["policy"])
+    # the final policy traces back to the union snapshot (through its reward ensemble) and to round 0's (through the
+    # policy it continued from)
+    digests = {step["digest"] for step in info["chain"] if step["type"] == "snapshot"}
+    assert {out["snapshot"]["digest"], out["rounds"][0].get("snapshot_digest") or first_digest(out)} <= digests
+    page = Path(out["report"]).read_text(encoding="utf-8")
+    assert "On-policy rounds" in page and "over-optimization curve" in page
+    rounds_log = [json.loads(line) for line in (Path(out["workspace"]) / "artifacts" / "demo" / out["project"] / "loop" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds_log[0]["parent_policy"] == out["rounds"][0]["policy"] and rounds_log[0]["registry"]["policy"] == out["registry"]["policy"]

@@ -83,7 +83,7 @@ def test_a_round_picks_pairs_of_the_policys_own_replies_where_the_members_disagr
         loop.LoopConfig(members=1).validate()
 
 
-def test_seeded_members_differ_and_their_spread_grows_off_distribution(tiny_lm_dir, tmp_path):
+def test_seeded_members_differ_and_their_spread_grows_off_distribution(tiny_lm_dir, tmp_path, cli):
     from tether.recipes.configs import RewardConfig
     from tether.recipes.reward_specs import load_reward
 
@@ -111,3 +111,12 @@ def test_seeded_members_differ_and_their_spread_grows_off_distribution(tiny_lm_d
     assert (on_members[:24].mean(0) > on_members[24:].mean(0)).all()
     on_spread, off_spread = on_members.std(1).mean(), off_members.std(1).mean()
     assert off_spread > 1.5 * on_spread, (on_spread, off_spread)
+
+    # `tether score` on the ensemble folder: each row's mean and spread over the members
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"prompt": "hello\n", "completion": t}) + "\n" for t in like[:3] + off[:3]))
+    result = cli("score", "--model", tmp_path / "ens", "--data", tmp_path / "rows.jsonl", "-o", tmp_path / "scored.jsonl")
+    assert result.code == 0, result.stderr
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    expected = np.concatenate([on_members[:3], off_members[:3]])
+    np.testing.assert_allclose([r["reward"] for r in scored], expected.mean(1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([r["reward_std"] for r in scored], expected.std(1), rtol=1e-4, atol=1e-4)

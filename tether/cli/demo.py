@@ -15,6 +15,7 @@ def demo_command(
     fast: Annotated[bool, typer.Option("--fast", help="A smaller run, about a minute (what CI runs).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same data, models and figures.")] = 0,
     algo: Annotated[str, typer.Option("--algo", help="Policy optimization: ppo (default) or grpo.")] = "ppo",
+    rounds: Annotated[int | None, typer.Option("--rounds", min=0, help="On-policy rounds after the first (tether loop: the policy's own replies judged, a seeded reward ensemble refit, RL continued with an over-optimization watch); 0: the loop runs once. Default: the size's own.")] = None,
     redteam: Annotated[Path | None, typer.Option("--redteam", help="Red-team prompt sets for the evaluation (default: ../shared/data/redteam when present).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -32,9 +33,9 @@ def demo_command(
         import sys
 
         with contextlib.redirect_stdout(sys.stderr):
-            out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam)
+            out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam, rounds=rounds)
     else:
-        out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam)
+        out = run_demo(workspace, fast=fast, seed=seed, algo=algo, progress=True, redteam=redteam, rounds=rounds)
     if as_json:
         emit_json(out)
         return
@@ -45,6 +46,12 @@ def demo_command(
     typer.echo(f"  reward-model win-rate vs SFT:        {out['reward_win_rate']:.0%}")
     typer.echo(f"  rule violations, SFT -> policy:      {out['violation_rate_sft']:.0%} -> {out['violation_rate_policy']:.0%}")
     typer.echo(f"  good replies, SFT -> policy:         {out['good_style_sft']:.0%} -> {out['good_style_policy']:.0%}")
+    typer.echo(f"  off-topic replies, SFT -> policy:    {out['off_topic_rate_sft']:.0%} -> {out['off_topic_rate_policy']:.0%}")
+    typer.echo(f"  human judgments spent:               {out['judgments_total']}")
+    for r in out.get("rounds", []):
+        acc = r.get("rm_accuracy_new_pairs")
+        typer.echo(f"  round {r['round']}: gold win-rate {r['gold_win_rate']:.0%}, off-topic {r['off_topic_rate']:.0%}, violations {r['violation_rate']:.0%}"
+                   + (f", reward model on its new pairs {acc:.0%}" if acc is not None else "") + (f", {r['judgments_round']} judgments" if "judgments_round" in r else ""))
     if out.get("kl") is not None:
         typer.echo(f"  KL(policy || SFT):                   {out['kl']:.2f} nats")
     typer.echo(f"  QC flagged: {', '.join(out['qc']['flagged']) or 'nobody'};  snapshot {out['snapshot']['name']} sha256 {out['snapshot']['digest'][:16]}...")

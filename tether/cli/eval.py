@@ -106,7 +106,8 @@ def score_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the rows, as JSONL, with the reward added.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 32,
 ) -> None:
-    """Score rows with a reward model: adds `reward` (and `reward_std` for ensembles) to each row.
+    """Score rows with a reward model: adds `reward` (and `reward_std` for ensembles) to each row. A folder of
+    separately seeded members (`tether loop`) gives each row their mean and spread.
 
     Preference rows get `reward_chosen` and `reward_rejected`. Rewards are normalized (mean 0, std 1 on the
     training prompts' chosen completions). A rating model writes every aspect (`reward_aspects`, or
@@ -115,7 +116,6 @@ def score_command(
 
     Example:  tether score --model rm --data completions.jsonl -o scored.jsonl
     """
-    import json
 
     from tether.cli.common import require_file, workspace_url
     from tether.data.canonical import preference_row
@@ -137,7 +137,10 @@ def score_command(
     def note(message: str) -> None:
         typer.echo(message, err=True)
 
-    rm = RewardModel.load(model, say=note)
+    from tether.recipes.reward_specs import member_folders
+
+    folders = member_folders(Path(model))
+    rm = RewardModel.load(model, say=note) if folders == [Path(model)] else None
     jobs: list[tuple[int, str, object, object]] = []  # (row, field, prompt, completion)
     for number, record in enumerate(records):
         if "completion" in record and "prompt" in record:
@@ -156,6 +159,11 @@ def score_command(
                 f"{data}: record {number + 1} has no prompt+completion, messages, or chosen+rejected",
                 fix="give rows like {\"prompt\": ..., \"completion\": ...}",
             )
+    if rm is None:  # a folder of ensemble members (tether loop): each row's mean and spread over them
+        _score_members(folders, jobs, records, batch_size, note)
+        _write_scored(output, records)
+        typer.echo(f"scored {len(records)} rows with {len(folders)} ensemble members -> {output}")
+        return
     several = len(rm.aspects) > 1
     combined = not several or rm.aspect_weights is not None
     normalized = rm.normalized_scores([j[2] for j in jobs], [j[3] for j in jobs], batch_size)  # (N, K, A)
@@ -167,13 +175,35 @@ def score_command(
             records[number][field] = float(members[i].mean())
             if rm.ensemble > 1:
                 records[number][field.replace("reward", "reward_std", 1)] = float(members[i].std())
+    _write_scored(output, records)
+    if not combined:
+        note(f"note: {rm.source} rates {len(rm.aspects)} aspects ({', '.join(rm.aspects)}): each is written; give their weights for one reward, e.g. --model {rm.source}:{rm.aspects[0]}=1,{rm.aspects[1]}=-1")
+    typer.echo(f"scored {len(records)} rows -> {output}")
+
+
+def _score_members(folders: list[Path], jobs: list[tuple[int, str, object, object]], records: list[dict], batch_size: int, note: object) -> None:
+    """``reward`` (the members' mean) and ``reward_std`` (their spread) of every job, over every head of every member."""
+    from tether.models.reward_model import RewardModel
+    from tether.recipes.reward_specs import ensemble_members
+
+    if not folders:
+        from tether.errors import TetherError
+
+        raise TetherError("the --model folder holds no reward model (no tether.json, no member folders)", fix="give a folder from `tether train reward` or `tether loop`")
+    models = [RewardModel.load(folder, say=note) for folder in folders]
+    members = ensemble_members(models, [j[2] for j in jobs], [j[3] for j in jobs], batch_size)  # (N, K)
+    for i, (number, field, _, _) in enumerate(jobs):
+        records[number][field] = float(members[i].mean())
+        records[number][field.replace("reward", "reward_std", 1)] = float(members[i].std(unbiased=False))
+
+
+def _write_scored(output: Path, records: list[dict]) -> None:
+    import json
+
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if not combined:
-        note(f"note: {rm.source} rates {len(rm.aspects)} aspects ({', '.join(rm.aspects)}): each is written; give their weights for one reward, e.g. --model {rm.source}:{rm.aspects[0]}=1,{rm.aspects[1]}=-1")
-    typer.echo(f"scored {len(records)} rows -> {output}")
 
 
 @eval_app.command("policy")

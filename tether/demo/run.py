@@ -33,13 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.demo.register import POLICY_NAME, REWARD_NAME
 from tether.demo.report import demo_report
 from tether.errors import TetherError
 
 PROJECT_PREFIX = "support-demo"
-REWARD_NAME = "support-reward"
-POLICY_NAME = "support-policy"
-ADMIN = "demo-admin"
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,16 @@ class DemoSize:
     max_new_tokens: int
     eval_prompts: int
     redteam_per_set: int
+    # On-policy rounds (tether.lifecycle.loop), after the first reward model and RL run; 0: the loop runs once.
+    rounds: int = 0
+    members: int = 1  # separately seeded reward models in the ensemble (1: one reward model)
+    combine: str = "mean"  # the reward RL optimizes over the members: mean, min or uwo=LAMBDA
+    round_pairs: int = 50  # pairs of the policy's own replies judged per round
+    round_overlap: int = 2  # annotators per item in the rounds (after QC left the spammer out)
+    round_rl_steps: int = 40  # most RL steps per round
+    audit_every: int = 20  # RL steps between audits by the annotators
+    audit_prompts: int = 16  # prompts per audit
+    round_eval_prompts: int = 100  # held-out requests each round's policy is measured on
 
 
 SIZES = {
@@ -82,6 +90,8 @@ SIZES = {
         max_new_tokens=64, eval_prompts=120, redteam_per_set=0,
     ),
 }
+# `tether demo --rounds N`: fewer labels in the first round, a seeded reward ensemble, then N on-policy rounds.
+LOOP = dict(annotate_requests=200, members=3, combine="uwo=0.5", round_pairs=50, round_overlap=2, round_rl_steps=40, audit_every=20, audit_prompts=16)
 
 
 @dataclass
@@ -191,16 +201,27 @@ def run_demo(
     algo: str = "ppo",
     progress: bool = True,
     redteam: Path | None = None,
+    rounds: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole loop in ``workspace`` (made if missing); returns the summary (also written as JSON)."""
+    """Run the whole loop in ``workspace`` (made if missing); returns the summary (also written as JSON).
+    ``rounds``: on-policy rounds after the first (``LOOP`` settings; None: the size's own); ``overrides``: DemoSize
+    fields (benchmarks: a larger kl_coef alone, say)."""
+    from dataclasses import replace
+
     from tether.store.workspace import init_workspace
 
     if algo not in ("ppo", "grpo"):
         raise TetherError(f"--algo {algo!r} is not one of ppo, grpo", fix="use --algo ppo (default) or --algo grpo")
     size = SIZES["fast" if fast else "default"]
+    if rounds:
+        size = replace(size, **{**LOOP, "rounds": rounds})
+    elif rounds == 0:
+        size = replace(size, rounds=0)
+    size = replace(size, **(overrides or {}))
     started = time.perf_counter()
     cpu_started = time.process_time()
-    stages = Stages(7, progress)
+    stages = Stages(8 if size.rounds else 7, progress)
     ws = init_workspace(workspace)
     with _demo_environment(ws.root):
         out = _run(ws, size, fast=fast, seed=seed, algo=algo, stages=stages, redteam=redteam, started=started)
@@ -254,20 +275,48 @@ def _run(ws: Any, size: DemoSize, *, fast: bool, seed: int, algo: str, stages: S
     with stages.stage(f"reward model, then {algo.upper()} against it plus the rule rewards") as st:
         rm_dir, rm_metrics = _stage_reward(ws, size, sft_dir, snapshot["name"], models, seed, stages.enabled)
         say(f"reward model: held-out accuracy {rm_metrics.get('eval/accuracy', float('nan')):.1%} on the snapshot's pairs")
-        policy_dir, used_algo, notes = _stage_policy(ws, task, size, sft_dir, rm_dir, rules_path, models, run_dir, seed, algo, stages.enabled)
+        reward = f"ensemble:{rm_dir.parent}:{size.combine}" if size.members > 1 else str(rm_dir)
+        policy_dir, used_algo, notes = _stage_policy(ws, task, size, sft_dir, reward, rules_path, models, run_dir, seed, algo, stages.enabled)
         st.notes += notes
         st.detail = f"reward model -> {rm_dir.name}; policy ({used_algo}) -> {policy_dir.name}"
         out["algo"] = used_algo
         out["reward_model_metrics"] = rm_metrics
 
+    registered = None
+    if size.rounds:
+        with stages.stage(f"{size.rounds} on-policy rounds: the policy's own replies judged, the ensemble refit, RL continued") as st:
+            from tether.demo.loop import stage_rounds
+
+            loop = stage_rounds(ws, task, size, sft_dir=sft_dir, policy_dir=policy_dir, ensemble_dir=rm_dir.parent, rules_path=rules_path, project=project,
+                                run_dir=run_dir, crew=crew, flagged=out["qc"]["flagged"], algo=used_algo, seed=seed, progress=stages.enabled, say=say,
+                                names=(REWARD_NAME, POLICY_NAME))
+            out["rounds"] = loop["rounds"]
+            state = loop["state"]
+            policy_dir, rm_dir = Path(state.policy), Path(state.ensemble) / "member-0"
+            snapshot = loop["snapshot"]
+            out["snapshot"] = {k: snapshot[k] for k in ("name", "digest", "row_count", "aggregate")}
+            registered = loop["rounds"][-1].get("registry")
+            from tether.models.hf import read_tether_meta
+
+            rm_metrics = {k: float(v) for k, v in (read_tether_meta(rm_dir).get("metrics") or {}).items() if isinstance(v, (int, float))}
+            out["reward_model_metrics"] = rm_metrics
+            st.detail = f"{size.rounds} rounds; snapshot {snapshot['name']} ({snapshot['row_count']} pairs, all rounds); policy -> {policy_dir}"
+    out["policy_dir"], out["reward_dir"] = str(policy_dir), str(rm_dir)
+
     # 6 ---------------------------------------------------------------------------------------------------------
     with stages.stage("evaluate, write the report, register with lineage") as st:
+        from tether.demo.register import stage_register
+
         st_started = time.perf_counter()
         result = _stage_evaluate(task, size, policy_dir, sft_dir, rm_dir, rules_path, seed, redteam, say)
-        registry, notes = _stage_register(ws, rm_dir, policy_dir, sft_dir, snapshot, rm_metrics, result, used_algo, qc_report)
+        registry, notes = stage_register(ws, rm_dir, policy_dir, sft_dir, snapshot, rm_metrics, result, used_algo, qc_report, registered)
         st.notes += notes
         report_path = ws.reports_dir / f"{project}.html"
         out.update(_headline(result, task))
+        from tether.lifecycle.loop import judgments_in
+
+        out["judgments_total"] = judgments_in(url, project)
+        out.setdefault("rounds", [])
         out["registry"] = registry
         out["report"] = str(report_path)
         st.detail = f"registered {registry['reward_model']} and {registry['policy']}" + (" (champion)" if registry["champion"] else "")
@@ -415,22 +464,27 @@ def _stage_reward(ws: Any, size: DemoSize, sft_dir: Path, snapshot_name: str, mo
     from tether.recipes.configs import RewardConfig
     from tether.recipes.reward import train_reward
 
-    rm_dir = models / "reward"
+    rm_dir = models / "reward" if size.members == 1 else models / "reward-ensemble" / "member-0"
     cfg = RewardConfig(
         model=str(sft_dir), data=f"snapshot:{snapshot_name}", output_dir=rm_dir, epochs=size.reward_epochs,
         batch_size=16, learning_rate=size.reward_learning_rate, max_length=192, eval_fraction=0.1, seed=seed,
         logging_steps=5, progress=progress,
     )
-    train_reward(cfg, workspace=ws)
+    if size.members > 1:  # separately seeded members (tether.lifecycle.loop); member-0 stands for them in the report
+        from tether.lifecycle.loop import train_members
+
+        train_members(cfg, size.members, rm_dir.parent, workspace=ws)
+    else:
+        train_reward(cfg, workspace=ws)
     meta = read_tether_meta(rm_dir)
     metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
     return rm_dir, metrics
 
 
-def _stage_policy(ws: Any, task: Any, size: DemoSize, sft_dir: Path, rm_dir: Path, rules_path: Path, models: Path, run_dir: Path, seed: int, algo: str, progress: bool) -> tuple[Path, str, list[str]]:
+def _stage_policy(ws: Any, task: Any, size: DemoSize, sft_dir: Path, reward: str, rules_path: Path, models: Path, run_dir: Path, seed: int, algo: str, progress: bool) -> tuple[Path, str, list[str]]:
     notes: list[str] = []
     prompts = _write_jsonl(run_dir / "rl-prompts.jsonl", [{"prompt": r.prompt} for r in task.requests(size.rl_prompts, "rl")])
-    rewards = [str(rm_dir), f"rules:{rules_path}"]
+    rewards = [reward, f"rules:{rules_path}"]
     common = dict(
         model=str(sft_dir), prompts=str(prompts), reward=rewards, max_steps=size.rl_steps, batch_size=size.rl_batch_size,
         learning_rate=size.rl_learning_rate, max_length=192, max_new_tokens=size.max_new_tokens, temperature=1.0,
@@ -509,72 +563,7 @@ def _headline(result: dict[str, Any], task: Any) -> dict[str, Any]:
         "length_policy": result["length_policy"],
         "good_style_sft": result["style_mix"]["SFT"].get("good", 0.0),
         "good_style_policy": result["style_mix"]["policy"].get("good", 0.0),
+        "off_topic_rate_sft": result["style_mix"]["SFT"].get("off_topic", 0.0),
+        "off_topic_rate_policy": result["style_mix"]["policy"].get("off_topic", 0.0),
         "proxy_gold_agreement": result["proxy_gold_agreement"],
     }
-
-
-def _stage_register(ws: Any, rm_dir: Path, policy_dir: Path, sft_dir: Path, snapshot: dict[str, Any], rm_metrics: dict[str, float], result: dict[str, Any], algo: str, qc_report: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Register both models with lineage; the demo's admin approves the policy; promotion to champion when the
-    gates of tether.toml pass (a refusal is reported, not hidden)."""
-    from tether.lifecycle.registry import approve, promote, register_model
-
-    notes: list[str] = []
-    annotators = {r["annotator"]: r["n_answers"] for r in qc_report["annotators"]}
-    flagged = sorted(r["annotator"] for r in qc_report["annotators"] if r["flags"])
-    data = {
-        "pairs": snapshot["row_count"],
-        "aggregate": snapshot["aggregate"],
-        "annotators": dict(sorted(annotators.items())),  # structured, so a purge can replace one name (tether.lifecycle.governance)
-        "flagged_by_qc": flagged,
-        "task": "tether demo: customer-support replies (generated offline)",
-    }
-    rm_figures = {k.split("/", 1)[1]: v for k, v in rm_metrics.items() if k.startswith("eval/")}
-    rm = register_model(
-        ws, rm_dir, name=REWARD_NAME, kind="reward", snapshot_name=snapshot["name"], snapshot_digest=snapshot["digest"],
-        base_model=str(sft_dir), metrics=rm_figures, data_summary=data,
-        method="Bradley-Terry reward model on a tiny Llama initialized from the SFT policy",
-    )
-    figures = {
-        "win_rate": result["win_rate"],
-        "gold_win_rate": result["gold_win_rate"],
-        "violation_rate": result["violation_rate_policy"],
-        "length": result["length_policy"],
-    }
-    if result.get("kl_gate") is not None:  # a negative KL estimate counts as its upper bound, or not at all
-        figures["kl"] = result["kl_gate"]
-    policy = register_model(
-        ws, policy_dir, name=POLICY_NAME, kind="policy", parent=rm["version"], base_model=str(sft_dir), metrics=figures,
-        data_summary={"prompts": "generated support requests", "reward": f"{rm['version']} + rules (personal data, forbidden phrases)"},
-        method=f"{algo.upper()} from the SFT policy against the reward model plus rule rewards",
-    )
-    _ensure_admin(ws)
-    approve(ws, policy["version"], admin=ADMIN, note="demo: approved after reading the evaluation report")
-    promoted = False
-    try:
-        promote(ws, policy["version"])
-        promoted = True
-    except TetherError as exc:
-        notes.append(exc.message)
-    return {"reward_model": rm["version"], "policy": policy["version"], "champion": promoted}, notes
-
-
-def _ensure_admin(ws: Any) -> None:
-    """The demo's admin (no password: cannot log in to the web app; it only signs the demo's approval)."""
-    from sqlalchemy import select
-
-    from tether.store.db import audit, session_scope
-    from tether.store.tables import User
-
-    with session_scope(ws.database_url) as session:
-        if session.scalar(select(User.id).where(User.name == ADMIN)) is None:
-            user = User(name=ADMIN, role="admin", meta={"demo": True})
-            session.add(user)
-            session.flush()
-            audit(session, "user.create", "user", user.id, actor_name="demo", name=ADMIN, role="admin")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The demo's report
-# ---------------------------------------------------------------------------------------------------------------
-
-

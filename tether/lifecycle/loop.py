@@ -97,6 +97,7 @@ class LoopState:
     policy_name: str = "loop-policy"
     policy_version: str | None = None
     snapshot: str | None = None
+    audits: list[dict[str, Any]] = field(default_factory=list)  # every audit so far (AuditPoint fields): the watch reads them all
 
     @classmethod
     def load(cls, folder: Path) -> LoopState | None:
@@ -264,7 +265,7 @@ def sample_replies(policy_dir: str | Path, prompts: Sequence[Any], n: int, *, cf
 
 
 def audit_policy(url: str, project: str, policy_dir: Path, reference_dir: str | Path, prompts: Sequence[Any], ensemble: Any, *,
-                 step: int, judge: Judge, item_meta: ItemMeta | None, cfg: LoopConfig, seed: int) -> AuditPoint:
+                 step: int, judge: Judge, item_meta: ItemMeta | None, cfg: LoopConfig, seed: int, round_number: int = 0) -> AuditPoint:
     """One audit: the policy's and the reference's replies to ``prompts`` judged by people (through the store) and
     by the proxy (the ensemble's mean); d = sqrt(KL(policy || reference)) from the policy's own samples."""
     import torch
@@ -281,8 +282,16 @@ def audit_policy(url: str, project: str, policy_dir: Path, reference_dir: str | 
     proxy_mine = ensemble.members(list(prompts), mine).mean(dim=1).tolist()
     proxy_theirs = ensemble.members(list(prompts), theirs).mean(dim=1).tolist()
     figures = audit_batch(url, project, step=step, prompts=prompts, policy_texts=mine, reference_texts=theirs, proxy_policy=proxy_mine,
-                          proxy_reference=proxy_theirs, kl=kl, judge=judge, item_meta=item_meta, actor=ACTOR)
+                          proxy_reference=proxy_theirs, kl=kl, judge=judge, item_meta=_with_round(item_meta, round_number), actor=ACTOR,
+                          tag=f"round-{round_number}-")
     return AuditPoint(step, figures["audit/d"], figures["audit/human_win_rate"], figures["audit/proxy_win_rate"], str(policy_dir), figures)
+
+
+def _with_round(item_meta: ItemMeta | None, round_number: int) -> ItemMeta:
+    def meta(prompt: Any, a: str, b: str) -> dict[str, Any]:
+        return {"round": round_number, **(item_meta(prompt, a, b) if item_meta is not None else {})}
+
+    return meta
 
 
 def rl_config(cfg: LoopConfig, **fields: Any) -> Any:
@@ -296,8 +305,9 @@ def rl_config(cfg: LoopConfig, **fields: Any) -> Any:
 def rl_with_watch(ws: Any, cfg: LoopConfig, state: LoopState, *, round_number: int, prompts_file: Path, audit_prompts: Sequence[Any],
                   out_dir: Path, judge: Judge, item_meta: ItemMeta | None, say: Callable[[str], None]) -> dict[str, Any]:
     """RL from the current policy against the conservative ensemble reward (KL to the first policy), in segments of
-    ``audit_every`` steps with an audit after each; stops where the watch says. Returns the kept policy folder, the
-    audits, the decision."""
+    ``audit_every`` steps with an audit after each; stops where the watch says. The watch reads every audit of the
+    loop so far (d and people's judgment are measured against the same first policy in every round), so a stop may
+    keep an earlier round's checkpoint. Returns the kept policy folder, this round's audits, the decision."""
     if cfg.algo == "ppo":
         from tether.recipes.ppo import train_ppo as train
     else:
@@ -308,6 +318,7 @@ def rl_with_watch(ws: Any, cfg: LoopConfig, state: LoopState, *, round_number: i
     every = cfg.audit_every or cfg.rl_steps
     segments = math.ceil(cfg.rl_steps / every)
     current, points, decision, step = Path(state.policy), [], None, 0
+    history = [AuditPoint(**a) for a in state.audits]
     for s in range(segments):
         steps = min(every, cfg.rl_steps - step)
         out = out_dir / f"rl-{s}"
@@ -319,13 +330,15 @@ def rl_with_watch(ws: Any, cfg: LoopConfig, state: LoopState, *, round_number: i
         if not cfg.audit_every or not audit_prompts:
             continue
         point = audit_policy(ws.database_url, state.project, out, state.reference, audit_prompts, ensemble, step=step, judge=judge,
-                             item_meta=item_meta, cfg=cfg, seed=cfg.seed + 31 * round_number + s)
+                             item_meta=item_meta, cfg=cfg, seed=cfg.seed + 31 * round_number + s, round_number=round_number)
         points.append(point)
-        decision = watch_decision(points)
+        state.audits.append(asdict(point))
+        decision = watch_decision(history + points)
         say(f"round {round_number} audit at step {step}: d = {point.d:.2f}, people {point.human:.0%}, reward model {point.proxy:.0%}; {decision.reason}")
         if decision.stop:
-            say(f"round {round_number}: the watch stops RL at step {step} and keeps the checkpoint of step {points[decision.best].step}")
-            current = Path(points[decision.best].checkpoint)
+            kept = (history + points)[decision.best]
+            say(f"round {round_number}: the watch stops RL at step {step} and keeps the checkpoint {kept.checkpoint} (audit at d = {kept.d:.2f})")
+            current = Path(kept.checkpoint)
             break
     return {"policy": current, "audits": [asdict(p) for p in points], "stopped": bool(decision and decision.stop),
             "reason": decision.reason if decision else "no audit", "fit": decision.fit.as_dict() if decision and decision.fit else None}

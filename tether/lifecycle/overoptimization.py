@@ -233,17 +233,19 @@ def audit_batch(
     judge: Judge,
     item_meta: Callable[[Any, str, str], dict[str, Any]] | None = None,
     actor: str = "loop",
+    tag: str = "",
 ) -> dict[str, float]:
     """Send one audit batch to people and read their verdict: each prompt's (policy reply, reference reply) is
     an item (identical replies are skipped), ``judge(url, project)`` answers the queue, and the figures come back
-    as ``audit/*`` (see the module doc). ``item_meta(prompt, a, b)`` adds to each item's meta."""
+    as ``audit/*`` (see the module doc). ``item_meta(prompt, a, b)`` adds to each item's meta; ``tag`` makes the
+    items' external ids unique across runs that count steps afresh (a loop's rounds)."""
     rows, keep = [], []
     for i, (prompt, a, b) in enumerate(zip(prompts, policy_texts, reference_texts)):
         if a == b:
             continue
         meta = {"audit_step": step, **(item_meta(prompt, a, b) if item_meta is not None else {})}
         rows.append({"prompt": prompt, "completions": [{"text": a, "model": "policy"}, {"text": b, "model": "reference"}],
-                     "external_id": f"audit-{step}-{i}", "meta": meta})
+                     "external_id": f"audit-{tag}{step}-{i}", "meta": meta})
         keep.append(i)
     item_ids = queue_pairs(url, project, rows, actor=actor) if rows else []
     judge(url, project)
