@@ -72,7 +72,8 @@ def test_an_ensemble_folder_lists_its_member_models(tmp_path):
     (tmp_path / "ens" / "notes").mkdir()
     assert member_folders(tmp_path / "ens") == [tmp_path / "ens" / "member-0", tmp_path / "ens" / "member-1"]
     assert member_folders(tmp_path / "ens" / "member-0") == [tmp_path / "ens" / "member-0"]
-    with pytest.raises(TetherError, match="no reward model in"):
+    assert member_folders(tmp_path / "ens" / "notes") == [tmp_path / "ens" / "notes"]  # no members: the folder itself (a Hugging Face model)
+    with pytest.raises(TetherError, match="is not a Tether reward model"):
         load_reward([f"ensemble:{tmp_path / 'ens' / 'notes'}"])
 
 

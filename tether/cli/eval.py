@@ -186,10 +186,6 @@ def _score_members(folders: list[Path], jobs: list[tuple[int, str, object, objec
     from tether.models.reward_model import RewardModel
     from tether.recipes.reward_specs import ensemble_members
 
-    if not folders:
-        from tether.errors import TetherError
-
-        raise TetherError("the --model folder holds no reward model (no tether.json, no member folders)", fix="give a folder from `tether train reward` or `tether loop`")
     models = [RewardModel.load(folder, say=note) for folder in folders]
     members = ensemble_members(models, [j[2] for j in jobs], [j[3] for j in jobs], batch_size)  # (N, K)
     for i, (number, field, _, _) in enumerate(jobs):

@@ -96,11 +96,11 @@ def parse_combine(text: str, spec: str) -> tuple[str, float]:
 
 
 def member_folders(folder: Path) -> list[Path]:
-    """The reward models an ensemble folder names: itself when it holds tether.json (its heads are members), else
-    its subfolders that do, sorted by name."""
+    """The reward models an ensemble folder names: its subfolders that hold tether.json, sorted by name, when it
+    holds none itself; else the folder itself (a reward model: its heads are members; a Hugging Face one too)."""
     if (folder / "tether.json").is_file() or not folder.is_dir():
         return [folder]
-    return sorted(p for p in folder.iterdir() if (p / "tether.json").is_file())
+    return sorted(p for p in folder.iterdir() if (p / "tether.json").is_file()) or [folder]
 
 
 def parse_spec(text: str) -> RewardSpec:
