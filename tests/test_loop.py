@@ -60,6 +60,8 @@ def test_a_rounds_snapshot_unions_the_earlier_rounds_each_judgment_once(workspac
     assert len(ids2) == len(set(ids2)) == total == 18  # every judgment of both rounds, once (9 items x overlap 2)
     assert set(ids1) < set(ids2) and {round_of[i]["round"] for i in ids1} == {1} and {round_of[i]["round"] for i in ids2} == {1, 2}
     assert loop.judgments_in(url, "fb") == 18
+    again, _ = loop.round_snapshot(workspace, "fb", 2)  # a second loop on the same project: the next free name
+    assert again["name"] == "fb-round-2-2" and again["digest"] == snap2["digest"]
 
 
 class _Ensemble:
@@ -120,3 +122,13 @@ def test_seeded_members_differ_and_their_spread_grows_off_distribution(tiny_lm_d
     expected = np.concatenate([on_members[:3], off_members[:3]])
     np.testing.assert_allclose([r["reward"] for r in scored], expected.mean(1), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose([r["reward_std"] for r in scored], expected.std(1), rtol=1e-4, atol=1e-4)
+
+
+def test_tether_loop_refuses_a_bad_option_before_any_work(cli, workspace, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n')
+    result = cli("loop", "1", "--project", "fb", "--policy", tmp_path / "sft", "--prompts", prompts, "--strategy", "loudest", "--out", tmp_path / "loop")
+    assert result.code == 2 and "--strategy 'loudest' is not one of" in result.stderr
+    result = cli("loop", "1", "--project", "fb", "--policy", tmp_path / "sft", "--prompts", prompts, "--combine", "median", "--out", tmp_path / "loop")
+    assert result.code == 2 and "unknown ensemble combination 'median'" in result.stderr
+    assert not (tmp_path / "loop").exists()

@@ -69,6 +69,8 @@ class DemoSize:
     members: int = 1  # separately seeded reward models in the ensemble (1: one reward model)
     combine: str = "mean"  # the reward RL optimizes over the members: mean, min or uwo=LAMBDA
     round_pairs: int = 50  # pairs of the policy's own replies judged per round
+    round_candidates: int = 2  # the policy's replies per fresh request, the pool the pairs are picked from
+    round_reference_replies: int = 1  # the SFT policy's replies per fresh request in that pool
     round_overlap: int = 2  # annotators per item in the rounds (after QC left the spammer out)
     round_rl_steps: int = 40  # most RL steps per round
     audit_every: int = 20  # RL steps between audits by the annotators
@@ -91,7 +93,8 @@ SIZES = {
     ),
 }
 # `tether demo --rounds N`: fewer labels in the first round, a seeded reward ensemble, then N on-policy rounds.
-LOOP = dict(annotate_requests=200, members=3, combine="uwo=0.5", round_pairs=50, round_overlap=2, round_rl_steps=40, audit_every=20, audit_prompts=16)
+LOOP = dict(annotate_requests=180, members=3, combine="uwo=0.5", round_pairs=60, round_candidates=4, round_reference_replies=1, round_overlap=2,
+            round_rl_steps=40, audit_every=20, audit_prompts=12)
 
 
 @dataclass

@@ -212,15 +212,22 @@ def round_snapshot(ws: Any, project: str, round_number: int) -> tuple[dict[str, 
     """QC of the whole project, then a snapshot of it without the flagged annotators: this round's judgments and
     every earlier round's, each once, with the judgments it rests on recorded (``snapshot_judgment``). Returns
     (snapshot summary, QC report)."""
+    from sqlalchemy import select
+
     from tether.qc import project_qc, snapshot_qc_record
     from tether.store import snapshots
     from tether.store.db import session_scope
+    from tether.store.tables import Snapshot
 
     report = project_qc(ws.database_url, project)
     flagged = sorted(r["annotator"] for r in report["annotators"] if r["flags"])
     method = "dawid-skene" if "dawid-skene" in snapshots.AGGREGATES else "majority"
     with session_scope(ws.database_url) as session:
-        snap = snapshots.make_snapshot(project, session=session, root=ws.root, aggregate=method, snapshot_name=f"{project}-round-{round_number}",
+        name = f"{project}-round-{round_number}"
+        taken = set(session.scalars(select(Snapshot.name).where(Snapshot.name.like(f"{name}%"))))
+        if name in taken:  # another loop on the same project (snapshots are frozen): the next free name
+            name = next(f"{name}-{k}" for k in range(2, len(taken) + 3) if f"{name}-{k}" not in taken)
+        snap = snapshots.make_snapshot(project, session=session, root=ws.root, aggregate=method, snapshot_name=name,
                                        qc=snapshot_qc_record(report, method=method, excluded=flagged), exclude_annotators=flagged)
     return snap, report
 
