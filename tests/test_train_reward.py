@@ -642,13 +642,13 @@ def test_validation_split_is_by_prompt_and_never_overlaps():
     assert sorted(map(json.dumps, train + held)) == sorted(map(json.dumps, rows))  # every row once, on one side
     assert train == [r for r in rows if r in train]  # the order kept
     assert validation_split(rows, 0.2, seed=0) == (train, held) and validation_split(rows, 0.2, seed=1) != (train, held)
-    # Default: 10% of the prompts once there are 500 pairs; fewer pairs: no split unless asked; ties never validate.
-    many = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b", "tie": i % 10 == 0} for i in range(600)]
+    # Default: 10% of the prompts once there are 2,000 pairs; fewer pairs: no split unless asked; ties never validate.
+    many = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b", "tie": i % 10 == 0} for i in range(2000)]
     said: list[str] = []
     train, held = carve_validation(RewardConfig(model="m", data="d", output_dir="o"), many, said.append)
-    assert len(train) + len(held) + sum(1 for r in many[:] if r["tie"] and r not in train and r not in held) == 600
-    assert 45 <= len(held) <= 60 and not any(r.get("tie") for r in held) and "held out by prompt" in said[0]
-    assert carve_validation(RewardConfig(model="m", data="d", output_dir="o"), many[:499], said.append) == (many[:499], [])
+    assert len(train) + len(held) + sum(1 for r in many if r["tie"] and r not in train and r not in held) == 2000
+    assert 160 <= len(held) <= 200 and not any(r.get("tie") for r in held) and "held out by prompt" in said[0]
+    assert carve_validation(RewardConfig(model="m", data="d", output_dir="o"), many[:1999], said.append) == (many[:1999], [])
     assert carve_validation(RewardConfig(model="m", data="d", output_dir="o", validation_fraction=0), many, said.append) == (many, [])
     assert len(carve_validation(RewardConfig(model="m", data="d", output_dir="o", validation_fraction=0.5), many[:20], said.append)[1]) >= 8
 

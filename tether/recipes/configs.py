@@ -135,7 +135,7 @@ class RewardConfig(TrainConfig):
 
     validation_fraction: float | None = Field(
         None, ge=0, lt=1,
-        description="Carve this fraction of the training prompts (seeded; all pairs of a prompt on one side, never in training) as a validation split, evaluated during training; the checkpoint with the best validation accuracy is kept. None: 0.1 when there are at least 500 training pairs, else no split; 0: none.",
+        description="Carve this fraction of the training prompts (seeded; all pairs of a prompt on one side, never in training) as a validation split, evaluated during training; the checkpoint with the best validation accuracy is kept. None: 0.1 when there are at least 2,000 training pairs (a smaller split is too noisy to choose by), else no split; 0: none.",
     )
     validation_data: str | None = Field(None, description="Validation rows given as a file or snapshot:NAME instead of a carved split (pairwise only).")
     validation_steps: int | None = Field(None, ge=1, description="Evaluate the validation split every this many optimizer steps (and at the last). None: four times per epoch.")
