@@ -180,8 +180,8 @@ class SFTConfig(TrainConfig):
     shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
     lm_head_chunk: int = Field(
-        0, ge=0,
-        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, far less memory with a large vocabulary). 0: all scored tokens in one product.",
+        1024, ge=0,
+        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, less memory with a large vocabulary; not slower on SmolLM2, docs/benchmarks.md). 0: all scored tokens in one product.",
     )
     merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
@@ -207,8 +207,8 @@ class DPOConfig(TrainConfig):
         description="Lay several pairs end to end in one row (each pair's prompt, chosen and rejected answers, none attending to another pair's) instead of one padded row per pair: no padding tokens, same log-probs.",
     )
     lm_head_chunk: int = Field(
-        0, ge=0,
-        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, far less memory with a large vocabulary). 0: all scored tokens in one product.",
+        1024, ge=0,
+        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, less memory with a large vocabulary; not slower on SmolLM2, docs/benchmarks.md). 0: all scored tokens in one product.",
     )
     merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
@@ -240,8 +240,8 @@ class KTOConfig(TrainConfig):
     shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
     lm_head_chunk: int = Field(
-        0, ge=0,
-        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, far less memory with a large vocabulary). 0: all scored tokens in one product.",
+        1024, ge=0,
+        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, less memory with a large vocabulary; not slower on SmolLM2, docs/benchmarks.md). 0: all scored tokens in one product.",
     )
     merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
