@@ -175,7 +175,10 @@ class TokenLogProbs(torch.nn.Module):
                 hidden = getattr(core, core.base_model_prefix)(**inputs).last_hidden_state  # (R, T, H)
                 selected = hidden.reshape(-1, hidden.size(-1)).index_select(0, gather_index)  # (N, H)
                 head = core.get_output_embeddings()
-                if self.chunk_tokens and type(head) is torch.nn.Linear:  # a plain head (not one LoRA wraps)
+                # A plain head (not one LoRA wraps) whose weight is whole here: not a DTensor shard (an FSDP unit of
+                # its own) nor a DeepSpeed ZeRO-3 partition (gathered only inside the module's own forward).
+                whole = not hasattr(head.weight, "ds_id") and not hasattr(head.weight, "device_mesh")
+                if self.chunk_tokens and type(head) is torch.nn.Linear and whole:
                     return linear_token_logps(selected, head.weight, head.bias, targets, self.chunk_tokens)
                 logits = head(selected).float()  # (N, V)
             else:
