@@ -31,6 +31,7 @@ import numpy as np
 
 from tether.checks.refusal import is_refusal
 from tether.errors import TetherError
+from tether.models.reward_eval import bootstrap_interval
 
 VIOLATION_KINDS = ("pii", "forbidden")
 
@@ -47,14 +48,9 @@ def win_outcomes(policy_scores: Sequence[float], baseline_scores: Sequence[float
 
 
 def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``values`` (resampling the values)."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    """Percentile bootstrap confidence interval of the mean of ``values`` (tether.models.reward_eval's, with 2,000
+    resamples)."""
+    return bootstrap_interval(np.asarray(values, dtype=np.float64), resamples=n_boot, level=level, seed=seed)
 
 
 def win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float], *, tie_margin: float = 0.0, seed: int = 0) -> dict[str, float]:

@@ -48,7 +48,7 @@ def _bucket_name(length: int) -> str:
 def bootstrap_interval(values: np.ndarray, *, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (Efron & Tibshirani 1993, Ch. 13): ``resamples``
     resamples of the N values with replacement, seeded; the (1 - level) / 2 and (1 + level) / 2 quantiles of their
-    means. shape: values (N,) -> (low, high); NaN for no values. (Same method as evaluate_policy's win-rate CI.)"""
+    means. shape: values (N,) -> (low, high); NaN for no values. (evaluate_policy's win-rate interval is this one.)"""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan")
