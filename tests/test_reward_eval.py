@@ -273,3 +273,71 @@ def test_cli_suite_sections(cli, small_rm, tmp_path):
                          (("--model", model, "--data", f"alpha={data}", "--suite", suite), "both")]:
         result = cli("eval", "reward", *args)
         assert result.code != 0 and needle in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_spread_calibration_by_hand():
+    from tether.models.reward_eval import spread_calibration
+
+    # Sorted by spread (stable): pairs 0, 5 | 1, 3 | 4, 2; the two wrong pairs (2, 4) have the two largest spreads.
+    correct = np.array([1, 1, 0, 1, 0, 1])
+    spread = np.array([0.1, 0.2, 0.9, 0.3, 0.5, 0.1])
+    got = spread_calibration(correct, spread)
+    assert {k: (v["accuracy"], v["n"]) for k, v in got["by_spread"].items()} == {"low": (1.0, 2), "mid": (1.0, 2), "high": (0.0, 2)}
+    assert got["by_spread"]["high"]["mean_spread"] == pytest.approx(0.7)
+    assert got["error_auroc"] == pytest.approx(1.0) and got["mean_spread"] == pytest.approx(2.1 / 6)
+    # One wrong pair at 0.2 against right pairs at 0.2 (a tie: half) and 0.1 (below it): (0.5 + 1) / 2
+    assert spread_calibration(np.array([0, 1, 1]), np.array([0.2, 0.2, 0.1]))["error_auroc"] == pytest.approx(0.75)
+    assert spread_calibration(np.array([1, 1]), np.array([0.2, 0.1]))["error_auroc"] is None  # no error to find
+
+
+class FakeMembers(FakeRewardModel):
+    """Two members: the first scores by the table, the second adds a per-completion offset (its disagreement)."""
+
+    def __init__(self, tokenizer, rewards, offsets):
+        super().__init__(tokenizer, rewards)
+        self.offsets, self.std = offsets, np.ones((2, 1))
+
+    def raw_scores(self, prompts, completions, batch_size=32):
+        first = np.array([self.rewards[c] for c in completions], dtype=float)
+        return np.stack([first, first + np.array([self.offsets[c] for c in completions])], axis=1).reshape(-1, 2, 1)
+
+
+def test_ensemble_report_has_spread_and_single_model_does_not(tiny_lm_dir):
+    from tether.lifecycle.evaluate_reward import MemberEnsemble
+    from tether.models.hf import load_tokenizer
+
+    tok = load_tokenizer(tiny_lm_dir, chat_template=False)
+    rows = [{"prompt": "p", "chosen": "A", "rejected": "B"}, {"prompt": "p", "chosen": "C", "rejected": "D"}, {"prompt": "p", "chosen": "E", "rejected": "F"}]
+    rewards = {"A": 2.0, "B": 0.0, "C": 0.0, "D": 0.5, "E": 1.0, "F": 0.0}
+    offsets = {"A": 0.0, "B": 0.0, "C": 2.0, "D": 0.0, "E": 0.0, "F": 0.0}
+    report = evaluate_reward_model(FakeMembers(tok, rewards, offsets), rows)
+    # normalized differences per member: (2, 2), (-0.5, 1.5), (1, 1): means 2, 0.5, 1 (all right), spreads 0, 1, 0
+    assert report["mean_margin"] == pytest.approx((2 + 0.5 + 1) / 3)
+    assert report["spread"]["mean_spread"] == pytest.approx(1 / 3) and report["spread"]["error_auroc"] is None
+    assert "spread" not in evaluate_reward_model(FakeRewardModel(tok, rewards), rows)
+    # Separately trained members read as one ensemble: heads side by side, each with its own normalization std.
+    one, two = FakeRewardModel(tok, rewards), FakeRewardModel(tok, {k: v + offsets[k] for k, v in rewards.items()})
+    one.aspects = two.aspects = ["reward"]
+    two.std = np.full((1, 1), 1.0)
+    joined = evaluate_reward_model(MemberEnsemble([one, two]), rows)
+    # member 1 normalized by std 2: (1, -0.25, 0.5); member 2 by 1: (2, 1.5, 1); spreads (std over 2): 0.5, 0.875, 0.25
+    assert joined["mean_margin"] == pytest.approx(((1 + 2) / 2 + (-0.25 + 1.5) / 2 + (0.5 + 1) / 2) / 3)
+    assert joined["spread"]["mean_spread"] == pytest.approx((0.5 + 0.875 + 0.25) / 3)
+
+
+def test_cli_eval_reward_on_a_members_folder(cli, small_rm, tmp_path):
+    import shutil
+
+    model, data = small_rm
+    folder = tmp_path / "ensemble"
+    for name in ("member-0", "member-1"):
+        shutil.copytree(model, folder / name)
+    result = cli("eval", "reward", "--model", folder, "--data", data, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    single = json.loads(cli("eval", "reward", "--model", model, "--data", data, "--json").stdout)
+    # Two copies of one 2-head model: members (h1, h2, h1, h2), the same mean and spread as the model's own heads
+    assert report["accuracy"] == single["accuracy"] and report["mean_margin"] == pytest.approx(single["mean_margin"])
+    assert report["spread"]["mean_spread"] == pytest.approx(single["spread"]["mean_spread"], rel=1e-6) > 0
+    table = cli("eval", "reward", "--model", folder, "--data", data)
+    assert table.code == 0 and "ensemble spread" in table.stdout

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 @eval_app.command("reward")
 def eval_reward_command(
-    model: Annotated[str | None, typer.Option("--model", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model); a rating model's aspects combine as DIR:helpful=1,harm=-1.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="A reward model folder (`tether train reward`, or a Hugging Face sequence-classification reward model; a folder of ensemble members as `tether loop` writes); a rating model's aspects combine as DIR:helpful=1,harm=-1.")] = None,
     data: Annotated[list[str] | None, typer.Option("--data", help="Preference rows (prompt/chosen/rejected): a file or snapshot:NAME, or NAME=FILE for a named section; repeatable.")] = None,
     suite: Annotated[Path | None, typer.Option("--suite", help="A folder of preference files, one section per file (see above).")] = None,
     dpo_policy: Annotated[Path | None, typer.Option("--dpo-policy", help="Evaluate a DPO policy's implicit reward beta * (log pi - log pi_ref) instead of a reward model.")] = None,
@@ -33,7 +33,9 @@ def eval_reward_command(
     """Evaluate a reward model (or a DPO policy's implicit reward) on preference pairs, section by section:
     accuracy with a 95% bootstrap interval, mean margin, calibration (ECE), and the length diagnostics (accuracy when
     the chosen answer is the longer or the shorter one, by length ratio, and the correlation of reward with length;
-    lengths in characters), then the pooled figures over all sections.
+    lengths in characters), then the pooled figures over all sections. For an ensemble (--ensemble K heads, or a
+    folder of separately trained members) also whether its spread finds its errors: accuracy in the lowest, middle
+    and highest third of the pairs by spread, and the spread's AUROC as an error predictor (0.5: it says nothing).
 
     A suite (--suite DIR) is a folder with one preference file per section, the section named by the file:
     chat.jsonl, safety.jsonl.gz, follows-request.json (a JSON list) or .parquet; each row {"prompt", "chosen",
@@ -50,10 +52,10 @@ def eval_reward_command(
     from tether.lifecycle.evaluate_reward import (
         evaluate_sections,
         load_implicit_reward,
+        load_reward_scorer,
         parse_data_specs,
         suite_files,
     )
-    from tether.models.reward_model import RewardModel
     from tether.store.snapshots import training_rows
 
     if (model is None) == (dpo_policy is None):
@@ -70,7 +72,7 @@ def eval_reward_command(
         raise TetherError("nothing to evaluate on", fix="give --data FILE (repeatable, NAME=FILE) or --suite DIR")
     sections = {name: training_rows(path, "preference", workspace=data_workspace(path)) for name, path in specs.items()}
     note = lambda m: typer.echo(m, err=True)  # noqa: E731
-    scorer = RewardModel.load(model, say=note) if model is not None else load_implicit_reward(dpo_policy, reference, beta, say=note)
+    scorer = load_reward_scorer(model, say=note) if model is not None else load_implicit_reward(dpo_policy, reference, beta, say=note)
     report = evaluate_sections(scorer, sections, batch_size=batch_size, resamples=resamples, seed=seed)
     what = f"reward model {model}" if model is not None else f"implicit reward of {dpo_policy} (beta {scorer.beta:g}) against {reference}"
     report["scorer"] = what
@@ -92,6 +94,11 @@ def _print_reward_report(report: dict, what: str, sources: list[str]) -> None:
         shown = [f"{v:.3f}" if v is not None else "-" for v in (longer, shorter, corr)]
         out.print(f"  {name:>16}  {cell['n']:>5}  {cell['accuracy']:.4f} [{cell['accuracy_low']:.3f}, {cell['accuracy_high']:.3f}]  {cell['ece']:>6.4f}  {shown[0]:>13}  {shown[1]:>14}  {shown[2]:>14}")
     out.print(f"  mean margin {report['mean_margin']:.4f} (normalized reward units); ECE of sigmoid(r_chosen - r_rejected), 10 bins; lengths in characters")
+    if "spread" in report:
+        spread = report["spread"]
+        thirds = ", ".join(f"{name} {cell['accuracy']:.3f} (spread {cell['mean_spread']:.3f}, n={cell['n']})" for name, cell in spread["by_spread"].items())
+        auroc = "-" if spread["error_auroc"] is None else f"{spread['error_auroc']:.3f}"
+        out.print(f"  ensemble spread: accuracy by third of the pairs {thirds}; AUROC of the spread for an error {auroc} (0.5: it says nothing)")
     for title, key in (("length (tokens)", "by_length"), ("subset", "by_subset")):
         if key in report:
             out.print(f"  by {title}:")

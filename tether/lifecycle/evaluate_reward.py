@@ -71,6 +71,36 @@ def evaluate_sections(scorer: Any, sections: dict[str, list[dict[str, Any]]], ba
     return {**pooled, "sections": reports}
 
 
+class MemberEnsemble:
+    """Separately trained reward models (the members of a `tether loop` ensemble folder) read as one ensemble by
+    ``score_pairs``: each member's heads side by side (``raw_scores`` (N, K1 + K2 + ..., A), each with its own
+    normalization ``std``), so the report's mean is the members' mean and its spread is theirs."""
+
+    def __init__(self, members: Sequence[Any]):
+        aspects = {tuple(m.aspects) for m in members}
+        if len(aspects) > 1:
+            raise TetherError(f"the ensemble's members rate different aspects: {sorted(aspects)}", fix="put only members trained on the same data kind in one folder")
+        self.members, self.tokenizer = list(members), members[0].tokenizer
+        self.std = np.concatenate([m.std for m in members], axis=0)  # (K, A)
+
+    def aspect_vector(self) -> np.ndarray:
+        return self.members[0].aspect_vector()
+
+    def raw_scores(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        return np.concatenate([m.raw_scores(prompts, completions, batch_size) for m in self.members], axis=1)
+
+
+def load_reward_scorer(model: str, say: Callable[[str], None] | None = None) -> Any:
+    """A reward model folder as a ``RewardModel``; a folder of ensemble members (subfolders with tether.json, as
+    `tether loop` writes) as a ``MemberEnsemble``."""
+    from tether.recipes.reward_specs import member_folders
+
+    folders = member_folders(Path(model))
+    if len(folders) == 1:
+        return RewardModel.load(model, say=say)
+    return MemberEnsemble([RewardModel.load(folder, say=say) for folder in folders])
+
+
 class ImplicitReward:
     """A DPO policy's implicit reward as a scorer: r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) (Rafailov et al.
     2023, Eq. 5; the partition function cancels in every pair), summed over the completion's tokens, rendered as

@@ -57,6 +57,27 @@ def bootstrap_interval(values: np.ndarray, *, resamples: int = 1000, level: floa
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def spread_calibration(correct: np.ndarray, spread: np.ndarray) -> dict[str, Any]:
+    """Whether an ensemble's spread says where it is wrong, on held-out pairs: accuracy in the lowest, middle and
+    highest third of the pairs by spread (the members' standard deviation of the normalized reward difference), and
+    the AUROC of the spread as a predictor of an error (Mann-Whitney: the chance that a wrongly ordered pair has a
+    larger spread than a rightly ordered one, ties counted half; 0.5 when the spread says nothing, None when every pair
+    is right or every pair wrong). shapes: correct (N,) of 0/1, spread (N,)."""
+    correct, spread = np.asarray(correct, dtype=np.float64), np.asarray(spread, dtype=np.float64)
+    order = np.argsort(spread, kind="stable")
+    thirds = {name: order[part] for name, part in zip(("low", "mid", "high"), np.array_split(np.arange(len(order)), 3))}
+    wrong, right = spread[correct == 0], spread[correct == 1]
+    auroc = None
+    if len(wrong) and len(right):
+        greater = (wrong[:, None] > right[None, :]).sum() + 0.5 * (wrong[:, None] == right[None, :]).sum()
+        auroc = float(greater / (len(wrong) * len(right)))
+    return {
+        "mean_spread": float(spread.mean()),
+        "by_spread": {name: {"accuracy": float(correct[idx].mean()), "n": len(idx), "mean_spread": float(spread[idx].mean())} for name, idx in thirds.items() if len(idx)},
+        "error_auroc": auroc,
+    }
+
+
 LENGTH_RATIO_BINS = (0.5, 0.8, 1.25, 2.0)  # edges of len(chosen) / len(rejected), in characters
 
 
@@ -112,10 +133,12 @@ def score_pairs(rm: Any, rows: list[dict[str, Any]], batch_size: int = 32) -> di
     prompts = [r["prompt"] for r in pairs]
     chosen_raw = rm.raw_scores(prompts, [r["chosen"] for r in pairs], batch_size)  # (N, K, A)
     rejected_raw = rm.raw_scores(prompts, [r["rejected"] for r in pairs], batch_size)
+    member_diff = ((chosen_raw - rejected_raw) / rm.std) @ weights  # (N, K) each member's normalized difference
     return {
+        "member_diff": member_diff,
         "n_ties": len(rows) - len(pairs),
         "raw_diff": ((chosen_raw - rejected_raw) @ weights).mean(axis=1),  # (N,) ensemble mean of the BT logit
-        "normalized_diff": (((chosen_raw - rejected_raw) / rm.std) @ weights).mean(axis=1),
+        "normalized_diff": member_diff.mean(axis=1),
         "chosen_reward": ((chosen_raw / rm.std) @ weights).mean(axis=1),  # (N,) normalized up to the shift
         "rejected_reward": ((rejected_raw / rm.std) @ weights).mean(axis=1),
         "tokens": np.array([len(s) for s in encode_many(rm.tokenizer, prompts, [r["chosen"] for r in pairs], 10**9)]),
@@ -128,14 +151,15 @@ def score_pairs(rm: Any, rows: list[dict[str, Any]], batch_size: int = 32) -> di
 def concat_scores(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Several sections' ``score_pairs`` as one."""
     joined: dict[str, Any] = {"n_ties": sum(p["n_ties"] for p in parts), "subset": [s for p in parts for s in p["subset"]]}
-    for key in ("raw_diff", "normalized_diff", "chosen_reward", "rejected_reward", "tokens", "chosen_len", "rejected_len"):
+    for key in ("member_diff", "raw_diff", "normalized_diff", "chosen_reward", "rejected_reward", "tokens", "chosen_len", "rejected_len"):
         joined[key] = np.concatenate([p[key] for p in parts])
     return joined
 
 
 def pair_report(scored: dict[str, Any], *, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Accuracy with its bootstrap interval, mean margin, ECE, length diagnostics, accuracy by length bucket and
-    by subset, from ``score_pairs``'s arrays."""
+    by subset, and for an ensemble the calibration of its spread (``spread_calibration``), from ``score_pairs``'s
+    arrays."""
     raw_diff = scored["raw_diff"]
     correct = (raw_diff > 0).astype(np.float64)
     probs = 1.0 / (1.0 + np.exp(-raw_diff))
@@ -159,6 +183,8 @@ def pair_report(scored: dict[str, Any], *, resamples: int = 1000, seed: int = 0)
         "length": length_diagnostics(correct, scored["chosen_reward"], scored["rejected_reward"], scored["chosen_len"], scored["rejected_len"]),
         "by_length": accuracy_by([_bucket_name(n) for n in scored["tokens"]]),
     }
+    if scored["member_diff"].shape[1] > 1:  # an ensemble: does its spread find its errors?
+        report["spread"] = spread_calibration(correct, scored["member_diff"].std(axis=1))
     if any(s is not None for s in scored["subset"]):
         report["by_subset"] = accuracy_by([s if s is not None else "(none)" for s in scored["subset"]])
     return report

