@@ -131,4 +131,63 @@ def test_tether_loop_refuses_a_bad_option_before_any_work(cli, workspace, tmp_pa
     assert result.code == 2 and "--strategy 'loudest' is not one of" in result.stderr
     result = cli("loop", "1", "--project", "fb", "--policy", tmp_path / "sft", "--prompts", prompts, "--combine", "median", "--out", tmp_path / "loop")
     assert result.code == 2 and "unknown ensemble combination 'median'" in result.stderr
+    result = cli("loop", "1", "--project", "fb", "--policy", tmp_path / "sft", "--prompts", prompts, "--pairing", "nearest", "--out", tmp_path / "loop")
+    assert result.code == 2 and "--pairing 'nearest' is not one of" in result.stderr
     assert not (tmp_path / "loop").exists()
+
+
+class _Scores:
+    """Three members that score a reply by the number after its "#" (member k adds k / 10), so the members agree
+    on the order and P(a over b) = sigmoid(score_a - score_b) for each."""
+
+    def members(self, prompts, completions):
+        return torch.tensor([[float(c.split("#")[1]) + k / 10 for k in range(3)] for c in completions])
+
+
+def test_the_pairings_pair_the_policys_replies_with_the_first_policys_strongest_reply():
+    mine, theirs = ["mine #2", "mine #0", "mine #2"], ["ref #1", "ref #3", "mine #0", " "]
+    everything = loop.candidate_pairs("all", mine, theirs)
+    # every pair holding a policy reply: the two distinct replies of the policy with each other and with the two
+    # references (the reference "mine #0" is the policy's own reply, the blank one no reply)
+    assert len(everything) == 1 + 2 * 2 and all("policy" in (a[0], b[0]) for a, b in everything)
+    against = loop.candidate_pairs("reference", mine, theirs)
+    assert [(a[1], b[1]) for a, b in against] == [("mine #2", "ref #1"), ("mine #2", "ref #3"), ("mine #0", "ref #1"), ("mine #0", "ref #3")]
+    assert all(a[0] == "policy" and b[0] == "reference" for a, b in against)
+    # best-of-R of the first policy by the ensemble's mean, leaving out what the policy also wrote
+    assert loop.best_reference(_Scores(), ["p0", "p1", "p2"], [theirs, ["ref #5", "ref #4"], ["mine #9"]], [mine, [], ["mine #9"]]) == [["ref #3"], ["ref #5"], []]
+
+
+def test_best_reference_pairs_picked_where_the_ensemble_cannot_call_them():
+    """p0's policy replies score 2 and 0 against its best reference (3): P(policy wins) = sigmoid(-1) = 0.27 and
+    sigmoid(-3) = 0.05; p1's policy reply ties its best reference (4): P = 0.5, the pair the ensemble cannot call;
+    p2 has no reference reply, so no pair under a reference pairing."""
+    cfg = loop.LoopConfig(pairs_per_round=2, strategy="uncertainty", pairing="best-reference", reference_replies=2).validate()
+    prompts = ["p0", "p1", "p2"]
+    policy = [["mine #2", "mine #0"], ["mine #4"], ["mine #1"]]
+    reference = [["ref #1", "ref #3"], ["ref #4", "ref #-2"], []]
+    rows = loop.propose_pairs(cfg, 1, prompts, policy, reference, _Scores())
+    assert [r["prompt"] for r in rows] == ["p1", "p0"]
+    assert [[c["text"] for c in r["completions"]] for r in rows] == [["mine #4", "ref #4"], ["mine #2", "ref #3"]]
+    assert rows[0]["meta"]["p_pref"] == pytest.approx(0.5) and rows[1]["meta"]["p_pref"] == pytest.approx(1 / (1 + np.exp(1)), abs=1e-6)
+    assert all(r["meta"]["models"] == ["policy", "reference"] and r["meta"]["pairing"] == "best-reference" for r in rows)
+    # the same pool under the default pairing: p0's pair nearest 0.5 is its stronger reply against the weaker
+    # reference (sigmoid(1) = 0.73; against the stronger one sigmoid(-1) = 0.27 comes later in the stable order)
+    default = loop.propose_pairs(loop.LoopConfig(pairs_per_round=3, strategy="uncertainty", reference_replies=2).validate(), 1, prompts, policy, reference, _Scores())
+    assert [[c["text"] for c in r["completions"]] for r in default] == [["mine #4", "ref #4"], ["mine #2", "ref #1"]]
+    with pytest.raises(Exception, match="--pairing 'nearest' is not one of"):
+        loop.LoopConfig(pairing="nearest").validate()
+    with pytest.raises(Exception, match="needs reference replies"):
+        loop.LoopConfig(pairing="reference", reference_replies=0).validate()
+
+
+def test_a_rounds_snapshot_keeps_peoples_ties_when_asked(workspace):
+    url = workspace.database_url
+    ensure_project(url, "fb", guidelines="Pick the better reply.", overlap=2, actor="test")
+    rows = _rows(1, 4)
+    loop.queue_round(url, "fb", rows, lambda prompt, a, b: {"sim_truth": "tie" if prompt.endswith(("-0", "-1")) else "a"})
+    run_annotators(url, "fb", [SimAnnotator("sim-x", accuracy=1.0), SimAnnotator("sim-y", accuracy=1.0)], seed=1)
+    dropped, _ = loop.round_snapshot(workspace, "fb", 1)
+    kept, _ = loop.round_snapshot(workspace, "fb", 1, keep_ties=True)
+    read = lambda snap: [json.loads(x) for x in (workspace.root / snap["path"]).read_text().splitlines()]  # noqa: E731
+    assert len(read(dropped)) == 2 and not any(r.get("tie") for r in read(dropped))
+    assert len(read(kept)) == 4 and sum(bool(r.get("tie")) for r in read(kept)) == 2

@@ -23,6 +23,9 @@ def loop_command(
     members: Annotated[int, typer.Option("--members", min=1, help="Separately seeded reward models in the ensemble.")] = 3,
     combine: Annotated[str, typer.Option("--combine", help="The reward RL optimizes over the members: mean, min or uwo=LAMBDA (mean - LAMBDA x spread).")] = "uwo=0.5",
     strategy: Annotated[str, typer.Option("--strategy", help="Which pairs to judge: disagreement (of the members), uncertainty, certainty or random.")] = "disagreement",
+    pairing: Annotated[str, typer.Option("--pairing", help="Candidate pairs per prompt: all (every pair holding a policy reply), reference (each policy reply against each of the first policy's), best-reference (against the first policy's reply the ensemble scores highest).")] = "all",
+    reference_replies: Annotated[int, typer.Option("--reference-replies", min=0, help="The first policy's replies per fresh prompt in the pool (best-reference keeps the best of them).")] = 1,
+    keep_ties: Annotated[bool, typer.Option("--keep-ties", help="Keep people's ties in the rounds' snapshots (the reward models read them as half-wins).")] = False,
     rl_steps: Annotated[int, typer.Option("--rl-steps", min=1, help="Most RL optimizer steps per round.")] = 40,
     audit_every: Annotated[int, typer.Option("--audit-every", min=0, help="RL steps between audits by people (0: none).")] = 20,
     audit_prompts: Annotated[int, typer.Option("--audit-prompts", min=1, help="Prompts per audit batch.")] = 24,
@@ -42,7 +45,8 @@ def loop_command(
     from tether.lifecycle.loop import LoopConfig, run_round, start_loop, wait_for_people
 
     ws = open_workspace()
-    cfg = LoopConfig(pairs_per_round=pairs, prompts_per_round=2 * pairs, members=members, combine=combine, strategy=strategy, rl_steps=rl_steps,
+    cfg = LoopConfig(pairs_per_round=pairs, prompts_per_round=2 * pairs, members=members, combine=combine, strategy=strategy, pairing=pairing,
+                     reference_replies=reference_replies, keep_ties=keep_ties, rl_steps=rl_steps,
                      audit_every=audit_every, audit_prompts=audit_prompts, algo=algo, other_rewards=list(rules or []), seed=seed).validate()
     rows = load_prompts(prompts)
     audit = rows[-audit_prompts:] if audit_every else []

@@ -69,6 +69,10 @@ class DemoSize:
     members: int = 1  # separately seeded reward models in the ensemble (1: one reward model)
     combine: str = "mean"  # the reward RL optimizes over the members: mean, min or uwo=LAMBDA
     round_pairs: int = 50  # pairs of the policy's own replies judged per round
+    round_prompts: int = 0  # fresh requests the policy answers per round, the pool's prompts (0: twice round_pairs)
+    round_strategy: str = "disagreement"  # how the round's pairs are picked (tether.qc.select)
+    round_pairing: str = "all"  # which pairs of a request's replies are candidates (tether.lifecycle.loop.PAIRINGS)
+    round_keep_ties: bool = False  # people's ties kept in the rounds' snapshots (half-wins for the reward models)
     round_candidates: int = 2  # the policy's replies per fresh request, the pool the pairs are picked from
     round_reference_replies: int = 1  # the SFT policy's replies per fresh request in that pool
     round_overlap: int = 2  # annotators per item in the rounds (after QC left the spammer out)

@@ -41,6 +41,12 @@ from tether.errors import TetherError
 from tether.lifecycle.overoptimization import AuditPoint, Judge, audit_batch, queue_pairs, watch_decision
 
 ACTOR = "loop"
+# Which pairs of one prompt's replies are candidates for people: ``all``, every pair holding one of the policy's
+# replies; ``reference``, each policy reply against each of the first policy's; ``best-reference``, each policy reply
+# against the first policy's reply the ensemble's mean scores highest (the strongest alternative it offers: a pair
+# the ensemble cannot call is one where people teach it most, in the manner of Bai et al. 2022's comparisons
+# against the best earlier model).
+PAIRINGS = ("all", "reference", "best-reference")
 ItemMeta = Callable[[Any, str, str], dict[str, Any]]
 
 
@@ -53,6 +59,8 @@ class LoopConfig:
     candidates: int = 2  # the policy's replies per fresh prompt
     reference_replies: int = 1  # the first policy's replies per fresh prompt, paired with the policy's
     strategy: str = "disagreement"  # tether.qc.select strategy: disagreement, uncertainty, certainty or random
+    pairing: str = "all"  # the candidate pairs of a prompt's replies (PAIRINGS): all, reference or best-reference
+    keep_ties: bool = False  # keep people's ties in the rounds' snapshots (the reward trainer reads them as half-wins)
     members: int = 3  # separately seeded reward models in the ensemble
     combine: str = "uwo=0.5"  # the conservative reward RL optimizes: mean, min or uwo=LAMBDA (reward_specs)
     rl_steps: int = 40  # most optimizer steps of RL per round
@@ -73,6 +81,10 @@ class LoopConfig:
 
         if self.strategy not in SELECT_STRATEGIES:
             raise TetherError(f"--strategy {self.strategy!r} is not one of {', '.join(SELECT_STRATEGIES)}", fix="use --strategy disagreement")
+        if self.pairing not in PAIRINGS:
+            raise TetherError(f"--pairing {self.pairing!r} is not one of {', '.join(PAIRINGS)}", fix="use --pairing all")
+        if self.pairing != "all" and self.reference_replies < 1:
+            raise TetherError(f"--pairing {self.pairing} needs reference replies", fix="use --reference-replies 1 or more, or --pairing all")
         if self.algo not in ("ppo", "grpo", "rloo"):
             raise TetherError(f"--algo {self.algo!r} is not one of ppo, grpo, rloo", fix="use --algo ppo")
         if self.members < 1 or self.pairs_per_round < 1 or self.rl_steps < 1:
@@ -151,20 +163,44 @@ def pair_stats(ensemble: Any, prompts: Sequence[Any], first: Sequence[str], seco
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def candidate_pairs(pairing: str, mine: Sequence[str], theirs: Sequence[str]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """One prompt's candidate pairs ``((who, text), (who, text))`` under ``pairing`` (PAIRINGS; ``best-reference``
+    is ``reference`` with ``theirs`` cut to the best reply, best_reference); a reply repeated is one candidate, and a
+    reply of the first policy that the policy also wrote counts as the policy's."""
+    pool = list(dict.fromkeys([("policy", t) for t in mine if t.strip()]))
+    own = {x for _, x in pool}
+    reference = [("reference", t) for t in dict.fromkeys(theirs) if t.strip() and t not in own]
+    if pairing != "all":
+        return [(a, b) for a in pool for b in reference]
+    pool += reference
+    return [(pool[i], pool[j]) for i in range(len(pool)) for j in range(i + 1, len(pool)) if "policy" in (pool[i][0], pool[j][0])]
+
+
+def best_reference(ensemble: Any, prompts: Sequence[Any], replies: Sequence[Sequence[str]], own: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Per prompt, the one reply the ensemble's mean scores highest (best-of-R of the first policy) among those the
+    policy did not also write (``own``), [] for none."""
+    flat = [(p, t) for p, texts in enumerate(replies) for t in dict.fromkeys(texts) if t.strip() and t not in set(own[p])]
+    if not flat:
+        return [[] for _ in replies]
+    scores = ensemble.members([prompts[p] for p, _ in flat], [t for _, t in flat]).mean(dim=1).tolist()  # (sum R,)
+    best: dict[int, tuple[float, str]] = {}
+    for (p, text), score in zip(flat, scores):
+        if p not in best or score > best[p][0]:
+            best[p] = (score, text)
+    return [[best[p][1]] if p in best else [] for p in range(len(replies))]
+
+
 def propose_pairs(cfg: LoopConfig, round_number: int, prompts: Sequence[Any], policy_replies: Sequence[Sequence[str]],
                   reference_replies: Sequence[Sequence[str]], ensemble: Any | None) -> list[dict[str, Any]]:
-    """The rows to queue this round: per prompt, every pair of its distinct replies holding at least one of the
-    policy's, chosen by ``cfg.strategy`` over the ensemble's members (one pair per prompt at most)."""
+    """The rows to queue this round: per prompt, the candidate pairs of ``cfg.pairing`` (candidate_pairs), chosen by
+    ``cfg.strategy`` over the ensemble's members (one pair per prompt at most)."""
     from tether.qc.select import select_candidates
 
+    if cfg.pairing == "best-reference" and ensemble is not None:
+        reference_replies = best_reference(ensemble, prompts, reference_replies, policy_replies)
     candidates = []
     for p, (prompt, mine, theirs) in enumerate(zip(prompts, policy_replies, reference_replies)):
-        pool = list(dict.fromkeys([("policy", t) for t in mine if t.strip()]))
-        pool += [("reference", t) for t in dict.fromkeys(theirs) if t.strip() and t not in {x for _, x in pool}]
-        for i in range(len(pool)):
-            for j in range(i + 1, len(pool)):
-                if pool[i][0] == "policy" or pool[j][0] == "policy":
-                    candidates.append((p, prompt, pool[i], pool[j]))
+        candidates += [(p, prompt, a, b) for a, b in candidate_pairs(cfg.pairing, mine, theirs)]
     if not candidates:
         return []
     p_mean = p_spread = None
@@ -175,7 +211,7 @@ def propose_pairs(cfg: LoopConfig, round_number: int, prompts: Sequence[Any], po
     rows = []
     for idx in picked:
         p, prompt, (who_a, a), (who_b, b) = candidates[idx]
-        meta: dict[str, Any] = {"round": round_number, "selected_by": cfg.strategy, "models": [who_a, who_b]}
+        meta: dict[str, Any] = {"round": round_number, "selected_by": cfg.strategy, "pairing": cfg.pairing, "models": [who_a, who_b]}
         if p_mean is not None:
             meta.update({"p_pref": round(float(p_mean[idx]), 6), "p_spread": round(float(p_spread[idx]), 6)})
         rows.append({"prompt": prompt, "completions": [{"text": a, "model": who_a}, {"text": b, "model": who_b}],
@@ -208,7 +244,7 @@ def new_pair_accuracy(url: str, project: str, item_ids: Sequence[int], p_first: 
     return hits / total if total else None
 
 
-def round_snapshot(ws: Any, project: str, round_number: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def round_snapshot(ws: Any, project: str, round_number: int, *, keep_ties: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """QC of the whole project, then a snapshot of it without the flagged annotators: this round's judgments and
     every earlier round's, each once, with the judgments it rests on recorded (``snapshot_judgment``). Returns
     (snapshot summary, QC report)."""
@@ -228,7 +264,7 @@ def round_snapshot(ws: Any, project: str, round_number: int) -> tuple[dict[str, 
         if name in taken:  # another loop on the same project (snapshots are frozen): the next free name
             name = next(f"{name}-{k}" for k in range(2, len(taken) + 3) if f"{name}-{k}" not in taken)
         snap = snapshots.make_snapshot(project, session=session, root=ws.root, aggregate=method, snapshot_name=name,
-                                       qc=snapshot_qc_record(report, method=method, excluded=flagged), exclude_annotators=flagged)
+                                       qc=snapshot_qc_record(report, method=method, excluded=flagged), exclude_annotators=flagged, keep_ties=keep_ties)
     return snap, report
 
 
@@ -405,7 +441,7 @@ def run_round(ws: Any, cfg: LoopConfig, state: LoopState, folder: Path, *, round
     judge(url, state.project)
     p_first = [r["meta"].get("p_pref", 0.5) for r in rows] if ensemble is not None else None
     accuracy = new_pair_accuracy(url, state.project, item_ids, p_first)
-    snapshot, qc_report = round_snapshot(ws, state.project, round_number)
+    snapshot, qc_report = round_snapshot(ws, state.project, round_number, keep_ties=cfg.keep_ties)
     flagged = sorted(r["annotator"] for r in qc_report["annotators"] if r["flags"])
     say(f"round {round_number}: snapshot {snapshot['name']} ({snapshot['row_count']} pairs, all rounds); QC flagged {', '.join(flagged) or 'nobody'}")
     state.ensemble = str(refit(ws, cfg, state, snapshot, out / "reward"))
@@ -442,7 +478,7 @@ def start_loop(ws: Any, cfg: LoopConfig, folder: Path, *, project: str, referenc
         return state
     state = LoopState(project=project, reference=str(reference), policy=str(policy), ensemble=str(ensemble) if ensemble else None)
     if state.ensemble is None:
-        snapshot, _ = round_snapshot(ws, project, 0)
+        snapshot, _ = round_snapshot(ws, project, 0, keep_ties=cfg.keep_ties)
         say(f"round 0: the first reward ensemble ({cfg.members} members) on {snapshot['name']} ({snapshot['row_count']} pairs)")
         state.ensemble = str(refit(ws, cfg, state, snapshot, Path(folder) / "round-0" / "reward"))
         state.snapshot = snapshot["name"]
