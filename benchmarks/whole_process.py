@@ -157,12 +157,13 @@ def timed(cmd: list[str], log: Path) -> dict:
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def loop_seconds(metrics: dict, examples: int) -> float:
-    """Tether's training-loop seconds from its tether.json metrics: ``train/seconds``, or the examples over a rate."""
+def loop_seconds(metrics: dict, history: list[dict], examples: int) -> float:
+    """Tether's training-loop seconds: ``train/seconds`` (reward), the examples over the loop's rate (SFT, DPO), or
+    the sum of the steps' ``time/step_s`` (online RL: sampling, scoring and update)."""
     if "train/seconds" in metrics:
         return metrics["train/seconds"]
-    rate = next(v for k, v in metrics.items() if k.startswith("train/") and k.endswith("_per_second"))
-    return examples / rate
+    rate = next((v for k, v in metrics.items() if k.startswith("train/") and k.endswith("_per_second")), None)
+    return examples / rate if rate else sum(h["time/step_s"] for h in history if "time/step_s" in h)
 
 
 def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: int) -> dict:
@@ -174,7 +175,7 @@ def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: i
         meta = json.loads((out / "tether.json").read_text())
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses = [h["train/loss"] for h in history if "train/loss" in h]
-        result.update(train_s=loop_seconds(meta["metrics"], steps * SETTINGS[work]["batch"]), last_loss=losses[-1] if losses else None)
+        result.update(train_s=loop_seconds(meta["metrics"], history, steps * SETTINGS[work]["batch"]), last_loss=losses[-1] if losses else None)
     else:
         script = root / f"trl_{work}.py"
         script.write_text(trl_script(work, made, steps, out))
