@@ -363,12 +363,43 @@ def test_reward_normalization_scores_a_capped_sample_and_says_so(cli, tiny_lm_di
     hh = shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
     out = tmp_path / "rm"
     result = _ok(cli("train", "reward", "--model", tiny_lm_dir, "--data", hh, "--output-dir", out, "--max-steps", "2", "--batch-size", "4",
-                     "--max-length", "256", "--set", "mlflow=false", "--set", "progress=false"))
+                     "--max-length", "256", "--set", "mlflow=false", "--set", "progress=false", "--set", "validation_fraction=0"))
     norm = _meta(out)["reward"]["normalization"]
-    # a sample, not every training chosen completion (the training rows: the default validation split is not in them)
-    assert norm["n"] == 512 and norm["of"] == _meta(out)["reward"]["rows"]["train"] > 1200
-    assert f"normalizing rewards: scoring 512 of {norm['of']} training chosen completions with the trained model" in result.stdout
+    # a sample, not every training chosen completion
+    assert norm["n"] == 256 and norm["of"] == _meta(out)["reward"]["rows"]["train"] > 1200
+    assert f"normalizing rewards: scoring 256 of {norm['of']} training chosen completions with the trained model" in result.stdout
     assert "normalization: raw mean" in result.stdout
+
+
+def test_reward_normalization_reuses_the_kept_checkpoints_validation_scores(cli, tiny_lm_dir, shared_data, tmp_path):
+    # With a validation split, the normalization's reference is its chosen completions as the kept checkpoint scored
+    # them: no pass after training, and the saved model's rewards on them have mean 0 and std 1.
+    from tether.data.rows import load_rows
+    from tether.models.reward_model import RewardModel
+    from tether.models.tokens import encode_many
+    from tether.recipes.reward_selection import validation_split
+
+    hh = shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+    out = tmp_path / "rm"
+    result = _ok(cli("train", "reward", "--model", tiny_lm_dir, "--data", hh, "--output-dir", out, "--max-steps", "3", "--batch-size", "4",
+                     "--max-length", "256", "--set", "mlflow=false", "--set", "progress=false", "--set", "validation_steps=1",
+                     "--set", "early_stopping_patience=0", "--set", "normalize_max_rows=100"))
+    meta = _meta(out)["reward"]
+    norm, kept = meta["normalization"], meta["selection"]["best_step"]
+    # the tiny tokenizer's long completions: some validation pairs are skipped (over 256 tokens), the rest scored
+    assert norm["reference"] == "validation chosen completions" and norm["n"] == meta["rows"]["validation"] >= 100
+    assert meta["rows"]["validation_skipped_too_long"] > 0
+    assert f"validation accuracy {meta['selection']['best_accuracy']:.4f} on {norm['n']} pairs" in result.stdout
+    assert "normalizing rewards: scoring" not in result.stdout  # no pass of its own
+    assert f"as the kept checkpoint (step {kept}) scored them in its validation pass" in result.stdout
+    _, held = validation_split(load_rows(hh, "preference"), 0.1, 0)
+    held = [r for r in held if not r.get("tie")]
+    model = RewardModel.load(out)
+    fits = {key: encode_many(model.tokenizer, [r["prompt"] for r in held], [r[key] for r in held], 256) for key in ("chosen", "rejected")}
+    held = [r for r, c, x in zip(held, fits["chosen"], fits["rejected"]) if c is not None and x is not None]  # as training kept
+    scores = model.score([r["prompt"] for r in held], [r["chosen"] for r in held])
+    assert len(scores) == norm["n"]
+    assert abs(float(scores.mean())) < 1e-3 and abs(float(scores.std(ddof=1)) - 1) < 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -82,7 +82,9 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     boot = torch.poisson(torch.ones(n, cfg.ensemble), generator=generator) if cfg.ensemble > 1 else None
     start_step = int(run.start()["step"])
-    selection = _selection(cfg, run, forward, _tokenize(validation_rows, tokenizer, cfg, run.say), pad_id, quality, steps_per_epoch, total_steps) if validation_rows else None
+    validation = _tokenize(validation_rows, tokenizer, cfg, run.say) if validation_rows else None
+    scored_validation = len(validation["chosen"]) if validation else 0  # the pairs scored: over-long ones are skipped
+    selection = _selection(cfg, run, forward, validation, pad_id, quality, steps_per_epoch, total_steps) if validation else None
     if selection is not None and start_step:
         run.say(f"resumed at step {start_step}: the best checkpoint is chosen among the evaluations from here on (earlier weights are not in the checkpoint)")
 
@@ -132,10 +134,10 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
     train_seconds = time.perf_counter() - started
     if selection is not None:
         selection.restore()  # the best checkpoint by validation accuracy is the one normalized and saved
-        run.say(selection.line(len(validation_rows)))
+        run.say(selection.line(scored_validation))
 
     # ---------------------------------------------------------------- normalize, evaluate held-out rows, save
-    normalization = _normalization(cfg, run, forward, data, tokenizer, quality)
+    normalization = _normalization(cfg, run, forward, data, tokenizer, quality, selection)
     if is_fsdp(accelerator):  # whole weights in a plain copy: evaluation (one process) and merging need no collectives
         forward = unsharded(forward, lambda: _reward_forward(cfg, tokenizer, quality + cfg.length_head))
     hf_model = accelerator.unwrap_model(forward).model
@@ -155,8 +157,9 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         "reads": "last_token" if accelerator.unwrap_model(forward).last_token else "pooler",
         "normalization": normalization,
         "rating_scale": data.get("rating_scale"),
-        "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows), "validation": len(validation_rows)},
-        "selection": selection.record(len(validation_rows)) if selection is not None else None,
+        "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows), "validation": scored_validation,
+                 "validation_skipped_too_long": len(validation_rows) - scored_validation},
+        "selection": selection.record(scored_validation) if selection is not None else None,
         "length_head": {"trained": True, "dropped_at_saving": True, "length_loss_coef": cfg.length_loss_coef, "orthogonal_loss_coef": cfg.orthogonal_loss_coef} if cfg.length_head else None,
     }
     if eval_rows and accelerator.is_main_process and cfg.objective == "pairwise":
@@ -177,11 +180,12 @@ def _selection(cfg: RewardConfig, run: Run, forward: Any, validation: dict[str, 
     every = cfg.validation_steps or max(1, steps_per_epoch // 4)
     device = run.accelerator.device
 
-    def score() -> dict[str, float]:
+    def score() -> tuple[dict[str, float], torch.Tensor]:
         b = len(validation["chosen"])
         raw = raw_rewards(forward, validation["chosen"] + validation["rejected"], pad_id, cfg.eval_batch_size, device)[:, :quality]
         diff = (raw[:b] - raw[b:]).mean(dim=1)  # (b,) the ensemble's mean reward difference
-        return {"accuracy": float((diff > 0).float().mean()), "loss": float(-torch.nn.functional.logsigmoid(diff).mean())}
+        # the chosen completions' raw rewards come back too: the kept checkpoint's are the normalization's reference
+        return {"accuracy": float((diff > 0).float().mean()), "loss": float(-torch.nn.functional.logsigmoid(diff).mean())}, raw[:b]
 
     return Selection(run.accelerator.unwrap_model(forward), score, every, cfg.early_stopping_patience, total_steps)
 
@@ -197,11 +201,26 @@ def _reward_forward(cfg: RewardConfig, tokenizer: Any, outputs: int) -> RewardFo
     return RewardForward(apply_lora(model, cfg, task_type="SEQ_CLS"))
 
 
-def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, Any], tokenizer: Any, outputs: int) -> dict[str, Any]:
-    """Mean 0 and std 1 over the reference completions (default: a seeded sample of at most normalize_max_rows of the
-    training prompts' chosen ones), per output, as the trained model scores them (each process scores a share)."""
+# The validation split's chosen completions, scored at the kept checkpoint during training, are the normalization's
+# reference when there are at least this many (the default split starts at 2,000 pairs: >= 200): no pass after training.
+MIN_VALIDATION_REFERENCE = 200
+
+
+def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, Any], tokenizer: Any, outputs: int, selection: Selection | None = None) -> dict[str, Any]:
+    """Mean 0 and std 1 over the reference completions, per output, as the saved model scores them: by default the
+    validation split's chosen completions, whose raw rewards at the kept checkpoint the last validation pass that
+    chose it computed (no pass of its own); without a validation split (or fewer than MIN_VALIDATION_REFERENCE
+    pairs), a seeded sample of at most normalize_max_rows of the training chosen completions, scored after training
+    (each process scores a share); ``normalize_data`` when given."""
     from accelerate.utils import gather_object
 
+    kept = selection.best_extra if selection is not None and cfg.normalize_data is None else None
+    if kept is not None and len(kept) >= min(MIN_VALIDATION_REFERENCE, cfg.normalize_max_rows or MIN_VALIDATION_REFERENCE):
+        ref_raw = kept[:, :outputs].to(torch.float64)
+        name = "validation chosen completions"
+        run.say(f"normalization: raw mean {ref_raw.mean().item():.4g}, std {ref_raw.std().item():.4g} over the {len(ref_raw)} {name}, "
+                f"as the kept checkpoint (step {selection.best['step']}) scored them in its validation pass")
+        return _normalization_record(ref_raw, outputs, name, len(ref_raw))
     reference, reference_name, available = _reference_sequences(cfg, data, tokenizer, run)
     started = time.perf_counter()
     run.say(f"normalizing rewards: scoring {len(reference)}" + (f" of {available}" if available > len(reference) else "") + f" {reference_name} with the trained model")
@@ -210,12 +229,17 @@ def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, An
     scored = raw_rewards(forward, rows, tokenizer.pad_token_id, cfg.eval_batch_size, run.accelerator.device)[: len(mine)]
     pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
     ref_raw = torch.tensor([row[:outputs] for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A): the reward outputs
-    std = ref_raw.std(dim=0) if len(ref_raw) > 1 else torch.ones(outputs, dtype=torch.float64)
     run.say(f"normalization: raw mean {ref_raw.mean().item():.4g}, std {ref_raw.std().item() if len(ref_raw) > 1 else 1.0:.4g} over {len(ref_raw)} completions ({time.perf_counter() - started:.1f}s)")
+    return _normalization_record(ref_raw, outputs, reference_name, available)
+
+
+def _normalization_record(ref_raw: torch.Tensor, outputs: int, reference: str, available: int) -> dict[str, Any]:
+    """What tether.json keeps under ``reward.normalization``: per output mean and std (1 where there is no spread)."""
+    std = ref_raw.std(dim=0) if len(ref_raw) > 1 else torch.ones(outputs, dtype=torch.float64)
     return {
         "mean": ref_raw.mean(dim=0).tolist(),
         "std": torch.where(std > 1e-8, std, torch.ones_like(std)).tolist(),
-        "reference": reference_name,
+        "reference": reference,
         "n": len(ref_raw),
         "of": available,
     }

@@ -104,13 +104,16 @@ def carve_validation(cfg: Any, rows: list[dict[str, Any]], say: Any) -> tuple[li
 class Selection:
     """The best checkpoint by validation accuracy (the first to reach it, as Keras' and Hugging Face's early stopping
     keep), kept in memory (the trainable weights, on the CPU), and the early-stopping decision: ``evaluate(step)``
-    -> True when ``patience`` evaluations in a row brought no new best."""
+    -> True when ``patience`` evaluations in a row brought no new best. ``score()`` gives the figures, or the
+    figures and one more object of the evaluation (kept as ``best_extra`` for the best one: the reward trainer's
+    raw rewards of the validation chosen completions)."""
 
     def __init__(self, model: torch.nn.Module, score: Any, every: int, patience: int, total_steps: int):
         self.model, self.score, self.every, self.patience, self.total_steps = model, score, every, patience, total_steps
         self.evaluations: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self.best_weights: dict[str, torch.Tensor] = {}
+        self.best_extra: Any = None
         self.misses = 0
         self.stopped_at: int | None = None
 
@@ -118,11 +121,13 @@ class Selection:
         return step % self.every == 0 or step == self.total_steps
 
     def evaluate(self, step: int) -> bool:
-        figures = {"step": step, **self.score()}
+        scored = self.score()
+        scored, extra = scored if isinstance(scored, tuple) else (scored, None)
+        figures = {"step": step, **scored}
         self.evaluations.append(figures)
         improved = self.best is None or figures["accuracy"] > self.best["accuracy"]
         if improved:
-            self.best = figures
+            self.best, self.best_extra = figures, extra
             self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
         self.misses = 0 if improved else self.misses + 1
         if self.patience and self.misses >= self.patience and step < self.total_steps:
