@@ -596,7 +596,7 @@ def test_defaults_by_backbone_and_explicit_values_win(tiny_lm_dir):
     from tether.models.reward_model import backbone_profile
     from tether.recipes.reward_selection import backbone_defaults, resolve_defaults
 
-    assert backbone_defaults("encoder", 22_700_000) == {"learning_rate": 1e-4, "epochs": 2.0, "max_length": 256, "batch_size": 16}
+    assert backbone_defaults("encoder", 22_700_000) == {"learning_rate": 5e-5, "epochs": 1.0, "max_length": 256, "batch_size": 16}
     assert backbone_defaults("encoder", 435_000_000)["learning_rate"] == 2e-5
     assert backbone_defaults("decoder", 494_000_000)["learning_rate"] == 1e-5  # a 0.5B decoder: lower
     assert backbone_defaults("decoder", 7_000_000_000)["learning_rate"] == 5e-6
@@ -609,11 +609,11 @@ def test_defaults_by_backbone_and_explicit_values_win(tiny_lm_dir):
     encoder = {"kind": "encoder", "parameters": 22_700_000}
     unset = RewardConfig(model="m", data="d.jsonl", output_dir="o")
     resolved = resolve_defaults(unset, lambda _: encoder, said.append)
-    assert (resolved.learning_rate, resolved.epochs, resolved.max_length, resolved.batch_size) == (1e-4, 2.0, 256, 16)
-    assert len(said) == 1 and "defaults for an encoder of 22.7M parameters" in said[0] and "learning_rate=0.0001" in said[0]
+    assert (resolved.learning_rate, resolved.epochs, resolved.max_length, resolved.batch_size) == (5e-5, 1.0, 256, 16)
+    assert len(said) == 1 and "defaults for an encoder of 22.7M parameters" in said[0] and "learning_rate=5e-05" in said[0]
     given = RewardConfig(model="m", data="d.jsonl", output_dir="o", learning_rate=3e-5, max_length=128)
     resolved = resolve_defaults(given, lambda _: encoder, said.append)
-    assert (resolved.learning_rate, resolved.epochs, resolved.max_length) == (3e-5, 2.0, 128)  # given values win
+    assert (resolved.learning_rate, resolved.epochs, resolved.max_length) == (3e-5, 1.0, 128)  # given values win
     assert "given: learning_rate=3e-05, max_length=128" in said[1]
     full = RewardConfig(model="m", data="d.jsonl", output_dir="o", learning_rate=3e-5, epochs=1, max_length=128, batch_size=8)
     assert resolve_defaults(full, lambda _: pytest.fail("the backbone is not read when every field is given"), said.append) is full

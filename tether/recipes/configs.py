@@ -90,10 +90,10 @@ class RewardConfig(TrainConfig):
 
     data: str = Field(description="Training rows: a file (.jsonl/.json/.parquet) or snapshot:NAME.")
     # None: chosen by the backbone's kind and size (tether.recipes.reward_selection.BACKBONE_DEFAULTS), said in one line.
-    epochs: float | None = Field(None, gt=0, description="Passes over the training data. None: by backbone (small encoders 2, else 1).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training data. None: by backbone (1 for every kind and size today; see recipes/reward_selection.py).")
     batch_size: int | None = Field(None, ge=1, description="Examples per optimizer step, summed over all processes. None: by backbone (encoders under 100M parameters 16, else 8).")
     learning_rate: float | None = Field(
-        None, gt=0, lt=1, description="Peak learning rate of AdamW. None: by backbone (encoders under 100M parameters 1e-4, larger 2e-5; decoders under 100M 5e-5, up to 3B 1e-5, larger 5e-6)."
+        None, gt=0, lt=1, description="Peak learning rate of AdamW. None: by backbone (encoders under 100M parameters 5e-5, larger 2e-5; decoders under 100M 5e-5, up to 3B 1e-5, larger 5e-6)."
     )
     max_length: int | None = Field(
         None, ge=8, description="Max tokens of prompt+completion; the prompt's start is cut first. None: by backbone (encoders under 100M parameters 256, else 512)."
