@@ -191,3 +191,24 @@ def test_a_rounds_snapshot_keeps_peoples_ties_when_asked(workspace):
     read = lambda snap: [json.loads(x) for x in (workspace.root / snap["path"]).read_text().splitlines()]  # noqa: E731
     assert len(read(dropped)) == 2 and not any(r.get("tie") for r in read(dropped))
     assert len(read(kept)) == 4 and sum(bool(r.get("tie")) for r in read(kept)) == 2
+
+
+@pytest.mark.parametrize("rl_from", ["current", "reference"])
+def test_a_rounds_rl_starts_from_the_policy_so_far_or_from_the_first_policy_again(monkeypatch, tmp_path, rl_from):
+    started = []
+
+    def fake_train(cfg, workspace=None):
+        started.append((cfg.model, cfg.reference_model))
+        cfg.output_dir.mkdir(parents=True)
+
+    monkeypatch.setattr("tether.recipes.ppo.train_ppo", fake_train)
+    monkeypatch.setattr(loop, "load_ensemble", lambda folder, combine="mean", say=None: None)
+    cfg = loop.LoopConfig(members=2, rl_steps=30, audit_every=0, rl_from=rl_from).validate()
+    state = loop.LoopState(project="fb", reference=str(tmp_path / "sft"), policy=str(tmp_path / "round-1-policy"), ensemble=str(tmp_path / "rm"))
+    result = loop.rl_with_watch(None, cfg, state, round_number=2, prompts_file=tmp_path / "p.jsonl", audit_prompts=[], out_dir=tmp_path / "round-2",
+                                judge=None, item_meta=None, say=lambda _m: None)
+    first = state.policy if rl_from == "current" else state.reference
+    assert started == [(first, state.reference)]  # one segment without audits; the KL anchor is the first policy either way
+    assert result["policy"] == tmp_path / "round-2" / "rl-0"
+    with pytest.raises(Exception, match="--rl-from 'scratch' is not one of current, reference"):
+        loop.LoopConfig(rl_from="scratch").validate()

@@ -27,6 +27,7 @@ def loop_command(
     reference_replies: Annotated[int, typer.Option("--reference-replies", min=0, help="The first policy's replies per fresh prompt in the pool (best-reference keeps the best of them).")] = 1,
     keep_ties: Annotated[bool, typer.Option("--keep-ties", help="Keep people's ties in the rounds' snapshots (the reward models read them as half-wins).")] = False,
     rl_steps: Annotated[int, typer.Option("--rl-steps", min=1, help="Most RL optimizer steps per round.")] = 40,
+    rl_from: Annotated[str, typer.Option("--rl-from", help="Where each round's RL starts: current (the policy so far, RL continued) or reference (the first policy again, against the refit ensemble).")] = "current",
     audit_every: Annotated[int, typer.Option("--audit-every", min=0, help="RL steps between audits by people (0: none).")] = 20,
     audit_prompts: Annotated[int, typer.Option("--audit-prompts", min=1, help="Prompts per audit batch.")] = 24,
     algo: Annotated[str, typer.Option("--algo", help="ppo, grpo or rloo.")] = "ppo",
@@ -46,7 +47,7 @@ def loop_command(
 
     ws = open_workspace()
     cfg = LoopConfig(pairs_per_round=pairs, prompts_per_round=2 * pairs, members=members, combine=combine, strategy=strategy, pairing=pairing,
-                     reference_replies=reference_replies, keep_ties=keep_ties, rl_steps=rl_steps,
+                     reference_replies=reference_replies, keep_ties=keep_ties, rl_steps=rl_steps, rl_from=rl_from,
                      audit_every=audit_every, audit_prompts=audit_prompts, algo=algo, other_rewards=list(rules or []), seed=seed).validate()
     rows = load_prompts(prompts)
     audit = rows[-audit_prompts:] if audit_every else []

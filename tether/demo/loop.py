@@ -64,7 +64,7 @@ def stage_rounds(ws: Any, task: Any, size: Any, *, sft_dir: Any, policy_dir: Any
         pairs_per_round=size.round_pairs, prompts_per_round=size.round_prompts or size.round_pairs * 2, candidates=size.round_candidates,
         reference_replies=size.round_reference_replies, strategy=size.round_strategy, pairing=size.round_pairing, keep_ties=size.round_keep_ties,
         members=size.members,
-        combine=size.combine, rl_steps=size.round_rl_steps, audit_every=size.audit_every, audit_prompts=size.audit_prompts, algo=algo,
+        combine=size.combine, rl_steps=size.round_rl_steps, rl_from=size.round_rl_from, audit_every=size.audit_every, audit_prompts=size.audit_prompts, algo=algo,
         rl=dict(batch_size=size.rl_batch_size, learning_rate=size.rl_learning_rate, kl_coef=size.kl_coef, max_length=192),
         reward=dict(epochs=size.reward_epochs, learning_rate=size.reward_learning_rate, batch_size=16, max_length=192, eval_fraction=0.1, logging_steps=5),
         other_rewards=[f"rules:{rules_path}"], max_new_tokens=size.max_new_tokens, seed=seed, progress=progress,

@@ -77,6 +77,7 @@ class DemoSize:
     round_reference_replies: int = 1  # the SFT policy's replies per fresh request in that pool
     round_overlap: int = 2  # annotators per item in the rounds (after QC left the spammer out)
     round_rl_steps: int = 40  # most RL steps per round
+    round_rl_from: str = "current"  # where each round's RL starts (tether.lifecycle.loop.RL_FROM)
     audit_every: int = 20  # RL steps between audits by the annotators
     audit_prompts: int = 16  # prompts per audit
     round_eval_prompts: int = 100  # held-out requests each round's policy is measured on

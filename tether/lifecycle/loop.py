@@ -47,6 +47,9 @@ ACTOR = "loop"
 # the ensemble cannot call is one where people teach it most, in the manner of Bai et al. 2022's comparisons
 # against the best earlier model).
 PAIRINGS = ("all", "reference", "best-reference")
+# Where each round's RL starts: ``current``, the policy so far (RL continued); ``reference``, the first policy again,
+# against the refit ensemble (the policy so far still chose what people judged: its replies are the round's data).
+RL_FROM = ("current", "reference")
 ItemMeta = Callable[[Any, str, str], dict[str, Any]]
 
 
@@ -64,6 +67,7 @@ class LoopConfig:
     members: int = 3  # separately seeded reward models in the ensemble
     combine: str = "uwo=0.5"  # the conservative reward RL optimizes: mean, min or uwo=LAMBDA (reward_specs)
     rl_steps: int = 40  # most optimizer steps of RL per round
+    rl_from: str = "current"  # where each round's RL starts: "current" (the policy so far) or "reference" (the first policy, anew)
     audit_every: int = 20  # steps between audits (0: no audit, one segment)
     audit_prompts: int = 24  # prompts per audit batch
     algo: str = "ppo"  # ppo, grpo or rloo
@@ -85,6 +89,8 @@ class LoopConfig:
             raise TetherError(f"--pairing {self.pairing!r} is not one of {', '.join(PAIRINGS)}", fix="use --pairing all")
         if self.pairing != "all" and self.reference_replies < 1:
             raise TetherError(f"--pairing {self.pairing} needs reference replies", fix="use --reference-replies 1 or more, or --pairing all")
+        if self.rl_from not in RL_FROM:
+            raise TetherError(f"--rl-from {self.rl_from!r} is not one of {', '.join(RL_FROM)}", fix="use --rl-from current")
         if self.algo not in ("ppo", "grpo", "rloo"):
             raise TetherError(f"--algo {self.algo!r} is not one of ppo, grpo, rloo", fix="use --algo ppo")
         if self.members < 1 or self.pairs_per_round < 1 or self.rl_steps < 1:
@@ -360,7 +366,7 @@ def rl_with_watch(ws: Any, cfg: LoopConfig, state: LoopState, *, round_number: i
     ensemble = load_ensemble(state.ensemble)
     every = cfg.audit_every or cfg.rl_steps
     segments = math.ceil(cfg.rl_steps / every)
-    current, points, decision, step = Path(state.policy), [], None, 0
+    current, points, decision, step = Path(state.policy if cfg.rl_from == "current" else state.reference), [], None, 0
     history = [AuditPoint(**a) for a in state.audits]
     for s in range(segments):
         steps = min(every, cfg.rl_steps - step)
