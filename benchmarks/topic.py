@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the demo's seed (its task)")
     parser.add_argument("--prompts", type=int, default=200)
     args = parser.parse_args()
+    if not (args.run / "models" / "sft").is_dir():
+        parser.error(f"{args.run} is not a finished demo run (no models/sft in it); give tether-demo/artifacts/demo/support-demo-N")
     from tether.demo.task import DemoTask
 
     task = DemoTask(args.seed)

@@ -133,6 +133,8 @@ def test_tether_loop_refuses_a_bad_option_before_any_work(cli, workspace, tmp_pa
     assert result.code == 2 and "unknown ensemble combination 'median'" in result.stderr
     result = cli("loop", "1", "--project", "fb", "--policy", tmp_path / "sft", "--prompts", prompts, "--pairing", "nearest", "--out", tmp_path / "loop")
     assert result.code == 2 and "--pairing 'nearest' is not one of" in result.stderr
+    result = cli("loop", "1", "--project", "fb", "--policy", tmp_path / "sft", "--prompts", prompts, "--rl-from", "scratch", "--out", tmp_path / "loop")
+    assert result.code == 2 and "--rl-from 'scratch' is not one of current, reference" in result.stderr
     assert not (tmp_path / "loop").exists()
 
 
