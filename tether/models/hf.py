@@ -17,6 +17,7 @@ every model Tether saves, so that training, sampling and scoring render a prompt
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,7 +167,11 @@ def apply_lora(model: Any, cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
         target_modules=cfg.lora_target_modules or "all-linear",
         task_type=task_type,
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft reads the model's deprecated ``is_gradient_checkpointing``; transformers then warns the user about a
+        # call that is not theirs, once per run
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 # ---------------------------------------------------------------------------------------------------------------
