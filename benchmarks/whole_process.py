@@ -234,7 +234,7 @@ def run_side(side: str, work: str, made: dict, steps: int, root: Path, repeat: i
         result = timed(tether_command(work, made, steps, out, lora_r), log, cache=root / f"cache-{work}-{repeat}" if work == "dpo" else None)
         meta = json.loads((out / "tether.json").read_text())
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        losses = [h["train/loss"] for h in history if "train/loss" in h]
+        losses = [h.get("train/loss", h.get("loss/policy")) for h in history if "train/loss" in h or "loss/policy" in h]  # GRPO: loss/policy
         result.update(train_s=loop_seconds(meta["metrics"], history, steps * SETTINGS[work]["batch"], steps), last_loss=losses[-1] if losses else None)
     else:
         script = root / f"trl_{work}.py"
