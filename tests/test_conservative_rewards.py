@@ -37,6 +37,8 @@ def test_the_ensemble_spec_parses_folders_combination_and_weight():
         parse_spec("ensemble:a,b:uwo=x")
     with pytest.raises(TetherError, match="no reward model folder"):
         parse_spec("ensemble:")
+    with pytest.raises(TetherError, match=r"aspect weights \(rm:helpful=1, harm=-1\) cannot be given inside ensemble"):
+        parse_spec("ensemble:rm:helpful=1,harm=-1")  # was: "no such reward model folder", a fix that did not apply
 
 
 class _Members:

@@ -124,6 +124,12 @@ def parse_spec(text: str) -> RewardSpec:
             body = head
             combine, coef = parse_combine(tail, text)
         folders = [Path(part) for part in body.split(",") if part.strip()]
+        weighted = [str(f) for f in folders if "=" in f.name and not f.exists()]
+        if weighted:  # DIR:helpful=1,harm=-1 split at its commas would read as folders that do not exist
+            raise TetherError(
+                f"--reward {text!r}: aspect weights ({', '.join(weighted)}) cannot be given inside ensemble:",
+                fix="name preference reward models as members; score a rating model on its own, as --reward DIR:helpful=1,harm=-1",
+            )
         if not folders:
             raise TetherError(f"--reward {text!r}: no reward model folder after ensemble:", fix="write ensemble:DIR[,DIR...][:mean|:min|:uwo=LAMBDA]")
         label = folders[0].name if len(folders) == 1 else "ensemble"
