@@ -135,6 +135,21 @@ def test_lora_training_shows_no_deprecation_warning_of_a_library(tiny_lm_dir, tm
     assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
 
 
+def test_gradient_checkpointing_is_on_without_a_deprecation_warning(tiny_lm_dir):
+    """``--gradient-checkpointing`` called transformers' deprecated ``gradient_checkpointing_enable``: a FutureWarning
+    in every such run."""
+    import warnings
+
+    from tether.models.hf import load_causal_lm
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_causal_lm(tiny_lm_dir, gradient_checkpointing=True)
+    assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # it is on
+    assert model.config.use_cache is False
+
+
 def test_cli_sft_runs_and_refuses_bad_input(cli, tiny_lm_dir, tmp_path):
     data = _write(tmp_path / "sft.jsonl", [{"prompt": "Q:", "completion": " yes"}] * 4)
     ok = cli("train", "sft", "--model", tiny_lm_dir, "--data", data, "--output-dir", tmp_path / "o", "--max-steps", "1", "--batch-size", "2", "--set", "mlflow=false")

@@ -149,9 +149,19 @@ def load_causal_lm(path: str | Path, *, bf16: bool = False, gradient_checkpointi
     except (OSError, ValueError) as exc:
         raise TetherError(f"cannot load a causal language model from {source}: {exc}", fix="point --model at a causal LM folder") from None
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     return model
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass (non-reentrant): transformers' ``activation_checkpointing_enable``
+    where it exists; before it, ``gradient_checkpointing_enable``, now a deprecated alias that warns the user."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def apply_lora(model: Any, cfg: Any, task_type: str = "CAUSAL_LM") -> Any:

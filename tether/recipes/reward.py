@@ -31,7 +31,13 @@ from tether.data.batching import (
 from tether.data.canonical import rows_digest
 from tether.errors import TetherError
 from tether.math import losses
-from tether.models.hf import apply_lora, disable_dropout, load_tokenizer, render_completion
+from tether.models.hf import (
+    apply_lora,
+    disable_dropout,
+    enable_activation_checkpointing,
+    load_tokenizer,
+    render_completion,
+)
 from tether.models.reward_eval import evaluate_reward_model
 from tether.models.reward_model import (
     RewardForward,
@@ -197,7 +203,7 @@ def _reward_forward(cfg: RewardConfig, tokenizer: Any, outputs: int) -> RewardFo
     if cfg.disable_dropout:
         disable_dropout(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     return RewardForward(apply_lora(model, cfg, task_type="SEQ_CLS"))
 
 
