@@ -340,3 +340,100 @@ def test_gold_answers_and_reviewer_decisions_set_the_labels(any_workspace, cli):
     for item_id in others:  # undecided items keep their aggregate
         i = prompts[item_id].rsplit(" ", 1)[1]
         assert rows[prompts[item_id]]["chosen"] == f"Answer {votes[item_id][0].upper()} to prompt {i}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --votes reliability: one row per vote, weighted by the annotator's Dawid-Skene reliability
+# ---------------------------------------------------------------------------------------------------------------
+
+# Six PandaLM-style items judged by three annotators (1: response1 better, 2: response2 better, 0: tie). The
+# first two agree; the third always says the opposite (a tie where they say response1, response1 where they tie).
+TINY_VOTES = [(1, 1, 2), (2, 2, 1), (1, 1, 2), (2, 2, 1), (0, 0, 1), (1, 1, 2)]
+
+
+def _tiny_votes_file(path):
+    records = [{"idx": i, "instruction": f"q{i}", "input": "", "response1": f"r1-{i}", "response2": f"r2-{i}",
+                "annotator1": a, "annotator2": b, "annotator3": c} for i, (a, b, c) in enumerate(TINY_VOTES)]
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def _snapshot_rows(workspace, summary):
+    return [json.loads(line) for line in (workspace.root / summary["path"]).read_text(encoding="utf-8").splitlines()]
+
+
+def test_vote_rows_carry_their_annotators_reliability(any_workspace, cli, tmp_path):
+    """Each vote is a row, in item order and then judgment order, weighted by its annotator's Dawid-Skene
+    reliability: the two who agree ~0.99, the adversarial one ~0.005 (EM from the majority start: its confusion
+    matrix is the swap, so its expected accuracy is about its smoothing). The weights are `tether qc`'s figures.
+    A gold item (q5, made gold with the answer its two good annotators gave) is one row of weight 1."""
+    from tether.store.tables import Item
+
+    assert cli("data", "import", _tiny_votes_file(tmp_path / "tiny.json"), "--name", "tiny").code == 0
+    with session_scope(any_workspace.database_url) as session:  # as campaigns.mark_gold does (imported sets have no schema)
+        gold_item = session.scalar(select(Item).where(Item.external_id == "5"))
+        gold_item.is_gold, gold_item.gold_value = True, {"choice": "a", "strength": None, "margin": None}
+    result = cli("data", "snapshot", "tiny", "--votes", "reliability", "--keep-ties", "--snapshot-name", "tiny-votes", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    weights = summary["qc"]["votes/weights"]
+    good, bad = weights["tiny/annotator1"], weights["tiny/annotator3"]
+    assert weights["tiny/annotator2"] == good and good > 0.98 and bad < 0.01
+    assert weights == summary["qc"]["qc/reliability"]  # what `tether qc` reports, recorded beside
+    assert summary["aggregate"] == "votes:reliability"
+
+    def row(i, chosen, weight, tie=False):
+        rejected = "r2" if chosen == "r1" else "r1"
+        return {"prompt": f"q{i}", "chosen": f"{chosen}-{i}", "rejected": f"{rejected}-{i}", "weight": weight, **({"tie": True} if tie else {})}
+
+    expected = []
+    for i, winner in enumerate(["r1", "r2", "r1", "r2"]):
+        loser = "r2" if winner == "r1" else "r1"
+        expected += [row(i, winner, good), row(i, winner, good), row(i, loser, bad)]
+    expected += [row(4, "r1", good, tie=True), row(4, "r1", good, tie=True), row(4, "r1", bad)]
+    expected += [row(5, "r1", 1.0)]  # gold: its one decided row, weight 1
+    assert _snapshot_rows(any_workspace, summary) == expected
+    assert summary["counts"]["votes"] == 15 and summary["counts"]["ties_kept"] == 2 and summary["counts"]["labels_from_gold"] == 1
+
+    # Without --keep-ties the two tie votes are dropped and counted; the third annotator's vote on q4 stays.
+    plain = json.loads(cli("data", "snapshot", "tiny", "--votes", "reliability", "--json").stdout)
+    assert _snapshot_rows(any_workspace, plain) == [r for r in expected if not r.get("tie")]
+    assert plain["counts"]["ties_dropped"] == 2 and plain["row_count"] == 14
+    shown = cli("data", "snapshot", "tiny", "--votes", "reliability")
+    assert f"vote weights (Dawid-Skene reliability): tiny/annotator1 {good:.3f}" in shown.stdout
+
+    both = cli("data", "snapshot", "tiny", "--votes", "reliability", "--aggregate", "dawid-skene")
+    assert both.code == 2 and "--votes reliability writes every vote" in both.stderr
+    filtered = cli("data", "snapshot", "tiny", "--votes", "reliability", "--min-agreement", "0.6")
+    assert filtered.code == 2 and "--min-agreement filters aggregated pairs" in filtered.stderr
+    unknown = cli("data", "snapshot", "tiny", "--votes", "weighted")
+    assert unknown.code == 2 and "aggregate, reliability" in unknown.stderr
+
+
+def test_weighted_rows_survive_export_import_and_the_digest(any_workspace, cli, tmp_path):
+    """A vote snapshot exported as canonical JSONL reads back with its weights (the same digest); imported as a new
+    set, each row's weight stays with its item, so a snapshot of that set has the same digest again."""
+    assert cli("data", "import", _tiny_votes_file(tmp_path / "tiny.json"), "--name", "tiny").code == 0
+    first = json.loads(cli("data", "snapshot", "tiny", "--votes", "reliability", "--keep-ties", "--json").stdout)
+    out = tmp_path / "votes.jsonl"
+    assert cli("data", "export", first["name"], "-o", out).code == 0
+    rows = load_rows(out, "preference")
+    assert rows == _snapshot_rows(any_workspace, first) and rows_digest(rows) == first["digest"]
+    assert sorted({r["weight"] for r in rows}) == sorted(set(first["qc"]["votes/weights"].values()))
+    assert cli("data", "import", out, "--name", "again").code == 0
+    again = json.loads(cli("data", "snapshot", "again", "--keep-ties", "--json").stdout)
+    assert again["digest"] == first["digest"] and again["row_count"] == 18
+
+
+@pytest.mark.parametrize("weight", [-0.5, float("nan"), "0.9", True, [1]])
+def test_a_bad_weight_is_a_clear_error_naming_the_row(workspace, cli, tmp_path, weight):
+    good = {"prompt": "p", "chosen": "a", "rejected": "b", "weight": 0.5}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "weight": weight}) + "\n", encoding="utf-8")
+    with pytest.raises(TetherError, match=r"bad.jsonl: record 2: weight must be a finite number >= 0") as info:
+        load_rows(path, "preference")
+    assert "leave the field out" in info.value.fix
+    result = cli("data", "import", path, "--name", "bad")
+    assert result.code == 2 and "bad.jsonl:2: weight " in result.stderr
+    if weight == weight:  # a NaN is refused before, as every non-finite number is ("weight is NaN")
+        assert "weight must be a finite number >= 0" in result.stderr and "1 counts the row fully" in result.stderr

@@ -105,7 +105,8 @@ def import_(
 @data_app.command("snapshot")
 def snapshot(
     name: Annotated[str, typer.Argument(help="The feedback set to freeze.")],
-    aggregate: Annotated[str, typer.Option("--aggregate", help="How several judgments of a pair become one row: majority, dawid-skene or bradley-terry.")] = "majority",
+    aggregate: Annotated[str | None, typer.Option("--aggregate", help="How several judgments of a pair become one row: majority (default), dawid-skene or bradley-terry.")] = None,
+    votes: Annotated[str, typer.Option("--votes", help="aggregate (default): one row per pair, as --aggregate decides; reliability: one row per annotator vote, its \"weight\" the annotator's Dawid-Skene reliability (preference sets).")] = "aggregate",
     snapshot_name: Annotated[str | None, typer.Option("--snapshot-name", help="Name of the snapshot (default: <set>-v<N>).")] = None,
     keep_ties: Annotated[bool, typer.Option("--keep-ties", help="Keep pairs judged a tie, as rows with \"tie\": true.")] = False,
     min_agreement: Annotated[float | None, typer.Option("--min-agreement", help="Leave out pairs whose share of agreeing votes is below this (0..1).")] = None,
@@ -121,25 +122,40 @@ def snapshot(
     the aggregate (counted as labels_from_gold and labels_from_adjudication). The QC figures (tether qc), the
     method and the judgments used are recorded with the snapshot. Trainers read the snapshot as snapshot:NAME.
 
+    --votes reliability keeps every annotator's vote instead of the aggregate: one row per vote on each pair,
+    with "weight" = the annotator's Dawid-Skene reliability (estimated from all the set's votes), so a reward
+    model counts an unreliable annotator's votes less (its loss is the weighted mean). Gold and decided items
+    give one row, weight 1; tie votes follow --keep-ties; the weights are printed and recorded.
+
     Example:  tether data snapshot pandalm --aggregate majority --snapshot-name pandalm-maj
+
+    Example:  tether data snapshot pandalm --votes reliability --snapshot-name pandalm-votes
     """
     from tether.cli.common import emit_json, workspace_url
+    from tether.errors import TetherError
     from tether.qc import snapshot_qc
     from tether.store.db import session_scope
-    from tether.store.snapshots import make_snapshot
+    from tether.store.snapshots import VOTES, make_snapshot
 
+    if votes not in VOTES:
+        raise TetherError(f"unknown --votes {votes!r}", fix=f"use one of: {', '.join(VOTES)}")
+    if votes != "aggregate" and aggregate is not None:
+        raise TetherError(f"--aggregate {aggregate} decides one row per pair, and --votes {votes} writes every vote as its own row",
+                          fix="give one of them")
+    method = aggregate or "majority"
     ws, url = workspace_url()
-    qc, excluded = snapshot_qc(url, name, method=aggregate, exclude_flagged=exclude_flagged, min_agreement=min_agreement)
+    qc, excluded = snapshot_qc(url, name, method=method if votes == "aggregate" else f"votes:{votes}", exclude_flagged=exclude_flagged,
+                               min_agreement=min_agreement)
     with session_scope(url) as session:
         summary = make_snapshot(
-            name, session=session, root=ws.root, aggregate=aggregate, snapshot_name=snapshot_name, keep_ties=keep_ties,
-            qc=qc, min_agreement=min_agreement, exclude_annotators=excluded,
+            name, session=session, root=ws.root, aggregate=method, snapshot_name=snapshot_name, keep_ties=keep_ties,
+            qc=qc, min_agreement=min_agreement, exclude_annotators=excluded, votes=votes,
         )
     if json_out:
         emit_json(summary)
         return
     counts = summary["counts"]
-    typer.echo(f"snapshot {summary['name']!r}: {_n(summary['row_count'])} {summary['row_kind']} rows from set {name!r} ({aggregate})")
+    typer.echo(f"snapshot {summary['name']!r}: {_n(summary['row_count'])} {summary['row_kind']} rows from set {name!r} ({summary['aggregate']})")
     typer.echo(f"  sha256 {summary['digest']}")
     typer.echo(f"  file   {ws.root / summary['path']}")
     detail = {k: v for k, v in counts.items() if k not in ("row_kind", "rows") and v is not None}
@@ -147,6 +163,9 @@ def snapshot(
     alphas = {q: a for q, a in (qc.get("qc/alpha") or {}).items() if a is not None}
     if alphas:
         typer.echo("  Krippendorff's alpha: " + " · ".join(f"{q} {a:.3f}" for q, a in alphas.items()))
+    weights = summary["qc"].get("votes/weights") or {}
+    if weights:
+        typer.echo("  vote weights (Dawid-Skene reliability): " + " · ".join(f"{who} {w:.3f}" for who, w in weights.items()))
     if excluded:
         typer.echo(f"  left out the judgments of {len(excluded)} flagged annotator(s): {', '.join(excluded)}")
     typer.echo(f"use it: --data snapshot:{summary['name']}   or   tether data export {summary['name']} --format trl -o out.jsonl")
@@ -156,7 +175,7 @@ def snapshot(
 def export(
     name: Annotated[str, typer.Argument(help="A snapshot name, or else a set name (its rows aggregated now by majority).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .jsonl or .jsonl.gz file to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="trl (prompt/chosen/rejected), hh (two whole dialogues) or jsonl (canonical rows, ties and subsets kept).")] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="trl (prompt/chosen/rejected), hh (two whole dialogues) or jsonl (canonical rows, ties, subsets and weights kept).")] = "jsonl",
     force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
     json_out: JsonFlag = False,
 ) -> None:

@@ -1,8 +1,9 @@
 """Canonical training rows: what snapshots hold and what every trainer reads, and their digest.
 
 Canonical training rows (what snapshots hold and what every trainer reads) follow TRL's dataset formats:
-- preference: ``{"prompt", "chosen", "rejected"}`` plus optional ``"margin"`` (float), ``"tie"`` (bool) and
-  ``"subset"`` (str). Plain rows hold strings; conversational rows hold lists of ``{"role", "content"}``
+- preference: ``{"prompt", "chosen", "rejected"}`` plus optional ``"margin"`` (float), ``"tie"`` (bool),
+  ``"subset"`` (str) and ``"weight"`` (a finite number >= 0: how much the row counts in the reward model's loss,
+  e.g. its annotator's reliability in a ``--votes reliability`` snapshot; a row without one counts 1). Plain rows hold strings; conversational rows hold lists of ``{"role", "content"}``
   messages (the prompt's turns, and the assistant turn(s) of each answer).
 - sft: ``{"prompt", "completion"}`` or ``{"messages": [...]}``.
 - unpaired: ``{"prompt", "completion", "label": bool}`` (KTO).
@@ -13,6 +14,7 @@ Canonical training rows (what snapshots hold and what every trainer reads) follo
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 from tether.data.records import canonical_json
@@ -21,6 +23,22 @@ HH_ASSISTANT = "\n\nAssistant:"
 
 
 ROW_KINDS = ("preference", "sft", "unpaired", "rating", "prompt")
+WEIGHT_FIX = "give the row's weight as a finite number >= 0 (1 counts the row fully, 0 not at all), or leave the field out"
+
+
+class RowValueError(ValueError):
+    """A row field whose value is wrong, with how to fix it (``fix``): readers turn it into a TetherError."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+def check_weight(weight: Any) -> float:
+    """A preference row's ``weight`` as a float: a finite number >= 0 (RowValueError otherwise)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise RowValueError(f"weight must be a finite number >= 0, got {weight!r}", WEIGHT_FIX)
+    return float(weight)
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -90,6 +108,8 @@ def preference_row(record: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(record["subset"], str):
             raise ValueError(f"subset must be text, got {record['subset']!r}")
         row["subset"] = record["subset"]
+    if record.get("weight") is not None:
+        row["weight"] = check_weight(record["weight"])
     return row
 
 

@@ -3,7 +3,8 @@ judgments), for the importer and for training rows read straight from a multi-an
 
 Import formats (``tether data import --format``; ``auto`` recognises them by their keys, see ``detect_format``):
 - ``trl``: ``{"prompt", "chosen", "rejected"}`` (strings or message lists), or the implicit-prompt form with only
-  ``chosen``/``rejected`` conversations; optional ``margin`` (number), ``tie`` (bool), ``subset`` (str).
+  ``chosen``/``rejected`` conversations; optional ``margin`` (number), ``tie`` (bool), ``subset`` (str), ``weight``
+  (a number >= 0, kept in the item's meta and written back by snapshots).
 - ``hh``: HH-RLHF ``{"chosen", "rejected"}``, two whole dialogues; the prompt is their common prefix up to and
   including the last ``"\\n\\nAssistant:"``. Pairs whose two texts are identical are skipped and counted.
 - ``pandalm``: ``{"instruction", "input", "response1", "response2", "annotator1", "annotator2", ...}`` with votes
@@ -192,7 +193,9 @@ def _parse_preference(fmt: str, record: dict[str, Any]) -> Entry:
     if row["chosen"] == row["rejected"]:
         raise SkipRecord(IDENTICAL_PAIR)
     value = _pairwise_value("tie" if row.get("tie") else "a", row.get("margin"))
-    meta = _extras(record, {"prompt", "chosen", "rejected", "margin", "tie"})
+    meta = _extras(record, {"prompt", "chosen", "rejected", "margin", "tie", "weight"})
+    if "weight" in row:  # the row's weight stays with its item: a snapshot of the set writes it back
+        meta["weight"] = row["weight"]
     return Entry(row["prompt"], [row["chosen"], row["rejected"]], "pairwise", [(SINGLE_ANNOTATOR, value)], item_meta=meta)
 
 

@@ -42,7 +42,8 @@ def load_rows(path: str | Path, kind: str = "preference", *, snapshot: bool = Fa
         try:
             rows.append(canonical_row(record, kind))
         except ValueError as exc:
-            raise TetherError(f"{path}: record {number}: {exc}", fix=f"expected {kind} rows; see `tether data import --help` for the formats") from None
+            fix = getattr(exc, "fix", f"expected {kind} rows; see `tether data import --help` for the formats")
+            raise TetherError(f"{path}: record {number}: {exc}", fix=fix) from None
     return rows
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tether.errors import TetherError
-from tether.feedback.dawid_skene import dawid_skene
+from tether.feedback.dawid_skene import DawidSkeneResult, dawid_skene
 from tether.feedback.judgments import to_pairs
 
 # The aggregation methods of aggregate_pairs. To add one: add its name here and an elif in aggregate_pairs.
@@ -138,6 +138,32 @@ def _figures(qc: dict[str, Any] | None, method: str, pairs: list[AggregatedPair]
     })
 
 
+def _pair_dawid_skene(groups: dict[tuple[int, int, int], list[PairVote]]) -> tuple[list[Any], DawidSkeneResult]:
+    """Dawid-Skene over the grouped pair votes (units: the compared pairs, in ``groups`` order; classes: OUTCOMES):
+    ``(annotators in the result's order, result)``."""
+    annotators = sorted({v.annotator for g in groups.values() for v in g}, key=str)
+    a_index = {n: i for i, n in enumerate(annotators)}
+    unit_idx, ann_idx, labels = [], [], []
+    for u, votes in enumerate(groups.values()):
+        for v in votes:
+            unit_idx.append(u)
+            ann_idx.append(a_index[v.annotator])
+            labels.append(OUTCOMES.index(v.outcome))
+    ds = dawid_skene(np.array(unit_idx), np.array(ann_idx), np.array(labels), len(groups), len(annotators), len(OUTCOMES))
+    return annotators, ds
+
+
+def annotator_reliability(judgments: Iterable[Any]) -> dict[Any, float]:
+    """Each annotator's Dawid-Skene reliability (expected accuracy, ``DawidSkeneResult.reliability``) over the pair
+    votes of ``judgments``: the estimate ``dawid_skene_pairs`` weighs votes by. On pairwise items whose votes use
+    all three outcomes it is the reliability ``tether qc`` reports. Keyed by the votes' annotator."""
+    groups = _group(pair_votes(judgments))
+    if not groups:
+        return {}
+    annotators, ds = _pair_dawid_skene(groups)
+    return {name: float(r) for name, r in zip(annotators, ds.reliability)}
+
+
 def dawid_skene_pairs(judgments: Iterable[Any], *, qc: dict[str, Any] | None = None) -> list[AggregatedPair]:
     """Dawid-Skene over every compared pair of every item (classes first better / second better / tie, one
     confusion matrix per annotator): each pair takes its posterior's most likely outcome. A pair whose votes
@@ -147,15 +173,7 @@ def dawid_skene_pairs(judgments: Iterable[Any], *, qc: dict[str, Any] | None = N
         _figures(qc, "dawid-skene", [])
         return []
     keys = list(groups)
-    annotators = sorted({v.annotator for g in groups.values() for v in g}, key=str)
-    a_index = {n: i for i, n in enumerate(annotators)}
-    unit_idx, ann_idx, labels = [], [], []
-    for u, key in enumerate(keys):
-        for v in groups[key]:
-            unit_idx.append(u)
-            ann_idx.append(a_index[v.annotator])
-            labels.append(OUTCOMES.index(v.outcome))
-    ds = dawid_skene(np.array(unit_idx), np.array(ann_idx), np.array(labels), len(keys), len(annotators), len(OUTCOMES))
+    _, ds = _pair_dawid_skene(groups)
     pairs = []
     for u, key in enumerate(keys):
         best = int(np.argmax(ds.posteriors[u]))

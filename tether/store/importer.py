@@ -144,7 +144,7 @@ def import_file(
             skip(number, str(exc), invalid=False)
             continue
         except ValueError as exc:
-            skip(number, str(exc), invalid=True)
+            skip(number, str(exc), invalid=True, fix=getattr(exc, "fix", None))
             continue
         for reason in entry.coerced:
             coerced[reason] += 1

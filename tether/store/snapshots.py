@@ -24,6 +24,10 @@ Aggregation (``--aggregate majority | dawid-skene | bradley-terry``) is tether.f
 tie gives a tie row, which is dropped unless ``keep_ties`` (counted as ``ties_dropped``); kept tie rows carry
 ``"tie": true`` (counted as ``ties_kept``). Filters: ``exclude_annotators`` (e.g. the ones ``tether qc`` flagged)
 and ``min_agreement`` (the share of a pair's votes that agree with its outcome).
+
+Votes instead of the aggregate (``votes="reliability"``, ``--votes reliability``, preference sets): one row per
+annotator vote, weighted by the annotator's reliability (tether.store.vote_rows). A preference item that carries a
+``weight`` in its meta (an imported weighted row) gives its rows that weight.
 """
 
 from __future__ import annotations
@@ -57,10 +61,14 @@ from tether.store.tables import (
     SnapshotJudgment,
     User,
 )
+from tether.store.vote_rows import item_weight, vote_rows
 
 SNAPSHOT_DIR = Path("artifacts") / "snapshots"
 # Judgments with this source are a reviewer's decisions (tether.store.campaigns.adjudicate), not votes.
 REVIEW_SOURCE = "review"
+# What becomes a preference row: the aggregate of a pair's votes (one row per pair), or each vote weighted by its
+# annotator's reliability (one row per vote).
+VOTES = ("aggregate", "reliability")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,17 +89,28 @@ def row_kind_of(session: Session, project_id: int) -> str:
 def set_rows(
     session: Session, project_id: int, *, aggregate: str = "majority", keep_ties: bool = False, qc: dict[str, Any] | None = None,
     min_agreement: float | None = None, exclude_annotators: Collection[str] = (), used: list[int] | None = None,
+    votes: str = "aggregate",
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """``(row_kind, rows, counts)``: the canonical training rows of a set, as the module doc describes.
 
     ``exclude_annotators`` (user names): their judgments are left out before aggregation (counted as
     ``excluded_judgments``). ``min_agreement``: aggregated pairs whose share of agreeing votes is below it are
     left out (counted as ``low_agreement``). ``used``, when given, receives the ids of the judgments the rows rest
-    on (the aggregation's votes and the reviewers' decisions): a snapshot's lineage.
+    on (the aggregation's votes and the reviewers' decisions): a snapshot's lineage. ``votes``: "aggregate" (one
+    row per pair) or "reliability" (one weighted row per vote, preference sets only).
     """
     if aggregate not in AGGREGATES:
         raise TetherError(f"unknown aggregation method {aggregate!r}", fix=f"use one of: {', '.join(AGGREGATES)}")
+    if votes not in VOTES:
+        raise TetherError(f"unknown --votes {votes!r}", fix=f"use one of: {', '.join(VOTES)}")
+    if votes == "reliability" and min_agreement is not None:
+        raise TetherError(
+            "--min-agreement filters aggregated pairs, and --votes reliability aggregates nothing (each vote is a row)",
+            fix="leave out --min-agreement; the weights already count unreliable annotators less (or --exclude-flagged leaves them out)",
+        )
     kind = row_kind_of(session, project_id)
+    if votes == "reliability" and kind != "preference":
+        raise TetherError(f"--votes reliability writes preference rows, and this set gives {kind} rows", fix="use it on a set of pairwise or ranking items")
     prompts = {
         pid: (messages if messages is not None else text)
         for pid, text, messages in session.execute(
@@ -137,7 +156,7 @@ def set_rows(
     excluded_ids = set(session.scalars(select(User.id).where(User.name.in_(list(exclude_annotators))))) if exclude_annotators else set()
     live = [j for j in judged if j.id not in superseded and j.user_id not in excluded_ids]
     voted = [j for j in live if j.source != REVIEW_SOURCE]
-    votes = [Vote(j.item_id, j.user_id, j.kind, j.value) for j in voted]
+    ballots = [Vote(j.item_id, j.user_id, j.kind, j.value) for j in voted]
     # Who decides an item's label, above the aggregate: its gold answer, else a reviewer's latest decision.
     reviewed = {j.item_id: j for j in live if j.source == REVIEW_SOURCE}  # in id order: the latest stays
     decided: dict[int, dict[str, Any]] = {item_id: dict(j.value) for item_id, j in reviewed.items()}
@@ -157,13 +176,17 @@ def set_rows(
     def text_of(item_id: int, position: int) -> Any:
         return completions[positions[item_id, position]]
 
-    if kind == "preference":
+    if kind == "preference" and votes == "reliability":
+        figures = qc if qc is not None else {}
+        names = dict(session.execute(select(User.id, User.name).where(User.id.in_({j.user_id for j in voted} or {-1}))).all())
+        rows = vote_rows(ballots, names, decided_pairs(items, decided), items, prompts, text_of, keep_ties=keep_ties, counts=counts, figures=figures)
+    elif kind == "preference":
         figures = qc if qc is not None else {}  # the aggregation adds its own figures (no_majority) to it
-        rows = _preference_rows(aggregate_pairs(aggregate, votes, qc=figures), items, prompts, decided, text_of,
+        rows = _preference_rows(aggregate_pairs(aggregate, ballots, qc=figures), items, prompts, decided, text_of,
                                 keep_ties=keep_ties, min_agreement=min_agreement, counts=counts)
         counts["no_majority"] = figures.get("aggregate/no_majority")
     else:
-        rows = _per_completion_rows(kind, votes, items, prompts, decided, text_of, counts=counts)
+        rows = _per_completion_rows(kind, ballots, items, prompts, decided, text_of, counts=counts)
     counts["rows"] = len(rows)
     return kind, rows, counts
 
@@ -195,6 +218,9 @@ def _preference_rows(
             row["tie"] = True
         if isinstance(meta.get("subset"), str):
             row["subset"] = meta["subset"]
+        weight = item_weight(pair.item_id, meta)
+        if weight is not None:
+            row["weight"] = weight
         rows.append(row)
     counts.update({"pairs": len(pairs), "ties_kept": ties_kept, "ties_dropped": ties_dropped})
     return rows
@@ -278,13 +304,21 @@ def make_snapshot(
     qc: dict[str, Any] | None = None,
     min_agreement: float | None = None,
     exclude_annotators: Collection[str] = (),
+    votes: str = "aggregate",
 ) -> dict[str, Any]:
     """Freeze the training rows of set ``set_name`` into ``root``/artifacts/snapshots/<name>.jsonl and record it.
 
     ``qc``: figures to record on the snapshot (from tether.qc, say); the aggregation adds its own to a copy.
     ``min_agreement`` and ``exclude_annotators`` (user names) filter as in ``set_rows``; both are recorded.
+    ``votes="reliability"``: one row per vote, weighted by its annotator's reliability (module doc); the snapshot's
+    ``aggregate`` is then recorded as "votes:reliability", and ``aggregate`` must stay the default.
     Returns the snapshot's summary (name, path, digest, row_count, counts, qc).
     """
+    if votes != "aggregate" and aggregate != "majority":
+        raise TetherError(
+            f"--aggregate {aggregate} decides one row per pair, and --votes {votes} writes every vote as its own row",
+            fix="give one of them: --aggregate METHOD, or --votes reliability",
+        )
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise TetherError(f"--min-agreement must lie in 0..1, got {min_agreement}", fix="the share of a pair's votes that agree, e.g. 0.67")
     project = require_set(session, set_name)
@@ -301,7 +335,7 @@ def make_snapshot(
     used: list[int] = []
     kind, rows, counts = set_rows(
         session, project.id, aggregate=aggregate, keep_ties=keep_ties, qc=figures,
-        min_agreement=min_agreement, exclude_annotators=exclude_annotators, used=used,
+        min_agreement=min_agreement, exclude_annotators=exclude_annotators, used=used, votes=votes,
     )
     if not rows:
         raise TetherError(
@@ -317,9 +351,9 @@ def make_snapshot(
     snapshot = Snapshot(
         name=snapshot_name,
         project_id=project.id,
-        aggregate=aggregate,
+        aggregate=aggregate if votes == "aggregate" else f"votes:{votes}",
         filters={"row_kind": kind, "keep_ties": keep_ties, "set": set_name, "min_agreement": min_agreement,
-                 "exclude_annotators": sorted(exclude_annotators)},
+                 "exclude_annotators": sorted(exclude_annotators), "votes": votes},
         qc=figures,
         counts=counts,
         path=relative.as_posix(),
