@@ -69,6 +69,38 @@ def test_ensemble_columns_and_bootstrap_weights():
     assert stats["reward/accuracy"].item() == pytest.approx(0.75)
 
 
+def test_pair_weights_give_the_weighted_mean():
+    # d = [2, -1, 1], pair weights [3, 1, 0]: loss = (3 sp(2) + 1 sp(-1) + 0 sp(1)) / (3 + 1 + 0)
+    #   = (0.380784 + 1.313262) / 4 = 0.423511; the plain mean would be (sp(2) + sp(-1) + sp(1)) / 3 = 0.584484.
+    chosen, rejected = torch.tensor([[2.0], [0.0], [1.0]]), torch.tensor([[0.0], [1.0], [0.0]])
+    loss, stats = pairwise_reward_loss(chosen, rejected, pair_weight=torch.tensor([3.0, 1.0, 0.0]))
+    assert loss.item() == pytest.approx((3 * SP2 + SPM1) / 4, abs=1e-6)
+    assert loss.item() == pytest.approx(0.423511, abs=1e-6)
+    assert stats["reward/accuracy"].item() == pytest.approx(2 / 3)  # the figures stay per pair, unweighted
+    # With a tie and two bootstrap members: pair 2 is a tie (d = -1 -> (sp(-1) + sp(1)) / 2 for both members),
+    # member weights [[2, 0], [1, 1], [1, 1]]: per pair mean_k(weight * l) = [sp(2), (sp(-1) + sp(1)) / 2, sp(1)],
+    # weighted by [3, 1, 0] and divided by 4.
+    two = lambda t: t.repeat(1, 2)  # noqa: E731
+    loss, _ = pairwise_reward_loss(two(chosen), two(rejected), tie=torch.tensor([False, True, False]),
+                                   weight=torch.tensor([[2.0, 0.0], [1.0, 1.0], [1.0, 1.0]]), pair_weight=torch.tensor([3.0, 1.0, 0.0]))
+    assert loss.item() == pytest.approx((3 * SP2 + (SPM1 + SP1) / 2) / 4, abs=1e-6)
+
+
+def test_pair_weights_of_one_give_the_unweighted_loss_and_gradient():
+    chosen = torch.tensor([[2.0], [0.0], [0.5]], requires_grad=True)
+    rejected = torch.tensor([[0.0], [1.0], [0.0]])
+    margin, tie = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([False, False, True])
+    plain, _ = pairwise_reward_loss(chosen, rejected, margin, tie)
+    (plain_grad,) = torch.autograd.grad(plain, chosen)
+    for ones in (torch.ones(3), torch.full((3,), 0.25)):  # any constant weight is the plain mean
+        weighted, _ = pairwise_reward_loss(chosen, rejected, margin, tie, pair_weight=ones)
+        (weighted_grad,) = torch.autograd.grad(weighted, chosen)
+        torch.testing.assert_close(weighted, plain, rtol=0, atol=1e-7)
+        torch.testing.assert_close(weighted_grad, plain_grad, rtol=0, atol=1e-7)
+    zero, _ = pairwise_reward_loss(chosen, rejected, pair_weight=torch.zeros(3))  # a batch of weight 0 costs nothing
+    assert zero.item() == 0.0
+
+
 def test_gradient_pushes_chosen_up():
     chosen = torch.tensor([[0.0]], requires_grad=True)
     rejected = torch.tensor([[0.0]], requires_grad=True)

@@ -60,8 +60,9 @@ def pairwise_reward_loss(
     margin: torch.Tensor | None = None,
     tie: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
+    pair_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Bradley-Terry pairwise loss, with optional margins, ties and per-member (bootstrap) weights.
+    """Bradley-Terry pairwise loss, with optional margins, ties, per-member (bootstrap) and per-pair weights.
 
     A preferred pair costs ``-log sigmoid(r_c - r_r - m)`` (Bradley & Terry 1952; Ouyang et al. 2022, Eq. 1); the
     margin ``m`` asks for a larger gap when annotators were surer (Touvron et al. 2023, Llama 2, Sec. 3.2.2).
@@ -70,8 +71,11 @@ def pairwise_reward_loss(
     the two rewards together and ignores the margin. Ties do not count in the accuracy.
     ``weight`` (bootstrap weights, mean 1) scales each member's loss; the loss is ``mean(weight * l)`` so that
     averaging it over processes gives the loss of the global batch.
+    ``pair_weight`` (w >= 0 per row, e.g. its annotator's Dawid-Skene reliability) makes it the weighted mean
+    ``sum_b w_b * mean_k(weight * l)_b / sum_b w_b``; the caller scales a micro batch's loss by its share of the
+    batch's weight. Without it the loss is the plain mean, computed as before.
 
-    shape: chosen_rewards, rejected_rewards (B, K); margin, tie (B,); weight (B, K) -> loss ().
+    shape: chosen_rewards, rejected_rewards (B, K); margin, tie, pair_weight (B,); weight (B, K) -> loss ().
     """
     diff = chosen_rewards - rejected_rewards  # (B, K)
     target = diff if margin is None else diff - margin.unsqueeze(-1)
@@ -79,7 +83,11 @@ def pairwise_reward_loss(
     is_tie = torch.zeros_like(diff, dtype=torch.bool) if tie is None else tie.bool().unsqueeze(-1).expand_as(diff)
     tie_losses = -0.5 * (torch.nn.functional.logsigmoid(diff) + torch.nn.functional.logsigmoid(-diff))
     losses = torch.where(is_tie, tie_losses, losses)
-    loss = (losses if weight is None else losses * weight).mean()
+    losses = losses if weight is None else losses * weight
+    if pair_weight is None:
+        loss = losses.mean()
+    else:  # sum(w * l) / sum(w): a batch whose weights are all 0 gives 0
+        loss = (pair_weight.unsqueeze(-1) * losses).mean(dim=1).sum() / pair_weight.sum().clamp(min=1e-12)
     preferred = (~is_tie).to(diff.dtype)
     stats = {
         "reward/accuracy": masked_mean((diff > 0).to(diff.dtype), preferred).detach(),
