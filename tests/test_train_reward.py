@@ -163,14 +163,9 @@ def test_skipped_pairs_are_counted(tiny_lm_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "m" / "tether.json").read_text())["reward"]["rows"]["skipped_too_long"] == 1
 
 
-def test_resume_equals_uninterrupted(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    import tether.recipes.runtime
-    from tether.recipes.reward import train_reward
-
-    train_file = pair_files[0]
-    train_reward(config(tiny_lm_dir, train_file, tmp_path / "straight", max_steps=6, batch_size=8))
+def stopped_after_first_checkpoint(monkeypatch, train) -> None:
+    """Run ``train()`` until it has written its first checkpoint, then stop it there (as a kill would)."""
+    import tether.recipes.checkpoints
 
     class Stop(Exception):
         pass
@@ -183,8 +178,19 @@ def test_resume_equals_uninterrupted(tiny_lm_dir, pair_files, tmp_path, monkeypa
 
     monkeypatch.setattr(tether.recipes.checkpoints.Checkpointer, "save", save_then_stop)
     with pytest.raises(Stop):
-        train_reward(config(tiny_lm_dir, train_file, tmp_path / "resumed", max_steps=6, batch_size=8, save_steps=3))
+        train()
     monkeypatch.setattr(tether.recipes.checkpoints.Checkpointer, "save", original)
+
+
+def test_resume_equals_uninterrupted(tiny_lm_dir, pair_files, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tether.recipes.reward import train_reward
+
+    train_file = pair_files[0]
+    train_reward(config(tiny_lm_dir, train_file, tmp_path / "straight", max_steps=6, batch_size=8))
+
+    stopped_after_first_checkpoint(monkeypatch, lambda: train_reward(config(tiny_lm_dir, train_file, tmp_path / "resumed", max_steps=6, batch_size=8, save_steps=3)))
     assert (tmp_path / "resumed" / "checkpoints" / "step-3").is_dir()
     steps_run = []
     original_step = torch.optim.AdamW.step
@@ -694,14 +700,12 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_lm_dir, pair_files, tmp_p
     assert max(r["step"] for r in records) == 10  # stopped there, not at the planned 3 epochs
 
 
-def test_early_stopping_on_a_validation_set_that_peaks_early(tiny_lm_dir, tmp_path):
+def peaks_early_config(tiny_lm_dir: Path, tmp_path: Path, out: Path, **overrides) -> RewardConfig:
     """Validation pairs labelled by the untrained model's own preferences (it is right on all of them) and training
     pairs that teach the opposite preference: the more the model learns, the worse it does on validation, so the
-    accuracy peaks at the first evaluation, training stops early and the saved model scores that first accuracy."""
-    from tether.lifecycle.evaluate_reward import evaluate_reward
+    accuracy peaks at the first evaluation (every step) and training stops after 3 evaluations without a new best."""
     from tether.models.hf import load_tokenizer
     from tether.models.reward_model import RewardModel, load_reward_backbone
-    from tether.recipes.reward import train_reward
     from tether.recipes.runtime import set_seed
 
     tokenizer = load_tokenizer(tiny_lm_dir)
@@ -713,14 +717,59 @@ def test_early_stopping_on_a_validation_set_that_peaks_early(tiny_lm_dir, tmp_pa
     validation = [r if keep else {**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r, keep in zip(rows, prefers_chosen)]
     liked = "thank" if sum("thank" in r["chosen"] for r in validation) >= len(validation) / 2 else "sorry"  # what validation rewards
     training = [r if liked not in r["chosen"] else {**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in make_pairs(320, seed=0)]
-    cfg = config(tiny_lm_dir, write_jsonl(tmp_path / "train.jsonl", training), tmp_path / "m", batch_size=8, epochs=2, learning_rate=1e-4,
-                 validation_data=str(write_jsonl(tmp_path / "val.jsonl", validation)), validation_steps=1, early_stopping_patience=3)
-    train_reward(cfg)
+    return config(tiny_lm_dir, write_jsonl(tmp_path / "train.jsonl", training), out, batch_size=8, epochs=2, learning_rate=1e-4,
+                  validation_data=str(write_jsonl(tmp_path / "val.jsonl", validation)), validation_steps=1, early_stopping_patience=3, **overrides)
+
+
+def test_early_stopping_on_a_validation_set_that_peaks_early(tiny_lm_dir, tmp_path):
+    from tether.lifecycle.evaluate_reward import evaluate_reward
+    from tether.recipes.reward import train_reward
+
+    train_reward(peaks_early_config(tiny_lm_dir, tmp_path, tmp_path / "m"))
     selection = json.loads((tmp_path / "m" / "tether.json").read_text())["reward"]["selection"]
     accuracies = [e["accuracy"] for e in selection["evaluations"]]
     assert accuracies[0] >= 0.9 > max(accuracies[1:])  # learning the training preference unlearned the validation one
     assert selection["best_step"] == 1 and selection["stopped_early_at"] == 4 and len(accuracies) == 4
+    validation = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
     assert evaluate_reward(tmp_path / "m", validation)["accuracy"] == pytest.approx(selection["best_accuracy"])
+
+
+def test_resume_keeps_the_checkpoint_selection(tiny_lm_dir, tmp_path, monkeypatch, capsys):
+    """A run stopped after its checkpoint of step 3 and resumed keeps what the uninterrupted run keeps: the best
+    weights of step 1 (from before the interruption), the early stop at step 4 (two misses were counted before it),
+    the same evaluations. Without the selection in the checkpoint, the resumed run chose among steps 4 and later."""
+    from safetensors.torch import load_file
+
+    from tether.recipes.reward import train_reward
+
+    train_reward(peaks_early_config(tiny_lm_dir, tmp_path, tmp_path / "straight", save_steps=3))
+
+    stopped_after_first_checkpoint(monkeypatch, lambda: train_reward(peaks_early_config(tiny_lm_dir, tmp_path, tmp_path / "resumed", save_steps=3)))
+    assert (tmp_path / "resumed" / "checkpoints" / "step-3" / "selection-0.pt").is_file()
+    capsys.readouterr()
+    train_reward(peaks_early_config(tiny_lm_dir, tmp_path, tmp_path / "resumed", save_steps=3, resume=True))
+    assert "resumed at step 3 with the 3 validation evaluations so far: best step 1" in capsys.readouterr().out
+    straight, resumed = ({k: v for k, v in json.loads((tmp_path / name / "tether.json").read_text())["reward"]["selection"].items()}
+                         for name in ("straight", "resumed"))
+    assert resumed == straight and straight["best_step"] == 1 and straight["stopped_early_at"] == 4
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    meta = [json.loads((tmp_path / name / "tether.json").read_text())["reward"]["normalization"] for name in ("straight", "resumed")]
+    assert meta[0]["mean"] == pytest.approx(meta[1]["mean"]) and meta[0]["std"] == pytest.approx(meta[1]["std"])  # the kept weights scored
+
+
+def test_resume_refuses_a_checkpoint_without_the_selection(tiny_lm_dir, tmp_path, monkeypatch):
+    """A checkpoint written before the selection was kept in checkpoints: a clear refusal, not a silent restart of
+    the choice."""
+    from tether.errors import TetherError
+    from tether.recipes.reward import train_reward
+
+    stopped_after_first_checkpoint(monkeypatch, lambda: train_reward(peaks_early_config(tiny_lm_dir, tmp_path, tmp_path / "m", save_steps=3)))
+    (tmp_path / "m" / "checkpoints" / "step-3" / "selection-0.pt").unlink()
+    with pytest.raises(TetherError, match="holds no selection state") as info:
+        train_reward(peaks_early_config(tiny_lm_dir, tmp_path, tmp_path / "m", save_steps=3, resume=True))
+    assert "--overwrite" in info.value.fix
 
 
 def test_logged_records_are_means_over_the_logging_window(tiny_lm_dir, pair_files, tmp_path):

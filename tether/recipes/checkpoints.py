@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tether.errors import TetherError
 from tether.models.hf import TETHER_META
 from tether.recipes.configs import TrainConfig
@@ -121,6 +123,9 @@ class Checkpointer:
         self.accelerator = accelerator
         self.run = run_identity(cfg, data_digest, total_steps)
         self.resume_from: tuple[Path, dict[str, Any]] | None = None
+        # What a trainer keeps beside the model and optimizer (name -> an object with state_dict / load_state_dict):
+        # saved by every process as NAME-RANK.pt (under FSDP each process holds its own shard of it)
+        self.process_states: dict[str, Any] = {}
         check_output_dir(cfg)
         out = Path(cfg.output_dir)
         if cfg.overwrite:
@@ -181,6 +186,15 @@ class Checkpointer:
             return {}
         path, state = self.resume_from
         self.accelerator.load_state(str(path))
+        rank = self.accelerator.process_index
+        for name, obj in self.process_states.items():
+            saved = path / f"{name}-{rank}.pt"
+            if not saved.is_file():
+                raise TetherError(
+                    f"the checkpoint {path} holds no {name} state ({saved.name}): it was written by an older Tether, so resuming would lose what the run kept",
+                    fix="train again with --overwrite, or choose a new --output-dir",
+                )
+            obj.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             _keep_steps_up_to(self.root.parent, int(state["step"]))
@@ -192,6 +206,9 @@ class Checkpointer:
         path = self.root / f"step-{step}"
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(path))
+        for name, obj in self.process_states.items():
+            torch.save(obj.state_dict(), path / f"{name}-{self.accelerator.process_index}.pt")
+        self.accelerator.wait_for_everyone()  # every process's states are written before trainer_state.json marks it done
         if self.accelerator.is_main_process:
             (path / "trainer_state.json").write_text(json.dumps({"step": step, **(state or {}), "run": self.run}, indent=2))
             for old in self._all()[: -self.keep]:

@@ -87,12 +87,14 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
     # Bootstrap weights, Poisson(1) per (row, member): each head sees its own resample of the data.
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     boot = torch.poisson(torch.ones(n, cfg.ensemble), generator=generator) if cfg.ensemble > 1 else None
-    start_step = int(run.start()["step"])
     validation = _tokenize(validation_rows, tokenizer, cfg, run.say) if validation_rows else None
     scored_validation = len(validation["chosen"]) if validation else 0  # the pairs scored: over-long ones are skipped
     selection = _selection(cfg, run, forward, validation, pad_id, quality, steps_per_epoch, total_steps) if validation else None
-    if selection is not None and start_step:
-        run.say(f"resumed at step {start_step}: the best checkpoint is chosen among the evaluations from here on (earlier weights are not in the checkpoint)")
+    if selection is not None:
+        run.keep_in_checkpoints("selection", selection)  # a resumed run keeps the checkpoint an uninterrupted one would
+    start_step = int(run.start()["step"])
+    if selection is not None and start_step and selection.best is not None:
+        run.say(f"resumed at step {start_step} with the {len(selection.evaluations)} validation evaluations so far: best step {selection.best['step']} (accuracy {selection.best['accuracy']:.4f})")
 
     # ---------------------------------------------------------------- train
     reset_memory_baseline()  # this run's own heap baseline

@@ -136,6 +136,17 @@ class Selection:
             return True
         return False
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the selection, so that a resumed run keeps the checkpoint an uninterrupted one
+        would: the evaluations so far, the best one with its weights (the trainable ones, on the CPU) and its extra
+        object, and the misses that count towards early stopping."""
+        return {"evaluations": self.evaluations, "best": self.best, "best_weights": self.best_weights, "best_extra": self.best_extra,
+                "misses": self.misses, "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.evaluations, self.best, self.best_weights = list(state["evaluations"]), state["best"], dict(state["best_weights"])
+        self.best_extra, self.misses, self.stopped_at = state["best_extra"], int(state["misses"]), state["stopped_at"]
+
     def restore(self) -> None:
         """Put the best weights back into the model (nothing to do when the last evaluation was the best)."""
         if self.best is None or self.best["step"] == self.evaluations[-1]["step"]:

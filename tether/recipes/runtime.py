@@ -88,6 +88,12 @@ class Run:
         self.data_digest, self.total_steps = data_digest, total_steps
         self.checkpointer = Checkpointer(self.cfg, self.accelerator, data_digest=data_digest, total_steps=total_steps)
 
+    def keep_in_checkpoints(self, name: str, obj: Any) -> None:
+        """Save ``obj`` (``state_dict`` / ``load_state_dict``) in every checkpoint and restore it on resume; call
+        after ``plan`` and before ``start``."""
+        assert self.checkpointer is not None, "plan() first"
+        self.checkpointer.process_states[name] = obj
+
     def prepare(self, *models: torch.nn.Module) -> tuple[Any, ...]:
         """An AdamW and a learning-rate schedule for each trainable model, all handed to Accelerate; the schedulers are
         registered for checkpointing, not prepared (Accelerate's wrapper would step once per process)."""
