@@ -117,7 +117,7 @@ def _done(result: Any, keys: tuple[str, ...]) -> None:
 def _train_reward(cfg: Any) -> None:
     """Train a reward model on preference pairs (Bradley-Terry) or ratings; saves a Hugging Face folder + tether.json.
 
-    Other fields (margins, ties, centering, normalization reference, ...) go through --config FILE.yaml or --set.
+    Other fields (margins, row weights, ties, centering, normalization reference, ...) go through --config FILE.yaml or --set.
     Several GPUs: `accelerate launch --multi_gpu --num_processes 8 -m tether train reward ...` (the same global
     --batch-size); several CPU processes: the same with ACCELERATE_USE_CPU=1 (gloo).
 

@@ -103,6 +103,9 @@ class RewardConfig(TrainConfig):
         description="pairwise: Bradley-Terry on prompt/chosen/rejected rows; rating: regression on prompt/completion/ratings rows, one head per aspect.",
     )
     use_margin: bool = Field(True, description="Use the rows' margin column (Llama 2 margin loss) when present.")
+    use_weight: bool = Field(
+        True, description="Use the rows' weight column when present: the pairwise loss is the weighted mean sum(w * l) / sum(w), a row without one counting 1 (a `tether data snapshot --votes reliability` snapshot weighs each vote by its annotator's reliability).",
+    )
     ties: str = Field(
         "soft", pattern="^(soft|skip)$",
         description="Pairs marked tie: soft = Bradley-Terry with label 1/2 (pulls the two rewards together); skip = drop them.",

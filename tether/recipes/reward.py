@@ -28,7 +28,7 @@ from tether.data.batching import (
     padded_passes,
     shard,
 )
-from tether.data.canonical import rows_digest
+from tether.data.canonical import RowValueError, check_weight, rows_digest
 from tether.errors import TetherError
 from tether.math import losses
 from tether.models.hf import (
@@ -115,8 +115,8 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         for j, chunk in enumerate(chunks):
             with run.accumulating(last=j == len(chunks) - 1):
                 loss, stats = _loss(forward, chunk, data, boot, cfg, pad_id, accelerator.device, branches)
-                # Scale so that the processes' averaged gradient is that of the global batch's mean loss.
-                accelerator.backward(loss * len(chunk) * run.world / len(batch))
+                # Scale so that the processes' averaged gradient is that of the global batch's (weighted) mean loss.
+                accelerator.backward(_scaled(loss, chunk, batch, run.world, data.get("weight")))
             for key, value in {"train/loss": loss.detach(), **stats}.items():
                 step_stats[key] = step_stats.get(key, 0) + value * len(chunk) / share
         grad_norm = run.optimizer_step()
@@ -167,6 +167,7 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         "rating_scale": data.get("rating_scale"),
         "rows": {"train": n, "skipped_too_long": data["skipped"], "eval": len(eval_rows), "validation": scored_validation,
                  "validation_skipped_too_long": len(validation_rows) - scored_validation},
+        "row_weights": None if data.get("weight") is None else {"mean": data["weight"].mean().item(), "min": data["weight"].min().item(), "max": data["weight"].max().item()},
         "selection": selection.record(scored_validation) if selection is not None else None,
         "length_head": {"trained": True, "dropped_at_saving": True, "length_loss_coef": cfg.length_loss_coef, "orthogonal_loss_coef": cfg.orthogonal_loss_coef} if cfg.length_head else None,
     }
@@ -274,7 +275,8 @@ def _loss(
     chosen_rewards, rejected_rewards = rewards[: len(chunk)], rewards[len(chunk) :]
     margin = data["margin"][chunk].to(device) if data["margin"] is not None else None
     tie = data["tie"][chunk].to(device) if data["tie"] is not None else None
-    loss, stats = losses.pairwise_reward_loss(chosen_rewards, rejected_rewards, margin, tie, weight)
+    pair_weight = data["weight"][chunk].to(device) if data["weight"] is not None else None
+    loss, stats = losses.pairwise_reward_loss(chosen_rewards, rejected_rewards, margin, tie, weight, pair_weight)
     if cfg.length_head:  # ... while the length head is pulled toward the length and the quality heads away from it
         lengths = torch.cat([data["chosen_tokens"][chunk], data["rejected_tokens"][chunk]]).to(device)  # (2b,)
         head = output_head(getattr(forward, "module", forward).model).weight  # (K + 1, H): the quality rows, then the length row
@@ -284,6 +286,14 @@ def _loss(
     if cfg.center_rewards_coef:
         loss = loss + cfg.center_rewards_coef * losses.reward_centering_loss(chosen_rewards, rejected_rewards)
     return loss, stats
+
+
+def _scaled(loss: torch.Tensor, chunk: list[int], batch: list[int], world: int, row_weight: torch.Tensor | None) -> torch.Tensor:
+    """A micro batch's loss scaled by its share of the global batch (``world`` processes each run a share): by
+    rows, or with row weights (n,) by weight, so that the averaged gradient is that of sum(w * l) / sum(w)."""
+    if row_weight is None:
+        return loss * len(chunk) * world / len(batch)
+    return loss * world * float(row_weight[chunk].sum() / row_weight[batch].sum().clamp(min=1e-12))
 
 
 # What one more forward pass costs, in padded tokens: on one CPU thread a MiniLM pass is about 80 tokens' worth of
@@ -375,6 +385,7 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
     kept = [rows[i] for i in keep]
     has_margin = cfg.use_margin and any("margin" in r for r in kept)
     has_tie = any(r.get("tie") for r in kept)
+    weight = _row_weights(kept, say) if cfg.use_weight and any(r.get("weight") is not None for r in kept) else None
     if cfg.length_head:  # ODIN's length: the completion's tokens (its whole length, even where the prompt was cut)
         counts = {side: completion_tokens(tokenizer, [r["prompt"] for r in kept], [r[side] for r in kept]) for side in ("chosen", "rejected")}
     return {
@@ -386,8 +397,25 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
         "lengths": [max(len(chosen[i]), len(rejected[i])) for i in keep],
         "margin": torch.tensor([float(r.get("margin", 0.0)) for r in kept]) if has_margin else None,
         "tie": torch.tensor([bool(r.get("tie", False)) for r in kept]) if has_tie else None,
+        "weight": weight,
         **({f"{side}_tokens": torch.tensor(counts[side], dtype=torch.float32) for side in ("chosen", "rejected")} if cfg.length_head else {}),
     }
+
+
+def _row_weights(rows: list[dict[str, Any]], say: Any) -> torch.Tensor:
+    """The rows' ``weight`` fields as a (N,) float32 tensor (1 where a row has none), said in one line. Files were
+    checked row by row when read (tether.data.rows); this names a bad row of any other source by its prompt."""
+    values = []
+    for row in rows:
+        try:
+            values.append(check_weight(row["weight"]) if row.get("weight") is not None else 1.0)
+        except RowValueError as exc:
+            raise TetherError(f"the training row with prompt {str(row['prompt'])[:60]!r}: {exc}", fix=exc.fix) from None
+    weight = torch.tensor(values, dtype=torch.float32)
+    if not weight.sum() > 0:
+        raise TetherError(f"every one of the {len(rows)} training rows has weight 0: nothing to learn from", fix="give some rows a weight above 0")
+    say(f"pairwise loss weighted by the rows' weight: mean {weight.mean().item():.3f}, min {weight.min().item():.3g}, max {weight.max().item():.3g} over {len(rows)} rows")
+    return weight
 
 
 def completion_tokens(tokenizer: Any, prompts: list[Any], completions: list[Any]) -> list[int]:
