@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -214,3 +216,65 @@ def test_a_rounds_rl_starts_from_the_policy_so_far_or_from_the_first_policy_agai
     assert result["policy"] == tmp_path / "round-2" / "rl-0"
     with pytest.raises(Exception, match="--rl-from 'scratch' is not one of current, reference"):
         loop.LoopConfig(rl_from="scratch").validate()
+
+
+def test_a_round_audits_its_starting_policy_and_hands_on_the_checkpoint_people_judged_better(monkeypatch, tmp_path):
+    """The first RL run has no audit: the round audits it before RL (step 0). Its RL then does worse with people
+    (0.60 against 0.75) without tripping the stop rule (one audit after the start, the proxy flat): the round
+    hands on the starting policy, not its own last checkpoint, and says so."""
+    from tether.lifecycle.overoptimization import AuditPoint
+
+    trained, audited, said = [], [], []
+
+    def fake_train(cfg, workspace=None):
+        trained.append(cfg.model)
+        cfg.output_dir.mkdir(parents=True)
+
+    humans = iter([0.75, 0.60])
+
+    def fake_audit(url, project, policy_dir, reference_dir, prompts, ensemble, *, step, **_):
+        audited.append((str(policy_dir), step))
+        return AuditPoint(step, 2.0 + step / 20, next(humans), 0.8, str(policy_dir))
+
+    monkeypatch.setattr("tether.recipes.ppo.train_ppo", fake_train)
+    monkeypatch.setattr(loop, "load_ensemble", lambda folder, combine="mean", say=None: None)
+    monkeypatch.setattr(loop, "audit_policy", fake_audit)
+    cfg = loop.LoopConfig(members=2, rl_steps=20, audit_every=20).validate()
+    first_rl = str(tmp_path / "policy-ppo")
+    state = loop.LoopState(project="fb", reference=str(tmp_path / "sft"), policy=first_rl, ensemble=str(tmp_path / "rm"))
+    result = loop.rl_with_watch(SimpleNamespace(database_url="sqlite://"), cfg, state, round_number=1, prompts_file=tmp_path / "p.jsonl",
+                                audit_prompts=["a prompt"], out_dir=tmp_path / "round-1", judge=None, item_meta=None, say=said.append)
+    assert audited == [(first_rl, 0), (str(tmp_path / "round-1" / "rl-0"), 20)] and trained == [first_rl]
+    assert result["policy"] == tmp_path / "policy-ppo" and not result["stopped"] and result["reason"].startswith("people judged an earlier")
+    assert any("people judged an earlier checkpoint better (75% at d = 2.00 against 60% now)" in line for line in said)
+    assert [a["step"] for a in state.audits] == [0, 20]
+    # the next round starts from it, already audited: no second audit of it
+    humans = iter([0.70])
+    audited.clear()
+    loop.rl_with_watch(SimpleNamespace(database_url="sqlite://"), cfg, state, round_number=2, prompts_file=tmp_path / "p.jsonl",
+                       audit_prompts=["a prompt"], out_dir=tmp_path / "round-2", judge=None, item_meta=None, say=said.append)
+    assert audited == [(str(tmp_path / "round-2" / "rl-0"), 20)]
+
+
+def test_a_round_that_keeps_an_earlier_policy_registers_only_its_reward_model(monkeypatch, tmp_path):
+    """Registering the kept earlier policy again as this round's would give it this round's snapshot and reward
+    model as lineage, which it was never trained on: the round registers its reward model and names the earlier
+    policy's version."""
+    calls = []
+
+    def fake_register(ws, folder, *, name, kind, **fields):
+        calls.append((kind, str(folder)))
+        return {"version": f"{name}/{len(calls)}"}
+
+    monkeypatch.setattr("tether.lifecycle.registry.register_model", fake_register)
+    monkeypatch.setattr("tether.recipes.reward_specs.member_folders", lambda folder: [Path(folder) / "member-0"])
+    snapshot = {"name": "fb-round-1", "digest": "d" * 64, "row_count": 10}
+    state = loop.LoopState(project="fb", reference="sft", policy=str(tmp_path / "round-1" / "rl-1"), ensemble=str(tmp_path / "round-1" / "reward"))
+    assert loop.register_round(None, state, 1, snapshot, {}) == {"reward_model": "loop-reward/1", "policy": "loop-policy/2"}
+    assert state.policy_versions == {state.policy: "loop-policy/2"}
+    state.ensemble = str(tmp_path / "round-2" / "reward")  # round 2 kept round 1's policy
+    calls.clear()
+    assert loop.register_round(None, state, 2, {**snapshot, "name": "fb-round-2"}, {}, new_policy=False) == {"reward_model": "loop-reward/1", "policy": "loop-policy/2"}
+    assert calls == [("reward", str(tmp_path / "round-2" / "reward" / "member-0"))]
+    state.policy = "policy-ppo"  # the first RL run, never registered by a round
+    assert loop.register_round(None, state, 2, snapshot, {}, new_policy=False)["policy"] is None

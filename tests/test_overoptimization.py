@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from tether.lifecycle.overoptimization import AuditPoint, bon_kl, fit_gao, gao_curve, watch_decision
+from tether.lifecycle.overoptimization import (
+    AuditPoint,
+    bon_kl,
+    fit_gao,
+    gao_curve,
+    kept_at_end,
+    watch_decision,
+)
 
 
 def test_best_of_n_kl_by_hand():
@@ -54,6 +61,16 @@ def test_the_stop_rule_stops_when_the_proxy_rises_while_people_fall():
     assert decision.stop and "rose" in decision.reason and decision.best == 0
     noisy = [AuditPoint(10, 1.0, human=0.70, proxy=0.70), AuditPoint(20, 1.2, human=0.68, proxy=0.80)]
     assert not watch_decision(noisy).stop  # people within the tolerance
+
+
+def test_a_round_that_ran_to_its_end_keeps_the_latest_checkpoint_unless_people_judged_an_earlier_one_better():
+    at = lambda *humans: [AuditPoint(step=10 * i, d=1.0 + i, human=h, proxy=0.8) for i, h in enumerate(humans)]  # noqa: E731
+    assert kept_at_end(at(0.60, 0.70, 0.72)) == 2  # rising: the latest
+    assert kept_at_end(at(0.75, 0.72)) == 1  # an earlier one better by 0.03, within the tolerance: still the latest
+    assert kept_at_end(at(0.58, 0.75, 0.60, 0.54)) == 1  # 0.75 against 0.54 now: the best
+    assert kept_at_end(at(0.80, 0.70, 0.80, 0.60)) == 0  # equals: the first of them
+    assert kept_at_end(at(0.80, 0.60), tolerance=0.25) == 1
+    assert kept_at_end([]) == -1
 
 
 def test_an_audit_batch_goes_through_the_web_apps_store_functions(tmp_path, monkeypatch):

@@ -38,10 +38,19 @@ def stage_register(ws: Any, rm_dir: Path, policy_dir: Path, sft_dir: Path, snaps
     }
     if result.get("kl_gate") is not None:  # a negative KL estimate counts as its upper bound, or not at all
         figures["kl"] = result["kl_gate"]
-    if registered is not None:
+    if registered is not None and registered.get("policy") is not None:
         rm, policy = {"version": registered["reward_model"]}, {"version": registered["policy"]}
         record_eval(ws, rm["version"], rm_figures)
         record_eval(ws, policy["version"], figures)
+        return _approve(ws, rm, policy)
+    if registered is not None:  # the rounds kept the first RL run's policy (people judged theirs worse): registered now
+        rm = {"version": registered["reward_model"]}
+        record_eval(ws, rm["version"], rm_figures)
+        policy = register_model(
+            ws, policy_dir, name=POLICY_NAME, kind="policy", base_model=str(sft_dir), metrics=figures,
+            data_summary={"prompts": "generated support requests", "kept_by": "the on-policy rounds: their audits judged the later policies worse"},
+            method=f"{algo.upper()} from the SFT policy against the first reward ensemble plus rule rewards (kept by the on-policy rounds)",
+        )
         return _approve(ws, rm, policy)
     rm = register_model(
         ws, rm_dir, name=REWARD_NAME, kind="reward", snapshot_name=snapshot["name"], snapshot_digest=snapshot["digest"],

@@ -18,9 +18,13 @@ Each round:
    the KL kept to the first policy, in segments of ``audit_every`` steps; after each segment an audit batch of
    the policy's replies goes to the judge (tether.lifecycle.overoptimization), and the watch stops the round at
    the forecast peak of people's judgment (or when the proxy rises while people's judgment falls), keeping the
-   best audited checkpoint;
+   best audited checkpoint. The policy a round starts from is audited first when it has no audit yet (the first
+   RL run), and a round that runs to its end hands on its last checkpoint unless people judged an earlier one
+   better by more than the watch's tolerance (``kept_at_end``): the rounds never hand on a policy people judged
+   worse than one they saw before;
 6. the round's reward model and policy are registered with lineage (snapshot digest, parent policy and reward
-   model), and the round's figures appended to ``rounds.jsonl``.
+   model; a round that kept an earlier policy registers its reward model only), and the round's figures appended
+   to ``rounds.jsonl``.
 
 Every pair an audit queues is an item of the same project: its judgments also train the next round's reward
 models.
@@ -38,7 +42,14 @@ from typing import Any
 import numpy as np
 
 from tether.errors import TetherError
-from tether.lifecycle.overoptimization import AuditPoint, Judge, audit_batch, queue_pairs, watch_decision
+from tether.lifecycle.overoptimization import (
+    AuditPoint,
+    Judge,
+    audit_batch,
+    kept_at_end,
+    queue_pairs,
+    watch_decision,
+)
 
 ACTOR = "loop"
 # Which pairs of one prompt's replies are candidates for people: ``all``, every pair holding one of the policy's
@@ -116,6 +127,7 @@ class LoopState:
     policy_version: str | None = None
     snapshot: str | None = None
     audits: list[dict[str, Any]] = field(default_factory=list)  # every audit so far (AuditPoint fields): the watch reads them all
+    policy_versions: dict[str, str] = field(default_factory=dict)  # policy folder -> its registered version
 
     @classmethod
     def load(cls, folder: Path) -> LoopState | None:
@@ -368,6 +380,13 @@ def rl_with_watch(ws: Any, cfg: LoopConfig, state: LoopState, *, round_number: i
     segments = math.ceil(cfg.rl_steps / every)
     current, points, decision, step = Path(state.policy if cfg.rl_from == "current" else state.reference), [], None, 0
     history = [AuditPoint(**a) for a in state.audits]
+    if cfg.audit_every and audit_prompts and str(current) != state.reference and not any(p.checkpoint == str(current) for p in history):
+        # the policy this round starts from, audited first (the first RL run has no audit): what the round is compared with
+        point = audit_policy(ws.database_url, state.project, current, state.reference, audit_prompts, ensemble, step=0, judge=judge,
+                             item_meta=item_meta, cfg=cfg, seed=cfg.seed + 31 * round_number + 997, round_number=round_number)
+        points.append(point)
+        state.audits.append(asdict(point))
+        say(f"round {round_number} audit of the starting policy: d = {point.d:.2f}, people {point.human:.0%}, reward model {point.proxy:.0%}")
     for s in range(segments):
         steps = min(every, cfg.rl_steps - step)
         out = out_dir / f"rl-{s}"
@@ -389,8 +408,16 @@ def rl_with_watch(ws: Any, cfg: LoopConfig, state: LoopState, *, round_number: i
             say(f"round {round_number}: the watch stops RL at step {step} and keeps the checkpoint {kept.checkpoint} (audit at d = {kept.d:.2f})")
             current = Path(kept.checkpoint)
             break
+    reason = decision.reason if decision else "no audit"
+    everything = history + points
+    if points and not (decision and decision.stop) and (k := kept_at_end(everything)) != len(everything) - 1:
+        kept = everything[k]
+        reason = (f"people judged an earlier checkpoint better ({kept.human:.0%} at d = {kept.d:.2f} against {everything[-1].human:.0%} now): "
+                  f"{kept.checkpoint} is kept")
+        say(f"round {round_number}: {reason}")
+        current = Path(kept.checkpoint)
     return {"policy": current, "audits": [asdict(p) for p in points], "stopped": bool(decision and decision.stop),
-            "reason": decision.reason if decision else "no audit", "fit": decision.fit.as_dict() if decision and decision.fit else None}
+            "reason": reason, "fit": decision.fit.as_dict() if decision and decision.fit else None}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,10 +436,11 @@ def refit(ws: Any, cfg: LoopConfig, state: LoopState, snapshot: dict[str, Any], 
     return out_dir
 
 
-def register_round(ws: Any, state: LoopState, round_number: int, snapshot: dict[str, Any], figures: dict[str, Any]) -> dict[str, str]:
+def register_round(ws: Any, state: LoopState, round_number: int, snapshot: dict[str, Any], figures: dict[str, Any], *, new_policy: bool = True) -> dict[str, str | None]:
     """The round's reward model (its first member; the ensemble named in the data summary) and policy, registered
     with lineage: the snapshot's digest, the reward model the policy was trained against (its tether.json) and the
-    parent policy."""
+    parent policy. With ``new_policy`` False (the round kept an earlier policy) only the reward model is registered
+    and the policy is the earlier one's version (None: the first policy, not registered by the loop)."""
     from tether.lifecycle.registry import register_model
     from tether.recipes.reward_specs import member_folders
 
@@ -423,12 +451,15 @@ def register_round(ws: Any, state: LoopState, round_number: int, snapshot: dict[
         data_summary={"round": round_number, "pairs": snapshot["row_count"], "ensemble": [str(m) for m in members]},
         method=f"round {round_number} of tether loop: member 1 of {len(members)} separately seeded reward models on the union of the rounds' judgments",
     )
+    if not new_policy:
+        return {"reward_model": rm["version"], "policy": state.policy_versions.get(state.policy)}
     policy = register_model(
         ws, Path(state.policy), name=state.policy_name, kind="policy", base_model=state.reference,
         metrics={k: v for k, v in figures.items() if isinstance(v, (int, float)) and k in ("gold_win_rate", "win_rate", "violation_rate", "kl")},
         data_summary={"round": round_number, "parent_policy": state.policy_version, "snapshot": snapshot["name"], "reward_ensemble": state.ensemble},
         method=f"round {round_number} of tether loop: RL continued from {state.policy_version or 'the first policy'} against the conservative ensemble reward",
     )
+    state.policy_versions[state.policy] = policy["version"]
     return {"reward_model": rm["version"], "policy": policy["version"]}
 
 
@@ -464,8 +495,11 @@ def run_round(ws: Any, cfg: LoopConfig, state: LoopState, folder: Path, *, round
         record.update(evaluate(Path(state.policy)))
     record["judgments_round"] = judgments_in(url, state.project) - spent_before
     record["judgments_total"] = judgments_in(url, state.project)
+    # A round whose RL people judged worse hands on an earlier policy: it is not this round's, so it is not
+    # registered again (its lineage is that of the round that trained it)
+    record["kept_earlier_policy"] = not Path(state.policy).resolve().is_relative_to(out.resolve())
     if register:
-        record["registry"] = register_round(ws, state, round_number, snapshot, record)
+        record["registry"] = register_round(ws, state, round_number, snapshot, record, new_policy=not record["kept_earlier_policy"])
         state.policy_version = record["registry"]["policy"]
     state.save(folder)
     with (folder / "rounds.jsonl").open("a", encoding="utf-8") as fh:

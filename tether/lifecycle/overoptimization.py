@@ -150,6 +150,16 @@ def watch_decision(points: Sequence[AuditPoint], *, min_points: int = 3, toleran
     return Decision(False, f"people's judgment still rising or within noise at d = {points[-1].d:.2f}{peak}", best, fit)
 
 
+def kept_at_end(points: Sequence[AuditPoint], *, tolerance: float = 0.05) -> int:
+    """Which audit's checkpoint a round that ran to its end (the watch never stopped it) keeps: the latest, unless
+    an earlier one won people's judgment by more than ``tolerance`` (then the best, the first of equals): RL that
+    people judged worse than before is not handed on. -1 when there is no audit."""
+    if not points:
+        return -1
+    best = max(range(len(points)), key=lambda i: (points[i].human, -i))
+    return best if points[best].human > points[-1].human + tolerance else len(points) - 1
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # An audit through the store (plumbing)
 # ---------------------------------------------------------------------------------------------------------------
