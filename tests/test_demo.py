@@ -161,3 +161,26 @@ def test_demo_rounds_run_the_loop_through_the_store_and_keep_lineage(tmp_path):
     assert "On-policy rounds" in page and "over-optimization curve" in page
     rounds_log = [json.loads(line) for line in (Path(out["workspace"]) / "artifacts" / "demo" / out["project"] / "loop" / "rounds.jsonl").read_text().splitlines()]
     assert rounds_log[0]["parent_policy"] == out["rounds"][0]["policy"] and rounds_log[0]["registry"]["policy"] == out["registry"]["policy"]
+
+
+def test_the_demo_registers_the_first_rl_policy_when_the_rounds_kept_it(monkeypatch, tmp_path):
+    """The rounds kept the first RL run's policy (people judged theirs worse), which no round registered: the demo
+    registers it (no made-up parent: its reward is read from its own tether.json by lineage) and approves it; with a
+    round's version it registers nothing new."""
+    import tether.demo.register as register
+    import tether.lifecycle.registry as registry
+
+    calls, evals = [], []
+    monkeypatch.setattr(registry, "register_model", lambda ws, folder, *, name, kind, **fields: calls.append((kind, str(folder), fields.get("parent"))) or {"version": f"{name}/9"})
+    monkeypatch.setattr(registry, "record_eval", lambda ws, version, figures: evals.append(version))
+    monkeypatch.setattr(register, "_approve", lambda ws, rm, policy: ({"reward_model": rm["version"], "policy": policy["version"]}, []))
+    snapshot = {"row_count": 10, "aggregate": "dawid-skene", "name": "s", "digest": "d" * 64}
+    result = {"win_rate": 0.8, "gold_win_rate": 0.8, "violation_rate_policy": 0.01, "length_policy": 30.0}
+    args = (None, tmp_path / "rm", tmp_path / "policy-ppo", tmp_path / "sft", snapshot, {}, result, "ppo", {"annotators": []})
+    out, _ = register.stage_register(*args, {"reward_model": "support-reward/2", "policy": None})
+    assert out == {"reward_model": "support-reward/2", "policy": "support-policy/9"}
+    assert calls == [("policy", str(tmp_path / "policy-ppo"), None)] and evals == ["support-reward/2"]
+    calls.clear()
+    evals.clear()
+    out, _ = register.stage_register(*args, {"reward_model": "support-reward/2", "policy": "support-policy/2"})
+    assert out["policy"] == "support-policy/2" and calls == [] and evals == ["support-reward/2", "support-policy/2"]
