@@ -63,6 +63,18 @@ def test_the_stop_rule_stops_when_the_proxy_rises_while_people_fall():
     assert not watch_decision(noisy).stop  # people within the tolerance
 
 
+def test_the_checkpoint_kept_at_a_stop_is_the_fits_best_not_one_noisy_audits():
+    """Audits of 12 prompts: a win-rate's standard error is about 0.1. Seed 1 of the demo (audits at d = 2.45, 3.01,
+    2.48 with people at 0.65, 0.67, 0.86): the fit's peak d* = 1.4 is passed, and the checkpoint kept is the one
+    the fit puts highest (nearest the peak, d = 2.45), not the 0.86 of one audit at almost the same d."""
+    points = [AuditPoint(0, 2.45, 0.65, 0.67, "start"), AuditPoint(20, 3.01, 0.67, 0.62, "rl-0"), AuditPoint(40, 2.48, 0.86, 0.92, "rl-1")]
+    decision = watch_decision(points)
+    assert decision.stop and decision.fit.peak_d < 2.45
+    assert points[decision.best].checkpoint == "start"
+    rising = [AuditPoint(10 * i, d, 0.5 + 0.05 * d, 0.6) for i, d in enumerate([0.5, 1.0, 1.5, 2.0])]  # no peak: by win-rate
+    assert watch_decision(rising).best == 3
+
+
 def test_a_round_that_ran_to_its_end_keeps_the_latest_checkpoint_unless_people_judged_an_earlier_one_better():
     at = lambda *humans: [AuditPoint(step=10 * i, d=1.0 + i, human=h, proxy=0.8) for i, h in enumerate(humans)]  # noqa: E731
     assert kept_at_end(at(0.60, 0.70, 0.72)) == 2  # rising: the latest

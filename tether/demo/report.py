@@ -147,19 +147,24 @@ def loop_sections(rounds: list[dict[str, Any]]) -> list[Any]:
     from tether.lifecycle.reports.html import Section, pct, table_html
 
     rows = []
+    names = {rounds[0].get("policy"): "the first RL run"} if rounds else {}
     for r in rounds:
         watch = r.get("watch") or {}
+        policy = r.get("policy")
+        if policy not in names:  # a round's own checkpoint: loop/round-R/rl-S
+            names[policy] = f"round {r['round']}, {Path(policy).name}" if policy else "-"
         rows.append([
             r["round"], pct(r.get("gold_win_rate")), pct(r.get("off_topic_rate")), pct(r.get("violation_rate")),
             pct(r.get("rm_accuracy_new_pairs")), r.get("judgments_round", "-"), r.get("judgments_total", "-"),
-            r.get("snapshot", ""), watch.get("reason", "") if r["round"] else "first RL run",
+            r.get("snapshot", ""), watch.get("reason", "") if r["round"] else "first RL run", names[policy],
         ])
     table = table_html(["round", "gold win-rate vs SFT", "off-topic", "violations", "reward model on the round's new pairs", "labels spent",
-                        "labels in all", "snapshot (all rounds)", "over-optimization watch"], rows, numeric=(0, 1, 2, 3, 4, 5, 6))
+                        "labels in all", "snapshot (all rounds)", "over-optimization watch", "policy handed on"], rows, numeric=(0, 1, 2, 3, 4, 5, 6))
     note = ("<p class='small'>Round 0 is the first reward model and RL run, on the SFT policy's replies. Each later round, the "
             "policy answers fresh requests; the pairs of its replies the reward ensemble's members disagree on most go to the "
             "annotators through the project's queue; the snapshot unions every round's judgments (each once); the ensemble is "
-            "refit and RL continues from the current policy. \"On the round's new pairs\": the ensemble that chose them, "
+            "refit and RL continues from the policy handed on: the last checkpoint, or the one people's audits judged better "
+            "(when the watch stops RL, or when the round's RL fell below an earlier audit). \"On the round's new pairs\": the ensemble that chose them, "
             "scored against the annotators' majority before it was refit on them.</p>")
     parts = [table, note]
     points = audit_points(rounds)

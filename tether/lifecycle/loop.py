@@ -412,9 +412,8 @@ def rl_with_watch(ws: Any, cfg: LoopConfig, state: LoopState, *, round_number: i
     everything = history + points
     if points and not (decision and decision.stop) and (k := kept_at_end(everything)) != len(everything) - 1:
         kept = everything[k]
-        reason = (f"people judged an earlier checkpoint better ({kept.human:.0%} at d = {kept.d:.2f} against {everything[-1].human:.0%} now): "
-                  f"{kept.checkpoint} is kept")
-        say(f"round {round_number}: {reason}")
+        reason = f"people judged an earlier checkpoint better ({kept.human:.0%} at d = {kept.d:.2f} against {everything[-1].human:.0%} now)"
+        say(f"round {round_number}: {reason}: {kept.checkpoint} is kept")
         current = Path(kept.checkpoint)
     return {"policy": current, "audits": [asdict(p) for p in points], "stopped": bool(decision and decision.stop),
             "reason": reason, "fit": decision.fit.as_dict() if decision and decision.fit else None}

@@ -122,7 +122,7 @@ class Decision:
 
     stop: bool
     reason: str
-    best: int  # index of the audit whose checkpoint to keep (highest human win-rate)
+    best: int  # index of the audit whose checkpoint to keep (best by the fit where it peaks, else by win-rate)
     fit: GaoFit | None
 
 
@@ -132,7 +132,8 @@ def watch_decision(points: Sequence[AuditPoint], *, min_points: int = 3, toleran
     Stop when (1) Gao et al.'s RL form, fitted to the audits so far (at least ``min_points`` with d > 0), puts
     its peak d* at or below the latest audit's d (the peak is passed), or (2) the proxy rose while people's
     win-rate fell, each by more than ``tolerance``, between the last two audits. Keep the checkpoint of the audit
-    with the highest human win-rate."""
+    whose people's judgment is best: by the fit where it has a peak (its value at each audit's d: an audit of
+    a dozen prompts is a noisy win-rate, the fit pools them all), else by the audits' own win-rates."""
     if not points:
         return Decision(False, "no audit yet", -1, None)
     best = max(range(len(points)), key=lambda i: (points[i].human, -i))
@@ -140,6 +141,9 @@ def watch_decision(points: Sequence[AuditPoint], *, min_points: int = 3, toleran
     usable = [p for p in points if p.d > 1e-9]
     if len(usable) >= max(2, min_points):
         fit = fit_gao([p.d for p in usable], [p.human - 0.5 for p in usable], "rl")
+        if math.isfinite(fit.peak_d):
+            fitted = gao_curve(np.array([max(p.d, 1e-9) for p in points]), fit.alpha, fit.beta, "rl")
+            best = max(range(len(points)), key=lambda i: (round(float(fitted[i]), 9), -i))
         if points[-1].d >= fit.peak_d:
             return Decision(True, f"the forecast peak of people's judgment (d* = {fit.peak_d:.2f}) is passed at d = {points[-1].d:.2f}", best, fit)
     if len(points) >= 2:
