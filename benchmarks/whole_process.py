@@ -276,6 +276,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tether-bench-whole")
     p.add_argument("--json", type=Path, help="also write every run's figures here")
     a = p.parse_args()
+    if a.model not in ("tiny", "smollm2") and not (Path(a.model) / "config.json").is_file():
+        p.error(f"--model {a.model}: not tiny, smollm2 or a Hugging Face model folder (no config.json in it)")
     a.workdir.mkdir(parents=True, exist_ok=True)
     if a.batch_size:
         for values in SETTINGS.values():
