@@ -171,7 +171,20 @@ class RewardConfig(TrainConfig):
         return self
 
 
-class SFTConfig(TrainConfig):
+class TokenTrainConfig(TrainConfig):
+    """What the trainers of a dataset's tokens through the LM head share (SFT, DPO, KTO): data order, batching,
+    the LM head in chunks, saving LoRA merged."""
+
+    shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
+    group_by_length: bool = Field(True, description="Batch rows of similar length together (less padding).")
+    lm_head_chunk: int = Field(
+        1024, ge=0,
+        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, less memory with a large vocabulary; not slower on SmolLM2, docs/benchmarks.md). 0: all scored tokens in one product.",
+    )
+    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
+
+
+class SFTConfig(TokenTrainConfig):
     """``tether train sft``: supervised fine-tuning on prompt/completion or conversational rows."""
 
     data: str = Field(description="Training rows: a file (.jsonl/.json/.parquet) or snapshot:NAME (prompt/completion or messages).")
@@ -180,16 +193,9 @@ class SFTConfig(TrainConfig):
         False,
         description="Pack several examples into one row without padding; positions restart and attention is blocked at each example's start, so examples never see each other.",
     )
-    shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
-    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
-    lm_head_chunk: int = Field(
-        1024, ge=0,
-        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, less memory with a large vocabulary; not slower on SmolLM2, docs/benchmarks.md). 0: all scored tokens in one product.",
-    )
-    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
 
-class DPOConfig(TrainConfig):
+class DPOConfig(TokenTrainConfig):
     """``tether train dpo``: DPO, IPO or cDPO on preference pairs, against a frozen reference model."""
 
     data: str = Field(description="Preference rows: a file (.jsonl/.json/.parquet; TRL or HH-RLHF style) or snapshot:NAME.")
@@ -203,17 +209,10 @@ class DPOConfig(TrainConfig):
     )
     ref_cache_dir: Path | None = Field(None, description="Where cached reference log-probs go; default: <workspace>/artifacts/cache/ref-logps, else ~/.cache/tether/ref-logps.")
     ref_batch_size: int | None = Field(None, ge=1, description="Pairs per forward pass when precomputing reference log-probs (default: the micro batch).")
-    shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
-    group_by_length: bool = Field(True, description="Batch pairs of similar length together (less padding).")
     packing: bool = Field(
         False,
         description="Lay several pairs end to end in one row (each pair's prompt, chosen and rejected answers, none attending to another pair's) instead of one padded row per pair: no padding tokens, same log-probs.",
     )
-    lm_head_chunk: int = Field(
-        1024, ge=0,
-        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, less memory with a large vocabulary; not slower on SmolLM2, docs/benchmarks.md). 0: all scored tokens in one product.",
-    )
-    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
     @model_validator(mode="after")
     def _check_dpo(self) -> DPOConfig:
@@ -224,7 +223,7 @@ class DPOConfig(TrainConfig):
         return self
 
 
-class KTOConfig(TrainConfig):
+class KTOConfig(TokenTrainConfig):
     """``tether train kto``: KTO on unpaired thumbs-up / thumbs-down rows, against a frozen reference model."""
 
     data: str = Field(description="Unpaired rows {prompt, completion, label: bool}, or preference pairs (each split into a desirable and an undesirable example, as TRL does; ties skipped): a file or snapshot:NAME.")
@@ -240,13 +239,6 @@ class KTOConfig(TrainConfig):
     )
     ref_cache_dir: Path | None = Field(None, description="Where cached reference log-probs go; default: <workspace>/artifacts/cache/ref-logps, else ~/.cache/tether/ref-logps.")
     ref_batch_size: int | None = Field(None, ge=1, description="Examples per forward pass when precomputing reference log-probs (default: the micro batch).")
-    shuffle: bool = Field(True, description="Shuffle the data order each epoch (false keeps file order, e.g. to compare runs).")
-    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
-    lm_head_chunk: int = Field(
-        1024, ge=0,
-        description="Score tokens through the LM head this many at a time: the (tokens x vocabulary) logits never exist at once, as in Liger's fused linear cross-entropy (same losses and gradients, less memory with a large vocabulary; not slower on SmolLM2, docs/benchmarks.md). 0: all scored tokens in one product.",
-    )
-    merge: bool = Field(False, description="With LoRA, save the merged full weights instead of the adapter.")
 
 
 class OnlineRLConfig(TrainConfig):
