@@ -37,7 +37,9 @@ def loop_command(
 ) -> None:
     """Run on-policy feedback rounds: the policy answers fresh prompts, the pairs its reward ensemble disagrees on go
     to people (the project's queue), QC and a snapshot that unions the rounds, the ensemble refit, RL continued
-    with an over-optimization watch (audits by people; stop at the forecast peak), each round registered.
+    with an over-optimization watch (audits by people, the starting policy's first; stop at the forecast peak),
+    each round registered. A round hands on the checkpoint people's audits judged best: when every round's RL
+    falls below what people saw before, the loop ends with the policy it started from, and says so.
 
     Example:  tether loop 2 --project support-demo-1 --policy artifacts/demo/support-demo-1/models/sft --prompts prompts.jsonl --rules rules:rules.yaml --simulate
     """
@@ -72,7 +74,8 @@ def loop_command(
     for rec in records:
         acc = rec["rm_accuracy_new_pairs"]
         typer.echo(f"round {rec['round']}: {rec['pairs_queued']} pairs, {rec['judgments_round']} judgments; reward model on the new pairs "
-                   f"{'n/a' if acc is None else f'{acc:.0%}'}; snapshot {rec['snapshot']} ({rec['snapshot_rows']} rows); watch: {rec['watch']['reason']}")
+                   f"{'n/a' if acc is None else f'{acc:.0%}'}; snapshot {rec['snapshot']} ({rec['snapshot_rows']} rows); watch: {rec['watch']['reason']}"
+                   + (f"; handed on the earlier policy {rec['policy']}" if rec.get("kept_earlier_policy") else ""))
     typer.echo(f"policy: {state.policy}\nreward ensemble: {state.ensemble} (--reward ensemble:{state.ensemble})")
 
 
