@@ -115,3 +115,22 @@ def test_reward_model_on_two_fsdp_processes_matches_one(tiny_lm_dir, tmp_path):
     norm = [m["reward"]["normalization"] for m in meta]
     assert norm[1]["n"] == norm[0]["n"] and norm[1]["mean"] == pytest.approx(norm[0]["mean"], abs=1e-4)
     assert meta[1]["metrics"]["eval/accuracy"] == pytest.approx(meta[0]["metrics"]["eval/accuracy"])
+
+
+@pytest.mark.slow
+def test_reward_model_with_a_validation_split_resumes_on_two_fsdp_processes(tiny_lm_dir, tmp_path):
+    """The checkpoint selection's best weights are each process's shards: every process saves and restores its own
+    (selection-RANK.pt), so a run resumed from step 2 keeps what the uninterrupted run keeps."""
+    rows = [{"prompt": f"Q: item {i} " + "word " * (i % 4) + "\nA:", "chosen": " thank you" + " yes" * (i % 2), "rejected": " go away" + " no" * (i % 3)} for i in range(60)]
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    settings = {"max_steps": 4, "batch_size": 8, "learning_rate": 3e-3, "validation_fraction": 0.2, "validation_steps": 1, "save_steps": 2}
+    flags = [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
+    _launch("train", "reward", "--model", tiny_lm_dir, "--data", data, "--output-dir", tmp_path / "run", *flags)
+    assert {p.name for p in (tmp_path / "run" / "checkpoints" / "step-2").glob("selection-*.pt")} == {"selection-0.pt", "selection-1.pt"}
+    straight = json.loads((tmp_path / "run" / "tether.json").read_text())["reward"]["selection"]
+    weights = _weights(tmp_path / "run")
+    resumed = _launch("train", "reward", "--model", tiny_lm_dir, "--data", data, "--output-dir", tmp_path / "run", *flags, "--resume")
+    assert "resumed at step 2 with the 2 validation evaluations so far" in resumed.stdout
+    assert json.loads((tmp_path / "run" / "tether.json").read_text())["reward"]["selection"] == straight
+    for name, tensor in _weights(tmp_path / "run").items():
+        torch.testing.assert_close(tensor, weights[name], rtol=1e-5, atol=1e-6)
