@@ -191,7 +191,8 @@ def plot_overoptimization(points: list[dict[str, Any]]) -> str:
     ax.plot(d, proxy, "s", color="#7f7f7f", label="reward model (proxy)")
     ax.plot(d, human, "o", color="#1f77b4", label="annotators (audits)")
     for p, x, y in zip(points, d, human):
-        ax.annotate(f"r{p['round']}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="#1f77b4")
+        label = "start" if p.get("step") == 0 else f"r{p['round']} s{p.get('step', '?')}"  # the starting policy's audit, or round and step
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="#1f77b4")
     caption = ""
     try:
         fit = fit_gao(np.concatenate([[0.0], d]), np.concatenate([[0.0], human - 0.5]), "rl")
