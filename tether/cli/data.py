@@ -125,7 +125,8 @@ def snapshot(
     --votes reliability keeps every annotator's vote instead of the aggregate: one row per vote on each pair,
     with "weight" = the annotator's Dawid-Skene reliability (estimated from all the set's votes), so a reward
     model counts an unreliable annotator's votes less (its loss is the weighted mean). Gold and decided items
-    give one row, weight 1; tie votes follow --keep-ties; the weights are printed and recorded.
+    give one row, weight 1; tie votes follow --keep-ties; the weights are printed and recorded. (On PandaLM, whose
+    annotators are about equally reliable, it did no better than the aggregate trained as long: docs/benchmarks.md.)
 
     Example:  tether data snapshot pandalm --aggregate majority --snapshot-name pandalm-maj
 
