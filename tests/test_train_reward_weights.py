@@ -50,8 +50,10 @@ def test_weight_one_everywhere_trains_the_unweighted_model(tiny_lm_dir, tmp_path
         "plain": (plain, {}), "ones": (ones, {}),
         "uneven": (uneven, {}), "uneven-split": (uneven, {"max_tokens_per_forward": 64}),
     }
+    logged: dict[str, list[float]] = {}
     for name, (data, extra) in runs.items():
-        train_reward(config(tiny_lm_dir, data, tmp_path / name, max_steps=3, batch_size=8, **extra))
+        train_reward(config(tiny_lm_dir, data, tmp_path / name, max_steps=3, batch_size=8, **extra),
+                     on_step=lambda step, stats, name=name: logged.setdefault(name, []).append(stats["train/loss"]))
     meta = {name: json.loads((tmp_path / name / "tether.json").read_text())["reward"] for name in runs}
     assert meta["plain"]["row_weights"] is None and meta["ones"]["row_weights"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
     weights = {name: load_file(str(tmp_path / name / "model.safetensors")) for name in runs}
@@ -61,6 +63,8 @@ def test_weight_one_everywhere_trains_the_unweighted_model(tiny_lm_dir, tmp_path
 
     assert same(weights["plain"], weights["ones"])
     assert same(weights["uneven"], weights["uneven-split"])
+    # the logged loss is the weighted mean that was optimized, however the batch was cut into passes
+    assert logged["uneven-split"] == pytest.approx(logged["uneven"], rel=1e-4) and logged["plain"] == pytest.approx(logged["ones"], rel=1e-4)
     assert not same(weights["plain"], weights["uneven"])  # the weights do change the model
 
 

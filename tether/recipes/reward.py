@@ -112,13 +112,18 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         chunks = capped_micro_batches(batch, data["lengths"], run.micro_batch, cfg.max_tokens_per_forward, rank, run.world)
         share = len(shard(batch, rank, run.world))
         step_stats: dict[str, torch.Tensor] = {}
+        weighted_loss: torch.Tensor | float = 0.0
         for j, chunk in enumerate(chunks):
             with run.accumulating(last=j == len(chunks) - 1):
                 loss, stats = _loss(forward, chunk, data, boot, cfg, pad_id, accelerator.device, branches)
                 # Scale so that the processes' averaged gradient is that of the global batch's (weighted) mean loss.
-                accelerator.backward(_scaled(loss, chunk, batch, run.world, data.get("weight")))
+                scaled = _scaled(loss, chunk, batch, run.world, data.get("weight"))
+                accelerator.backward(scaled)
+            weighted_loss = weighted_loss + scaled.detach()
             for key, value in {"train/loss": loss.detach(), **stats}.items():
                 step_stats[key] = step_stats.get(key, 0) + value * len(chunk) / share
+        if data.get("weight") is not None:  # the logged loss is the one optimized: the global batch's weighted mean
+            step_stats["train/loss"] = weighted_loss  # (its processes' mean, as reduced below)
         grad_norm = run.optimizer_step()
         if accelerator.device.type == "cpu":
             return_freed_memory()
