@@ -108,22 +108,7 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         if epoch not in batches_of:
             batches_of = {epoch: epoch_batches(data["lengths"], cfg, epoch)}
         batch = batches_of[epoch][step % steps_per_epoch]  # the global batch, identical on every process
-        rank = accelerator.process_index
-        chunks = capped_micro_batches(batch, data["lengths"], run.micro_batch, cfg.max_tokens_per_forward, rank, run.world)
-        share = len(shard(batch, rank, run.world))
-        step_stats: dict[str, torch.Tensor] = {}
-        weighted_loss: torch.Tensor | float = 0.0
-        for j, chunk in enumerate(chunks):
-            with run.accumulating(last=j == len(chunks) - 1):
-                loss, stats = _loss(forward, chunk, data, boot, cfg, pad_id, accelerator.device, branches)
-                # Scale so that the processes' averaged gradient is that of the global batch's (weighted) mean loss.
-                scaled = _scaled(loss, chunk, batch, run.world, data.get("weight"))
-                accelerator.backward(scaled)
-            weighted_loss = weighted_loss + scaled.detach()
-            for key, value in {"train/loss": loss.detach(), **stats}.items():
-                step_stats[key] = step_stats.get(key, 0) + value * len(chunk) / share
-        if data.get("weight") is not None:  # the logged loss is the one optimized: the global batch's weighted mean
-            step_stats["train/loss"] = weighted_loss  # (its processes' mean, as reduced below)
+        step_stats = _accumulate(run, forward, batch, data, boot, cfg, pad_id, branches)
         grad_norm = run.optimizer_step()
         if accelerator.device.type == "cpu":
             return_freed_memory()
@@ -291,6 +276,30 @@ def _loss(
     if cfg.center_rewards_coef:
         loss = loss + cfg.center_rewards_coef * losses.reward_centering_loss(chosen_rewards, rejected_rewards)
     return loss, stats
+
+
+def _accumulate(run: Run, forward: Any, batch: list[int], data: dict[str, Any], boot: torch.Tensor | None, cfg: RewardConfig, pad_id: int,
+                branches: bool) -> dict[str, torch.Tensor]:
+    """This process's micro batches of the global ``batch``: forward, loss, backward (gradients accumulated); returns
+    the step's figures as this process's share of the batch means (with row weights, the loss is the weighted mean
+    that is optimized, its processes' mean once reduced)."""
+    accelerator, rank = run.accelerator, run.accelerator.process_index
+    chunks = capped_micro_batches(batch, data["lengths"], run.micro_batch, cfg.max_tokens_per_forward, rank, run.world)
+    share = len(shard(batch, rank, run.world))
+    step_stats: dict[str, torch.Tensor] = {}
+    weighted_loss: torch.Tensor | float = 0.0
+    for j, chunk in enumerate(chunks):
+        with run.accumulating(last=j == len(chunks) - 1):
+            loss, stats = _loss(forward, chunk, data, boot, cfg, pad_id, accelerator.device, branches)
+            # Scale so that the processes' averaged gradient is that of the global batch's (weighted) mean loss.
+            scaled = _scaled(loss, chunk, batch, run.world, data.get("weight"))
+            accelerator.backward(scaled)
+        weighted_loss = weighted_loss + scaled.detach()
+        for key, value in {"train/loss": loss.detach(), **stats}.items():
+            step_stats[key] = step_stats.get(key, 0) + value * len(chunk) / share
+    if data.get("weight") is not None:
+        step_stats["train/loss"] = weighted_loss
+    return step_stats
 
 
 def _scaled(loss: torch.Tensor, chunk: list[int], batch: list[int], world: int, row_weight: torch.Tensor | None) -> torch.Tensor:
