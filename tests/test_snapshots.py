@@ -425,6 +425,31 @@ def test_weighted_rows_survive_export_import_and_the_digest(any_workspace, cli, 
     assert again["digest"] == first["digest"] and again["row_count"] == 18
 
 
+def test_weighted_votes_are_refused_as_trl_or_hh_unless_the_weights_are_dropped(any_workspace, cli, tmp_path):
+    """TRL and HH files have no row weight: a vote snapshot written as either would count an unreliable annotator's
+    votes fully without a word. Refused with the way out; --drop-weights writes them at full weight and says so."""
+    assert cli("data", "import", _tiny_votes_file(tmp_path / "tiny.json"), "--name", "tiny").code == 0
+    shown = cli("data", "snapshot", "tiny", "--votes", "reliability", "--snapshot-name", "shown")
+    assert "--format jsonl -o out.jsonl" in shown.stdout  # the hint it prints works for weighted rows
+    votes = json.loads(cli("data", "snapshot", "tiny", "--votes", "reliability", "--json").stdout)
+    for fmt in ("trl", "hh"):
+        out = tmp_path / f"votes.{fmt}.jsonl"
+        refused = cli("data", "export", votes["name"], "--format", fmt, "-o", out)
+        assert refused.code == 2 and f"which the {fmt} format cannot hold" in refused.stderr
+        assert "--format jsonl" in refused.stderr and "--drop-weights" in refused.stderr and not out.exists()
+        dropped = cli("data", "export", votes["name"], "--format", fmt, "-o", out, "--drop-weights")
+        assert dropped.code == 0 and "dropped the rows' weights" in dropped.stdout
+        written = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(written) == votes["row_count"] and not any("weight" in row for row in written)
+    plain = json.loads(cli("data", "snapshot", "tiny", "--json").stdout)  # one aggregated row per pair: no weights
+    result = cli("data", "export", plain["name"], "--format", "trl", "-o", tmp_path / "plain.jsonl")
+    assert result.code == 0 and "weights" not in result.stdout
+    same = [{"prompt": "p", "chosen": "a", "rejected": "b", "weight": 0.5}, {"prompt": "q", "chosen": "c", "rejected": "d", "weight": 0.5}]
+    assert export_rows(same, "preference", "trl")[0] == [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in same]
+    with pytest.raises(TetherError, match="2 distinct values, 0.5 to 1"):
+        export_rows([same[0], {**same[1], "weight": 1.0}], "preference", "hh")
+
+
 @pytest.mark.parametrize("weight", [-0.5, float("nan"), "0.9", True, [1]])
 def test_a_bad_weight_is_a_clear_error_naming_the_row(workspace, cli, tmp_path, weight):
     good = {"prompt": "p", "chosen": "a", "rejected": "b", "weight": 0.5}

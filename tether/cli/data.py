@@ -169,7 +169,8 @@ def snapshot(
         typer.echo("  vote weights (Dawid-Skene reliability): " + " · ".join(f"{who} {w:.3f}" for who, w in weights.items()))
     if excluded:
         typer.echo(f"  left out the judgments of {len(excluded)} flagged annotator(s): {', '.join(excluded)}")
-    typer.echo(f"use it: --data snapshot:{summary['name']}   or   tether data export {summary['name']} --format trl -o out.jsonl")
+    export_as = "jsonl" if weights else "trl"  # TRL's format has no row weight (export refuses weighted rows as trl)
+    typer.echo(f"use it: --data snapshot:{summary['name']}   or   tether data export {summary['name']} --format {export_as} -o out.jsonl")
 
 
 @data_app.command("export")
@@ -178,12 +179,14 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The .jsonl or .jsonl.gz file to write.")],
     fmt: Annotated[str, typer.Option("--format", help="trl (prompt/chosen/rejected), hh (two whole dialogues) or jsonl (canonical rows, ties, subsets and weights kept).")] = "jsonl",
     force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
+    drop_weights: Annotated[bool, typer.Option("--drop-weights", help="trl/hh: write weighted rows (a --votes reliability snapshot) at full weight; refused without it.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Write a snapshot (or a set) out as TRL, HH-RLHF or canonical JSONL rows.
 
     NAME is looked up as a snapshot first, then as a set. TRL and HH have no ties: tie rows are left out of
-    them (and counted). Exporting, importing the file again and snapshotting it gives the same digest.
+    them (and counted). Neither has row weights: a snapshot of weighted votes is refused as trl or hh unless
+    --drop-weights. Exporting, importing the file again and snapshotting it gives the same digest.
 
     Example:  tether data export hh-helpful-v1 --format trl -o hh-helpful.trl.jsonl
     """
@@ -193,13 +196,15 @@ def export(
 
     ws, url = workspace_url()
     with writing(output), session_scope(url) as session:
-        summary = export_rows(name, fmt, output, session=session, root=ws.root, force=force)
+        summary = export_rows(name, fmt, output, session=session, root=ws.root, force=force, drop_weights=drop_weights)
     if json_out:
         emit_json(summary)
         return
     typer.echo(f"wrote {_n(summary['rows'])} rows of {summary['source']} {name!r} as {fmt} to {output}")
     if summary["left_out_ties"]:
         typer.echo(f"  left out {_n(summary['left_out_ties'])} tie rows ({fmt} has no ties; use --format jsonl to keep them)")
+    if summary["weights_dropped"]:
+        typer.echo(f"  dropped the rows' weights (--drop-weights): every row counts fully in {fmt}")
 
 
 @data_app.command("list")

@@ -34,12 +34,21 @@ def _hh_row(row: dict[str, Any]) -> dict[str, str]:
     return {"chosen": prompt + chosen, "rejected": prompt + rejected}
 
 
-def export_rows(rows: list[dict[str, Any]], row_kind: str, fmt: str) -> tuple[list[dict[str, Any]], int]:
-    """``(rows in the export format, rows left out)``. TRL and HH have no tie: tie rows are left out of them."""
+def export_rows(rows: list[dict[str, Any]], row_kind: str, fmt: str, *, drop_weights: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """``(rows in the export format, rows left out)``. TRL and HH have no tie: tie rows are left out of them. Neither
+    has a row weight: rows whose weights differ are refused unless ``drop_weights`` (each row then counts fully)."""
     if fmt not in EXPORT_FORMATS:
         raise TetherError(f"unknown export format {fmt!r}", fix=f"use one of: {', '.join(EXPORT_FORMATS)}")
     if fmt == "jsonl":
         return rows, 0
+    weights = {float(row.get("weight", 1.0)) for row in rows}  # one value for all rows: only the loss's scale
+    if len(weights) > 1 and not drop_weights:
+        # a vote snapshot weights each annotator's votes by reliability: a TRL or HH file would count an
+        # unreliable annotator's votes as fully as anyone's, and nothing downstream would say so
+        raise TetherError(
+            f"these rows carry weights ({len(weights)} distinct values, {min(weights):g} to {max(weights):g}: how much each row counts in the loss), which the {fmt} format cannot hold",
+            fix="export --format jsonl (weights kept; `tether train reward` reads them), snapshot the set without --votes reliability for one aggregated row per pair, or pass --drop-weights to write every row at full weight",
+        )
     if row_kind == "preference":
         kept = [row for row in rows if not row.get("tie")]
         if fmt == "trl":
@@ -69,7 +78,7 @@ def write_jsonl(rows: list[dict[str, Any]], out: Path) -> None:
     os.replace(tmp, out)
 
 
-def export(name: str, fmt: str, out: Path, *, session: Session, root: Path, force: bool = False) -> dict[str, Any]:
+def export(name: str, fmt: str, out: Path, *, session: Session, root: Path, force: bool = False, drop_weights: bool = False) -> dict[str, Any]:
     """Write snapshot (or set) ``name`` to ``out`` as ``fmt``; returns a summary."""
     out = Path(out)
     if not (out.name.endswith(".jsonl") or out.name.endswith(".jsonl.gz")):
@@ -77,8 +86,9 @@ def export(name: str, fmt: str, out: Path, *, session: Session, root: Path, forc
     if out.exists() and not force:
         raise TetherError(f"{out} exists", fix="pass --force to overwrite it, or choose another -o")
     resolved = resolve(name, session=session, root=root)
-    rows, left_out = export_rows(resolved["rows"], resolved["row_kind"], fmt)
+    rows, left_out = export_rows(resolved["rows"], resolved["row_kind"], fmt, drop_weights=drop_weights)
     write_jsonl(rows, out)
     audit(session, "data.export", resolved["source"], name, format=fmt, path=str(out), rows=len(rows))
     return {"name": name, "source": resolved["source"], "format": fmt, "path": str(out), "rows": len(rows),
-            "left_out_ties": left_out, "digest": resolved["digest"]}
+            "left_out_ties": left_out, "digest": resolved["digest"],
+            "weights_dropped": fmt != "jsonl" and len({float(row.get("weight", 1.0)) for row in resolved["rows"]}) > 1}
