@@ -95,11 +95,16 @@ def test_dpo_with_lora_on_two_fsdp_processes_matches_one(tiny_lm_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_reward_model_on_two_fsdp_processes_matches_one(tiny_lm_dir, tmp_path):
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "row-weights"])
+def test_reward_model_on_two_fsdp_processes_matches_one(tiny_lm_dir, tmp_path, weighted):
+    """With row weights (a --votes reliability snapshot) each process's share of a batch carries other weights than
+    the other's: the averaged gradient must still be the global batch's weighted mean, as on one process."""
     from tether.recipes.configs import RewardConfig
     from tether.recipes.reward import train_reward
 
     rows = [{"prompt": f"Q: item {i} " + "word " * (i % 4) + "\nA:", "chosen": " thank you" + " yes" * (i % 2), "rejected": " go away" + " no" * (i % 3)} for i in range(41)]
+    if weighted:
+        rows = [{**row, "weight": [0.05, 1.0, 0.3, 2.5, 0.0][i % 5]} for i, row in enumerate(rows)]
     data = _write(tmp_path / "pairs.jsonl", rows)
     settings = {"max_steps": 4, "batch_size": 8, "learning_rate": 3e-3, "eval_fraction": 0.1, "lora_r": 4}
     train_reward(RewardConfig(model=str(tiny_lm_dir), data=str(data), output_dir=tmp_path / "one", mlflow=False, progress=False, logging_steps=1, **settings))
@@ -112,6 +117,7 @@ def test_reward_model_on_two_fsdp_processes_matches_one(tiny_lm_dir, tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
     meta = [json.loads((tmp_path / d / "tether.json").read_text()) for d in ("one", "two")]
+    assert [m["reward"]["row_weights"] is not None for m in meta] == [weighted, weighted]  # read on both sides
     norm = [m["reward"]["normalization"] for m in meta]
     assert norm[1]["n"] == norm[0]["n"] and norm[1]["mean"] == pytest.approx(norm[0]["mean"], abs=1e-4)
     assert meta[1]["metrics"]["eval/accuracy"] == pytest.approx(meta[0]["metrics"]["eval/accuracy"])
