@@ -837,7 +837,7 @@ def test_length_head_is_trained_and_left_out_of_scoring(tiny_lm_dir, tmp_path, m
     captured: dict = {}
     original = tr._normalization
 
-    def checked_normalization(cfg, run, forward, data, tokenizer, outputs, selection=None):
+    def checked_normalization(cfg, run, forward, data, tokenizer, outputs, selection=None, validation=None):
         assert selection is None  # 8 rows: no validation split, so the pass after training is what is checked
         result = original(cfg, run, forward, data, tokenizer, outputs)
         model = run.accelerator.unwrap_model(forward)

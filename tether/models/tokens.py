@@ -92,3 +92,10 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any], max_prompt_tokens: in
         row = list(row) if framed else prefix + list(row)
         ids.append(row[-max_prompt_tokens:])
     return texts, ids
+
+
+def completion_tokens(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any]) -> list[int]:
+    """How many tokens each completion is, rendered as it is scored (tether.models.hf.render_completion): its whole
+    length, even where ``encode_many`` cuts the prompt."""
+    texts = [render_completion(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]] if texts else []

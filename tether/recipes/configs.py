@@ -149,6 +149,10 @@ class RewardConfig(TrainConfig):
         False,
         description="ODIN (Chen et al. 2024): train a second head on the reward's sum with the quality head, pushed to correlate with the completion's length while the quality head is decorrelated from it (and their weights kept orthogonal); the length head is dropped at saving, so scores come from the quality head alone. Pairwise only.",
     )
+    length_correction: bool = Field(
+        False,
+        description="A length-controlled reward: after training, fit the slope of the reward difference of a pair on its difference in completion tokens (over the validation pairs, else a sample of training pairs) and subtract slope x tokens at scoring time, so a longer answer is not paid for its length (tether.recipes.reward_length). Pairwise only.",
+    )
     length_loss_coef: float = Field(1.0, ge=0, description="length_head: weight of the correlation loss |rho(r_Q, L)| - rho(r_L, L).")
     orthogonal_loss_coef: float = Field(1.0, ge=0, description="length_head: weight of the orthogonality loss |w_Q . w_L| between the two heads' weight vectors.")
 
@@ -166,8 +170,10 @@ class RewardConfig(TrainConfig):
             raise ValueError("give eval_data or eval_fraction, not both")
         if self.validation_data is not None and self.validation_fraction:
             raise ValueError("give validation_data or validation_fraction, not both")
-        if self.objective == "rating" and (self.validation_fraction or self.validation_data or self.length_head):
-            raise ValueError("validation_fraction, validation_data and length_head are for objective=pairwise")
+        if self.objective == "rating" and (self.validation_fraction or self.validation_data or self.length_head or self.length_correction):
+            raise ValueError("validation_fraction, validation_data, length_head and length_correction are for objective=pairwise")
+        if self.length_correction and self.normalize_data is not None:
+            raise ValueError("length_correction normalizes over the pairs its slope is fit on (the validation split, else a sample of training pairs): drop normalize_data")
         return self
 
 

@@ -36,7 +36,6 @@ from tether.models.hf import (
     disable_dropout,
     enable_activation_checkpointing,
     load_tokenizer,
-    render_completion,
 )
 from tether.models.reward_eval import evaluate_reward_model
 from tether.models.reward_model import (
@@ -48,9 +47,10 @@ from tether.models.reward_model import (
     output_head,
     raw_rewards,
 )
-from tether.models.tokens import encode_many
+from tether.models.tokens import completion_tokens, encode_many
 from tether.recipes.configs import RewardConfig
 from tether.recipes.fsdp import even_share, is_fsdp, unsharded
+from tether.recipes.reward_length import length_correction, reference_pairs
 from tether.recipes.reward_selection import Selection, carve_validation, resolve_defaults
 from tether.recipes.runtime import (
     Run,
@@ -135,7 +135,7 @@ def train_reward(cfg: RewardConfig, *, workspace: Any = None, on_step: StepHook 
         run.say(selection.line(scored_validation))
 
     # ---------------------------------------------------------------- normalize, evaluate held-out rows, save
-    normalization = _normalization(cfg, run, forward, data, tokenizer, quality, selection)
+    normalization = _normalization(cfg, run, forward, data, tokenizer, quality, selection, validation)
     if is_fsdp(accelerator):  # whole weights in a plain copy: evaluation (one process) and merging need no collectives
         forward = unsharded(forward, lambda: _reward_forward(cfg, tokenizer, quality + cfg.length_head))
     hf_model = accelerator.unwrap_model(forward).model
@@ -205,14 +205,14 @@ def _reward_forward(cfg: RewardConfig, tokenizer: Any, outputs: int) -> RewardFo
 MIN_VALIDATION_REFERENCE = 200
 
 
-def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, Any], tokenizer: Any, outputs: int, selection: Selection | None = None) -> dict[str, Any]:
+def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, Any], tokenizer: Any, outputs: int, selection: Selection | None = None, validation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Mean 0 and std 1 over the reference completions, per output, as the saved model scores them: by default the
     validation split's chosen completions, whose raw rewards at the kept checkpoint the last validation pass that
     chose it computed (no pass of its own); without a validation split (or fewer than MIN_VALIDATION_REFERENCE
     pairs), a seeded sample of at most normalize_max_rows of the training chosen completions, scored after training
     (each process scores a share); ``normalize_data`` when given."""
-    from accelerate.utils import gather_object
-
+    if cfg.length_correction:
+        return _length_corrected_normalization(cfg, run, forward, data, validation, tokenizer.pad_token_id, outputs)
     kept = selection.best_extra if selection is not None and cfg.normalize_data is None else None
     if kept is not None and len(kept) >= min(MIN_VALIDATION_REFERENCE, cfg.normalize_max_rows or MIN_VALIDATION_REFERENCE):
         ref_raw = kept[:, :outputs].to(torch.float64)
@@ -223,13 +223,34 @@ def _normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, An
     reference, reference_name, available = _reference_sequences(cfg, data, tokenizer, run)
     started = time.perf_counter()
     run.say(f"normalizing rewards: scoring {len(reference)}" + (f" of {available}" if available > len(reference) else "") + f" {reference_name} with the trained model")
-    mine, repeats = even_share(list(range(len(reference))), run.accelerator)  # FSDP: as many passes on every process
-    rows = [reference[i] for i in mine + (mine or [0])[:repeats]]
-    scored = raw_rewards(forward, rows, tokenizer.pad_token_id, cfg.eval_batch_size, run.accelerator.device)[: len(mine)]
-    pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
-    ref_raw = torch.tensor([row[:outputs] for _, row in sorted(pieces)], dtype=torch.float64)  # (R, K*A): the reward outputs
+    ref_raw = _score_shared(run, forward, reference, tokenizer.pad_token_id, cfg.eval_batch_size)[:, :outputs]  # (R, K*A)
     run.say(f"normalization: raw mean {ref_raw.mean().item():.4g}, std {ref_raw.std().item() if len(ref_raw) > 1 else 1.0:.4g} over {len(ref_raw)} completions ({time.perf_counter() - started:.1f}s)")
     return _normalization_record(ref_raw, outputs, reference_name, available)
+
+
+def _score_shared(run: Run, forward: Any, sequences: list[list[int]], pad_id: int, batch_size: int) -> torch.Tensor:
+    """Raw rewards (R, outputs) float64 of ``sequences``, each process scoring a share (FSDP: as many passes on every
+    process), gathered in order."""
+    from accelerate.utils import gather_object
+
+    mine, repeats = even_share(list(range(len(sequences))), run.accelerator)
+    rows = [sequences[i] for i in mine + (mine or [0])[:repeats]]
+    scored = raw_rewards(forward, rows, pad_id, batch_size, run.accelerator.device)[: len(mine)]
+    pieces = gather_object([(i, row) for i, row in zip(mine, scored.tolist())])
+    return torch.tensor([row for _, row in sorted(pieces)], dtype=torch.float64)
+
+
+def _length_corrected_normalization(cfg: RewardConfig, run: Run, forward: Any, data: dict[str, Any], validation: dict[str, Any] | None, pad_id: int, outputs: int) -> dict[str, Any]:
+    """``length_correction``: the within-pair slope of reward on completion tokens, fit on the reference pairs
+    (tether.recipes.reward_length), and the normalization over their chosen completions with it subtracted."""
+    ref, name = reference_pairs(data, validation, cfg.normalize_max_rows, cfg.seed)
+    started = time.perf_counter()
+    raw = _score_shared(run, forward, ref["chosen"] + ref["rejected"], pad_id, cfg.eval_batch_size)[:, :outputs]
+    chosen, record = length_correction(raw[: len(ref["chosen"])], raw[len(ref["chosen"]) :], ref, name)
+    r = record["reward_length_correlation"]
+    run.say(f"length correction: the reward paid {', '.join(f'{b:.3g}' for b in record['slope_per_token'])} (raw) per completion token within a pair over {name} "
+            f"(reward-length r {r['before']:+.2f}); subtracted at scoring: r {r['after']:+.2f} ({time.perf_counter() - started:.1f}s)")
+    return {**_normalization_record(chosen, outputs, f"{name}' chosen completions, length-corrected", len(chosen)), "length_correction": record}
 
 
 def _normalization_record(ref_raw: torch.Tensor, outputs: int, reference: str, available: int) -> dict[str, Any]:
@@ -400,7 +421,7 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
     has_margin = cfg.use_margin and any("margin" in r for r in kept)
     has_tie = any(r.get("tie") for r in kept)
     weight = _row_weights(kept, say) if cfg.use_weight and any(r.get("weight") is not None for r in kept) else None
-    if cfg.length_head:  # ODIN's length: the completion's tokens (its whole length, even where the prompt was cut)
+    if cfg.length_head or cfg.length_correction:  # the completion's tokens (its whole length, even where the prompt was cut)
         counts = {side: completion_tokens(tokenizer, [r["prompt"] for r in kept], [r[side] for r in kept]) for side in ("chosen", "rejected")}
     return {
         "digest": digest,
@@ -412,7 +433,7 @@ def _tokenize(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say
         "margin": torch.tensor([float(r.get("margin", 0.0)) for r in kept]) if has_margin else None,
         "tie": torch.tensor([bool(r.get("tie", False)) for r in kept]) if has_tie else None,
         "weight": weight,
-        **({f"{side}_tokens": torch.tensor(counts[side], dtype=torch.float32) for side in ("chosen", "rejected")} if cfg.length_head else {}),
+        **({f"{side}_tokens": torch.tensor(counts[side], dtype=torch.float32) for side in ("chosen", "rejected")} if cfg.length_head or cfg.length_correction else {}),
     }
 
 
@@ -430,12 +451,6 @@ def _row_weights(rows: list[dict[str, Any]], say: Any) -> torch.Tensor:
         raise TetherError(f"every one of the {len(rows)} training rows has weight 0: nothing to learn from", fix="give some rows a weight above 0")
     say(f"pairwise loss weighted by the rows' weight: mean {weight.mean().item():.3f}, min {weight.min().item():.3g}, max {weight.max().item():.3g} over {len(rows)} rows")
     return weight
-
-
-def completion_tokens(tokenizer: Any, prompts: list[Any], completions: list[Any]) -> list[int]:
-    """How many tokens each completion is, rendered as it is scored (tether.models.hf.render_completion)."""
-    texts = [render_completion(tokenizer, p, c) for p, c in zip(prompts, completions)]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]] if texts else []
 
 
 def _tokenize_ratings(rows: list[dict[str, Any]], tokenizer: Any, cfg: RewardConfig, say: Any, digest: str) -> dict[str, Any]:
