@@ -17,19 +17,31 @@ from tether.recipes.reward_length import length_correction, reference_pairs, wit
 
 
 def test_within_pair_slope_by_hand():
-    chosen_len, rejected_len = torch.tensor([10.0, 4.0, 7.0]), torch.tensor([6.0, 8.0, 7.0])  # dL = 4, -4, 0
-    chosen = torch.tensor([[1.0, 0.5], [0.0, 2.0], [3.0, 3.0]])
-    rejected = torch.tensor([[0.2, 0.5], [0.4, 2.0], [1.0, 3.0]])  # dr = (0.8, -0.4, 2.0) and (0, 0, 0)
-    # sum(dr * dL) / sum(dL^2) = (0.8 * 4 + (-0.4) * (-4) + 2.0 * 0) / 32 = 4.8 / 32
-    assert within_pair_slope(chosen, rejected, chosen_len, rejected_len).tolist() == pytest.approx([0.15, 0.0])
-    same = torch.tensor([5.0, 5.0, 5.0])
+    chosen_len, rejected_len = torch.tensor([9.0, 3.0, 7.0, 1.0]), torch.tensor([4.0, 15.0, 7.0, 0.0])
+    dl = np.log1p(chosen_len.numpy()) - np.log1p(rejected_len.numpy())  # log 2, -log 4, 0 (left out), log 2
+    chosen = torch.tensor([[1.0, 0.5], [0.0, 2.0], [3.0, 3.0], [0.7, 1.0]])
+    rejected = torch.tensor([[0.2, 0.5], [0.4, 2.0], [1.0, 3.0], [0.0, 1.0]])  # dr = 0.8, -0.4, (2.0), 0.7; and 0s
+    per_pair = [0.8 / dl[0], -0.4 / dl[1], 0.7 / dl[3]]  # 1.154, 0.289, 1.010: the median is the third
+    slope = within_pair_slope(chosen, rejected, chosen_len, rejected_len)
+    assert slope.tolist() == pytest.approx([sorted(per_pair)[1], 0.0])
+    same = torch.tensor([5.0, 5.0, 5.0, 5.0])
     assert within_pair_slope(chosen, rejected, same, same).tolist() == [0.0, 0.0]  # no length difference: nothing to fit
-    ref = {"chosen_tokens": chosen_len, "rejected_tokens": rejected_len}
-    corrected, record = length_correction(chosen, rejected, ref, "3 pairs")
-    torch.testing.assert_close(corrected, chosen.double() - torch.tensor([0.15, 0.0], dtype=torch.float64) * chosen_len.double().unsqueeze(1))
-    assert record["slope_per_token"] == pytest.approx([0.15, 0.0]) and record["fit_on"] == "3 pairs"
-    new_dr = (corrected - (rejected.double() - torch.tensor([0.15, 0.0], dtype=torch.float64) * rejected_len.double().unsqueeze(1)))[:, 0]
-    assert float((new_dr * (chosen_len - rejected_len).double()).sum()) == pytest.approx(0.0, abs=1e-6)  # no slope left
+    corrected, record = length_correction(chosen, rejected, {"chosen_tokens": chosen_len, "rejected_tokens": rejected_len}, "4 pairs")
+    b = slope.double()
+    torch.testing.assert_close(corrected, chosen.double() - b * torch.log1p(chosen_len.double()).unsqueeze(1))
+    assert record["slope"] == pytest.approx(slope.tolist()) and record["per"] == "log(1 + completion tokens)" and record["fit_on"] == "4 pairs"
+
+
+def test_after_the_correction_the_longer_answer_wins_half_the_reference_pairs():
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(5, 200, (101, 2), generator=gen).double()
+    rewards = 0.3 * torch.log1p(tokens) + 0.2 * torch.randn(101, 2, generator=gen, dtype=torch.float64)  # pays for length
+    longer = lambda r: float(((r[:, 0] > r[:, 1]) == (tokens[:, 0] > tokens[:, 1])).double().mean())  # noqa: E731
+    assert longer(rewards) > 0.65
+    b = within_pair_slope(rewards[:, :1], rewards[:, 1:], tokens[:, 0], tokens[:, 1])
+    assert 0.2 < float(b) < 0.4  # about the 0.3 put in
+    corrected = rewards - b * torch.log1p(tokens)
+    assert longer(corrected) == pytest.approx(0.5, abs=1 / 101)
 
 
 def test_the_reference_is_the_validation_split_else_a_seeded_training_sample():
@@ -67,18 +79,19 @@ def test_a_length_corrected_model_scores_without_the_within_pair_length_slope(ti
     train_reward(config(tiny_lm_dir, data, out, epochs=3, validation_data=str(validation), length_correction=True))
     meta = json.loads((out / "tether.json").read_text())
     record = meta["reward"]["normalization"]["length_correction"]
-    assert record["fit_on"] == "80 validation pairs" and record["slope_per_token"][0] > 0  # it paid for length
+    assert record["fit_on"] == "80 validation pairs" and record["slope"][0] > 0  # it paid for length
     rm = RewardModel.load(out, device="cpu")
     prompts = [r["prompt"] for r in held]
     chosen, rejected = rm.raw_scores(prompts, [r["chosen"] for r in held])[:, 0, 0], rm.raw_scores(prompts, [r["rejected"] for r in held])[:, 0, 0]
     lengths = [np.array(completion_tokens(rm.tokenizer, prompts, [r[side] for r in held]), dtype=float) for side in ("chosen", "rejected")]
-    dl = lengths[0] - lengths[1]
-    assert abs(float(((chosen - rejected) * dl).sum() / (dl * dl).sum())) < 1e-4  # the saved scores: no slope left
+    dl = np.log1p(lengths[0]) - np.log1p(lengths[1])
+    longer_ahead = ((chosen - rejected) * dl > 0)[dl != 0].mean()
+    assert longer_ahead == pytest.approx(0.5, abs=1.5 / (dl != 0).sum())  # the saved scores: no length preference left
     rm.length_slope = None  # the head's own outputs: they paid for length
     head_chosen, head_rejected = rm.raw_scores(prompts, [r["chosen"] for r in held])[:, 0, 0], rm.raw_scores(prompts, [r["rejected"] for r in held])[:, 0, 0]
-    slope = float(((head_chosen - head_rejected) * dl).sum() / (dl * dl).sum())
-    assert slope == pytest.approx(record["slope_per_token"][0], rel=1e-3)
-    np.testing.assert_allclose(chosen, head_chosen - slope * lengths[0], rtol=1e-4, atol=1e-5)
+    slope = float(np.median(((head_chosen - head_rejected) / np.where(dl != 0, dl, 1))[dl != 0]))
+    assert slope == pytest.approx(record["slope"][0], rel=1e-3)
+    np.testing.assert_allclose(chosen, head_chosen - slope * np.log1p(lengths[0]), rtol=1e-4, atol=1e-5)
     norm = meta["reward"]["normalization"]  # mean 0, std 1 over the validation chosen answers, corrected
     assert norm["mean"][0] == pytest.approx(chosen.mean(), abs=1e-4) and norm["std"][0] == pytest.approx(chosen.std(ddof=1), rel=1e-3)
     assert (chosen > rejected).mean() > 0.8  # the preference itself is still learned

@@ -309,8 +309,8 @@ class RewardModel:
         norm = info.get("normalization") or {"mean": [0.0] * outputs, "std": [1.0] * outputs}
         self.mean = np.asarray(norm["mean"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
         self.std = np.asarray(norm["std"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
-        correction = norm.get("length_correction")  # tether.recipes.reward_length: reward per completion token, subtracted
-        self.length_slope = None if correction is None else np.asarray(correction["slope_per_token"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
+        correction = norm.get("length_correction")  # tether.recipes.reward_length: reward per log(1 + tokens), subtracted
+        self.length_slope = None if correction is None else np.asarray(correction["slope"], dtype=np.float64).reshape(self.ensemble, len(self.aspects))
         self.aspect_weights = None
         if aspect_weights is not None:
             self.set_aspect_weights(aspect_weights)
@@ -359,8 +359,8 @@ class RewardModel:
         return aspect_weight_vector(self.aspects, self.aspect_weights, self.source)
 
     def raw_scores(self, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        """Unnormalized rewards, shape (N, K, A): the head outputs, less the length correction's slope x completion
-        tokens when the model was trained with one. Over-long items keep the end of their completion."""
+        """Unnormalized rewards, shape (N, K, A): the head outputs, less the length correction's slope x log(1 +
+        completion tokens) when the model was trained with one. Over-long items keep the end of their completion."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         sequences = encode_many(self.tokenizer, prompts, completions, self.max_length)
@@ -371,7 +371,7 @@ class RewardModel:
         raw = raw.numpy().astype(np.float64).reshape(len(sequences), self.ensemble, len(self.aspects))
         if self.length_slope is not None:
             tokens = np.asarray(completion_tokens(self.tokenizer, prompts, completions), dtype=np.float64)
-            raw = raw - tokens[:, None, None] * self.length_slope
+            raw = raw - np.log1p(tokens)[:, None, None] * self.length_slope
         return raw
 
     def _keep_completion_end(self, completion: Any, prompt: Any) -> list[int]:

@@ -151,7 +151,7 @@ class RewardConfig(TrainConfig):
     )
     length_correction: bool = Field(
         False,
-        description="A length-controlled reward: after training, fit the slope of the reward difference of a pair on its difference in completion tokens (over the validation pairs, else a sample of training pairs) and subtract slope x tokens at scoring time, so a longer answer is not paid for its length (tether.recipes.reward_length). Pairwise only.",
+        description="A length-controlled reward: after training, take the median over pairs of the reward difference per difference in log(1 + completion tokens) (over the validation pairs, else a sample of training pairs) and subtract slope x log(1 + tokens) at scoring time: the longer answer then has the higher reward in half of those pairs, so length is not paid for (tether.recipes.reward_length). Assumes those pairs' labels do not favour length. Pairwise only.",
     )
     length_loss_coef: float = Field(1.0, ge=0, description="length_head: weight of the correlation loss |rho(r_Q, L)| - rho(r_L, L).")
     orthogonal_loss_coef: float = Field(1.0, ge=0, description="length_head: weight of the orthogonality loss |w_Q . w_L| between the two heads' weight vectors.")

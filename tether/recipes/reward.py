@@ -248,8 +248,8 @@ def _length_corrected_normalization(cfg: RewardConfig, run: Run, forward: Any, d
     raw = _score_shared(run, forward, ref["chosen"] + ref["rejected"], pad_id, cfg.eval_batch_size)[:, :outputs]
     chosen, record = length_correction(raw[: len(ref["chosen"])], raw[len(ref["chosen"]) :], ref, name)
     r = record["reward_length_correlation"]
-    run.say(f"length correction: the reward paid {', '.join(f'{b:.3g}' for b in record['slope_per_token'])} (raw) per completion token within a pair over {name} "
-            f"(reward-length r {r['before']:+.2f}); subtracted at scoring: r {r['after']:+.2f} ({time.perf_counter() - started:.1f}s)")
+    run.say(f"length correction: within a pair the reward paid a median {', '.join(f'{b:.3g}' for b in record['slope'])} (raw) per unit of log(1 + completion tokens) over {name} "
+            f"(reward-log length r {r['before']:+.2f}); subtracted at scoring: r {r['after']:+.2f}, the longer answer ahead in half the pairs ({time.perf_counter() - started:.1f}s)")
     return {**_normalization_record(chosen, outputs, f"{name}' chosen completions, length-corrected", len(chosen)), "length_correction": record}
 
 
