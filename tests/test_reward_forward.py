@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from tether.models.hf import enable_activation_checkpointing
 from tether.models.reward_model import RewardForward, first_token_last_layer
