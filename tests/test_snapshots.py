@@ -441,6 +441,8 @@ def test_weighted_votes_are_refused_as_trl_or_hh_unless_the_weights_are_dropped(
         assert dropped.code == 0 and "dropped the rows' weights" in dropped.stdout
         written = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(written) == votes["row_count"] and not any("weight" in row for row in written)
+    kept = cli("data", "export", votes["name"], "-o", tmp_path / "votes.jsonl", "--drop-weights")  # jsonl keeps them
+    assert kept.code == 2 and "--drop-weights is for --format trl or hh" in kept.stderr and not (tmp_path / "votes.jsonl").exists()
     plain = json.loads(cli("data", "snapshot", "tiny", "--json").stdout)  # one aggregated row per pair: no weights
     result = cli("data", "export", plain["name"], "--format", "trl", "-o", tmp_path / "plain.jsonl")
     assert result.code == 0 and "weights" not in result.stdout

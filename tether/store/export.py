@@ -40,6 +40,8 @@ def export_rows(rows: list[dict[str, Any]], row_kind: str, fmt: str, *, drop_wei
     if fmt not in EXPORT_FORMATS:
         raise TetherError(f"unknown export format {fmt!r}", fix=f"use one of: {', '.join(EXPORT_FORMATS)}")
     if fmt == "jsonl":
+        if drop_weights:  # an option that would do nothing: said, not ignored
+            raise TetherError("--drop-weights is for --format trl or hh: jsonl keeps each row's weight", fix="drop --drop-weights, or export --format trl")
         return rows, 0
     weights = {float(row.get("weight", 1.0)) for row in rows}  # one value for all rows: only the loss's scale
     if len(weights) > 1 and not drop_weights:
