@@ -67,3 +67,24 @@ def test_usage_mistakes_are_one_message_without_traceback(args):
     done = subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert "Error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_training_from_a_file_does_not_import_the_store(tiny_lm_dir, tmp_path):
+    """`tether train reward --data FILE` reads the file without the store (SQLAlchemy and the tables: half a second
+    of a short run's start-up); a snapshot name is what needs it."""
+    import json
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": "Thank you, here it is.", "rejected": "No."}) + "\n" for i in range(8)))
+    code = (
+        "import sys\nfrom tether.cli import main\n"
+        f"sys.argv = ['tether', 'train', 'reward', '--model', {str(tiny_lm_dir)!r}, '--data', {str(data)!r}, '-o', {str(tmp_path / 'rm')!r},"
+        " '--max-steps', '1', '--batch-size', '4', '--set', 'mlflow=false', '--set', 'progress=false']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print([m for m in ('sqlalchemy', 'tether.store.tables', 'mlflow') if m in sys.modules])\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("TETHER_HOME", "TETHER_DATABASE_URL")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "rm" / "tether.json").exists()
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout

@@ -78,7 +78,12 @@ class Run:
         return self.accelerator.num_processes
 
     def rows(self, spec: Any, kind: str) -> list[dict[str, Any]]:
-        """Training rows of ``kind`` from a file or ``snapshot:NAME`` (found in the run's workspace)."""
+        """Training rows of ``kind`` from a file or ``snapshot:NAME`` (found in the run's workspace). A plain file is
+        read without the store (whose tables and SQLAlchemy cost half a second to import)."""
+        if not str(spec).startswith("snapshot:"):
+            from tether.data.rows import load_rows
+
+            return load_rows(spec, kind)
         from tether.store.snapshots import training_rows
 
         return training_rows(spec, kind, workspace=self.workspace)
