@@ -69,16 +69,17 @@ def test_usage_mistakes_are_one_message_without_traceback(args):
     assert "Error:" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_training_from_a_file_does_not_import_the_store(tiny_lm_dir, tmp_path):
-    """`tether train reward --data FILE` reads the file without the store (SQLAlchemy and the tables: half a second
-    of a short run's start-up); a snapshot name is what needs it."""
+@pytest.mark.parametrize("trainer", ["reward", "kto"])
+def test_training_from_a_file_does_not_import_the_store(tiny_lm_dir, tmp_path, trainer):
+    """`tether train reward|kto --data FILE` reads the file without the store (SQLAlchemy and the tables: half a
+    second of a short run's start-up); a snapshot name is what needs it."""
     import json
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": "Thank you, here it is.", "rejected": "No."}) + "\n" for i in range(8)))
     code = (
         "import sys\nfrom tether.cli import main\n"
-        f"sys.argv = ['tether', 'train', 'reward', '--model', {str(tiny_lm_dir)!r}, '--data', {str(data)!r}, '-o', {str(tmp_path / 'rm')!r},"
+        f"sys.argv = ['tether', 'train', {trainer!r}, '--model', {str(tiny_lm_dir)!r}, '--data', {str(data)!r}, '-o', {str(tmp_path / 'rm')!r},"
         " '--max-steps', '1', '--batch-size', '4', '--set', 'mlflow=false', '--set', 'progress=false']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
         "print([m for m in ('sqlalchemy', 'tether.store.tables', 'mlflow') if m in sys.modules])\n"

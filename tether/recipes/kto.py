@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,9 +58,14 @@ def load_kto_rows(spec: str, say: Any = print, workspace: Any = None) -> tuple[l
     """KTO's unpaired rows from ``spec`` (a file, or ``snapshot:NAME`` in ``workspace``), the data digest and what was done to them. Preference data (pairs, or the
     multi-annotator and ranking files that decide pairs) is split as TRL's ``unpair_preference_dataset`` does: each
     pair gives a desirable example (chosen) and an undesirable one (rejected); ties are skipped and counted."""
-    from tether.store.snapshots import spec_path
+    if str(spec).startswith("snapshot:"):
+        from tether.store.snapshots import (
+            spec_path,  # the store only for a snapshot (SQLAlchemy: 0.44 s of start-up)
+        )
 
-    path, is_snapshot = spec_path(spec, workspace)
+        path, is_snapshot = spec_path(spec, workspace)
+    else:
+        path, is_snapshot = Path(spec), False
     first = next((record for _, record in read_records(path)), {})
     if detect_format(first) not in ("trl", "hh", "pandalm", "ranking"):
         rows = load_rows(path, "unpaired", snapshot=is_snapshot)
