@@ -137,6 +137,11 @@ def test_reward_model_with_a_validation_split_resumes_on_two_fsdp_processes(tiny
     weights = _weights(tmp_path / "run")
     resumed = _launch("train", "reward", "--model", tiny_lm_dir, "--data", data, "--output-dir", tmp_path / "run", *flags, "--resume")
     assert "resumed at step 2 with the 2 validation evaluations so far" in resumed.stdout
-    assert json.loads((tmp_path / "run" / "tether.json").read_text())["reward"]["selection"] == straight
+    kept = json.loads((tmp_path / "run" / "tether.json").read_text())["reward"]["selection"]
+    # the same decisions exactly; the losses to float32 rounding (a fresh process may take other CPU kernels: 6e-8
+    # relative seen at step 4 on an Intel Xeon), as the weights below are compared
+    assert {k: v for k, v in kept.items() if k != "evaluations"} == {k: v for k, v in straight.items() if k != "evaluations"}
+    assert [(e["step"], e["accuracy"]) for e in kept["evaluations"]] == [(e["step"], e["accuracy"]) for e in straight["evaluations"]]
+    assert [e["loss"] for e in kept["evaluations"]] == pytest.approx([e["loss"] for e in straight["evaluations"]], rel=1e-5)
     for name, tensor in _weights(tmp_path / "run").items():
         torch.testing.assert_close(tensor, weights[name], rtol=1e-5, atol=1e-6)
